@@ -1,0 +1,271 @@
+//! The three kinds of components, their factories, and what they are given.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::model::ProfileBatch;
+use crate::telemetry::{ComponentTelemetry, Telemetry};
+use prometheus_client::metrics::counter::Counter;
+
+/// The error a component returns; components use their own typed errors.
+pub type ComponentError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Receiver, processor or exporter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Produces batches.
+    Receiver,
+    /// Transforms batches, per pipeline.
+    Processor,
+    /// Sends batches out.
+    Exporter,
+}
+
+impl Kind {
+    /// Singular name (`receiver`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Receiver => "receiver",
+            Kind::Processor => "processor",
+            Kind::Exporter => "exporter",
+        }
+    }
+
+    /// The config section listing components of this kind (`receivers`).
+    pub fn section(self) -> &'static str {
+        match self {
+            Kind::Receiver => "receivers",
+            Kind::Processor => "processors",
+            Kind::Exporter => "exporters",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How settled a component is, as in the OpenTelemetry Collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stability {
+    /// Works, may change.
+    Development,
+    /// Feature-complete, may still change.
+    Alpha,
+    /// Tested in production.
+    Beta,
+    /// Will not change incompatibly.
+    Stable,
+}
+
+impl fmt::Display for Stability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stability::Development => "development",
+            Stability::Alpha => "alpha",
+            Stability::Beta => "beta",
+            Stability::Stable => "stable",
+        })
+    }
+}
+
+/// Agent-wide settings every component may read.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// Name of the node the agent runs on (`--node`).
+    pub node: String,
+}
+
+/// What a factory is given to build one component instance.
+#[derive(Clone)]
+pub struct BuildContext {
+    /// The component id, e.g. `file/debug`.
+    pub id: String,
+    /// The pipeline, for processors (which are built per pipeline).
+    pub pipeline: Option<String>,
+    /// Metrics labelled with this component.
+    pub telemetry: ComponentTelemetry,
+    /// Agent-wide settings.
+    pub service: ServiceSettings,
+}
+
+/// Signals a receiver that the agent is stopping.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal and the sender that triggers it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Resolves once shutdown is requested (at once if it already was).
+    pub async fn requested(&mut self) {
+        // An error means the sender is gone, which also means stop.
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    /// True once shutdown is requested.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Where a receiver sends its batches: every pipeline that names it.
+#[derive(Clone)]
+pub struct BatchSink {
+    pipelines: Vec<mpsc::Sender<Arc<ProfileBatch>>>,
+    batches: Counter,
+    samples: Counter,
+}
+
+impl BatchSink {
+    pub(crate) fn new(
+        pipelines: Vec<mpsc::Sender<Arc<ProfileBatch>>>,
+        telemetry: &ComponentTelemetry,
+    ) -> Self {
+        Self {
+            pipelines,
+            batches: telemetry.counter("receiver_batches", "Batches emitted by a receiver.", &[]),
+            samples: telemetry.counter("receiver_samples", "Samples emitted by a receiver.", &[]),
+        }
+    }
+
+    /// A sink feeding the given channels, for testing receivers alone.
+    pub fn for_test(pipelines: Vec<mpsc::Sender<Arc<ProfileBatch>>>) -> Self {
+        Self::new(pipelines, &Telemetry::default().scoped(&[]))
+    }
+
+    /// Sends a batch to every pipeline, waiting while a pipeline's input is
+    /// full (pipelines only run processors; exporters have their own queues).
+    pub async fn send(&self, batch: ProfileBatch) {
+        self.batches.inc();
+        self.samples.inc_by(batch.samples.len() as u64);
+        let batch = Arc::new(batch);
+        for p in &self.pipelines {
+            // A closed pipeline only happens during shutdown; nothing to do.
+            let _ = p.send(batch.clone()).await;
+        }
+    }
+}
+
+/// A source of batches.
+#[async_trait::async_trait]
+pub trait Receiver: Send {
+    /// Produces batches into `sink` until it runs out of input or `shutdown`
+    /// is requested; then emits what it holds (the last window) and returns.
+    async fn run(self: Box<Self>, sink: BatchSink, shutdown: Shutdown) -> Result<(), ComponentError>;
+}
+
+/// A transformation of batches; one instance per pipeline, called in order.
+pub trait Processor: Send {
+    /// Transforms one batch. An error drops the batch (it is counted).
+    fn process(&mut self, batch: ProfileBatch) -> Result<ProfileBatch, ComponentError>;
+}
+
+/// A destination of batches; one instance shared by every pipeline naming it.
+#[async_trait::async_trait]
+pub trait Exporter: Send {
+    /// Sends one batch. An error is counted and logged; the batch is not retried
+    /// here (exporters that retry do it themselves, within their own buffer).
+    async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError>;
+
+    /// Flushes what is buffered; called once after the last batch.
+    async fn shutdown(&mut self) -> Result<(), ComponentError> {
+        Ok(())
+    }
+}
+
+/// A built component of any kind.
+pub enum Component {
+    /// A receiver.
+    Receiver(Box<dyn Receiver>),
+    /// A processor.
+    Processor(Box<dyn Processor>),
+    /// An exporter.
+    Exporter(Box<dyn Exporter>),
+}
+
+/// What a factory's `create` returns: a boxed receiver, processor or exporter.
+pub trait IntoComponent {
+    /// The kind this is.
+    const KIND: Kind;
+    /// Wraps it.
+    fn into_component(self) -> Component;
+}
+
+impl IntoComponent for Box<dyn Receiver> {
+    const KIND: Kind = Kind::Receiver;
+    fn into_component(self) -> Component {
+        Component::Receiver(self)
+    }
+}
+
+impl IntoComponent for Box<dyn Processor> {
+    const KIND: Kind = Kind::Processor;
+    fn into_component(self) -> Component {
+        Component::Processor(self)
+    }
+}
+
+impl IntoComponent for Box<dyn Exporter> {
+    const KIND: Kind = Kind::Exporter;
+    fn into_component(self) -> Component {
+        Component::Exporter(self)
+    }
+}
+
+/// A problem with one config value, beyond its type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path below the component, `::`-separated (`retention::max_files`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds a field error.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A component's typed config. Unknown keys must be refused
+/// (`#[serde(deny_unknown_fields)]`) and missing keys defaulted
+/// (`#[serde(default)]`).
+pub trait ComponentConfig:
+    Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static
+{
+    /// Checks what types cannot (ranges, combinations); all problems at once.
+    fn validate(&self) -> Vec<FieldError> {
+        Vec::new()
+    }
+}
+
+/// Builds components of one type from their typed config.
+pub trait Factory: Send + Sync + 'static {
+    /// The type name used in configs (`file`, `ebpf_cpu`).
+    const TYPE: &'static str;
+    /// How settled the component is.
+    const STABILITY: Stability;
+    /// One-line description for `agent components`.
+    const DESCRIPTION: &'static str;
+    /// The typed config.
+    type Config: ComponentConfig;
+    /// `Box<dyn Receiver>`, `Box<dyn Processor>` or `Box<dyn Exporter>`.
+    type Output: IntoComponent;
+    /// Builds one instance; start-up problems (unreadable paths, missing
+    /// privileges) are reported here, before anything runs.
+    fn create(&self, config: Self::Config, ctx: &BuildContext) -> Result<Self::Output, ComponentError>;
+}

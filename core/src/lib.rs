@@ -1,0 +1,19 @@
+//! Core of the agent: the profile model, the component traits and registry,
+//! config loading, the pipeline runtime, the agent's own metrics, and the
+//! pprof and OTLP conversions.
+#![warn(missing_docs)]
+
+pub mod component;
+pub mod config;
+pub mod model;
+pub mod otlp;
+pub mod pprof;
+pub mod registry;
+pub mod service;
+pub mod telemetry;
+
+pub use async_trait::async_trait;
+pub use component::*;
+pub use model::*;
+pub use registry::Registry;
+pub use telemetry::Telemetry;

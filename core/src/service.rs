@@ -1,0 +1,412 @@
+//! The pipeline graph and its tokio runtime.
+//!
+//! Collector semantics: a receiver named by several pipelines is one instance
+//! that fans out to all of them; processors are built per pipeline and run in
+//! order; an exporter is one instance fed by every pipeline that names it,
+//! behind its own bounded queue so a slow exporter never stalls the others.
+//!
+//! Shutdown flows with the data: receivers stop and emit their last window,
+//! which closes the pipelines' inputs; pipelines finish and close the
+//! exporters' queues; exporters drain their queues and flush.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::component::*;
+use crate::config::AgentConfig;
+use crate::model::ProfileBatch;
+use crate::registry::Registry;
+use crate::telemetry::{ComponentTelemetry, Telemetry};
+
+/// Batches a pipeline's input holds before its receivers wait.
+const PIPELINE_INPUT_CAPACITY: usize = 4;
+
+/// Why the service could not be built or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A component's factory refused to build it.
+    #[error("{section}::{id}: {source}")]
+    Build {
+        /// `receivers`, `processors` or `exporters`.
+        section: &'static str,
+        /// The component id.
+        id: String,
+        /// The factory's error.
+        source: ComponentError,
+    },
+    /// A receiver stopped with an error.
+    #[error("receiver {id} failed: {source}")]
+    ReceiverFailed {
+        /// The receiver id.
+        id: String,
+        /// Its error.
+        source: ComponentError,
+    },
+    /// The last window was not flushed within the shutdown timeout.
+    #[error("shutdown did not finish within {0:?}; the last window may be lost")]
+    ShutdownTimeout(Duration),
+}
+
+/// The exporter side of one queue, held by each pipeline naming the exporter.
+#[derive(Clone)]
+struct ExporterQueue {
+    id: String,
+    sender: mpsc::Sender<Arc<ProfileBatch>>,
+    depth: Gauge,
+    dropped_batches: Counter,
+    dropped_samples: Counter,
+}
+
+impl ExporterQueue {
+    /// Queues a batch without waiting; a full queue drops it and counts it.
+    fn offer(&self, batch: Arc<ProfileBatch>) {
+        let samples = batch.samples.len() as u64;
+        match self.sender.try_send(batch) {
+            Ok(()) => {
+                self.depth.inc();
+            }
+            Err(_) => {
+                let dropped = self.dropped_batches.inc() + 1;
+                self.dropped_samples.inc_by(samples);
+                // The first drop and then every 100th, so a dead backend does not flood the log.
+                if dropped == 1 || dropped % 100 == 0 {
+                    warn!(exporter = %self.id, dropped_batches = dropped, "exporter queue full, batch dropped");
+                }
+            }
+        }
+    }
+}
+
+struct PipelineRuntime {
+    id: String,
+    processors: Vec<(String, Box<dyn Processor>)>,
+    exporters: Vec<ExporterQueue>,
+    input: mpsc::Receiver<Arc<ProfileBatch>>,
+    telemetry: Telemetry,
+}
+
+struct ExporterRuntime {
+    id: String,
+    exporter: Box<dyn Exporter>,
+    queue: mpsc::Receiver<Arc<ProfileBatch>>,
+    telemetry: ComponentTelemetry,
+    depth: Gauge,
+}
+
+/// A built pipeline graph, ready to run.
+pub struct Service {
+    receivers: Vec<(String, Box<dyn Receiver>, BatchSink)>,
+    pipelines: Vec<PipelineRuntime>,
+    exporters: Vec<ExporterRuntime>,
+    telemetry: Telemetry,
+    shutdown_timeout: Duration,
+}
+
+impl Service {
+    /// Builds every component of `config`; fails on the first component
+    /// whose factory refuses.
+    pub fn build(
+        config: &AgentConfig,
+        registry: &Registry,
+        telemetry: &Telemetry,
+    ) -> Result<Self, ServiceError> {
+        let settings = ServiceSettings {
+            node: config.service.node.clone(),
+        };
+        let build = |kind: Kind, id: &str, pipeline: Option<&str>| -> Result<Component, ServiceError> {
+            let c = config
+                .component(kind, id)
+                .expect("validated config references configured components");
+            let factory = registry
+                .get(kind, &c.id.type_name)
+                .expect("validated config names compiled-in types");
+            let mut labels = vec![(kind.name(), id)];
+            if let Some(p) = pipeline {
+                labels.push(("pipeline", p));
+            }
+            let ctx = BuildContext {
+                id: id.to_owned(),
+                pipeline: pipeline.map(str::to_owned),
+                telemetry: telemetry.scoped(&labels),
+                service: settings.clone(),
+            };
+            factory
+                .build(&c.config, &ctx)
+                .map_err(|source| ServiceError::Build {
+                    section: kind.section(),
+                    id: id.to_owned(),
+                    source,
+                })
+        };
+
+        // Exporters: one instance and one queue each.
+        let mut exporters = Vec::new();
+        let mut queues: BTreeMap<String, ExporterQueue> = BTreeMap::new();
+        for p in config.service.pipelines.values() {
+            for id in &p.exporters {
+                if queues.contains_key(id) {
+                    continue;
+                }
+                let Component::Exporter(exporter) = build(Kind::Exporter, id, None)? else {
+                    unreachable!("exporter factories build exporters")
+                };
+                let size = config
+                    .component(Kind::Exporter, id)
+                    .and_then(|c| c.queue.as_ref())
+                    .map_or(16, |q| q.queue_size);
+                let (sender, queue) = mpsc::channel(size);
+                let scoped = telemetry.scoped(&[("exporter", id)]);
+                let depth = scoped.gauge("exporter_queue_depth", "Batches waiting in an exporter's queue.", &[]);
+                queues.insert(
+                    id.clone(),
+                    ExporterQueue {
+                        id: id.clone(),
+                        sender,
+                        depth: depth.clone(),
+                        dropped_batches: scoped.counter(
+                            "exporter_dropped_batches",
+                            "Batches dropped because an exporter's queue was full.",
+                            &[],
+                        ),
+                        dropped_samples: scoped.counter(
+                            "exporter_dropped_samples",
+                            "Samples in batches dropped because an exporter's queue was full.",
+                            &[],
+                        ),
+                    },
+                );
+                exporters.push(ExporterRuntime {
+                    id: id.clone(),
+                    exporter,
+                    queue,
+                    telemetry: scoped,
+                    depth,
+                });
+            }
+        }
+
+        // Pipelines: their own processor instances.
+        let mut pipelines = Vec::new();
+        let mut inputs: BTreeMap<String, mpsc::Sender<Arc<ProfileBatch>>> = BTreeMap::new();
+        for (pid, p) in &config.service.pipelines {
+            let mut processors = Vec::new();
+            for id in &p.processors {
+                let Component::Processor(processor) = build(Kind::Processor, id, Some(pid))? else {
+                    unreachable!("processor factories build processors")
+                };
+                processors.push((id.clone(), processor));
+            }
+            let (tx, rx) = mpsc::channel(PIPELINE_INPUT_CAPACITY);
+            inputs.insert(pid.clone(), tx);
+            pipelines.push(PipelineRuntime {
+                id: pid.clone(),
+                processors,
+                exporters: p.exporters.iter().map(|e| queues[e].clone()).collect(),
+                input: rx,
+                telemetry: telemetry.clone(),
+            });
+        }
+
+        // Receivers: one instance feeding every pipeline that names it.
+        let mut receivers = Vec::new();
+        let mut receiver_ids: Vec<&String> = config
+            .service
+            .pipelines
+            .values()
+            .flat_map(|p| &p.receivers)
+            .collect();
+        receiver_ids.sort();
+        receiver_ids.dedup();
+        for id in receiver_ids {
+            let Component::Receiver(receiver) = build(Kind::Receiver, id, None)? else {
+                unreachable!("receiver factories build receivers")
+            };
+            let targets = config
+                .service
+                .pipelines
+                .iter()
+                .filter(|(_, p)| p.receivers.contains(id))
+                .map(|(pid, _)| inputs[pid].clone())
+                .collect();
+            let sink = BatchSink::new(targets, &telemetry.scoped(&[("receiver", id)]));
+            receivers.push((id.clone(), receiver, sink));
+        }
+        Ok(Self {
+            receivers,
+            pipelines,
+            exporters,
+            telemetry: telemetry.clone(),
+            shutdown_timeout: config.service.shutdown_timeout,
+        })
+    }
+
+    /// Runs until `stop` resolves or every receiver has finished, then
+    /// flushes the last window through every pipeline and exporter.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<(), ServiceError> {
+        let mut exporter_tasks = JoinSet::new();
+        for e in self.exporters {
+            exporter_tasks.spawn(run_exporter(e));
+        }
+        let mut pipeline_tasks = JoinSet::new();
+        for p in self.pipelines {
+            pipeline_tasks.spawn(run_pipeline(p));
+        }
+        let (stop_tx, shutdown) = Shutdown::new();
+        let mut receiver_tasks = JoinSet::new();
+        for (id, receiver, sink) in self.receivers {
+            let shutdown = shutdown.clone();
+            receiver_tasks.spawn(async move { (id.clone(), receiver.run(sink, shutdown).await) });
+        }
+        self.telemetry.set_ready(true);
+        info!(receivers = receiver_tasks.len(), pipelines = pipeline_tasks.len(), exporters = exporter_tasks.len(), "pipelines started");
+
+        let mut failure = None;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    info!("stopping: flushing the last window");
+                    break;
+                }
+                done = receiver_tasks.join_next() => match done {
+                    None => {
+                        info!("every receiver has finished");
+                        break;
+                    }
+                    Some(Ok((id, Ok(())))) => debug!(receiver = %id, "receiver finished"),
+                    Some(Ok((id, Err(source)))) => {
+                        error!(receiver = %id, error = %source, "receiver failed; stopping");
+                        failure = Some(ServiceError::ReceiverFailed { id, source });
+                        break;
+                    }
+                    Some(Err(join)) => {
+                        error!(error = %join, "receiver task panicked; stopping");
+                        failure = Some(ServiceError::ReceiverFailed { id: "?".into(), source: join.to_string().into() });
+                        break;
+                    }
+                },
+            }
+        }
+        self.telemetry.set_ready(false);
+        let _ = stop_tx.send(true);
+        let drain = async {
+            while let Some(done) = receiver_tasks.join_next().await {
+                if let Ok((id, Err(source))) = done {
+                    error!(receiver = %id, error = %source, "receiver failed while stopping");
+                }
+            }
+            while pipeline_tasks.join_next().await.is_some() {}
+            while exporter_tasks.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(self.shutdown_timeout, drain).await.is_err() {
+            error!(timeout = ?self.shutdown_timeout, "shutdown timed out");
+            return Err(failure.unwrap_or(ServiceError::ShutdownTimeout(self.shutdown_timeout)));
+        }
+        info!("stopped");
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Runs the processor chain on one batch, catching panics so a faulty
+/// processor drops one batch instead of the pipeline.
+fn process_chain(
+    processors: &mut [(String, Box<dyn Processor>)],
+    mut batch: ProfileBatch,
+) -> Result<ProfileBatch, (String, ComponentError, usize)> {
+    for (id, p) in processors.iter_mut() {
+        let samples = batch.samples.len();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| p.process(batch)));
+        batch = match result {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err((id.clone(), e, samples)),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                return Err((id.clone(), format!("panicked: {message}").into(), samples));
+            }
+        };
+    }
+    Ok(batch)
+}
+
+async fn run_pipeline(mut p: PipelineRuntime) {
+    while let Some(batch) = p.input.recv().await {
+        let batch = if p.processors.is_empty() {
+            batch
+        } else {
+            // Processors mutate: take the batch, cloning only if another pipeline shares it.
+            let owned = Arc::unwrap_or_clone(batch);
+            let mut processors = std::mem::take(&mut p.processors);
+            let joined = tokio::task::spawn_blocking(move || {
+                let result = process_chain(&mut processors, owned);
+                (processors, result)
+            })
+            .await;
+            let (processors, result) = joined.expect("processor panics are caught inside the task");
+            p.processors = processors;
+            match result {
+                Ok(b) => Arc::new(b),
+                Err((processor, error, samples)) => {
+                    let labels = [("pipeline", p.id.as_str()), ("processor", processor.as_str())];
+                    p.telemetry
+                        .counter("processor_errors", "Batches a processor failed on (they are dropped).", &labels)
+                        .inc();
+                    p.telemetry
+                        .counter("processor_dropped_samples", "Samples in batches dropped by processor errors.", &labels)
+                        .inc_by(samples as u64);
+                    warn!(pipeline = %p.id, %processor, %error, samples, "processor failed; batch dropped");
+                    continue;
+                }
+            }
+        };
+        if batch.samples.is_empty() {
+            debug!(pipeline = %p.id, "empty batch not exported");
+            continue;
+        }
+        for e in &p.exporters {
+            e.offer(batch.clone());
+        }
+    }
+}
+
+async fn run_exporter(mut e: ExporterRuntime) {
+    let batches = e.telemetry.counter("exporter_batches", "Batches an exporter sent.", &[]);
+    let samples = e.telemetry.counter("exporter_samples", "Samples an exporter sent.", &[]);
+    let errors = e.telemetry.counter("exporter_errors", "Batches an exporter failed to send.", &[]);
+    let latency: Histogram = e.telemetry.histogram(
+        "exporter_export_duration_seconds",
+        "Time an exporter took per batch.",
+        &[],
+    );
+    while let Some(batch) = e.queue.recv().await {
+        e.depth.dec();
+        let started = Instant::now();
+        let n = batch.samples.len() as u64;
+        match e.exporter.export(batch).await {
+            Ok(()) => {
+                batches.inc();
+                samples.inc_by(n);
+            }
+            Err(error) => {
+                errors.inc();
+                warn!(exporter = %e.id, %error, "export failed");
+            }
+        }
+        latency.observe(started.elapsed().as_secs_f64());
+    }
+    if let Err(error) = e.exporter.shutdown().await {
+        warn!(exporter = %e.id, %error, "exporter failed to flush at shutdown");
+    }
+}
