@@ -410,3 +410,265 @@ async fn run_exporter(mut e: ExporterRuntime) {
         warn!(exporter = %e.id, %error, "exporter failed to flush at shutdown");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+    use crate::model::{LabelSet, ProfileType, Sample};
+    use serde::{Deserialize, Serialize};
+    use std::sync::Mutex;
+    use tokio::sync::Notify;
+
+    fn batch(n: i64) -> ProfileBatch {
+        let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
+        let stack = b.stacks.intern(vec![]);
+        let series = b.label_sets.intern(LabelSet::new([("n", n.to_string())]));
+        b.samples.push(Sample {
+            stack,
+            series,
+            attributes: 0,
+            value: n,
+            timestamp_unix_nanos: None,
+        });
+        b
+    }
+
+    #[derive(Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct CountConfig {
+        batches: i64,
+        wait_for_shutdown: bool,
+    }
+    impl ComponentConfig for CountConfig {}
+
+    /// Emits `batches` batches, then (optionally) one more at shutdown.
+    struct Counting(CountConfig);
+    #[async_trait::async_trait]
+    impl Receiver for Counting {
+        async fn run(self: Box<Self>, sink: BatchSink, mut shutdown: Shutdown) -> Result<(), ComponentError> {
+            for i in 1..=self.0.batches {
+                sink.send(batch(i)).await;
+            }
+            if self.0.wait_for_shutdown {
+                shutdown.requested().await;
+                sink.send(batch(1000)).await;
+            }
+            Ok(())
+        }
+    }
+    struct CountingFactory;
+    impl Factory for CountingFactory {
+        const TYPE: &'static str = "counting";
+        const STABILITY: Stability = Stability::Development;
+        const DESCRIPTION: &'static str = "test receiver";
+        type Config = CountConfig;
+        type Output = Box<dyn Receiver>;
+        fn create(&self, c: CountConfig, _: &BuildContext) -> Result<Self::Output, ComponentError> {
+            Ok(Box::new(Counting(c)))
+        }
+    }
+
+    #[derive(Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct NoConfig {}
+    impl ComponentConfig for NoConfig {}
+
+    /// Doubles values; fails on value 3, panics on value 4; counts its instances.
+    struct Doubler;
+    impl Processor for Doubler {
+        fn process(&mut self, mut b: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
+            match b.samples[0].value {
+                3 => return Err("three".into()),
+                4 => panic!("four"),
+                _ => {}
+            }
+            for s in &mut b.samples {
+                s.value *= 2;
+            }
+            Ok(b)
+        }
+    }
+    struct DoublerFactory(Arc<Mutex<usize>>);
+    impl Factory for DoublerFactory {
+        const TYPE: &'static str = "doubler";
+        const STABILITY: Stability = Stability::Development;
+        const DESCRIPTION: &'static str = "test processor";
+        type Config = NoConfig;
+        type Output = Box<dyn Processor>;
+        fn create(&self, _: NoConfig, _: &BuildContext) -> Result<Self::Output, ComponentError> {
+            *self.0.lock().unwrap() += 1;
+            Ok(Box::new(Doubler))
+        }
+    }
+
+    /// Records values; a `gate` exporter waits for the notify before each batch.
+    #[derive(Clone, Default)]
+    struct Sink {
+        values: Arc<Mutex<Vec<i64>>>,
+        gate: Option<Arc<Notify>>,
+    }
+    #[async_trait::async_trait]
+    impl Exporter for Sink {
+        async fn export(&mut self, b: Arc<ProfileBatch>) -> Result<(), ComponentError> {
+            if let Some(gate) = &self.gate {
+                gate.notified().await;
+            }
+            self.values.lock().unwrap().push(b.samples[0].value);
+            Ok(())
+        }
+    }
+    struct SinkFactory(BTreeMap<String, Sink>);
+    impl Factory for SinkFactory {
+        const TYPE: &'static str = "sink";
+        const STABILITY: Stability = Stability::Development;
+        const DESCRIPTION: &'static str = "test exporter";
+        type Config = NoConfig;
+        type Output = Box<dyn Exporter>;
+        fn create(&self, _: NoConfig, ctx: &BuildContext) -> Result<Self::Output, ComponentError> {
+            Ok(Box::new(self.0.get(&ctx.id).cloned().unwrap_or_default()))
+        }
+    }
+
+    fn registry(sinks: &[(&str, Sink)], doublers: Arc<Mutex<usize>>) -> Registry {
+        let mut r = Registry::default();
+        r.register(CountingFactory);
+        r.register(DoublerFactory(doublers));
+        r.register(SinkFactory(
+            sinks.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        ));
+        r
+    }
+
+    fn sorted(s: &Sink) -> Vec<i64> {
+        let mut v = s.values.lock().unwrap().clone();
+        v.sort();
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocked_exporter_neither_stalls_the_other_nor_loses_count() {
+        let fast = Sink::default();
+        let gate = Arc::new(Notify::new());
+        let blocked = Sink {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        };
+        let r = registry(&[("sink/fast", fast.clone()), ("sink/blocked", blocked.clone())], Default::default());
+        let yaml = r#"
+receivers: {counting: {batches: 50}}
+exporters:
+  sink/fast: {}
+  sink/blocked: {sending_queue: {queue_size: 2}}
+service:
+  pipelines:
+    profiles: {receivers: [counting], exporters: [sink/fast, sink/blocked]}
+"#;
+        let config = load(yaml, &[], &r, &|_| None).unwrap();
+        let telemetry = Telemetry::default();
+        let service = Service::build(&config, &r, &telemetry).unwrap();
+        let fast_values = fast.values.clone();
+        let release = tokio::spawn(async move {
+            // Open the gate only once the fast exporter has everything.
+            while fast_values.lock().unwrap().len() < 50 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            loop {
+                gate.notify_one();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        service.run(std::future::pending()).await.unwrap();
+        release.abort();
+        assert_eq!(sorted(&fast), (1..=50).collect::<Vec<_>>());
+        let metrics = telemetry.encode();
+        let dropped: u64 = metrics
+            .lines()
+            .find(|l| l.starts_with("agent_exporter_dropped_batches_total{exporter=\"sink/blocked\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .expect("dropped counter exported");
+        let delivered = blocked.values.lock().unwrap().len() as u64;
+        assert_eq!(dropped + delivered, 50, "{metrics}");
+        // At most one batch in export and two queued got through.
+        assert!(delivered <= 3 && delivered >= 1, "delivered {delivered}");
+        assert!(!metrics.contains("agent_exporter_dropped_batches_total{exporter=\"sink/fast\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn fan_out_builds_processors_per_pipeline_and_survives_processor_failures() {
+        let a = Sink::default();
+        let b = Sink::default();
+        let instances = Arc::new(Mutex::new(0));
+        let r = registry(&[("sink/a", a.clone()), ("sink/b", b.clone())], instances.clone());
+        let yaml = r#"
+receivers: {counting: {batches: 5}}
+processors: {doubler: {}}
+exporters: {sink/a: {}, sink/b: {}}
+service:
+  pipelines:
+    profiles/doubled: {receivers: [counting], processors: [doubler], exporters: [sink/a]}
+    profiles/raw: {receivers: [counting], exporters: [sink/b]}
+"#;
+        let config = load(yaml, &[], &r, &|_| None).unwrap();
+        let telemetry = Telemetry::default();
+        Service::build(&config, &r, &telemetry).unwrap().run(std::future::pending()).await.unwrap();
+        assert_eq!(*instances.lock().unwrap(), 1);
+        // 3 failed with an error, 4 panicked: both dropped, the pipeline went on.
+        assert_eq!(sorted(&a), vec![2, 4, 10]);
+        assert_eq!(sorted(&b), vec![1, 2, 3, 4, 5]);
+        let metrics = telemetry.encode();
+        assert!(metrics.contains(
+            "agent_processor_errors_total{pipeline=\"profiles/doubled\",processor=\"doubler\"} 2"
+        ), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn stopping_flushes_the_last_window() {
+        let out = Sink::default();
+        let r = registry(&[("sink", out.clone())], Default::default());
+        let yaml = r#"
+receivers: {counting: {batches: 2, wait_for_shutdown: true}}
+exporters: {sink: {}}
+service: {pipelines: {profiles: {receivers: [counting], exporters: [sink]}}}
+"#;
+        let config = load(yaml, &[], &r, &|_| None).unwrap();
+        let service = Service::build(&config, &r, &Telemetry::default()).unwrap();
+        service
+            .run(tokio::time::sleep(Duration::from_millis(50)))
+            .await
+            .unwrap();
+        assert_eq!(sorted(&out), vec![1, 2, 1000]);
+    }
+
+    #[test]
+    fn config_errors_name_their_paths_and_come_all_at_once() {
+        let r = registry(&[], Default::default());
+        let yaml = r#"
+receivers:
+  counting: {batches: "many"}
+  countng/x: {}
+processors: {doubler: {extra: 1}}
+exporters: {sink: {sending_queue: {queue_size: 0}}}
+extensions: {}
+service:
+  pipelines:
+    profiles: {receivers: [countin], exporters: [sink, sink]}
+    traces: {receivers: [counting], exporters: [doubler]}
+"#;
+        let errors = load(yaml, &[], &r, &|_| None).err().unwrap().to_string();
+        for expected in [
+            "extensions: unknown top-level key `extensions`",
+            "receivers::counting::batches: invalid type: string \"many\", expected i64",
+            "receivers::countng/x: unknown receiver type `countng`; did you mean `counting`?",
+            "processors::doubler::extra: unknown field `extra`",
+            "exporters::sink::sending_queue::queue_size: must be at least 1",
+            "service::pipelines::profiles::receivers: `countin` is not configured under `receivers`; did you mean `counting`?",
+            "service::pipelines::profiles::exporters: `sink` is listed twice",
+            "service::pipelines::traces: `traces` is not a pipeline id",
+            "service::pipelines::traces::exporters: `doubler` is not configured under `exporters`; `doubler` is configured as a processor",
+        ] {
+            assert!(errors.contains(expected), "missing `{expected}` in:\n{errors}");
+        }
+    }
+}
