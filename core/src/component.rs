@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::model::ProfileBatch;
 use crate::telemetry::{ComponentTelemetry, Telemetry};
-use prometheus_client::metrics::counter::Counter;
+use crate::telemetry::Counter;
 
 /// The error a component returns; components use their own typed errors.
 pub type ComponentError = Box<dyn std::error::Error + Send + Sync>;
@@ -93,6 +93,20 @@ pub struct BuildContext {
     pub telemetry: ComponentTelemetry,
     /// Agent-wide settings.
     pub service: ServiceSettings,
+}
+
+impl BuildContext {
+    /// A context with fresh metrics and node `test-node`, for tests of one component.
+    pub fn for_test(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            pipeline: None,
+            telemetry: Telemetry::default().scoped(&[]),
+            service: ServiceSettings {
+                node: "test-node".to_owned(),
+            },
+        }
+    }
 }
 
 /// Signals a receiver that the agent is stopping.

@@ -172,9 +172,12 @@ pub enum PprofError {
 pub enum PprofGrouping {
     /// One profile for the whole batch; series labels become sample labels.
     Batch,
-    /// One profile per series; the series travels beside it, sample labels
-    /// carry only per-sample attributes.
-    Series,
+    /// One profile per series; the series also travels beside it.
+    Series {
+        /// Also write the series labels as sample labels, so the file
+        /// describes itself; otherwise sample labels hold only attributes.
+        series_labels_in_samples: bool,
+    },
 }
 
 /// One encoded profile and, for [`PprofGrouping::Series`], its series.
@@ -199,7 +202,9 @@ pub fn to_pprof(batch: &ProfileBatch, grouping: PprofGrouping) -> Vec<EncodedPro
                 gzipped: gzip(&profile),
             }]
         }
-        PprofGrouping::Series => {
+        PprofGrouping::Series {
+            series_labels_in_samples,
+        } => {
             let mut groups: HashMap<LabelSetId, Vec<&Sample>> = HashMap::new();
             let order = batch.series_ids();
             for s in &batch.samples {
@@ -209,7 +214,11 @@ pub fn to_pprof(batch: &ProfileBatch, grouping: PprofGrouping) -> Vec<EncodedPro
                 .into_iter()
                 .map(|series| {
                     let samples = &groups[&series];
-                    let profile = build_profile(batch, samples.iter().copied(), false);
+                    let profile = build_profile(
+                        batch,
+                        samples.iter().copied(),
+                        series_labels_in_samples,
+                    );
                     EncodedProfile {
                         series: Some(batch.labels(series).clone()),
                         sample_count: samples.len(),
@@ -596,7 +605,10 @@ mod tests {
     #[test]
     fn ids_are_dense_and_in_order_and_string_zero_is_empty() {
         let b = two_series_batch();
-        for grouping in [PprofGrouping::Batch, PprofGrouping::Series] {
+        let series = PprofGrouping::Series {
+            series_labels_in_samples: false,
+        };
+        for grouping in [PprofGrouping::Batch, series] {
             for enc in to_pprof(&b, grouping) {
                 let p = decode(&enc.gzipped);
                 assert_eq!(p.string_table[0], "");
@@ -641,7 +653,12 @@ mod tests {
     #[test]
     fn series_grouping_gives_one_profile_per_series_with_only_its_samples() {
         let b = two_series_batch();
-        let enc = to_pprof(&b, PprofGrouping::Series);
+        let enc = to_pprof(
+            &b,
+            PprofGrouping::Series {
+                series_labels_in_samples: false,
+            },
+        );
         assert_eq!(enc.len(), 2);
         assert_eq!(enc[0].series.as_ref().unwrap().get("comm"), Some("a"));
         assert_eq!(enc[0].sample_count, 2);

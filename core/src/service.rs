@@ -14,9 +14,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
@@ -25,7 +22,7 @@ use crate::component::*;
 use crate::config::AgentConfig;
 use crate::model::ProfileBatch;
 use crate::registry::Registry;
-use crate::telemetry::{ComponentTelemetry, Telemetry};
+use crate::telemetry::{ComponentTelemetry, Counter, Gauge, Histogram, Telemetry};
 
 /// Batches a pipeline's input holds before its receivers wait.
 const PIPELINE_INPUT_CAPACITY: usize = 4;
