@@ -1,1 +1,197 @@
-fn main() {}
+//! `agent`: runs profiling pipelines of receivers, processors and exporters.
+
+mod cli;
+mod components;
+mod http;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use agent_core::config::{self, AgentConfig};
+use agent_core::service::Service;
+use agent_core::{Kind, Registry, Telemetry};
+use anyhow::{anyhow, Context};
+use tracing::{error, info, warn};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use cli::{Action, Cli, Logging};
+
+/// The pipeline that runs without `--config`.
+const EMBEDDED_PIPELINE: &str = include_str!("../pipeline.yaml");
+
+fn init_logging(logging: &Logging) {
+    let level = match logging.level.as_str() {
+        "error" => LevelFilter::ERROR,
+        "warn" => LevelFilter::WARN,
+        "debug" => LevelFilter::DEBUG,
+        _ => LevelFilter::INFO,
+    };
+    let layer = if logging.json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_logfmt::builder()
+            .layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(level))
+        .init();
+}
+
+/// Reads `--config` (or the embedded pipeline) and validates it with the flags applied.
+fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<(String, AgentConfig)> {
+    let (name, text) = match &cli.config {
+        Some(path) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?,
+        ),
+        None => (
+            "embedded pipeline.yaml".to_owned(),
+            EMBEDDED_PIPELINE.to_owned(),
+        ),
+    };
+    let mut problems: Vec<String> = cli
+        .refused
+        .iter()
+        .map(|(flag, why)| format!("flag {flag} is not supported by this build: {why}"))
+        .collect();
+    match config::load(&text, &cli.overrides, registry, &|name| {
+        std::env::var(name).ok()
+    }) {
+        Ok(config) if problems.is_empty() => Ok((name, config)),
+        Ok(_) => Err(anyhow!("{name} is invalid:\n  {}", problems.join("\n  "))),
+        Err(errors) => {
+            problems.extend(errors.0.iter().map(|e| e.to_string()));
+            Err(anyhow!("{name} is invalid:\n  {}", problems.join("\n  ")))
+        }
+    }
+}
+
+fn list_components(registry: &Registry) {
+    for kind in [Kind::Receiver, Kind::Processor, Kind::Exporter] {
+        for f in registry.factories().filter(|f| f.kind() == kind) {
+            println!(
+                "{:<10} {:<14} {:<12} {}",
+                kind,
+                f.type_name(),
+                f.stability(),
+                f.description()
+            );
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("can install a SIGINT handler");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = name, "stop requested");
+    // A second signal means: stop now, without flushing.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        error!("second stop signal: exiting without flushing");
+        std::process::exit(130);
+    });
+}
+
+async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
+    let telemetry = Telemetry::default();
+    let address: SocketAddr = config.service.http_address.parse()?;
+    if !address.ip().is_loopback() {
+        warn!(%address, "the HTTP server listens beyond loopback; it serves profiling data of this node");
+    }
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {address} (service::http_address, --http-address)")
+        })?;
+    info!(address = %listener.local_addr()?, "HTTP server listening");
+    let server_telemetry = telemetry.clone();
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(listener, server_telemetry).await {
+            error!(error = %e, "HTTP server stopped");
+        }
+    });
+    let service = Service::build(&config, &registry, &telemetry)?;
+    service.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = cli::from_matches(&cli::command().get_matches());
+    init_logging(&cli.logging);
+    for notice in &cli.notices {
+        info!("{notice}");
+    }
+    let registry = components::registry();
+    if cli.action == Action::Components {
+        list_components(&registry);
+        return ExitCode::SUCCESS;
+    }
+    let (name, config) = match load_config(&cli, &registry) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    match cli.action {
+        Action::Validate => {
+            println!(
+                "{name} is valid: {} pipeline(s), {} component(s)",
+                config.service.pipelines.len(),
+                config.components.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Action::PrintConfig => match serde_yaml::to_string(&config.effective()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot print config: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Action::Run => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config, registry)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Action::Components => unreachable!("handled above"),
+    }
+}

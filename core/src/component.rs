@@ -8,8 +8,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::ProfileBatch;
-use crate::telemetry::{ComponentTelemetry, Telemetry};
 use crate::telemetry::Counter;
+use crate::telemetry::{ComponentTelemetry, Telemetry};
 
 /// The error a component returns; components use their own typed errors.
 pub type ComponentError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,7 +47,7 @@ impl Kind {
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -66,7 +66,7 @@ pub enum Stability {
 
 impl fmt::Display for Stability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Stability::Development => "development",
             Stability::Alpha => "alpha",
             Stability::Beta => "beta",
@@ -175,7 +175,11 @@ impl BatchSink {
 pub trait Receiver: Send {
     /// Produces batches into `sink` until it runs out of input or `shutdown`
     /// is requested; then emits what it holds (the last window) and returns.
-    async fn run(self: Box<Self>, sink: BatchSink, shutdown: Shutdown) -> Result<(), ComponentError>;
+    async fn run(
+        self: Box<Self>,
+        sink: BatchSink,
+        shutdown: Shutdown,
+    ) -> Result<(), ComponentError>;
 }
 
 /// A transformation of batches; one instance per pipeline, called in order.
@@ -281,5 +285,9 @@ pub trait Factory: Send + Sync + 'static {
     type Output: IntoComponent;
     /// Builds one instance; start-up problems (unreadable paths, missing
     /// privileges) are reported here, before anything runs.
-    fn create(&self, config: Self::Config, ctx: &BuildContext) -> Result<Self::Output, ComponentError>;
+    fn create(
+        &self,
+        config: Self::Config,
+        ctx: &BuildContext,
+    ) -> Result<Self::Output, ComponentError>;
 }

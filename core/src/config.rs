@@ -275,13 +275,13 @@ pub enum OverrideTarget {
     },
 }
 
-/// A value given on the command line that replaces a config value.
+/// A value given on the command line that replaces config values.
 #[derive(Clone, Debug)]
 pub struct Override {
     /// The flag, for error messages (`--local-store-directory`).
     pub flag: String,
-    /// Where it goes.
-    pub target: OverrideTarget,
+    /// Where it goes: every target that exists in the config gets it.
+    pub targets: Vec<OverrideTarget>,
     /// The value.
     pub value: Value,
 }
@@ -374,7 +374,8 @@ fn expand_str(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(Strin
         }
     }
     out.push_str(rest);
-    let whole = references == 1 && s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
+    let whole =
+        references == 1 && s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
     Ok((out, whole))
 }
 
@@ -388,7 +389,10 @@ fn key_text(k: &Value) -> String {
 }
 
 /// Suggests the closest of `candidates` to `name`, if any is close.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(name, c), c))
@@ -417,13 +421,9 @@ pub fn load(
         Ok(Value::Null) => Value::Mapping(Mapping::new()),
         Ok(v) => v,
         Err(e) => {
-            let at = e
-                .location()
-                .map(|l| format!("line {}, column {}: ", l.line(), l.column()))
-                .unwrap_or_default();
             return Err(ConfigErrors(vec![ConfigError::new(
                 "",
-                format!("{at}invalid YAML: {e}"),
+                format!("invalid YAML: {e}"),
             )]));
         }
     };
@@ -514,10 +514,17 @@ pub fn load(
             return Err(ConfigErrors(errors));
         }
     };
-    if service.http_address.parse::<std::net::SocketAddr>().is_err() {
+    if service
+        .http_address
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+    {
         errors.push(ConfigError::new(
             "service::http_address",
-            format!("`{}` is not an address like 127.0.0.1:7071", service.http_address),
+            format!(
+                "`{}` is not an address like 127.0.0.1:7071",
+                service.http_address
+            ),
         ));
     }
     let mut warnings = Vec::new();
@@ -583,55 +590,58 @@ fn apply_overrides(
     errors: &mut Vec<ConfigError>,
 ) {
     for o in overrides {
-        match &o.target {
-            OverrideTarget::Service(field) => {
-                let service = root
-                    .entry("service".into())
-                    .or_insert_with(|| Value::Mapping(Mapping::new()));
-                set_field(service, field, o.value.clone());
-            }
-            OverrideTarget::Component {
-                kind,
-                type_name,
-                field,
-            } => {
-                let target = format!("{}::{type_name}::{field}", kind.section());
-                if registry.get(*kind, type_name).is_none() {
-                    errors.push(ConfigError::new(
-                        "",
-                        format!(
-                            "flag {} sets {target}, but {}",
-                            o.flag,
-                            unknown_type_message(registry, *kind, type_name)
-                        ),
-                    ));
-                    continue;
+        let mut applied = false;
+        let mut reasons = Vec::new();
+        for target in &o.targets {
+            match target {
+                OverrideTarget::Service(field) => {
+                    let service = root
+                        .entry("service".into())
+                        .or_insert_with(|| Value::Mapping(Mapping::new()));
+                    set_field(service, field, o.value.clone());
+                    applied = true;
                 }
-                let mut applied = false;
-                if let Some(Value::Mapping(section)) = root.get_mut(kind.section()) {
-                    for (key, value) in section.iter_mut() {
-                        let matches = ComponentId::parse(&key_text(key))
-                            .is_ok_and(|id| id.type_name == *type_name);
-                        if matches {
-                            if value.is_null() {
-                                *value = Value::Mapping(Mapping::new());
+                OverrideTarget::Component {
+                    kind,
+                    type_name,
+                    field,
+                } => {
+                    let target = format!("{}::{type_name}::{field}", kind.section());
+                    if registry.get(*kind, type_name).is_none() {
+                        let why = unknown_type_message(registry, *kind, type_name);
+                        reasons.push(format!("it sets {target}, but {why}"));
+                        continue;
+                    }
+                    let mut found = false;
+                    if let Some(Value::Mapping(section)) = root.get_mut(kind.section()) {
+                        for (key, value) in section.iter_mut() {
+                            let matches = ComponentId::parse(&key_text(key))
+                                .is_ok_and(|id| id.type_name == *type_name);
+                            if matches {
+                                if value.is_null() {
+                                    *value = Value::Mapping(Mapping::new());
+                                }
+                                set_field(value, field, o.value.clone());
+                                found = true;
                             }
-                            set_field(value, field, o.value.clone());
-                            applied = true;
                         }
                     }
-                }
-                if !applied {
-                    errors.push(ConfigError::new(
-                        "",
-                        format!(
-                            "flag {} sets {target}, but the config has no `{type_name}` {}",
-                            o.flag,
+                    if found {
+                        applied = true;
+                    } else {
+                        reasons.push(format!(
+                            "it sets {target}, but the config has no `{type_name}` {}",
                             kind.name()
-                        ),
-                    ));
+                        ));
+                    }
                 }
             }
+        }
+        if !applied {
+            errors.push(ConfigError::new(
+                "",
+                format!("flag {} has no effect: {}", o.flag, reasons.join("; ")),
+            ));
         }
     }
 }
@@ -701,10 +711,7 @@ fn check_pipelines(
             let mut seen = HashSet::new();
             for id in ids {
                 if !seen.insert(id) {
-                    errors.push(ConfigError::new(
-                        &lpath,
-                        format!("`{id}` is listed twice"),
-                    ));
+                    errors.push(ConfigError::new(&lpath, format!("`{id}` is listed twice")));
                     continue;
                 }
                 used.insert((kind, id.clone()));
@@ -761,13 +768,32 @@ mod tests {
 
     #[test]
     fn env_expansion() {
-        assert_eq!(expand("${env:DIR}/p").unwrap(), Value::String("/data/p".into()));
-        assert_eq!(expand("${env:PORT}").unwrap(), serde_yaml::from_str::<Value>("8080").unwrap());
-        assert_eq!(expand("${env:NOPE:-7}").unwrap(), serde_yaml::from_str::<Value>("7").unwrap());
+        assert_eq!(
+            expand("${env:DIR}/p").unwrap(),
+            Value::String("/data/p".into())
+        );
+        assert_eq!(
+            expand("${env:PORT}").unwrap(),
+            serde_yaml::from_str::<Value>("8080").unwrap()
+        );
+        assert_eq!(
+            expand("${env:NOPE:-7}").unwrap(),
+            serde_yaml::from_str::<Value>("7").unwrap()
+        );
         assert_eq!(expand("a$$b").unwrap(), Value::String("a$b".into()));
-        assert_eq!(expand("$$${env:DIR}").unwrap(), Value::String("$/data".into()));
+        assert_eq!(
+            expand("$$${env:DIR}").unwrap(),
+            Value::String("$/data".into())
+        );
         assert_eq!(expand("cost $5").unwrap(), Value::String("cost $5".into()));
-        for bad in ["${env:DIR", "${DIR}", "${env:}", "${env:1X}", "${env:NOPE}", "${env:A-B}"] {
+        for bad in [
+            "${env:DIR",
+            "${DIR}",
+            "${env:}",
+            "${env:1X}",
+            "${env:NOPE}",
+            "${env:A-B}",
+        ] {
             let e = expand(bad).unwrap_err();
             assert_eq!(e[0].path, "x", "{bad}");
         }
@@ -776,7 +802,10 @@ mod tests {
     #[test]
     fn component_ids() {
         assert_eq!(ComponentId::parse("file").unwrap().to_string(), "file");
-        assert_eq!(ComponentId::parse("file/debug").unwrap().name.as_deref(), Some("debug"));
+        assert_eq!(
+            ComponentId::parse("file/debug").unwrap().name.as_deref(),
+            Some("debug")
+        );
         for bad in ["", "File", "file/", "file/a b", "/x", "a/b/c"] {
             assert!(ComponentId::parse(bad).is_err(), "{bad}");
         }

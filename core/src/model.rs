@@ -395,13 +395,14 @@ impl ProfileBatch {
             new_ids[id as usize] = Some(mapped);
         }
         let before = self.samples.len();
-        self.samples.retain_mut(|s| match new_ids[s.series as usize] {
-            Some(Some(id)) => {
-                s.series = id;
-                true
-            }
-            _ => false,
-        });
+        self.samples
+            .retain_mut(|s| match new_ids[s.series as usize] {
+                Some(Some(id)) => {
+                    s.series = id;
+                    true
+                }
+                _ => false,
+            });
         before - self.samples.len()
     }
 

@@ -9,9 +9,7 @@
 
 use std::collections::HashMap;
 
-use opentelemetry_proto::tonic::common::v1::{
-    any_value, AnyValue, InstrumentationScope, KeyValue,
-};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::profiles::v1development as otlp;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -283,7 +281,10 @@ pub fn from_otlp(data: &otlp::ProfilesData) -> Result<Vec<ProfileBatch>, OtlpErr
             for p in &sp.profiles {
                 let vt = |v: &Option<otlp::ValueType>| -> Result<ValueType, OtlpError> {
                     match v {
-                        Some(v) => Ok(ValueType::new(text(v.type_strindex)?, text(v.unit_strindex)?)),
+                        Some(v) => Ok(ValueType::new(
+                            text(v.type_strindex)?,
+                            text(v.unit_strindex)?,
+                        )),
                         None => Ok(ValueType::new("", "")),
                     }
                 };
@@ -333,7 +334,9 @@ pub fn from_otlp(data: &otlp::ProfilesData) -> Result<Vec<ProfileBatch>, OtlpErr
                     let out = &mut importer.batch.samples;
                     match (s.values.len(), s.timestamps_unix_nano.len()) {
                         (_, 0) => out.extend(s.values.iter().map(|&v| sample(v, None))),
-                        (0, _) => out.extend(s.timestamps_unix_nano.iter().map(|&t| sample(1, Some(t)))),
+                        (0, _) => {
+                            out.extend(s.timestamps_unix_nano.iter().map(|&t| sample(1, Some(t))))
+                        }
                         (a, b) if a == b => out.extend(
                             s.values
                                 .iter()
@@ -526,7 +529,11 @@ mod tests {
         assert_eq!(d.attribute_table[0], Default::default());
         assert_eq!(d.stack_table[0], Default::default());
         assert_eq!(data.resource_profiles.len(), 2);
-        let attrs = &data.resource_profiles[0].resource.as_ref().unwrap().attributes;
+        let attrs = &data.resource_profiles[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes;
         assert_eq!(attrs[0].key, "comm");
         let mapping = &d.mapping_table[1];
         let a = &d.attribute_table[mapping.attribute_indices[0] as usize];

@@ -214,11 +214,8 @@ pub fn to_pprof(batch: &ProfileBatch, grouping: PprofGrouping) -> Vec<EncodedPro
                 .into_iter()
                 .map(|series| {
                     let samples = &groups[&series];
-                    let profile = build_profile(
-                        batch,
-                        samples.iter().copied(),
-                        series_labels_in_samples,
-                    );
+                    let profile =
+                        build_profile(batch, samples.iter().copied(), series_labels_in_samples);
                     EncodedProfile {
                         series: Some(batch.labels(series).clone()),
                         sample_count: samples.len(),
@@ -233,7 +230,10 @@ pub fn to_pprof(batch: &ProfileBatch, grouping: PprofGrouping) -> Vec<EncodedPro
 /// Gzips an encoded profile.
 pub fn gzip(profile: &proto::Profile) -> Vec<u8> {
     let raw = profile.encode_to_vec();
-    let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(raw.len() / 4),
+        flate2::Compression::fast(),
+    );
     enc.write_all(&raw).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
 }
@@ -666,7 +666,10 @@ mod tests {
         let values: Vec<i64> = p.sample.iter().map(|s| s.value[0]).collect();
         assert_eq!(values, vec![3, 5]);
         // Only attributes remain as sample labels.
-        assert_eq!(p.string_table[p.sample[0].label[0].key as usize], "thread_id");
+        assert_eq!(
+            p.string_table[p.sample[0].label[0].key as usize],
+            "thread_id"
+        );
         assert_eq!(p.sample[0].label.len(), 1);
     }
 
@@ -695,7 +698,10 @@ mod tests {
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[1].profile_type.sample_type.kind, "cpu");
         assert_eq!(batches[1].total_value(), 20_000_000);
-        assert_eq!(batches[0].labels(batches[0].samples[0].series).get("pid"), Some("42"));
+        assert_eq!(
+            batches[0].labels(batches[0].samples[0].series).get("pid"),
+            Some("42")
+        );
     }
 
     #[test]

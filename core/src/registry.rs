@@ -30,7 +30,8 @@ pub trait DynFactory: Send + Sync {
     /// Parses and validates `value` (null = defaults); errors carry `path`.
     fn parse(&self, value: &Value, path: &str) -> Result<ParsedConfig, Vec<ConfigError>>;
     /// Builds an instance from a config this factory parsed.
-    fn build(&self, config: &ParsedConfig, ctx: &BuildContext) -> Result<Component, ComponentError>;
+    fn build(&self, config: &ParsedConfig, ctx: &BuildContext)
+        -> Result<Component, ComponentError>;
 }
 
 struct Erased<F>(F);
@@ -59,7 +60,13 @@ impl<F: Factory> DynFactory for Erased<F> {
     fn parse(&self, value: &Value, path: &str) -> Result<ParsedConfig, Vec<ConfigError>> {
         let value = match value {
             Value::Null => Value::Mapping(Default::default()),
-            v => v.clone(),
+            v @ Value::Mapping(_) => v.clone(),
+            _ => {
+                return Err(vec![ConfigError::new(
+                    path,
+                    "expected a mapping of settings (or nothing, for the defaults)",
+                )])
+            }
         };
         let config: F::Config = crate::config::deserialize_at(value, path).map_err(|e| vec![e])?;
         let problems = config.validate();
@@ -76,7 +83,11 @@ impl<F: Factory> DynFactory for Erased<F> {
         })
     }
 
-    fn build(&self, config: &ParsedConfig, ctx: &BuildContext) -> Result<Component, ComponentError> {
+    fn build(
+        &self,
+        config: &ParsedConfig,
+        ctx: &BuildContext,
+    ) -> Result<Component, ComponentError> {
         let typed = config
             .typed
             .downcast_ref::<F::Config>()

@@ -75,7 +75,7 @@ impl ExporterQueue {
                 let dropped = self.dropped_batches.inc() + 1;
                 self.dropped_samples.inc_by(samples);
                 // The first drop and then every 100th, so a dead backend does not flood the log.
-                if dropped == 1 || dropped % 100 == 0 {
+                if dropped == 1 || dropped.is_multiple_of(100) {
                     warn!(exporter = %self.id, dropped_batches = dropped, "exporter queue full, batch dropped");
                 }
             }
@@ -119,31 +119,32 @@ impl Service {
         let settings = ServiceSettings {
             node: config.service.node.clone(),
         };
-        let build = |kind: Kind, id: &str, pipeline: Option<&str>| -> Result<Component, ServiceError> {
-            let c = config
-                .component(kind, id)
-                .expect("validated config references configured components");
-            let factory = registry
-                .get(kind, &c.id.type_name)
-                .expect("validated config names compiled-in types");
-            let mut labels = vec![(kind.name(), id)];
-            if let Some(p) = pipeline {
-                labels.push(("pipeline", p));
-            }
-            let ctx = BuildContext {
-                id: id.to_owned(),
-                pipeline: pipeline.map(str::to_owned),
-                telemetry: telemetry.scoped(&labels),
-                service: settings.clone(),
-            };
-            factory
-                .build(&c.config, &ctx)
-                .map_err(|source| ServiceError::Build {
-                    section: kind.section(),
+        let build =
+            |kind: Kind, id: &str, pipeline: Option<&str>| -> Result<Component, ServiceError> {
+                let c = config
+                    .component(kind, id)
+                    .expect("validated config references configured components");
+                let factory = registry
+                    .get(kind, &c.id.type_name)
+                    .expect("validated config names compiled-in types");
+                let mut labels = vec![(kind.name(), id)];
+                if let Some(p) = pipeline {
+                    labels.push(("pipeline", p));
+                }
+                let ctx = BuildContext {
                     id: id.to_owned(),
-                    source,
-                })
-        };
+                    pipeline: pipeline.map(str::to_owned),
+                    telemetry: telemetry.scoped(&labels),
+                    service: settings.clone(),
+                };
+                factory
+                    .build(&c.config, &ctx)
+                    .map_err(|source| ServiceError::Build {
+                        section: kind.section(),
+                        id: id.to_owned(),
+                        source,
+                    })
+            };
 
         // Exporters: one instance and one queue each.
         let mut exporters = Vec::new();
@@ -162,7 +163,11 @@ impl Service {
                     .map_or(16, |q| q.queue_size);
                 let (sender, queue) = mpsc::channel(size);
                 let scoped = telemetry.scoped(&[("exporter", id)]);
-                let depth = scoped.gauge("exporter_queue_depth", "Batches waiting in an exporter's queue.", &[]);
+                let depth = scoped.gauge(
+                    "exporter_queue_depth",
+                    "Batches waiting in an exporter's queue.",
+                    &[],
+                );
                 queues.insert(
                     id.clone(),
                     ExporterQueue {
@@ -248,7 +253,10 @@ impl Service {
 
     /// Runs until `stop` resolves or every receiver has finished, then
     /// flushes the last window through every pipeline and exporter.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<(), ServiceError> {
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServiceError> {
         let mut exporter_tasks = JoinSet::new();
         for e in self.exporters {
             exporter_tasks.spawn(run_exporter(e));
@@ -264,7 +272,12 @@ impl Service {
             receiver_tasks.spawn(async move { (id.clone(), receiver.run(sink, shutdown).await) });
         }
         self.telemetry.set_ready(true);
-        info!(receivers = receiver_tasks.len(), pipelines = pipeline_tasks.len(), exporters = exporter_tasks.len(), "pipelines started");
+        info!(
+            receivers = receiver_tasks.len(),
+            pipelines = pipeline_tasks.len(),
+            exporters = exporter_tasks.len(),
+            "pipelines started"
+        );
 
         let mut failure = None;
         tokio::pin!(stop);
@@ -304,7 +317,10 @@ impl Service {
             while pipeline_tasks.join_next().await.is_some() {}
             while exporter_tasks.join_next().await.is_some() {}
         };
-        if tokio::time::timeout(self.shutdown_timeout, drain).await.is_err() {
+        if tokio::time::timeout(self.shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
             error!(timeout = ?self.shutdown_timeout, "shutdown timed out");
             return Err(failure.unwrap_or(ServiceError::ShutdownTimeout(self.shutdown_timeout)));
         }
@@ -356,12 +372,23 @@ async fn run_pipeline(mut p: PipelineRuntime) {
             match result {
                 Ok(b) => Arc::new(b),
                 Err((processor, error, samples)) => {
-                    let labels = [("pipeline", p.id.as_str()), ("processor", processor.as_str())];
+                    let labels = [
+                        ("pipeline", p.id.as_str()),
+                        ("processor", processor.as_str()),
+                    ];
                     p.telemetry
-                        .counter("processor_errors", "Batches a processor failed on (they are dropped).", &labels)
+                        .counter(
+                            "processor_errors",
+                            "Batches a processor failed on (they are dropped).",
+                            &labels,
+                        )
                         .inc();
                     p.telemetry
-                        .counter("processor_dropped_samples", "Samples in batches dropped by processor errors.", &labels)
+                        .counter(
+                            "processor_dropped_samples",
+                            "Samples in batches dropped by processor errors.",
+                            &labels,
+                        )
                         .inc_by(samples as u64);
                     warn!(pipeline = %p.id, %processor, %error, samples, "processor failed; batch dropped");
                     continue;
@@ -379,9 +406,17 @@ async fn run_pipeline(mut p: PipelineRuntime) {
 }
 
 async fn run_exporter(mut e: ExporterRuntime) {
-    let batches = e.telemetry.counter("exporter_batches", "Batches an exporter sent.", &[]);
-    let samples = e.telemetry.counter("exporter_samples", "Samples an exporter sent.", &[]);
-    let errors = e.telemetry.counter("exporter_errors", "Batches an exporter failed to send.", &[]);
+    let batches = e
+        .telemetry
+        .counter("exporter_batches", "Batches an exporter sent.", &[]);
+    let samples = e
+        .telemetry
+        .counter("exporter_samples", "Samples an exporter sent.", &[]);
+    let errors = e.telemetry.counter(
+        "exporter_errors",
+        "Batches an exporter failed to send.",
+        &[],
+    );
     let latency: Histogram = e.telemetry.histogram(
         "exporter_export_duration_seconds",
         "Time an exporter took per batch.",
@@ -443,7 +478,11 @@ mod tests {
     struct Counting(CountConfig);
     #[async_trait::async_trait]
     impl Receiver for Counting {
-        async fn run(self: Box<Self>, sink: BatchSink, mut shutdown: Shutdown) -> Result<(), ComponentError> {
+        async fn run(
+            self: Box<Self>,
+            sink: BatchSink,
+            mut shutdown: Shutdown,
+        ) -> Result<(), ComponentError> {
             for i in 1..=self.0.batches {
                 sink.send(batch(i)).await;
             }
@@ -532,7 +571,10 @@ mod tests {
         r.register(CountingFactory);
         r.register(DoublerFactory(doublers));
         r.register(SinkFactory(
-            sinks.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            sinks
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         ));
         r
     }
@@ -551,7 +593,13 @@ mod tests {
             gate: Some(gate.clone()),
             ..Default::default()
         };
-        let r = registry(&[("sink/fast", fast.clone()), ("sink/blocked", blocked.clone())], Default::default());
+        let r = registry(
+            &[
+                ("sink/fast", fast.clone()),
+                ("sink/blocked", blocked.clone()),
+            ],
+            Default::default(),
+        );
         let yaml = r#"
 receivers: {counting: {batches: 50}}
 exporters:
@@ -581,14 +629,16 @@ service:
         let metrics = telemetry.encode();
         let dropped: u64 = metrics
             .lines()
-            .find(|l| l.starts_with("agent_exporter_dropped_batches_total{exporter=\"sink/blocked\"}"))
+            .find(|l| {
+                l.starts_with("agent_exporter_dropped_batches_total{exporter=\"sink/blocked\"}")
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .expect("dropped counter exported");
         let delivered = blocked.values.lock().unwrap().len() as u64;
         assert_eq!(dropped + delivered, 50, "{metrics}");
         // At most one batch in export and two queued got through.
-        assert!(delivered <= 3 && delivered >= 1, "delivered {delivered}");
+        assert!((1..=3).contains(&delivered), "delivered {delivered}");
         assert!(!metrics.contains("agent_exporter_dropped_batches_total{exporter=\"sink/fast\"} 1"));
     }
 
@@ -597,7 +647,10 @@ service:
         let a = Sink::default();
         let b = Sink::default();
         let instances = Arc::new(Mutex::new(0));
-        let r = registry(&[("sink/a", a.clone()), ("sink/b", b.clone())], instances.clone());
+        let r = registry(
+            &[("sink/a", a.clone()), ("sink/b", b.clone())],
+            instances.clone(),
+        );
         let yaml = r#"
 receivers: {counting: {batches: 5}}
 processors: {doubler: {}}
@@ -609,7 +662,11 @@ service:
 "#;
         let config = load(yaml, &[], &r, &|_| None).unwrap();
         let telemetry = Telemetry::default();
-        Service::build(&config, &r, &telemetry).unwrap().run(std::future::pending()).await.unwrap();
+        Service::build(&config, &r, &telemetry)
+            .unwrap()
+            .run(std::future::pending())
+            .await
+            .unwrap();
         assert_eq!(*instances.lock().unwrap(), 1);
         // 3 failed with an error, 4 panicked: both dropped, the pipeline went on.
         assert_eq!(sorted(&a), vec![2, 4, 10]);

@@ -93,12 +93,7 @@ impl Telemetry {
         family.get_or_create_owned(&owned(labels))
     }
 
-    fn register(
-        &self,
-        name: &str,
-        help: &str,
-        metric: impl prometheus_client::registry::Metric,
-    ) {
+    fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
         self.0
             .registry
             .lock()
@@ -174,14 +169,20 @@ mod tests {
     fn counters_are_shared_by_name_and_labels_and_encoded() {
         let t = Telemetry::default();
         let c = t.scoped(&[("exporter", "file")]);
-        c.counter("exporter_dropped_batches", "Batches dropped.", &[]).inc();
-        c.counter("exporter_dropped_batches", "Batches dropped.", &[]).inc_by(2);
-        t.gauge("queue_depth", "Depth.", &[("exporter", "x")]).set(4);
+        c.counter("exporter_dropped_batches", "Batches dropped.", &[])
+            .inc();
+        c.counter("exporter_dropped_batches", "Batches dropped.", &[])
+            .inc_by(2);
+        t.gauge("queue_depth", "Depth.", &[("exporter", "x")])
+            .set(4);
         let text = t.encode();
         assert!(
             text.contains("agent_exporter_dropped_batches_total{exporter=\"file\"} 3"),
             "{text}"
         );
-        assert!(text.contains("agent_queue_depth{exporter=\"x\"} 4"), "{text}");
+        assert!(
+            text.contains("agent_queue_depth{exporter=\"x\"} 4"),
+            "{text}"
+        );
     }
 }

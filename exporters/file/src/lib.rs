@@ -97,7 +97,11 @@ impl Factory for FileExporterFactory {
     type Config = FileExporterConfig;
     type Output = Box<dyn Exporter>;
 
-    fn create(&self, config: Self::Config, _ctx: &BuildContext) -> Result<Self::Output, ComponentError> {
+    fn create(
+        &self,
+        config: Self::Config,
+        _ctx: &BuildContext,
+    ) -> Result<Self::Output, ComponentError> {
         let dir_error = |source| FileExporterError::Directory {
             path: config.directory.clone(),
             source,
@@ -154,13 +158,20 @@ impl Store {
         self.sequence += 1;
         for (i, profile) in to_pprof(batch, grouping).into_iter().enumerate() {
             let name = if self.config.per_series {
-                format!("{PREFIX}{written_ms:013}-{:06}-{i:04}{SUFFIX}", self.sequence)
+                format!(
+                    "{PREFIX}{written_ms:013}-{:06}-{i:04}{SUFFIX}",
+                    self.sequence
+                )
             } else {
                 format!("{PREFIX}{written_ms:013}-{:06}{SUFFIX}", self.sequence)
             };
             let path = self.config.directory.join(name);
-            write_atomically(&self.config.directory, &path, &profile.gzipped)
-                .map_err(|source| FileExporterError::Write { path: path.clone(), source })?;
+            write_atomically(&self.config.directory, &path, &profile.gzipped).map_err(
+                |source| FileExporterError::Write {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
             debug!(file = %path.display(), samples = profile.sample_count, "profile written");
             self.kept.push_back((path, profile.gzipped.len() as u64));
         }
@@ -170,12 +181,18 @@ impl Store {
 
     /// Deletes the oldest files until the limits hold; the newest file stays.
     fn enforce_retention(&mut self) {
-        let Retention { max_files, max_bytes } = self.config.retention;
+        let Retention {
+            max_files,
+            max_bytes,
+        } = self.config.retention;
         let mut bytes: u64 = self.kept.iter().map(|(_, n)| n).sum();
         while self.kept.len() > 1
-            && ((max_files > 0 && self.kept.len() > max_files) || (max_bytes > 0 && bytes > max_bytes))
+            && ((max_files > 0 && self.kept.len() > max_files)
+                || (max_bytes > 0 && bytes > max_bytes))
         {
-            let Some((path, size)) = self.kept.pop_front() else { break };
+            let Some((path, size)) = self.kept.pop_front() else {
+                break;
+            };
             bytes -= size;
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -239,11 +256,16 @@ mod tests {
     }
 
     fn exporter(config: FileExporterConfig) -> Box<dyn Exporter> {
-        FileExporterFactory.create(config, &BuildContext::for_test("file")).unwrap()
+        FileExporterFactory
+            .create(config, &BuildContext::for_test("file"))
+            .unwrap()
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         v.sort();
         v
     }
@@ -274,7 +296,10 @@ mod tests {
         let mut e = exporter(FileExporterConfig {
             directory: dir.path().into(),
             per_series: true,
-            retention: Retention { max_files: 3, max_bytes: 0 },
+            retention: Retention {
+                max_files: 3,
+                max_bytes: 0,
+            },
         });
         for _ in 0..3 {
             e.export(Arc::new(batch())).await.unwrap();
@@ -283,20 +308,33 @@ mod tests {
         // 6 profiles written, 3 kept, plus the unrelated file; no temp files left.
         assert_eq!(written.len(), 4, "{written:?}");
         assert!(written.iter().any(|p| p.ends_with("unrelated.txt")));
-        let last = written.iter().filter(|p| p.to_string_lossy().ends_with(".pb.gz")).last().unwrap();
+        let last = written
+            .iter()
+            .rfind(|p| p.to_string_lossy().ends_with(".pb.gz"))
+            .unwrap();
         let back = from_pprof(&std::fs::read(last).unwrap()).unwrap();
         assert_eq!(back[0].samples.len(), 1);
-        assert_eq!(back[0].labels(back[0].samples[0].series).get("comm"), Some("b"));
+        assert_eq!(
+            back[0].labels(back[0].samples[0].series).get("comm"),
+            Some("b")
+        );
     }
 
     #[tokio::test]
     async fn retention_by_bytes_counts_files_from_earlier_runs() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("profile-0000000000001-000001.pb.gz"), vec![0u8; 5000]).unwrap();
+        std::fs::write(
+            dir.path().join("profile-0000000000001-000001.pb.gz"),
+            vec![0u8; 5000],
+        )
+        .unwrap();
         let mut e = exporter(FileExporterConfig {
             directory: dir.path().into(),
             per_series: false,
-            retention: Retention { max_files: 0, max_bytes: 4000 },
+            retention: Retention {
+                max_files: 0,
+                max_bytes: 4000,
+            },
         });
         e.export(Arc::new(batch())).await.unwrap();
         let written = files(dir.path());

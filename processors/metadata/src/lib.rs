@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use agent_core::{
-    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, ProfileBatch, Processor,
+    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, Processor, ProfileBatch,
     Stability,
 };
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,11 @@ impl Factory for MetadataFactory {
     type Config = MetadataConfig;
     type Output = Box<dyn Processor>;
 
-    fn create(&self, config: Self::Config, ctx: &BuildContext) -> Result<Self::Output, ComponentError> {
+    fn create(
+        &self,
+        config: Self::Config,
+        ctx: &BuildContext,
+    ) -> Result<Self::Output, ComponentError> {
         Ok(Box::new(Metadata {
             node: ctx.service.node.clone(),
             external_labels: config.external_labels,
@@ -94,11 +98,19 @@ mod tests {
         let config = MetadataConfig {
             external_labels: [("region".into(), "eu".into()), ("comm".into(), "x".into())].into(),
         };
-        let mut p = MetadataFactory.create(config, &BuildContext::for_test("metadata")).unwrap();
+        let mut p = MetadataFactory
+            .create(config, &BuildContext::for_test("metadata"))
+            .unwrap();
         let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
         let stack = b.stacks.intern(vec![]);
         let series = b.label_sets.intern(LabelSet::new([("comm", "nginx")]));
-        b.samples.push(Sample { stack, series, attributes: 0, value: 1, timestamp_unix_nanos: None });
+        b.samples.push(Sample {
+            stack,
+            series,
+            attributes: 0,
+            value: 1,
+            timestamp_unix_nanos: None,
+        });
         let b = p.process(b).unwrap();
         let labels = b.labels(b.samples[0].series);
         assert_eq!(labels.get("node"), Some("test-node"));

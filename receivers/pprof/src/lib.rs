@@ -74,10 +74,16 @@ impl ComponentConfig for PprofReceiverConfig {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if self.path.as_os_str().is_empty() {
-            errors.push(FieldError::new("path", "required: a pprof file or a directory of them"));
+            errors.push(FieldError::new(
+                "path",
+                "required: a pprof file or a directory of them",
+            ));
         }
         if self.watch && self.poll_interval.is_zero() {
-            errors.push(FieldError::new("poll_interval", "must be above 0s when watching"));
+            errors.push(FieldError::new(
+                "poll_interval",
+                "must be above 0s when watching",
+            ));
         }
         errors
     }
@@ -105,11 +111,16 @@ pub struct PprofReceiverFactory;
 impl Factory for PprofReceiverFactory {
     const TYPE: &'static str = "pprof";
     const STABILITY: Stability = Stability::Alpha;
-    const DESCRIPTION: &'static str = "reads pprof files from a file or directory, once or watching";
+    const DESCRIPTION: &'static str =
+        "reads pprof files from a file or directory, once or watching";
     type Config = PprofReceiverConfig;
     type Output = Box<dyn Receiver>;
 
-    fn create(&self, config: Self::Config, ctx: &BuildContext) -> Result<Self::Output, ComponentError> {
+    fn create(
+        &self,
+        config: Self::Config,
+        ctx: &BuildContext,
+    ) -> Result<Self::Output, ComponentError> {
         let meta = std::fs::metadata(&config.path).map_err(|source| PprofReceiverError::Path {
             path: config.path.clone(),
             source,
@@ -129,11 +140,13 @@ struct PprofReceiver {
     counters: Counters,
 }
 
-/// What a scan remembers of each file: size and mtime when last read.
-type Seen = HashMap<PathBuf, (u64, Option<SystemTime>)>;
+/// Size and modification time of a file when it was read.
+type Stamp = (u64, Option<SystemTime>);
+/// What a scan remembers of each file.
+type Seen = HashMap<PathBuf, Stamp>;
 
 /// Files under `path` not read yet (or changed since a failed read), in name order.
-fn new_files(path: &Path, seen: &Seen) -> std::io::Result<Vec<(PathBuf, (u64, Option<SystemTime>))>> {
+fn new_files(path: &Path, seen: &Seen) -> std::io::Result<Vec<(PathBuf, Stamp)>> {
     let mut out = Vec::new();
     let entries: Vec<PathBuf> = if path.is_file() {
         vec![path.to_owned()]
@@ -147,7 +160,9 @@ fn new_files(path: &Path, seen: &Seen) -> std::io::Result<Vec<(PathBuf, (u64, Op
         v
     };
     for p in entries {
-        let Ok(meta) = std::fs::metadata(&p) else { continue };
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
@@ -240,7 +255,11 @@ impl Window {
 
 #[agent_core::async_trait]
 impl Receiver for PprofReceiver {
-    async fn run(self: Box<Self>, sink: BatchSink, mut shutdown: Shutdown) -> Result<(), ComponentError> {
+    async fn run(
+        self: Box<Self>,
+        sink: BatchSink,
+        mut shutdown: Shutdown,
+    ) -> Result<(), ComponentError> {
         let windowed = !self.config.window.is_zero();
         let mut window = Window::default();
         let mut seen = Seen::new();
@@ -319,12 +338,19 @@ mod tests {
         std::fs::write(dir.path().join(".tmp123"), b"half written").unwrap();
         let config = PprofReceiverConfig {
             path: dir.path().into(),
-            labels: [("env".to_string(), "test".to_string()), ("comm".into(), "lost".into())].into(),
+            labels: [
+                ("env".to_string(), "test".to_string()),
+                ("comm".into(), "lost".into()),
+            ]
+            .into(),
             ..Default::default()
         };
         let (tx, rx) = mpsc::channel(16);
         let (_stop, shutdown) = Shutdown::new();
-        receiver(config).run(BatchSink::for_test(vec![tx]), shutdown).await.unwrap();
+        receiver(config)
+            .run(BatchSink::for_test(vec![tx]), shutdown)
+            .await
+            .unwrap();
         let batches = collect(rx).await;
         assert_eq!(batches.len(), 2);
         let labels = batches[1].labels(batches[1].samples[0].series);
@@ -365,7 +391,11 @@ mod tests {
             path: "/nonexistent/profiles".into(),
             ..Default::default()
         };
-        let err = PprofReceiverFactory.create(config, &ctx).err().unwrap().to_string();
+        let err = PprofReceiverFactory
+            .create(config, &ctx)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("cannot read /nonexistent/profiles"), "{err}");
     }
 }

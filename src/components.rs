@@ -1,0 +1,49 @@
+//! The one place that lists the compiled-in components, each behind its
+//! Cargo feature (what the OpenTelemetry Collector builder generates as
+//! `components.go`). Adding a component: a crate, a feature in Cargo.toml,
+//! and one `register` line here.
+
+use agent_core::{Kind, Registry};
+
+/// Every component compiled into this binary, and the known ones that are not.
+pub fn registry() -> Registry {
+    let mut r = Registry::default();
+
+    #[cfg(feature = "receiver-pprof")]
+    r.register(agent_receiver_pprof::PprofReceiverFactory);
+    #[cfg(not(feature = "receiver-pprof"))]
+    r.absent(
+        Kind::Receiver,
+        "pprof",
+        "built without Cargo feature `receiver-pprof`",
+    );
+
+    #[cfg(feature = "processor-metadata")]
+    r.register(agent_processor_metadata::MetadataFactory);
+    #[cfg(not(feature = "processor-metadata"))]
+    r.absent(
+        Kind::Processor,
+        "metadata",
+        "built without Cargo feature `processor-metadata`",
+    );
+
+    #[cfg(feature = "exporter-file")]
+    r.register(agent_exporter_file::FileExporterFactory);
+    #[cfg(not(feature = "exporter-file"))]
+    r.absent(
+        Kind::Exporter,
+        "file",
+        "built without Cargo feature `exporter-file`",
+    );
+
+    // Components of the design that are not written yet.
+    const NOT_YET: &str = "not implemented yet";
+    r.absent(Kind::Receiver, "ebpf_cpu", NOT_YET);
+    r.absent(Kind::Processor, "relabel", NOT_YET);
+    r.absent(Kind::Processor, "k8s_meta", NOT_YET);
+    r.absent(Kind::Processor, "symbolize", NOT_YET);
+    r.absent(Kind::Processor, "plugin", NOT_YET);
+    r.absent(Kind::Exporter, "parca_grpc", NOT_YET);
+    r.absent(Kind::Exporter, "otlp_profiles", NOT_YET);
+    r
+}

@@ -1,0 +1,172 @@
+//! End-to-end: the `agent` binary runs pprof receiver -> file exporter.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_core::pprof::from_pprof;
+use agent_core::{ProfileBatch, ResolvedSample};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cpu.pb.gz");
+
+fn agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
+    c.args(["--http-address", "127.0.0.1:0"]);
+    c
+}
+
+fn output_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".pb.gz"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Samples per profile type, sorted, with the `node` label the pipeline adds removed.
+fn by_type(batches: &[ProfileBatch]) -> Vec<(String, Vec<ResolvedSample>)> {
+    let mut out: Vec<(String, Vec<ResolvedSample>)> = Vec::new();
+    for b in batches {
+        let name = format!(
+            "{}/{}",
+            b.profile_type.sample_type.kind, b.profile_type.sample_type.unit
+        );
+        let mut samples = b.resolved_samples();
+        for s in &mut samples {
+            s.series.remove("node");
+        }
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.extend(samples),
+            None => out.push((name, samples)),
+        }
+    }
+    for (_, v) in &mut out {
+        v.sort();
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn decode_all(files: &[PathBuf]) -> Vec<ProfileBatch> {
+    files
+        .iter()
+        .flat_map(|f| from_pprof(&std::fs::read(f).unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn pprof_to_file_keeps_samples_totals_and_stacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers: {{pprof: {{path: {FIXTURE}}}}}\nprocessors: {{metadata: {{}}}}\nexporters: {{file: {{directory: {}}}}}\n\
+             service: {{pipelines: {{profiles: {{receivers: [pprof], processors: [metadata], exporters: [file]}}}}}}\n",
+            out_dir.display()
+        ),
+    )
+    .unwrap();
+    let status = agent()
+        .args(["--config", config.to_str().unwrap(), "--node", "e2e-node"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let input = from_pprof(&std::fs::read(FIXTURE).unwrap()).unwrap();
+    let files = output_files(&out_dir);
+    // One file per window; the fixture holds two sample types, so two batches.
+    assert_eq!(files.len(), 2, "{files:?}");
+    let output = decode_all(&files);
+    assert_eq!(by_type(&output), by_type(&input));
+    // Totals the fixture generator printed.
+    let total = |t: &str| -> i64 {
+        output
+            .iter()
+            .filter(|b| b.profile_type.sample_type.kind == t)
+            .map(|b| b.total_value())
+            .sum()
+    };
+    assert_eq!(total("samples"), 25);
+    assert_eq!(total("cpu"), 1_315_789_450);
+    // The stack with the inlined frame keeps both lines, innermost first.
+    let deepest = output[0]
+        .resolved_samples()
+        .into_iter()
+        .find(|s| s.frames.len() == 2)
+        .unwrap();
+    let names: Vec<&str> = deepest.frames[0]
+        .lines
+        .iter()
+        .map(|l| l.function.as_str())
+        .collect();
+    assert_eq!(names, ["square", "compute"]);
+    // The pipeline's labels are there.
+    for b in &output {
+        for s in &b.samples {
+            assert_eq!(b.labels(s.series).get("node"), Some("e2e-node"));
+        }
+    }
+}
+
+#[test]
+fn sigterm_mid_window_flushes_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = dir.path().join("incoming");
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&watch).unwrap();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers: {{pprof: {{path: {}, watch: true, poll_interval: 50ms, window: 1h}}}}\n\
+             exporters: {{file: {{directory: {}}}}}\n\
+             service: {{pipelines: {{profiles: {{receivers: [pprof], exporters: [file]}}}}}}\n",
+            watch.display(),
+            out_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = agent()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log-level=debug",
+            "--log-format=json",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::copy(FIXTURE, watch.join("cpu.pb.gz")).unwrap();
+    // Wait until the agent has read the file: it is now only in the open window.
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "agent exited early");
+        if line.contains("pprof file read") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "file never read");
+    }
+    assert!(
+        output_files(&out_dir).is_empty(),
+        "nothing is written before the window ends"
+    );
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let output = decode_all(&output_files(&out_dir));
+    let input = from_pprof(&std::fs::read(FIXTURE).unwrap()).unwrap();
+    assert_eq!(by_type(&output), by_type(&input));
+}

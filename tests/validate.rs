@@ -1,0 +1,301 @@
+//! `agent validate`, `agent components` and `agent print-config`, run as a user would.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn agent(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("agent runs")
+}
+
+fn write_config(dir: &Path, yaml: &str) -> String {
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+const GOOD: &str = r#"
+receivers:
+  pprof: {path: ./tests/fixtures}
+processors:
+  metadata: {external_labels: {team: "${env:TEAM:-core}"}}
+exporters:
+  file: {directory: "${env:OUT_DIR}"}
+service:
+  pipelines:
+    profiles: {receivers: [pprof], processors: [metadata], exporters: [file]}
+"#;
+
+#[test]
+fn a_valid_config_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), GOOD);
+    let out = agent(
+        &["validate", "--config", &config],
+        &[("OUT_DIR", "/tmp/out")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is valid: 1 pipeline(s), 3 component(s)")
+    );
+}
+
+/// (what is wrong, config, expected message) — each must fail with exit 1.
+const BAD: &[(&str, &str, &str)] = &[
+    ("bad YAML", "receivers: [\n", "invalid YAML"),
+    (
+        "unknown key",
+        "receivers: {pprof: {path: /tmp, pathh: x}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "receivers::pprof::pathh: unknown field `pathh`",
+    ),
+    (
+        "unknown top-level key",
+        "recievers: {}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "recievers: unknown top-level key `recievers` (expected one of receivers, processors, exporters, service); did you mean `receivers`?",
+    ),
+    (
+        "unknown component type",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {fille: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [fille]}}}",
+        "exporters::fille: unknown exporter type `fille`; did you mean `file`?",
+    ),
+    (
+        "component not in this build",
+        "receivers: {ebpf_cpu: {}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [ebpf_cpu], exporters: [file]}}}",
+        "receivers::ebpf_cpu: receiver type `ebpf_cpu` is not in this build",
+    ),
+    (
+        "misspelled reference",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {file/local: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file/locl]}}}",
+        "service::pipelines::profiles::exporters: `file/locl` is not configured under `exporters`; did you mean `file/local`?",
+    ),
+    (
+        "wrong type",
+        "receivers: {pprof: {path: /tmp, watch: often}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "receivers::pprof::watch: invalid type: string \"often\", expected a boolean",
+    ),
+    (
+        "wrong nested type",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {file: {retention: {max_files: -3}}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "exporters::file::retention::max_files: invalid value: integer `-3`",
+    ),
+    (
+        "bad duration",
+        "receivers: {pprof: {path: /tmp, poll_interval: soon}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "receivers::pprof::poll_interval:",
+    ),
+    (
+        "bad ${env:…} syntax",
+        "receivers: {pprof: {path: \"${env:DIR\"}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "receivers::pprof::path: unclosed `${`",
+    ),
+    (
+        "unset variable without default",
+        "receivers: {pprof: {path: \"${env:SURELY_NOT_SET_42}\"}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "receivers::pprof::path: environment variable `SURELY_NOT_SET_42` is not set",
+    ),
+    (
+        "duplicate ids",
+        "receivers: {pprof: {path: /tmp}}\nexporters:\n  file: {}\n  file: {}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "duplicate entry with key \"file\"",
+    ),
+    (
+        "duplicate reference in a pipeline",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof, pprof], exporters: [file]}}}",
+        "service::pipelines::profiles::receivers: `pprof` is listed twice",
+    ),
+    (
+        "empty pipeline",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {}}}",
+        "service::pipelines::profiles::receivers: a pipeline needs at least one receiver",
+    ),
+    (
+        "pipeline with no exporter",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof]}}}",
+        "service::pipelines::profiles::exporters: a pipeline needs at least one exporter",
+    ),
+    (
+        "no pipelines",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {file: {}}\n",
+        "service::pipelines: no pipelines defined",
+    ),
+    (
+        "not a profiles pipeline",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {file: {}}\nservice: {pipelines: {traces: {receivers: [pprof], exporters: [file]}}}",
+        "service::pipelines::traces: `traces` is not a pipeline id",
+    ),
+    (
+        "missing required value",
+        "receivers: {pprof: {}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "receivers::pprof::path: required",
+    ),
+    (
+        "bad service value",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {file: {}}\nservice: {http_address: nowhere, pipelines: {profiles: {receivers: [pprof], exporters: [file]}}}",
+        "service::http_address: `nowhere` is not an address",
+    ),
+];
+
+#[test]
+fn malformed_configs_fail_with_their_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for (what, yaml, expected) in BAD {
+        let config = write_config(dir.path(), yaml);
+        let out = agent(&["validate", "--config", &config], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{what}: expected `{expected}` in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "receivers: {pprof: {}}\nexporters: {file: {bogus: 1}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [fil]}}}",
+    );
+    let out = agent(&["validate", "--config", &config], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "receivers::pprof::path",
+        "exporters::file::bogus",
+        "`fil` is not configured",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn flags_set_fields_of_their_components() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), GOOD);
+    let out = agent(
+        &[
+            "print-config",
+            "--config",
+            &config,
+            "--node=node-7",
+            "--local-store-directory=/var/lib/profiles",
+            "--metadata-external-labels=region=eu;tier=1",
+        ],
+        &[("OUT_DIR", "/tmp/out"), ("TEAM", "perf")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["service"]["node"], "node-7");
+    assert_eq!(
+        printed["exporters"]["file"]["directory"],
+        "/var/lib/profiles"
+    );
+    // Defaults are filled in; env expanded.
+    assert_eq!(printed["exporters"]["file"]["retention"]["max_files"], 1000);
+    assert_eq!(
+        printed["exporters"]["file"]["sending_queue"]["queue_size"],
+        16
+    );
+    // The flag replaces the whole map, as Parca Agent's flag does.
+    assert_eq!(
+        printed["processors"]["metadata"]["external_labels"]["region"],
+        "eu"
+    );
+    assert!(printed["processors"]["metadata"]["external_labels"]["team"].is_null());
+}
+
+#[test]
+fn flags_of_components_not_in_this_build_are_errors_that_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), GOOD);
+    let out = agent(
+        &[
+            "validate",
+            "--config",
+            &config,
+            "--remote-store-address=parca:7070",
+        ],
+        &[("OUT_DIR", "/tmp/out")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("flag --remote-store-address has no effect: it sets exporters::parca_grpc::address, but exporter type `parca_grpc` is not in this build"),
+        "{stderr}"
+    );
+    let out = agent(
+        &["validate", "--config", &config, "--otlp-address=x:4317"],
+        &[("OUT_DIR", "/tmp/out")],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("flag --otlp-address is not supported by this build"));
+}
+
+#[test]
+fn flags_without_meaning_are_accepted_with_a_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), GOOD);
+    let out = agent(
+        &[
+            "validate",
+            "--config",
+            &config,
+            "--analytics-opt-out",
+            "--mutex-profile-fraction=5",
+        ],
+        &[("OUT_DIR", "/tmp/out")],
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--analytics-opt-out has no effect"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--mutex-profile-fraction has no effect"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn components_lists_what_is_compiled_in() {
+    let out = agent(&["components"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert!(
+        rows.contains(&vec!["receiver", "pprof", "alpha"]),
+        "{stdout}"
+    );
+    assert!(
+        rows.contains(&vec!["exporter", "file", "alpha"]),
+        "{stdout}"
+    );
+    assert!(
+        rows.contains(&vec!["processor", "metadata", "development"]),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn version_names_the_revision() {
+    let out = agent(&["--version"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("agent {} (revision ", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+}
