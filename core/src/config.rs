@@ -196,11 +196,18 @@ impl Default for ServiceConfig {
 pub struct SendingQueue {
     /// Batches that may wait; when full, new batches are dropped and counted.
     pub queue_size: usize,
+    /// Wait instead of dropping when full. This stalls the pipelines feeding
+    /// the exporter, and so their receivers: for converting files, not for
+    /// live profiling.
+    pub block_on_overflow: bool,
 }
 
 impl Default for SendingQueue {
     fn default() -> Self {
-        Self { queue_size: 16 }
+        Self {
+            queue_size: 16,
+            block_on_overflow: false,
+        }
     }
 }
 

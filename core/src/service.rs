@@ -58,26 +58,31 @@ pub enum ServiceError {
 struct ExporterQueue {
     id: String,
     sender: mpsc::Sender<Arc<ProfileBatch>>,
+    block_on_overflow: bool,
     depth: Gauge,
     dropped_batches: Counter,
     dropped_samples: Counter,
 }
 
 impl ExporterQueue {
-    /// Queues a batch without waiting; a full queue drops it and counts it.
-    fn offer(&self, batch: Arc<ProfileBatch>) {
+    /// Queues a batch; a full queue drops it and counts it, unless the
+    /// exporter is configured to block.
+    async fn offer(&self, batch: Arc<ProfileBatch>) {
         let samples = batch.samples.len() as u64;
-        match self.sender.try_send(batch) {
-            Ok(()) => {
-                self.depth.inc();
-            }
-            Err(_) => {
-                let dropped = self.dropped_batches.inc() + 1;
-                self.dropped_samples.inc_by(samples);
-                // The first drop and then every 100th, so a dead backend does not flood the log.
-                if dropped == 1 || dropped.is_multiple_of(100) {
-                    warn!(exporter = %self.id, dropped_batches = dropped, "exporter queue full, batch dropped");
-                }
+        // Counted before sending so the exporter's decrement never comes first.
+        self.depth.inc();
+        let sent = if self.block_on_overflow {
+            self.sender.send(batch).await.is_ok()
+        } else {
+            self.sender.try_send(batch).is_ok()
+        };
+        if !sent {
+            self.depth.dec();
+            let dropped = self.dropped_batches.inc() + 1;
+            self.dropped_samples.inc_by(samples);
+            // The first drop and then every 100th, so a dead backend does not flood the log.
+            if dropped == 1 || dropped.is_multiple_of(100) {
+                warn!(exporter = %self.id, dropped_batches = dropped, "exporter queue full, batch dropped");
             }
         }
     }
@@ -157,11 +162,11 @@ impl Service {
                 let Component::Exporter(exporter) = build(Kind::Exporter, id, None)? else {
                     unreachable!("exporter factories build exporters")
                 };
-                let size = config
+                let settings = config
                     .component(Kind::Exporter, id)
-                    .and_then(|c| c.queue.as_ref())
-                    .map_or(16, |q| q.queue_size);
-                let (sender, queue) = mpsc::channel(size);
+                    .and_then(|c| c.queue.clone())
+                    .unwrap_or_default();
+                let (sender, queue) = mpsc::channel(settings.queue_size);
                 let scoped = telemetry.scoped(&[("exporter", id)]);
                 let depth = scoped.gauge(
                     "exporter_queue_depth",
@@ -173,6 +178,7 @@ impl Service {
                     ExporterQueue {
                         id: id.clone(),
                         sender,
+                        block_on_overflow: settings.block_on_overflow,
                         depth: depth.clone(),
                         dropped_batches: scoped.counter(
                             "exporter_dropped_batches",
@@ -400,7 +406,7 @@ async fn run_pipeline(mut p: PipelineRuntime) {
             continue;
         }
         for e in &p.exporters {
-            e.offer(batch.clone());
+            e.offer(batch.clone()).await;
         }
     }
 }
@@ -603,7 +609,7 @@ mod tests {
         let yaml = r#"
 receivers: {counting: {batches: 50}}
 exporters:
-  sink/fast: {}
+  sink/fast: {sending_queue: {queue_size: 64}}
   sink/blocked: {sending_queue: {queue_size: 2}}
 service:
   pipelines:
@@ -640,6 +646,36 @@ service:
         // At most one batch in export and two queued got through.
         assert!((1..=3).contains(&delivered), "delivered {delivered}");
         assert!(!metrics.contains("agent_exporter_dropped_batches_total{exporter=\"sink/fast\"} 1"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn block_on_overflow_waits_instead_of_dropping() {
+        let gate = Arc::new(Notify::new());
+        let slow = Sink {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        };
+        let r = registry(&[("sink", slow.clone())], Default::default());
+        let yaml = r#"
+receivers: {counting: {batches: 20}}
+exporters: {sink: {sending_queue: {queue_size: 1, block_on_overflow: true}}}
+service: {pipelines: {profiles: {receivers: [counting], exporters: [sink]}}}
+"#;
+        let config = load(yaml, &[], &r, &|_| None).unwrap();
+        let telemetry = Telemetry::default();
+        let service = Service::build(&config, &r, &telemetry).unwrap();
+        let release = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                gate.notify_one();
+            }
+        });
+        service.run(std::future::pending()).await.unwrap();
+        release.abort();
+        assert_eq!(sorted(&slow), (1..=20).collect::<Vec<_>>());
+        assert!(!telemetry
+            .encode()
+            .contains("agent_exporter_dropped_batches_total{exporter=\"sink\"} 1"));
     }
 
     #[tokio::test]
