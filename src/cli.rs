@@ -186,22 +186,22 @@ pub const FLAGS: &[FlagSpec] = &[
         "profiling-perf-event-buffer-poll-interval",
         Duration,
         Some("250ms"),
-        "How often the BPF event buffer is polled.",
+        "How often the process-event ring buffer is read.",
         Owner::Sets(&[receiver("ebpf_cpu", "event_buffer_poll_interval")]),
     ),
     flag(
         "profiling-perf-event-buffer-processing-interval",
         Duration,
         Some("100ms"),
-        "How often BPF events are processed.",
-        Owner::Sets(&[receiver("ebpf_cpu", "event_buffer_processing_interval")]),
+        "Parca Agent's perf buffer processing; no effect here.",
+        Owner::NoEffect("process events are handled as they are read, every poll interval"),
     ),
     flag(
         "profiling-perf-event-buffer-worker-count",
         Int,
         Some("4"),
-        "Workers processing BPF events.",
-        Owner::Sets(&[receiver("ebpf_cpu", "event_buffer_worker_count")]),
+        "Parca Agent's perf buffer workers; no effect here.",
+        Owner::NoEffect("one thread reads process events; samples are aggregated in BPF maps"),
     ),
     flag(
         "metadata-external-labels",
@@ -447,8 +447,8 @@ pub const FLAGS: &[FlagSpec] = &[
     flag(
         "bpf-events-buffer-size",
         Int,
-        Some("8192"),
-        "Size of the BPF events buffer in pages.",
+        Some("64"),
+        "Size of the process-event ring buffer in 4 KiB pages (Parca Agent: 8192).",
         Owner::Sets(&[receiver("ebpf_cpu", "bpf_events_buffer_size")]),
     ),
     flag(
@@ -726,6 +726,53 @@ mod tests {
             .iter()
             .any(|n| n.contains("--verbose-bpf-logging is deprecated")));
         assert_eq!(cli.refused[0].0, "--otlp-address");
+    }
+
+    #[test]
+    fn flag_defaults_are_the_component_defaults() {
+        let registry = crate::components::registry();
+        for spec in FLAGS {
+            let (Owner::Sets(targets), Some(default)) = (spec.owner, spec.default) else {
+                continue;
+            };
+            for target in targets {
+                let OverrideTarget::Component {
+                    kind,
+                    type_name,
+                    field,
+                } = target
+                else {
+                    continue;
+                };
+                let Some(factory) = registry.get(*kind, type_name) else {
+                    continue;
+                };
+                let value = &factory.default_config()[*field];
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    Value::Sequence(items) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => panic!("--{}: unexpected default {other:?}", spec.name),
+                };
+                let same = match spec.kind {
+                    Duration => {
+                        humantime::parse_duration(&text).ok()
+                            == humantime::parse_duration(default).ok()
+                    }
+                    _ => text == default,
+                };
+                assert!(
+                    same,
+                    "--{} documents {default} but {type_name}::{field} defaults to {text}",
+                    spec.name
+                );
+            }
+        }
     }
 
     #[test]

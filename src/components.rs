@@ -9,6 +9,15 @@ use agent_core::{Kind, Registry};
 pub fn registry() -> Registry {
     let mut r = Registry::default();
 
+    #[cfg(feature = "receiver-ebpf-cpu")]
+    r.register(agent_receiver_ebpf_cpu::EbpfCpuFactory);
+    #[cfg(not(feature = "receiver-ebpf-cpu"))]
+    r.absent(
+        Kind::Receiver,
+        "ebpf_cpu",
+        "built without Cargo feature `receiver-ebpf-cpu`",
+    );
+
     #[cfg(feature = "receiver-pprof")]
     r.register(agent_receiver_pprof::PprofReceiverFactory);
     #[cfg(not(feature = "receiver-pprof"))]
@@ -38,7 +47,6 @@ pub fn registry() -> Registry {
 
     // Components of the design that are not written yet.
     const NOT_YET: &str = "not implemented yet";
-    r.absent(Kind::Receiver, "ebpf_cpu", NOT_YET);
     r.absent(Kind::Processor, "relabel", NOT_YET);
     r.absent(Kind::Processor, "k8s_meta", NOT_YET);
     r.absent(Kind::Processor, "symbolize", NOT_YET);

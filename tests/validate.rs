@@ -67,8 +67,8 @@ const BAD: &[(&str, &str, &str)] = &[
     ),
     (
         "component not in this build",
-        "receivers: {ebpf_cpu: {}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [ebpf_cpu], exporters: [file]}}}",
-        "receivers::ebpf_cpu: receiver type `ebpf_cpu` is not in this build",
+        "receivers: {pprof: {path: /tmp}}\nprocessors: {symbolize: {}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], processors: [symbolize], exporters: [file]}}}",
+        "processors::symbolize: processor type `symbolize` is not in this build",
     ),
     (
         "misspelled reference",
@@ -288,6 +288,28 @@ fn components_lists_what_is_compiled_in() {
         rows.contains(&vec!["processor", "metadata", "development"]),
         "{stdout}"
     );
+}
+
+#[test]
+fn the_embedded_pipeline_is_valid() {
+    let out = agent(&["validate"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = agent(
+        &[
+            "print-config",
+            "--profiling-duration=3s",
+            "--local-store-directory=/x",
+        ],
+        &[],
+    );
+    let printed: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["receivers"]["ebpf_cpu"]["profiling_duration"], "3s");
+    assert_eq!(printed["receivers"]["ebpf_cpu"]["sampling_frequency"], 19);
+    assert_eq!(printed["exporters"]["file"]["directory"], "/x");
 }
 
 #[test]

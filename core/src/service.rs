@@ -31,22 +31,22 @@ const PIPELINE_INPUT_CAPACITY: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// A component's factory refused to build it.
-    #[error("{section}::{id}: {source}")]
+    #[error("{section}::{id}: {error}")]
     Build {
         /// `receivers`, `processors` or `exporters`.
         section: &'static str,
         /// The component id.
         id: String,
         /// The factory's error.
-        source: ComponentError,
+        error: ComponentError,
     },
     /// A receiver stopped with an error.
-    #[error("receiver {id} failed: {source}")]
+    #[error("receiver {id} failed: {error}")]
     ReceiverFailed {
         /// The receiver id.
         id: String,
         /// Its error.
-        source: ComponentError,
+        error: ComponentError,
     },
     /// The last window was not flushed within the shutdown timeout.
     #[error("shutdown did not finish within {0:?}; the last window may be lost")]
@@ -144,10 +144,10 @@ impl Service {
                 };
                 factory
                     .build(&c.config, &ctx)
-                    .map_err(|source| ServiceError::Build {
+                    .map_err(|error| ServiceError::Build {
                         section: kind.section(),
                         id: id.to_owned(),
-                        source,
+                        error,
                     })
             };
 
@@ -299,14 +299,14 @@ impl Service {
                         break;
                     }
                     Some(Ok((id, Ok(())))) => debug!(receiver = %id, "receiver finished"),
-                    Some(Ok((id, Err(source)))) => {
-                        error!(receiver = %id, error = %source, "receiver failed; stopping");
-                        failure = Some(ServiceError::ReceiverFailed { id, source });
+                    Some(Ok((id, Err(error)))) => {
+                        error!(receiver = %id, %error, "receiver failed; stopping");
+                        failure = Some(ServiceError::ReceiverFailed { id, error });
                         break;
                     }
                     Some(Err(join)) => {
                         error!(error = %join, "receiver task panicked; stopping");
-                        failure = Some(ServiceError::ReceiverFailed { id: "?".into(), source: join.to_string().into() });
+                        failure = Some(ServiceError::ReceiverFailed { id: "?".into(), error: join.to_string().into() });
                         break;
                     }
                 },

@@ -1,0 +1,443 @@
+//! Loading the sampler (ebpf/cpu.bpf.c), flipping its windows and draining them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::{PerfEvent, ProgramError, RawTracePoint};
+use aya::util::{online_cpus, KernelVersion};
+use aya::{Ebpf, EbpfError, EbpfLoader, VerifierLogLevel};
+
+use crate::EbpfCpuError;
+
+/// The sampler object, built by `make -C ebpf` and committed.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../ebpf/cpu.bpf.o");
+
+/// `struct sample_key` of ebpf/cpu.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CPU the sample was taken on.
+    pub cpu: u32,
+    /// Id in the window's stack map; negative: no user stack.
+    pub user_stack_id: i32,
+    /// Id in the window's stack map; negative: no kernel stack.
+    pub kernel_stack_id: i32,
+    /// Thread name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// `struct sampler_config` of ebpf/cpu.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SamplerConfig {
+    /// Which map set samples go to (0 or 1).
+    pub window: u32,
+    /// Also sample the idle task.
+    pub include_idle: u32,
+}
+
+/// `struct process_event` of ebpf/cpu.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessEvent {
+    /// `enum process_event_kind`.
+    pub kind: u32,
+    /// Process id.
+    pub pid: u32,
+}
+
+// SAFETY: plain `#[repr(C)]` integers without padding, valid for any bytes.
+unsafe impl aya::Pod for SampleKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SamplerConfig {}
+
+/// `enum process_event_kind`.
+pub const PROCESS_FIRST_SEEN: u32 = 1;
+/// A process replaced its image.
+pub const PROCESS_EXEC: u32 = 2;
+/// A process exited.
+pub const PROCESS_EXIT: u32 = 3;
+
+/// `enum stat_index`, in order.
+pub const STAT_NAMES: [&str; 6] = [
+    "samples",
+    "user_stack_collisions",
+    "kernel_stack_collisions",
+    "user_stack_errors",
+    "counts_full",
+    "events_lost",
+];
+/// Capacity of each counts map (`MAX_SAMPLE_KEYS`).
+pub const MAX_SAMPLE_KEYS: usize = 16384;
+
+/// What one window held.
+#[derive(Default)]
+pub struct Drained {
+    /// Sample counts.
+    pub counts: Vec<(SampleKey, u64)>,
+    /// Frames (addresses, leaf first) of every stack id the counts name.
+    pub stacks: HashMap<i32, Vec<u64>>,
+}
+
+/// How to load the sampler.
+pub struct LoadOptions {
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// Sample the idle task too.
+    pub include_idle: bool,
+    /// RLIMIT_MEMLOCK in bytes; 0: unlimited.
+    pub memlock_rlimit: u64,
+    /// Full verifier log on failure.
+    pub verbose: bool,
+    /// Ring buffer size in pages.
+    pub events_pages: u32,
+}
+
+/// The loaded and attached sampler.
+pub struct Sampler {
+    ebpf: Ebpf,
+    window: u32,
+    include_idle: bool,
+}
+
+/// Kernel 5.8 brought BPF ring buffers, the newest feature used here.
+const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
+
+fn set_memlock(bytes: u64) -> Result<(), EbpfCpuError> {
+    let limit = if bytes == 0 {
+        libc::RLIM_INFINITY
+    } else {
+        bytes
+    };
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit reads a valid, initialized struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlimit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        // Kernels since 5.11 account BPF memory to the cgroup; the limit then does not matter.
+        if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 11, 0)) {
+            return Err(EbpfCpuError::Memlock(error));
+        }
+        tracing::debug!(%error, "cannot raise RLIMIT_MEMLOCK; not needed on this kernel");
+    }
+    Ok(())
+}
+
+fn permission_hint(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+/// Turns a program load error into one line that says what to do.
+fn program_error(program: &str, e: ProgramError, verbose: bool) -> EbpfCpuError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if permission_hint(&io_error) {
+                return EbpfCpuError::NotPermitted(io_error.to_string());
+            }
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let shown = if verbose {
+                &lines[..]
+            } else {
+                &lines[lines.len().saturating_sub(15)..]
+            };
+            EbpfCpuError::Verifier {
+                program: program.to_owned(),
+                error: io_error.to_string(),
+                log: shown.join("\n"),
+                hint: if verbose {
+                    ""
+                } else {
+                    " (full log: --bpf-verbose-logging)"
+                },
+            }
+        }
+        ProgramError::SyscallError(e) if permission_hint(&e.io_error) => {
+            EbpfCpuError::NotPermitted(e.to_string())
+        }
+        other => EbpfCpuError::Attach {
+            program: program.to_owned(),
+            error: other.to_string(),
+        },
+    }
+}
+
+fn map_error(what: &str, e: impl std::fmt::Display) -> EbpfCpuError {
+    EbpfCpuError::Map(format!("{what}: {e}"))
+}
+
+impl Sampler {
+    /// Loads the object, attaches the sampler to every online CPU and the
+    /// process tracepoints.
+    pub fn load(opts: &LoadOptions) -> Result<Self, EbpfCpuError> {
+        match KernelVersion::current() {
+            Ok(v) if v < MIN_KERNEL => return Err(EbpfCpuError::KernelTooOld(v.to_string())),
+            _ => {}
+        }
+        set_memlock(opts.memlock_rlimit)?;
+        let page = 4096u32;
+        let ring_bytes = (opts.events_pages.max(1).saturating_mul(page)).next_power_of_two();
+        let level = if opts.verbose {
+            VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
+        } else {
+            VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
+        };
+        let ebpf = EbpfLoader::new()
+            .verifier_log_level(level)
+            .map_max_entries("events", ring_bytes)
+            .load(OBJECT)
+            .map_err(|e| match e {
+                EbpfError::MapError(m) => {
+                    let text = m.to_string();
+                    if text.contains("Operation not permitted")
+                        || text.contains("Permission denied")
+                    {
+                        EbpfCpuError::NotPermitted(text)
+                    } else {
+                        map_error("creating maps", text)
+                    }
+                }
+                other => map_error("loading the object", other),
+            })?;
+        let mut sampler = Sampler {
+            ebpf,
+            window: 0,
+            include_idle: opts.include_idle,
+        };
+        sampler.write_config()?;
+
+        let program: &mut PerfEvent = sampler
+            .ebpf
+            .program_mut("sample_cpu")
+            .ok_or_else(|| map_error("object", "no program sample_cpu"))?
+            .try_into()
+            .map_err(|e| map_error("sample_cpu", e))?;
+        program
+            .load()
+            .map_err(|e| program_error("sample_cpu", e, opts.verbose))?;
+        let cpus = online_cpus().map_err(|(what, e)| map_error(what, e))?;
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(opts.frequency),
+                    false,
+                )
+                .map_err(|e| program_error("sample_cpu", e, opts.verbose))?;
+        }
+        // Raw tracepoints need no tracefs mount.
+        for (name, tracepoint) in [
+            ("process_exec", "sched_process_exec"),
+            ("process_exit", "sched_process_exit"),
+        ] {
+            let program: &mut RawTracePoint = sampler
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| map_error("object", format!("no program {name}")))?
+                .try_into()
+                .map_err(|e| map_error(name, e))?;
+            program
+                .load()
+                .map_err(|e| program_error(name, e, opts.verbose))?;
+            program
+                .attach(tracepoint)
+                .map_err(|e| program_error(name, e, opts.verbose))?;
+        }
+        Ok(sampler)
+    }
+
+    fn write_config(&mut self) -> Result<(), EbpfCpuError> {
+        let mut config: Array<&mut MapData, SamplerConfig> = Array::try_from(
+            self.ebpf
+                .map_mut("config")
+                .ok_or_else(|| map_error("object", "no map config"))?,
+        )
+        .map_err(|e| map_error("config", e))?;
+        let value = SamplerConfig {
+            window: self.window,
+            include_idle: u32::from(self.include_idle),
+        };
+        config.set(0, value, 0).map_err(|e| map_error("config", e))
+    }
+
+    /// Takes the ring buffer of process events (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<aya::maps::MapData>, EbpfCpuError> {
+        let map = self
+            .ebpf
+            .take_map("events")
+            .ok_or_else(|| map_error("object", "no map events"))?;
+        RingBuf::try_from(map).map_err(|e| map_error("events", e))
+    }
+
+    /// Sends new samples to the other map set, waits for programs still
+    /// writing to the old one, then empties the old set and returns it.
+    pub fn flip_and_drain(&mut self) -> Result<Drained, EbpfCpuError> {
+        let old = self.window;
+        self.window ^= 1;
+        self.write_config()?;
+        // A perf_event program runs for microseconds; this is ample for any in flight.
+        std::thread::sleep(Duration::from_millis(5));
+
+        let counts_name = if old == 0 { "counts_0" } else { "counts_1" };
+        let stacks_name = if old == 0 { "stacks_0" } else { "stacks_1" };
+        let mut drained = Drained::default();
+        {
+            let mut counts: BpfHashMap<&mut MapData, SampleKey, u64> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut(counts_name)
+                    .ok_or_else(|| map_error("object", counts_name))?,
+            )
+            .map_err(|e| map_error(counts_name, e))?;
+            drained.counts = counts.iter().filter_map(Result::ok).collect();
+            for (key, _) in &drained.counts {
+                // Already gone is fine: nothing writes to this set now.
+                let _ = counts.remove(key);
+            }
+        }
+        let mut stacks: StackTraceMap<&mut MapData> = StackTraceMap::try_from(
+            self.ebpf
+                .map_mut(stacks_name)
+                .ok_or_else(|| map_error("object", stacks_name))?,
+        )
+        .map_err(|e| map_error(stacks_name, e))?;
+        for (key, _) in &drained.counts {
+            for id in [key.user_stack_id, key.kernel_stack_id] {
+                if id < 0 || drained.stacks.contains_key(&id) {
+                    continue;
+                }
+                if let Ok(trace) = stacks.get(&(id as u32), 0) {
+                    drained
+                        .stacks
+                        .insert(id, trace.frames().iter().map(|f| f.ip).collect());
+                }
+            }
+        }
+        let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = stacks.remove(&id);
+        }
+        Ok(drained)
+    }
+
+    /// The sampler's counters, summed over CPUs, in [`STAT_NAMES`] order.
+    pub fn stats(&self) -> Result<[u64; 6], EbpfCpuError> {
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("stats")
+                .ok_or_else(|| map_error("object", "stats"))?,
+        )
+        .map_err(|e| map_error("stats", e))?;
+        let mut out = [0u64; 6];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = stats.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+    use std::process::Command;
+
+    /// `(size, [(member, byte offset)])` of a struct in the object's BTF, via bpftool.
+    fn btf_struct(dump: &str, name: &str) -> (usize, Vec<(String, usize)>) {
+        let header = format!("STRUCT '{name}' size=");
+        let mut lines = dump.lines().skip_while(|l| !l.contains(&header));
+        let first = lines
+            .next()
+            .unwrap_or_else(|| panic!("struct {name} not in the object's BTF"));
+        let size = first
+            .split("size=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let members = lines
+            .take_while(|l| l.starts_with('\t'))
+            .map(|l| {
+                let member = l.trim().split('\'').nth(1).unwrap().to_owned();
+                let bits: usize = l
+                    .split("bits_offset=")
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                (member, bits / 8)
+            })
+            .collect();
+        (size, members)
+    }
+
+    #[test]
+    fn rust_twins_match_the_object_btf() {
+        let object = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/cpu.bpf.o");
+        let dump = match Command::new("bpftool")
+            .args(["btf", "dump", "file", object, "format", "raw"])
+            .output()
+        {
+            Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap(),
+            other => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("bpftool is needed in CI to check the BPF struct layouts: {other:?}");
+                }
+                eprintln!("SKIPPED: bpftool not available ({other:?})");
+                return;
+            }
+        };
+        let check = |name: &str, size: usize, members: &[(&str, usize)]| {
+            let (btf_size, btf_members) = btf_struct(&dump, name);
+            assert_eq!(btf_size, size, "size of {name}");
+            let ours: Vec<(String, usize)> =
+                members.iter().map(|(m, o)| (m.to_string(), *o)).collect();
+            assert_eq!(btf_members, ours, "members of {name}");
+        };
+        check(
+            "sample_key",
+            size_of::<SampleKey>(),
+            &[
+                ("pid", offset_of!(SampleKey, pid)),
+                ("tid", offset_of!(SampleKey, tid)),
+                ("cpu", offset_of!(SampleKey, cpu)),
+                ("user_stack_id", offset_of!(SampleKey, user_stack_id)),
+                ("kernel_stack_id", offset_of!(SampleKey, kernel_stack_id)),
+                ("comm", offset_of!(SampleKey, comm)),
+            ],
+        );
+        check(
+            "sampler_config",
+            size_of::<SamplerConfig>(),
+            &[
+                ("window", offset_of!(SamplerConfig, window)),
+                ("include_idle", offset_of!(SamplerConfig, include_idle)),
+            ],
+        );
+        check(
+            "process_event",
+            size_of::<ProcessEvent>(),
+            &[
+                ("kind", offset_of!(ProcessEvent, kind)),
+                ("pid", offset_of!(ProcessEvent, pid)),
+            ],
+        );
+    }
+}

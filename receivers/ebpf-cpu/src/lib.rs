@@ -1,0 +1,559 @@
+//! `ebpf_cpu` receiver: samples every CPU at a fixed frequency with a BPF
+//! program and emits one batch per window: per process its samples with raw
+//! user and kernel addresses, its executable mappings (file offsets, paths,
+//! build ids), thread and CPU as sample attributes.
+//!
+//! User stacks are walked by the kernel with frame pointers (up to
+//! `kernel.perf_event_max_stack`, 127 by default); code built without frame
+//! pointers gives short user stacks until `.eh_frame` unwinding lands.
+
+pub mod bpf;
+pub mod process;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agent_core::telemetry::{ComponentTelemetry, Counter, Gauge};
+use agent_core::{
+    BatchSink, BuildContext, BuildIdKind, ComponentConfig, ComponentError, Factory, FieldError,
+    FrameType, LabelSet, Location, Mapping, ProfileBatch, ProfileType, Receiver, Sample, Shutdown,
+    Stability,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use bpf::{Drained, LoadOptions, ProcessEvent, Sampler};
+use process::ProcessTracker;
+
+/// Config of the `ebpf_cpu` receiver.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfCpuConfig {
+    /// Length of one window (`--profiling-duration`).
+    #[serde(with = "humantime_serde")]
+    pub profiling_duration: Duration,
+    /// Samples per second per CPU (`--profiling-cpu-sampling-frequency`).
+    pub sampling_frequency: u64,
+    /// Also sample the idle task (pid 0).
+    pub include_idle: bool,
+    /// RLIMIT_MEMLOCK in bytes, 0 = unlimited (`--memlock-rlimit`).
+    pub memlock_rlimit: u64,
+    /// Full verifier log when loading fails (`--bpf-verbose-logging`).
+    pub bpf_verbose_logging: bool,
+    /// Process-event ring buffer size in 4 KiB pages (`--bpf-events-buffer-size`).
+    pub bpf_events_buffer_size: u32,
+    /// How often process events are read (`--profiling-perf-event-buffer-poll-interval`).
+    #[serde(with = "humantime_serde")]
+    pub event_buffer_poll_interval: Duration,
+}
+
+impl Default for EbpfCpuConfig {
+    fn default() -> Self {
+        Self {
+            profiling_duration: Duration::from_secs(10),
+            sampling_frequency: 19,
+            include_idle: false,
+            memlock_rlimit: 0,
+            bpf_verbose_logging: false,
+            bpf_events_buffer_size: 64,
+            event_buffer_poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+impl ComponentConfig for EbpfCpuConfig {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.profiling_duration < Duration::from_millis(100) {
+            errors.push(FieldError::new(
+                "profiling_duration",
+                "must be at least 100ms",
+            ));
+        }
+        if !(1..=10_000).contains(&self.sampling_frequency) {
+            errors.push(FieldError::new(
+                "sampling_frequency",
+                "must be between 1 and 10000 Hz",
+            ));
+        }
+        if self.bpf_events_buffer_size == 0 || self.bpf_events_buffer_size > 262_144 {
+            errors.push(FieldError::new(
+                "bpf_events_buffer_size",
+                "must be between 1 and 262144 pages",
+            ));
+        }
+        if self.event_buffer_poll_interval.is_zero() {
+            errors.push(FieldError::new(
+                "event_buffer_poll_interval",
+                "must be above 0s",
+            ));
+        }
+        errors
+    }
+}
+
+/// Why the receiver cannot run; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfCpuError {
+    /// Missing privileges.
+    #[error("loading BPF programs is not permitted ({0}): run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE")]
+    NotPermitted(String),
+    /// Kernel older than what the program needs.
+    #[error("kernel {0} is too old: the ebpf_cpu receiver needs Linux 5.8 or newer")]
+    KernelTooOld(String),
+    /// RLIMIT_MEMLOCK could not be raised on a kernel that needs it.
+    #[error("cannot raise RLIMIT_MEMLOCK ({0}): run as root or set --memlock-rlimit within the hard limit")]
+    Memlock(std::io::Error),
+    /// The verifier refused a program.
+    #[error("the kernel's verifier rejected BPF program {program}: {error}{hint}\n{log}")]
+    Verifier {
+        /// Program name.
+        program: String,
+        /// The load error.
+        error: String,
+        /// The verifier log (tail, or all when verbose).
+        log: String,
+        /// How to see more.
+        hint: &'static str,
+    },
+    /// Attaching failed.
+    #[error("cannot attach BPF program {program}: {error}")]
+    Attach {
+        /// Program name.
+        program: String,
+        /// The error.
+        error: String,
+    },
+    /// A map operation failed.
+    #[error("BPF map error: {0}")]
+    Map(String),
+}
+
+/// Builds `ebpf_cpu` receivers.
+pub struct EbpfCpuFactory;
+
+impl Factory for EbpfCpuFactory {
+    const TYPE: &'static str = "ebpf_cpu";
+    const STABILITY: Stability = Stability::Development;
+    const DESCRIPTION: &'static str = "samples user and kernel stacks of every CPU with BPF";
+    type Config = EbpfCpuConfig;
+    type Output = Box<dyn Receiver>;
+
+    fn create(
+        &self,
+        config: Self::Config,
+        ctx: &BuildContext,
+    ) -> Result<Self::Output, ComponentError> {
+        let sampler = Sampler::load(&LoadOptions {
+            frequency: config.sampling_frequency,
+            include_idle: config.include_idle,
+            memlock_rlimit: config.memlock_rlimit,
+            verbose: config.bpf_verbose_logging,
+            events_pages: config.bpf_events_buffer_size,
+        })?;
+        info!(frequency = config.sampling_frequency, window = ?config.profiling_duration, "BPF sampler attached");
+        Ok(Box::new(EbpfCpuReceiver {
+            sampler,
+            counters: Counters::new(&ctx.telemetry),
+            config,
+        }))
+    }
+}
+
+/// The receiver's metrics.
+struct Counters {
+    bpf: Vec<Counter>,
+    last_bpf: [u64; 6],
+    vanished: Counter,
+    last_vanished: u64,
+    processes: Gauge,
+    map_fill: Gauge,
+}
+
+impl Counters {
+    fn new(t: &ComponentTelemetry) -> Self {
+        let help = [
+            "Samples taken by the BPF program.",
+            "User stacks lost to a stack-map hash collision.",
+            "Kernel stacks lost to a stack-map hash collision.",
+            "Samples without a user stack (kernel threads, unreadable stacks).",
+            "Samples lost because the counts map was full.",
+            "Process events lost because the ring buffer was full.",
+        ];
+        Self {
+            bpf: bpf::STAT_NAMES
+                .iter()
+                .zip(help)
+                .map(|(name, help)| t.counter(&format!("ebpf_{name}"), help, &[]))
+                .collect(),
+            last_bpf: [0; 6],
+            vanished: t.counter(
+                "ebpf_processes_vanished",
+                "Processes that exited before /proc could be read.",
+                &[],
+            ),
+            last_vanished: 0,
+            processes: t.gauge(
+                "ebpf_processes_tracked",
+                "Processes the receiver tracks.",
+                &[],
+            ),
+            map_fill: t.gauge(
+                "ebpf_counts_map_fill_percent",
+                "How full the last window's counts map was, in percent.",
+                &[],
+            ),
+        }
+    }
+
+    fn update(&mut self, stats: [u64; 6], tracker: &ProcessTracker, entries: usize) {
+        for (i, c) in self.bpf.iter().enumerate() {
+            c.inc_by(stats[i].saturating_sub(self.last_bpf[i]));
+        }
+        self.last_bpf = stats;
+        self.vanished.inc_by(tracker.vanished - self.last_vanished);
+        self.last_vanished = tracker.vanished;
+        self.processes.set(tracker.len() as i64);
+        self.map_fill
+            .set((entries * 100 / bpf::MAX_SAMPLE_KEYS) as i64);
+    }
+}
+
+struct EbpfCpuReceiver {
+    sampler: Sampler,
+    counters: Counters,
+    config: EbpfCpuConfig,
+}
+
+/// Kernel-wide facts attached to kernel frames.
+struct KernelImage {
+    build_id: Option<String>,
+}
+
+impl KernelImage {
+    fn read() -> Self {
+        let build_id = std::fs::read("/sys/kernel/notes").ok().and_then(|notes| {
+            let mut it = object::read::elf::NoteIterator::<
+                object::elf::FileHeader64<object::Endianness>,
+            >::new(object::Endianness::Little, 4u64, &notes[..])
+            .ok()?;
+            while let Ok(Some(note)) = it.next() {
+                if note.name() == b"GNU"
+                    && note.n_type(object::Endianness::Little) == object::elf::NT_GNU_BUILD_ID
+                {
+                    return Some(note.desc().iter().map(|b| format!("{b:02x}")).collect());
+                }
+            }
+            None
+        });
+        Self { build_id }
+    }
+}
+
+/// Kernel frames live in one mapping covering the kernel half of the address space.
+pub const KERNEL_MAPPING_START: u64 = 0xffff_8000_0000_0000;
+
+fn comm_text(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Turns one drained window into a batch.
+fn build_batch(
+    drained: &Drained,
+    tracker: &mut ProcessTracker,
+    kernel: &KernelImage,
+    profile_type: ProfileType,
+    window: (u64, u64),
+) -> ProfileBatch {
+    let mut batch = ProfileBatch::new(profile_type, window.0, window.1);
+    let kernel_name = batch
+        .strings
+        .intern_str(agent_core::pprof::KERNEL_MAPPING_NAME);
+    let kernel_build_id = kernel
+        .build_id
+        .as_deref()
+        .map_or(0, |id| batch.strings.intern_str(id));
+    let kernel_mapping = batch.mappings.intern(Mapping {
+        memory_start: KERNEL_MAPPING_START,
+        memory_limit: u64::MAX,
+        file_offset: 0,
+        filename: kernel_name,
+        build_id: kernel_build_id,
+        build_id_kind: if kernel_build_id == 0 {
+            BuildIdKind::None
+        } else {
+            BuildIdKind::Gnu
+        },
+    });
+    // (pid, mapping index) -> batch mapping id, so a process's mappings are interned once.
+    let mut mapping_ids: HashMap<(u32, usize), u32> = HashMap::new();
+    let mut series_ids: HashMap<u32, u32> = HashMap::new();
+    for (key, count) in &drained.counts {
+        tracker.ensure(key.pid);
+        let info = tracker.get(key.pid);
+        let mut locations = Vec::new();
+        if let Some(frames) = drained
+            .stacks
+            .get(&key.kernel_stack_id)
+            .filter(|_| key.kernel_stack_id >= 0)
+        {
+            for &address in frames {
+                locations.push(batch.locations.intern(Location {
+                    mapping: Some(kernel_mapping),
+                    address,
+                    lines: Vec::new(),
+                    frame_type: FrameType::Kernel,
+                }));
+            }
+        }
+        if let Some(frames) = drained
+            .stacks
+            .get(&key.user_stack_id)
+            .filter(|_| key.user_stack_id >= 0)
+        {
+            for &address in frames {
+                let mapping = info.and_then(|p| p.mapping_of(address)).map(|(i, m)| {
+                    *mapping_ids.entry((key.pid, i)).or_insert_with(|| {
+                        let filename = batch.strings.intern_str(&m.path);
+                        let (build_id, build_id_kind) = match &m.build_id {
+                            Some(b) => (batch.strings.intern_str(&b.id), b.kind),
+                            None => (0, BuildIdKind::None),
+                        };
+                        batch.mappings.intern(Mapping {
+                            memory_start: m.start,
+                            memory_limit: m.end,
+                            file_offset: m.offset,
+                            filename,
+                            build_id,
+                            build_id_kind,
+                        })
+                    })
+                });
+                locations.push(batch.locations.intern(Location {
+                    mapping,
+                    address,
+                    lines: Vec::new(),
+                    frame_type: if mapping.is_some() {
+                        FrameType::Native
+                    } else {
+                        FrameType::Unknown
+                    },
+                }));
+            }
+        }
+        let stack = batch.stacks.intern(locations);
+        let thread_comm = comm_text(&key.comm);
+        let series = *series_ids.entry(key.pid).or_insert_with(|| {
+            let comm = info
+                .map(|p| p.comm.as_str())
+                .filter(|c| !c.is_empty())
+                .unwrap_or(&thread_comm);
+            batch.label_sets.intern(LabelSet::new([
+                ("pid", key.pid.to_string()),
+                ("comm", comm.to_owned()),
+            ]))
+        });
+        let attributes = batch.label_sets.intern(LabelSet::new([
+            ("thread_id", key.tid.to_string()),
+            ("thread_comm", thread_comm),
+            ("cpu", key.cpu.to_string()),
+        ]));
+        batch.samples.push(Sample {
+            stack,
+            series,
+            attributes,
+            value: *count as i64,
+            timestamp_unix_nanos: None,
+        });
+    }
+    batch
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl EbpfCpuReceiver {
+    /// The sampling loop, on its own thread: process events every poll
+    /// interval, a batch every window, a last batch when `stop` is set.
+    fn sample(
+        mut self,
+        out: tokio::sync::mpsc::Sender<ProfileBatch>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(), EbpfCpuError> {
+        let mut events = self.sampler.take_events()?;
+        let mut tracker = ProcessTracker::new("/proc");
+        let kernel = KernelImage::read();
+        let profile_type = ProfileType::cpu_samples(self.config.sampling_frequency);
+        let mut window_start = SystemTime::now();
+        let mut window_end = Instant::now() + self.config.profiling_duration;
+        let mut read_events = |tracker: &mut ProcessTracker| {
+            while let Some(item) = events.next() {
+                if item.len() < std::mem::size_of::<ProcessEvent>() {
+                    continue;
+                }
+                // SAFETY: the ring buffer holds `struct process_event` records; read unaligned.
+                let event: ProcessEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                match event.kind {
+                    bpf::PROCESS_FIRST_SEEN | bpf::PROCESS_EXEC => tracker.observe(event.pid),
+                    bpf::PROCESS_EXIT => tracker.exited(event.pid),
+                    _ => {}
+                }
+            }
+        };
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            read_events(&mut tracker);
+            if stopping || Instant::now() >= window_end {
+                let drained = self.sampler.flip_and_drain()?;
+                let now = SystemTime::now();
+                // Events sent before the flip name processes of this window.
+                read_events(&mut tracker);
+                let window = (
+                    unix_nanos(window_start),
+                    now.duration_since(window_start)
+                        .map_or(0, |d| d.as_nanos() as u64),
+                );
+                let batch = build_batch(
+                    &drained,
+                    &mut tracker,
+                    &kernel,
+                    profile_type.clone(),
+                    window,
+                );
+                debug!(
+                    samples = batch.samples.len(),
+                    total = batch.total_value(),
+                    "window read"
+                );
+                self.counters
+                    .update(self.sampler.stats()?, &tracker, drained.counts.len());
+                tracker.forget_exited();
+                if out.blocking_send(batch).is_err() {
+                    break;
+                }
+                window_start = now;
+                window_end += self.config.profiling_duration;
+                if stopping {
+                    break;
+                }
+            }
+            let wait = window_end
+                .saturating_duration_since(Instant::now())
+                .min(self.config.event_buffer_poll_interval);
+            std::thread::sleep(wait);
+        }
+        Ok(())
+    }
+}
+
+#[agent_core::async_trait]
+impl Receiver for EbpfCpuReceiver {
+    async fn run(
+        self: Box<Self>,
+        sink: BatchSink,
+        mut shutdown: Shutdown,
+    ) -> Result<(), ComponentError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let worker = std::thread::Builder::new()
+            .name("ebpf-cpu".into())
+            .spawn(move || self.sample(tx, thread_stop))?;
+        loop {
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(b) => sink.send(b).await,
+                    None => break,
+                },
+                _ = shutdown.requested() => {
+                    stop.store(true, Ordering::SeqCst);
+                    // The last window arrives, then the channel closes.
+                    while let Some(b) = rx.recv().await {
+                        sink.send(b).await;
+                    }
+                    break;
+                }
+            }
+        }
+        match worker.join() {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                warn!("sampling thread panicked");
+                Err("the sampling thread panicked".into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpf::SampleKey;
+
+    fn key(pid: u32, user: i32, kernel: i32) -> SampleKey {
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"worker");
+        SampleKey {
+            pid,
+            tid: pid + 1,
+            cpu: 1,
+            user_stack_id: user,
+            kernel_stack_id: kernel,
+            comm,
+        }
+    }
+
+    #[test]
+    fn a_window_becomes_series_with_mapped_user_frames_and_kernel_frames() {
+        let me = std::process::id();
+        let here = a_window_becomes_series_with_mapped_user_frames_and_kernel_frames as fn()
+            as usize as u64;
+        let drained = Drained {
+            counts: vec![
+                (key(me, 1, 2), 5),
+                (key(me, 1, -14), 2),
+                (key(u32::MAX - 1, -14, 2), 1),
+            ],
+            stacks: [(1, vec![here, here + 1]), (2, vec![0xffff_ffff_8100_0000])].into(),
+        };
+        let mut tracker = ProcessTracker::new("/proc");
+        let kernel = KernelImage {
+            build_id: Some("beef".into()),
+        };
+        let b = build_batch(
+            &drained,
+            &mut tracker,
+            &kernel,
+            ProfileType::cpu_samples(19),
+            (1, 2),
+        );
+        assert_eq!(b.total_value(), 8);
+        let samples = b.resolved_samples();
+        // Kernel frames first, then user frames in their mapping (this test binary).
+        let first = &samples[0];
+        assert_eq!(first.frames.len(), 3);
+        assert_eq!(
+            first.frames[0].mapping.as_ref().unwrap().filename,
+            "[kernel.kallsyms]"
+        );
+        assert_eq!(first.frames[0].mapping.as_ref().unwrap().build_id, "beef");
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let user = first.frames[1].mapping.as_ref().unwrap();
+        assert_eq!(std::path::Path::new(&user.filename), exe);
+        assert!(!user.build_id.is_empty());
+        assert_eq!(first.series.get("pid"), Some(me.to_string().as_str()));
+        assert_eq!(first.attributes.get("thread_comm"), Some("worker"));
+        assert_eq!(first.attributes.get("cpu"), Some("1"));
+        // No kernel stack: user frames only.
+        assert_eq!(samples[1].frames.len(), 2);
+        // A process gone before it was read keeps its samples, named by its thread.
+        assert_eq!(samples[2].series.get("comm"), Some("worker"));
+        assert_eq!(samples[2].frames.len(), 1);
+        assert_eq!(tracker.vanished, 1);
+    }
+}

@@ -1,0 +1,328 @@
+//! What the receiver knows of each sampled process: its name and executable
+//! mappings with build ids, read from /proc when the process is first seen or
+//! execs, kept until the window after it exits.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use agent_core::BuildIdKind;
+use object::read::ReadCache;
+use object::Object;
+use sha2::{Digest, Sha256};
+
+/// A build id and how it was obtained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildId {
+    /// Hex text.
+    pub id: String,
+    /// GNU note or content hash.
+    pub kind: BuildIdKind,
+}
+
+/// One executable mapping of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutableMapping {
+    /// First address.
+    pub start: u64,
+    /// First address past the end.
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// Path as the process sees it (`[vdso]` for the vDSO).
+    pub path: String,
+    /// Build id, when the file could be read.
+    pub build_id: Option<BuildId>,
+}
+
+/// A tracked process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    /// `/proc/PID/comm`.
+    pub comm: String,
+    /// Executable mappings sorted by address.
+    pub mappings: Vec<ExecutableMapping>,
+    /// Exited: dropped after the next window is emitted.
+    pub exited: bool,
+}
+
+impl ProcessInfo {
+    /// The mapping holding `address`.
+    pub fn mapping_of(&self, address: u64) -> Option<(usize, &ExecutableMapping)> {
+        let i = self.mappings.partition_point(|m| m.start <= address);
+        let i = i.checked_sub(1)?;
+        let m = &self.mappings[i];
+        (address < m.end).then_some((i, m))
+    }
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MapsLine<'a> {
+    /// Start address.
+    pub start: u64,
+    /// End address.
+    pub end: u64,
+    /// Executable.
+    pub executable: bool,
+    /// File offset.
+    pub offset: u64,
+    /// Device, `major:minor`.
+    pub device: &'a str,
+    /// Inode.
+    pub inode: u64,
+    /// Path or pseudo-name; empty for anonymous memory.
+    pub path: &'a str,
+}
+
+/// Parses one /proc/PID/maps line.
+pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let device = fields.next()?;
+    let inode = fields.next()?;
+    let path = fields.next().unwrap_or("").trim_start();
+    let (start, end) = range.split_once('-')?;
+    Some(MapsLine {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        device,
+        inode: inode.parse().ok()?,
+        path,
+    })
+}
+
+/// The GNU build id of an ELF file, read lazily (headers and notes only).
+fn gnu_build_id(file: &File) -> Option<String> {
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let id = elf.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Hash of the first and last 4 KiB and the length (OpenTelemetry's
+/// "htlhash"), for files without a build id; 128 bits, hex.
+pub fn head_tail_length_hash(file: &mut File) -> std::io::Result<String> {
+    let len = file.metadata()?.len();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 4096];
+    file.seek(SeekFrom::Start(0))?;
+    let n = read_up_to(file, &mut buf)?;
+    hasher.update(&buf[..n]);
+    file.seek(SeekFrom::Start(len.saturating_sub(4096)))?;
+    let n = read_up_to(file, &mut buf)?;
+    hasher.update(&buf[..n]);
+    hasher.update(len.to_be_bytes());
+    Ok(hasher.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut total = 0;
+    while total < buf.len() {
+        match file.read(&mut buf[total..])? {
+            0 => break,
+            n => total += n,
+        }
+    }
+    Ok(total)
+}
+
+fn build_id_of(path: &Path) -> Option<BuildId> {
+    let mut file = File::open(path).ok()?;
+    if let Some(id) = gnu_build_id(&file) {
+        return Some(BuildId {
+            id,
+            kind: BuildIdKind::Gnu,
+        });
+    }
+    head_tail_length_hash(&mut file).ok().map(|id| BuildId {
+        id,
+        kind: BuildIdKind::ContentHash,
+    })
+}
+
+/// Every process sampled recently, and build ids cached per file.
+pub struct ProcessTracker {
+    proc_root: PathBuf,
+    processes: HashMap<u32, ProcessInfo>,
+    /// Keyed by (device, inode): one read per file however many processes map it.
+    build_ids: HashMap<(String, u64), Option<BuildId>>,
+    /// Processes that vanished before they could be read.
+    pub vanished: u64,
+}
+
+impl ProcessTracker {
+    /// A tracker reading `proc_root` (normally `/proc`).
+    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+        Self {
+            proc_root: proc_root.into(),
+            processes: HashMap::new(),
+            build_ids: HashMap::new(),
+            vanished: 0,
+        }
+    }
+
+    /// Number of processes tracked.
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// True when no process is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+
+    /// What is known of `pid`.
+    pub fn get(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.processes.get(&pid)
+    }
+
+    /// (Re)reads `pid` from /proc; a process that is gone is counted, not an error.
+    pub fn observe(&mut self, pid: u32) {
+        let dir = self.proc_root.join(pid.to_string());
+        let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
+            self.vanished += 1;
+            return;
+        };
+        let comm = std::fs::read_to_string(dir.join("comm"))
+            .map(|c| c.trim_end().to_owned())
+            .unwrap_or_default();
+        let mut mappings = Vec::new();
+        for line in maps.lines() {
+            let Some(m) = parse_maps_line(line) else {
+                continue;
+            };
+            if !m.executable || m.path.is_empty() {
+                continue;
+            }
+            let build_id = if m.inode == 0 {
+                None // [vdso] and other pseudo-files
+            } else {
+                let key = (m.device.to_owned(), m.inode);
+                if !self.build_ids.contains_key(&key) {
+                    // map_files reaches the very file mapped, even inside a container.
+                    let via_map_files = dir
+                        .join("map_files")
+                        .join(format!("{:x}-{:x}", m.start, m.end));
+                    let id = build_id_of(&via_map_files).or_else(|| {
+                        build_id_of(&dir.join("root").join(m.path.trim_start_matches('/')))
+                    });
+                    self.build_ids.insert(key.clone(), id);
+                }
+                self.build_ids[&key].clone()
+            };
+            mappings.push(ExecutableMapping {
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                path: m.path.trim_end_matches(" (deleted)").to_owned(),
+                build_id,
+            });
+        }
+        mappings.sort_by_key(|m| m.start);
+        self.processes.insert(
+            pid,
+            ProcessInfo {
+                comm,
+                mappings,
+                exited: false,
+            },
+        );
+    }
+
+    /// Reads `pid` unless it is known.
+    pub fn ensure(&mut self, pid: u32) {
+        if !self.processes.contains_key(&pid) {
+            self.observe(pid);
+        }
+    }
+
+    /// Marks `pid` exited; its data stays for the window it was sampled in.
+    pub fn exited(&mut self, pid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.exited = true;
+        }
+    }
+
+    /// After a window is emitted: forgets processes that exited.
+    pub fn forget_exited(&mut self) {
+        self.processes.retain(|_, p| !p.exited);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let l = parse_maps_line(
+            "7f1c2a5e0000-7f1c2a775000 r-xp 00028000 fd:01 1311031                    /usr/lib/x86_64-linux-gnu/libc.so.6",
+        )
+        .unwrap();
+        assert_eq!(l.start, 0x7f1c2a5e0000);
+        assert!(l.executable);
+        assert_eq!(l.offset, 0x28000);
+        assert_eq!(l.inode, 1311031);
+        assert_eq!(l.path, "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        let anon = parse_maps_line("7ffd1c9f0000-7ffd1ca11000 rw-p 00000000 00:00 0 ").unwrap();
+        assert!(!anon.executable);
+        assert_eq!(anon.path, "");
+        assert!(parse_maps_line("garbage").is_none());
+    }
+
+    #[test]
+    fn reads_this_process_with_build_ids() {
+        let mut t = ProcessTracker::new("/proc");
+        let me = std::process::id();
+        t.observe(me);
+        let info = t.get(me).unwrap();
+        assert!(!info.comm.is_empty());
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let main = info
+            .mappings
+            .iter()
+            .find(|m| Path::new(&m.path) == exe)
+            .expect("the test binary is mapped executable");
+        let id = main
+            .build_id
+            .as_ref()
+            .expect("a build id or a content hash");
+        assert!(!id.id.is_empty());
+        // The address of this function lies in an executable mapping.
+        let here = reads_this_process_with_build_ids as fn() as usize as u64;
+        assert!(info.mapping_of(here).is_some());
+    }
+
+    #[test]
+    fn a_vanished_process_is_counted_not_fatal() {
+        let mut t = ProcessTracker::new("/proc");
+        t.observe(u32::MAX - 1);
+        assert_eq!(t.vanished, 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn content_hash_is_stable_and_length_sensitive() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, vec![7u8; 10_000]).unwrap();
+        let h1 = head_tail_length_hash(&mut File::open(&a).unwrap()).unwrap();
+        let h2 = head_tail_length_hash(&mut File::open(&a).unwrap()).unwrap();
+        assert_eq!(h1, h2);
+        assert_eq!(h1.len(), 32);
+        std::fs::write(&a, vec![7u8; 10_001]).unwrap();
+        assert_ne!(
+            head_tail_length_hash(&mut File::open(&a).unwrap()).unwrap(),
+            h1
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! End-to-end tests of the `ebpf_cpu` receiver: the `agent` binary on its
+//! embedded default pipeline, profiling real workloads with real BPF.
+//!
+//! They need root (or CAP_BPF + CAP_PERFMON) and clang. Outside CI they are
+//! skipped, loudly, when those are missing; with `CI=true` they fail instead.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use agent_core::pprof::from_pprof;
+use agent_core::{ProfileBatch, ResolvedSample};
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+/// The tests measure CPU shares: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let clang = Command::new("clang")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && clang {
+        return true;
+    }
+    let why = format!("root: {root}, clang: {clang}");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("eBPF tests cannot run in CI ({why}); CI must run them as root with clang");
+    }
+    eprintln!("SKIPPED: eBPF end-to-end tests need root and clang ({why})");
+    false
+}
+
+fn compile(source: &str, out: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workloads")
+        .join(source);
+    let bin = out.join(source.trim_end_matches(".c"));
+    let status = Command::new("clang")
+        .args([
+            "-O2",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-o",
+        ])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(status.success(), "clang failed on {source}");
+    bin
+}
+
+struct Agent {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent on the embedded pipeline; returns once it samples.
+    fn start(out: &Path) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args([
+                "--http-address",
+                "127.0.0.1:0",
+                "--profiling-duration=1s",
+                "--log-format=json",
+            ])
+            .arg(format!("--local-store-directory={}", out.display()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = log.read_line(&mut line).unwrap();
+            assert!(n > 0, "agent exited before sampling: {:?}", child.wait());
+            if line.contains("pipelines started") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "agent did not start");
+        }
+        // Keep draining stderr so the agent never blocks on a full pipe.
+        std::thread::spawn(move || for _ in log.lines() {});
+        Agent {
+            child,
+            out: out.to_owned(),
+        }
+    }
+
+    /// Stops the agent (SIGTERM), checks it exits 0, returns every batch it wrote.
+    fn stop(self) -> Vec<ProfileBatch> {
+        self.stop_measuring(|| ()).0
+    }
+
+    /// [`Agent::stop`], taking `measure` right before the signal.
+    fn stop_measuring<T>(mut self, measure: impl FnOnce() -> T) -> (Vec<ProfileBatch>, T) {
+        let pid = self.child.id().to_string();
+        let measured = measure();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".pb.gz"))
+            .collect();
+        files.sort();
+        let batches = files
+            .iter()
+            .flat_map(|f| from_pprof(&std::fs::read(f).unwrap()).unwrap())
+            .collect();
+        (batches, measured)
+    }
+}
+
+/// Non-idle CPU time of the machine so far, in clock ticks.
+fn busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu = stat.lines().next().unwrap();
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+}
+
+fn ticks_per_second() -> u64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Samples of process `pid`.
+fn samples_of(batches: &[ProfileBatch], pid: u32) -> Vec<ResolvedSample> {
+    batches
+        .iter()
+        .flat_map(|b| b.resolved_samples())
+        .filter(|s| s.series.get("pid") == Some(pid.to_string().as_str()))
+        .collect()
+}
+
+/// Names of a binary's functions by address, through its load segments.
+struct Symbols {
+    segments: Vec<(u64, u64, u64)>, // file offset, size, vaddr
+    functions: Vec<(u64, u64, String)>,
+}
+
+impl Symbols {
+    fn read(path: &Path) -> Self {
+        let data = std::fs::read(path).unwrap();
+        let elf = object::File::parse(&*data).unwrap();
+        let segments = elf
+            .segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (offset, size, s.address())
+            })
+            .collect();
+        let mut functions: Vec<(u64, u64, String)> = elf
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            .map(|s| (s.address(), s.size(), s.name().unwrap().to_owned()))
+            .collect();
+        functions.sort();
+        Symbols {
+            segments,
+            functions,
+        }
+    }
+
+    /// The function at a runtime address of a mapping (start, file offset).
+    fn name(&self, address: u64, map_start: u64, map_offset: u64) -> Option<&str> {
+        let file_offset = address - map_start + map_offset;
+        let &(offset, _, vaddr) = self
+            .segments
+            .iter()
+            .find(|(o, size, _)| (*o..o + size).contains(&file_offset))?;
+        let vaddr = file_offset - offset + vaddr;
+        self.functions
+            .iter()
+            .find(|(start, size, _)| (*start..start + size).contains(&vaddr))
+            .map(|(_, _, name)| name.as_str())
+    }
+}
+
+/// User frames of a sample named through `symbols`, leaf first; return
+/// addresses (all but the first user frame) step back into their call.
+fn user_function_names(sample: &ResolvedSample, binary: &str, symbols: &Symbols) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut first_user = true;
+    for frame in &sample.frames {
+        let Some(m) = &frame.mapping else { continue };
+        if m.filename == agent_core::pprof::KERNEL_MAPPING_NAME {
+            continue;
+        }
+        let address = if first_user {
+            frame.address
+        } else {
+            frame.address - 1
+        };
+        first_user = false;
+        let name = if m.filename == binary {
+            symbols
+                .name(address, m.memory_start, m.file_offset)
+                .unwrap_or("?")
+                .to_owned()
+        } else {
+            format!("[{}]", m.filename)
+        };
+        names.push(name);
+    }
+    names
+}
+
+#[test]
+fn frame_pointer_chain_and_cpu_share() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile("fp_chain.c", dir.path());
+    let symbols = Symbols::read(&binary);
+    let agent = Agent::start(&dir.path().join("out"));
+    let busy_before = busy_ticks();
+    let workload = Command::new(&binary)
+        .arg("6")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = workload.id();
+    let output = workload.wait_with_output().unwrap();
+    let workload_cpu_ns: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (batches, busy_after) = agent.stop_measuring(busy_ticks);
+    let busy = busy_after - busy_before;
+
+    let mine = samples_of(&batches, pid);
+    let my_count: i64 = mine.iter().map(|s| s.value).sum();
+    assert!(my_count > 50, "only {my_count} samples of the workload");
+    let chain = ["c", "b", "a", "main"];
+    let binary_name = binary.to_string_lossy().to_string();
+    let full: i64 = mine
+        .iter()
+        .filter(|s| {
+            let names = user_function_names(s, &binary_name, &symbols);
+            names.windows(4).any(|w| w == chain)
+        })
+        .map(|s| s.value)
+        .sum();
+    let ratio = full as f64 / my_count as f64;
+    eprintln!(
+        "full main->a->b->c chain in {full} of {my_count} samples ({:.1}%)",
+        ratio * 100.0
+    );
+    assert!(
+        ratio >= 0.95,
+        "only {:.1}% of samples carry the full chain",
+        ratio * 100.0
+    );
+
+    // Its share of (non-idle) samples matches its share of busy CPU time.
+    // Both over the agent's whole run: every sample it wrote, and the
+    // machine's busy time from its start to its stop.
+    let all_samples: i64 = batches.iter().map(|b| b.total_value()).sum();
+    let sample_share = my_count as f64 / all_samples as f64;
+    let busy_seconds = busy as f64 / ticks_per_second() as f64;
+    let cpu_share = (workload_cpu_ns as f64 / 1e9) / busy_seconds;
+    eprintln!(
+        "workload: {:.1}% of samples, {:.1}% of busy CPU ({:.2}s of {:.2}s)",
+        sample_share * 100.0,
+        cpu_share * 100.0,
+        workload_cpu_ns as f64 / 1e9,
+        busy_seconds
+    );
+    assert!(
+        (sample_share - cpu_share).abs() <= 0.10,
+        "sample share {sample_share:.3} vs CPU share {cpu_share:.3}"
+    );
+}
+
+/// /proc/kallsyms, sorted: (address, name).
+fn kallsyms() -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let mut v: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            let _kind = f.next()?;
+            Some((addr, f.next()?.to_owned()))
+        })
+        .filter(|(a, _)| *a != 0)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn kernel_frames_of_a_syscall_heavy_workload() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile("syscalls.c", dir.path());
+    let agent = Agent::start(&dir.path().join("out"));
+    let workload = Command::new(&binary).arg("4").spawn().unwrap();
+    let pid = workload.id();
+    assert!(workload.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let batches = agent.stop();
+
+    let mine = samples_of(&batches, pid);
+    let total: i64 = mine.iter().map(|s| s.value).sum();
+    assert!(total > 20, "only {total} samples of the workload");
+    let is_kernel = |f: &agent_core::ResolvedFrame| {
+        f.mapping
+            .as_ref()
+            .is_some_and(|m| m.filename == agent_core::pprof::KERNEL_MAPPING_NAME)
+    };
+    let with_kernel: Vec<&ResolvedSample> = mine
+        .iter()
+        .filter(|s| s.frames.iter().any(is_kernel))
+        .collect();
+    let kernel_total: i64 = with_kernel.iter().map(|s| s.value).sum();
+    eprintln!("{kernel_total} of {total} samples have kernel frames");
+    assert!(
+        kernel_total * 2 >= total,
+        "kernel frames in only {kernel_total} of {total} samples"
+    );
+    // Kernel frames come first (leaf first), then the user frames.
+    for s in &with_kernel {
+        let first_user = s
+            .frames
+            .iter()
+            .position(|f| !is_kernel(f))
+            .unwrap_or(s.frames.len());
+        assert!(s.frames[first_user..].iter().all(|f| !is_kernel(f)));
+    }
+    // The addresses are real kernel code: the read path resolves in kallsyms.
+    let symbols = kallsyms();
+    let mut names: HashMap<String, i64> = HashMap::new();
+    for s in &with_kernel {
+        for f in s.frames.iter().filter(|f| is_kernel(f)) {
+            let i = symbols.partition_point(|(a, _)| *a <= f.address);
+            if let Some((_, name)) = i.checked_sub(1).map(|i| &symbols[i]) {
+                *names.entry(name.clone()).or_default() += s.value;
+            }
+        }
+    }
+    assert!(
+        names.keys().any(|n| n.contains("read")),
+        "no read-path kernel function among {names:?}"
+    );
+}
