@@ -36,6 +36,25 @@ pub fn registry() -> Registry {
         "built without Cargo feature `processor-metadata`",
     );
 
+    #[cfg(feature = "processor-plugin")]
+    r.register(agent_processor_plugin::PluginFactory);
+    #[cfg(not(feature = "processor-plugin"))]
+    r.absent(
+        Kind::Processor,
+        "plugin",
+        "built without Cargo feature `processor-plugin`",
+    );
+
+    // The example of a compile-time processor (examples/drop-frames).
+    #[cfg(feature = "processor-drop-frames")]
+    r.register(agent_processor_drop_frames::DropFramesFactory);
+    #[cfg(not(feature = "processor-drop-frames"))]
+    r.absent(
+        Kind::Processor,
+        "drop_frames",
+        "built without Cargo feature `processor-drop-frames`",
+    );
+
     #[cfg(feature = "exporter-file")]
     r.register(agent_exporter_file::FileExporterFactory);
     #[cfg(not(feature = "exporter-file"))]
@@ -50,7 +69,6 @@ pub fn registry() -> Registry {
     r.absent(Kind::Processor, "relabel", NOT_YET);
     r.absent(Kind::Processor, "k8s_meta", NOT_YET);
     r.absent(Kind::Processor, "symbolize", NOT_YET);
-    r.absent(Kind::Processor, "plugin", NOT_YET);
     r.absent(Kind::Exporter, "parca_grpc", NOT_YET);
     r.absent(Kind::Exporter, "otlp_profiles", NOT_YET);
     r

@@ -260,6 +260,16 @@ fn comm_text(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
+/// A stack's addresses as pprof wants them: the first is where the sample
+/// hit, the others are return addresses, moved back into their call
+/// instruction so symbolizers name the calling line, not the next one.
+fn call_sites(frames: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+}
+
 /// Turns one drained window into a batch.
 fn build_batch(
     drained: &Drained,
@@ -300,7 +310,7 @@ fn build_batch(
             .get(&key.kernel_stack_id)
             .filter(|_| key.kernel_stack_id >= 0)
         {
-            for &address in frames {
+            for address in call_sites(frames) {
                 locations.push(batch.locations.intern(Location {
                     mapping: Some(kernel_mapping),
                     address,
@@ -314,7 +324,7 @@ fn build_batch(
             .get(&key.user_stack_id)
             .filter(|_| key.user_stack_id >= 0)
         {
-            for &address in frames {
+            for address in call_sites(frames) {
                 let mapping = info.and_then(|p| p.mapping_of(address)).map(|(i, m)| {
                     *mapping_ids.entry((key.pid, i)).or_insert_with(|| {
                         let filename = batch.strings.intern_str(&m.path);
@@ -542,6 +552,8 @@ mod tests {
             "[kernel.kallsyms]"
         );
         assert_eq!(first.frames[0].mapping.as_ref().unwrap().build_id, "beef");
+        // The return address steps back into its call instruction.
+        assert_eq!(first.frames[2].address, here);
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let user = first.frames[1].mapping.as_ref().unwrap();
         assert_eq!(std::path::Path::new(&user.filename), exe);
