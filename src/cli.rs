@@ -130,7 +130,7 @@ pub const FLAGS: &[FlagSpec] = &[
         "http-address",
         Text,
         Some("127.0.0.1:7071"),
-        "Address of the local HTTP server (/metrics, /healthy, /ready).",
+        "Address of the local HTTP server.",
         Owner::Sets(&[service("http_address")]),
     ),
     flag(

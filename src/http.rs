@@ -1,38 +1,491 @@
-//! The local HTTP server: the agent's own metrics and health.
+//! The local HTTP view: status page, metrics, health, the latest window's
+//! profiles as pprof or flame graphs, and the agent profiling itself.
+//! Read-only: it serves local data and accepts no writes.
 
-use agent_core::Telemetry;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use agent_core::config::PipelineConfig;
+use agent_core::pprof::{to_pprof, PprofGrouping};
+use agent_core::selector::Selector;
+use agent_core::service::LatestWindows;
+use agent_core::telemetry::MetricType;
+use agent_core::{ProfileBatch, Telemetry};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 
-/// Serves `/metrics`, `/healthy` and `/ready` until the process exits.
-pub async fn serve(listener: TcpListener, telemetry: Telemetry) -> std::io::Result<()> {
-    let metrics = telemetry.clone();
+use crate::self_profile;
+
+/// What the views read.
+#[derive(Clone)]
+pub struct View {
+    /// Metrics and readiness.
+    pub telemetry: Telemetry,
+    /// The latest batch of each pipeline.
+    pub latest: LatestWindows,
+    /// The pipelines, for the status page.
+    pub pipelines: Arc<BTreeMap<String, PipelineConfig>>,
+}
+
+/// Serves every route until the process exits.
+pub async fn serve(listener: TcpListener, view: View) -> std::io::Result<()> {
     let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.encode(),
-                )
-            }),
-        )
+        .route("/", get(status_page))
+        .route("/metrics", get(metrics))
         .route("/healthy", get(|| async { "ok\n" }))
-        .route(
-            "/ready",
-            get(move || async move {
-                if telemetry.is_ready() {
-                    (StatusCode::OK, "ready\n").into_response()
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-                }
-            }),
-        );
+        .route("/ready", get(ready))
+        .route("/query", get(query))
+        .route("/flamegraph", get(flamegraph))
+        .route("/debug/pprof/profile", get(self_profile_route))
+        .with_state(view);
     axum::serve(listener, app).await
+}
+
+async fn metrics(State(view): State<View>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        view.telemetry.encode(),
+    )
+}
+
+async fn ready(State(view): State<View>) -> Response {
+    if view.telemetry.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Parameters of `/query` and `/flamegraph`.
+#[derive(Deserialize)]
+struct QueryParams {
+    #[serde(default)]
+    query: String,
+    #[serde(default)]
+    pipeline: Option<String>,
+    /// `kind/unit`, e.g. `samples/count`.
+    #[serde(default, rename = "type")]
+    sample_type: Option<String>,
+    #[serde(default)]
+    debug: Option<u8>,
+}
+
+/// A request the view cannot answer: status and reason.
+struct ViewError(StatusCode, String);
+
+impl IntoResponse for ViewError {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn bad_request(message: String) -> Response {
+    ViewError(StatusCode::BAD_REQUEST, message).into_response()
+}
+
+/// The latest batch of the asked (or first) pipeline and sample type
+/// (`samples/count` by default), keeping the series the selector matches.
+fn select(view: &View, params: &QueryParams) -> Result<(String, ProfileBatch), ViewError> {
+    let selector =
+        Selector::parse(&params.query).map_err(|e| ViewError(StatusCode::BAD_REQUEST, e))?;
+    let latest = view.latest.snapshot();
+    let not_found = |what: String| ViewError(StatusCode::NOT_FOUND, what);
+    let (pipeline, types) = match &params.pipeline {
+        Some(p) => latest.get_key_value(p),
+        None => latest.iter().next(),
+    }
+    .ok_or_else(|| not_found("no window has been exported yet".into()))?;
+    let batch = match &params.sample_type {
+        Some(t) => types
+            .get(t)
+            .ok_or_else(|| not_found(format!("no `{t}` profile in {pipeline}")))?,
+        None => types
+            .get("samples/count")
+            .or_else(|| types.values().next())
+            .ok_or_else(|| not_found("no window has been exported yet".into()))?,
+    };
+    let mut batch = (**batch).clone();
+    batch.map_series(|labels| selector.matches(labels).then(|| labels.clone()));
+    Ok((pipeline.clone(), batch))
+}
+
+async fn query(State(view): State<View>, Query(params): Query<QueryParams>) -> Response {
+    let (pipeline, batch) = match select(&view, &params) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    if params.debug == Some(1) {
+        return (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            text_profile(&pipeline, &batch),
+        )
+            .into_response();
+    }
+    let profile = to_pprof(&batch, PprofGrouping::Batch).remove(0);
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"profile.pb.gz\"",
+            ),
+        ],
+        profile.gzipped,
+    )
+        .into_response()
+}
+
+/// A readable rendering of a batch (`/query?debug=1`).
+fn text_profile(pipeline: &str, batch: &ProfileBatch) -> String {
+    let pt = &batch.profile_type;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pipeline {pipeline}: {}/{} every {} {}/{}, window start {} ns, {} ns long",
+        pt.sample_type.kind,
+        pt.sample_type.unit,
+        pt.period,
+        pt.period_type.kind,
+        pt.period_type.unit,
+        batch.start_unix_nanos,
+        batch.duration_nanos
+    );
+    let _ = writeln!(
+        out,
+        "{} samples, total {}\n",
+        batch.samples.len(),
+        batch.total_value()
+    );
+    for s in batch.resolved_samples() {
+        let labels = |set: &agent_core::LabelSet| {
+            set.pairs()
+                .iter()
+                .map(|(k, v)| format!("{k}={v:?}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            out,
+            "{} {} | {}",
+            s.value,
+            labels(&s.series),
+            labels(&s.attributes)
+        );
+        for f in &s.frames {
+            let _ = writeln!(out, "    {:#018x} {}", f.address, f.display_name());
+        }
+    }
+    out
+}
+
+/// Folded stacks (root first), one line per distinct stack, prefixed by the process.
+fn folded(batch: &ProfileBatch) -> Vec<String> {
+    let mut counts: HashMap<String, i64> = HashMap::new();
+    for s in batch.resolved_samples() {
+        let process = match (s.series.get("comm"), s.series.get("pid")) {
+            (Some(c), Some(p)) => format!("{c} ({p})"),
+            (Some(c), None) => c.to_owned(),
+            _ => "all".to_owned(),
+        };
+        let mut line = process.replace(';', ":");
+        for f in s.frames.iter().rev() {
+            // Inlined functions become frames of their own, outermost first.
+            if f.lines.len() > 1 {
+                for l in f.lines.iter().rev() {
+                    line.push(';');
+                    line.push_str(&l.function.replace(';', ":"));
+                }
+            } else {
+                line.push(';');
+                line.push_str(&f.display_name().replace(';', ":"));
+            }
+        }
+        *counts.entry(line).or_default() += s.value;
+    }
+    let mut lines: Vec<String> = counts
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    lines.sort();
+    lines
+}
+
+async fn flamegraph(State(view): State<View>, Query(params): Query<QueryParams>) -> Response {
+    let (pipeline, batch) = match select(&view, &params) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let lines = folded(&batch);
+    if lines.is_empty() {
+        return (StatusCode::NOT_FOUND, "no samples match\n").into_response();
+    }
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = format!(
+        "{pipeline} {}",
+        if params.query.is_empty() {
+            "{}"
+        } else {
+            &params.query
+        }
+    );
+    options.count_name = batch.profile_type.sample_type.kind.clone();
+    let mut svg = Vec::new();
+    match inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
+    {
+        Ok(()) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("flame graph failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ProfileParams {
+    #[serde(default = "default_seconds")]
+    seconds: u64,
+}
+
+fn default_seconds() -> u64 {
+    10
+}
+
+async fn self_profile_route(Query(params): Query<ProfileParams>) -> Response {
+    if !(1..=60).contains(&params.seconds) {
+        return bad_request("seconds must be between 1 and 60".into());
+    }
+    match self_profile::profile(std::time::Duration::from_secs(params.seconds)).await {
+        Ok(gzipped) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"agent.pb.gz\"",
+                ),
+            ],
+            gzipped,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Percent-encodes a query parameter value.
+fn url_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The series of one metric: labels and value.
+type MetricSeries = Vec<(HashMap<String, String>, f64)>;
+
+/// `metric name -> series` of every counter and gauge.
+fn metric_values(view: &View) -> HashMap<String, MetricSeries> {
+    let mut out: HashMap<String, MetricSeries> = HashMap::new();
+    for family in view.telemetry.gather() {
+        let kind = family.get_field_type();
+        for m in family.get_metric() {
+            let labels = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                .collect();
+            let value = match kind {
+                MetricType::COUNTER => m.get_counter().get_value(),
+                MetricType::GAUGE => m.get_gauge().get_value(),
+                _ => continue,
+            };
+            out.entry(family.name().to_owned())
+                .or_default()
+                .push((labels, value));
+        }
+    }
+    out
+}
+
+async fn status_page(State(view): State<View>) -> Html<String> {
+    let metrics = metric_values(&view);
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        metrics
+            .get(name)
+            .and_then(|series| {
+                series.iter().find(|(l, _)| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+                })
+            })
+            .map_or(0.0, |(_, v)| *v)
+    };
+    let state = if view.telemetry.is_ready() {
+        "running"
+    } else {
+        "starting or stopping"
+    };
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>agent</title><style>\
+         body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}\
+         table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
+         td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}}\
+         th{{background:#f3f3f3}} code{{font-size:12px}} .n{{text-align:right}}\
+         </style></head><body><h1>agent {}</h1><p>State: <b id=state>{state}</b> · \
+         <a href=/metrics>metrics</a> · <a href=/healthy>healthy</a> · <a href=/ready>ready</a></p>\
+         <h2>Pipelines</h2><table id=pipelines><tr><th>pipeline</th><th>component</th><th>counters</th></tr>",
+        esc(crate::cli::VERSION)
+    );
+    for (pid, p) in view.pipelines.iter() {
+        let mut rows = Vec::new();
+        for r in &p.receivers {
+            let l = [("receiver", r.as_str())];
+            rows.push((
+                format!("receiver {r}"),
+                format!(
+                    "batches {} · samples {}",
+                    value("agent_receiver_batches_total", &l),
+                    value("agent_receiver_samples_total", &l)
+                ),
+            ));
+        }
+        for proc_id in &p.processors {
+            let l = [("pipeline", pid.as_str()), ("processor", proc_id.as_str())];
+            rows.push((
+                format!("processor {proc_id}"),
+                format!(
+                    "errors {} · dropped samples {}",
+                    value("agent_processor_errors_total", &l),
+                    value("agent_processor_dropped_samples_total", &l)
+                ),
+            ));
+        }
+        for e in &p.exporters {
+            let l = [("exporter", e.as_str())];
+            rows.push((
+                format!("exporter {e}"),
+                format!(
+                    "batches {} · samples {} · errors {} · dropped batches {} · queued {}",
+                    value("agent_exporter_batches_total", &l),
+                    value("agent_exporter_samples_total", &l),
+                    value("agent_exporter_errors_total", &l),
+                    value("agent_exporter_dropped_batches_total", &l),
+                    value("agent_exporter_queue_depth", &l)
+                ),
+            ));
+        }
+        for (i, (component, counters)) in rows.iter().enumerate() {
+            let first = if i == 0 {
+                format!("<td rowspan={}>{}</td>", rows.len(), esc(pid))
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                html,
+                "<tr>{first}<td>{}</td><td>{}</td></tr>",
+                esc(component),
+                esc(counters)
+            );
+        }
+    }
+    html.push_str("</table><h2>Processes in the last window</h2>");
+    let latest = view.latest.snapshot();
+    if latest.is_empty() {
+        html.push_str("<p id=processes>No window has been exported yet.</p>");
+    }
+    for (pipeline, types) in &latest {
+        let Some((sample_type, batch)) = types
+            .get_key_value("samples/count")
+            .or_else(|| types.iter().next())
+        else {
+            continue;
+        };
+        let mut totals: HashMap<u32, i64> = HashMap::new();
+        for s in &batch.samples {
+            *totals.entry(s.series).or_default() += s.value;
+        }
+        let mut series: Vec<(u32, i64)> = totals.into_iter().collect();
+        series.sort_by_key(|(id, total)| (-total, *id));
+        let _ = write!(
+            html,
+            "<h3>{} — {} series, {} {}</h3><table id=processes><tr><th class=n>{}</th><th>labels</th><th>profile</th></tr>",
+            esc(pipeline),
+            series.len(),
+            batch.total_value(),
+            esc(sample_type),
+            esc(sample_type)
+        );
+        for (id, total) in series.iter().take(500) {
+            let labels = batch.labels(*id);
+            let selector = match labels.get("pid") {
+                Some(pid) => format!("{{pid=\"{pid}\"}}"),
+                None => format!(
+                    "{{{}}}",
+                    labels
+                        .pairs()
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            };
+            let q = format!(
+                "query={}&amp;pipeline={}&amp;type={}",
+                url_value(&selector),
+                url_value(pipeline),
+                url_value(sample_type)
+            );
+            let text = labels
+                .pairs()
+                .iter()
+                .map(|(k, v)| format!("{k}={v:?}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = write!(
+                html,
+                "<tr><td class=n>{total}</td><td><code>{}</code></td><td><a href=\"/flamegraph?{q}\">flame graph</a> · \
+                 <a href=\"/query?{q}&amp;debug=1\">text</a> · <a href=\"/query?{q}\">pprof</a></td></tr>",
+                esc(&text)
+            );
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("</body></html>");
+    Html(html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_and_encoding() {
+        assert_eq!(
+            esc("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+        assert_eq!(url_value("{pid=\"1\"}"), "%7Bpid%3D%221%22%7D");
+    }
 }

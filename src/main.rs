@@ -3,6 +3,7 @@
 mod cli;
 mod components;
 mod http;
+mod self_profile;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -110,7 +111,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
-    let telemetry = Telemetry::default();
+    let telemetry = Telemetry::default().with_process_metrics();
     let address: SocketAddr = config.service.http_address.parse()?;
     if !address.ip().is_loopback() {
         warn!(%address, "the HTTP server listens beyond loopback; it serves profiling data of this node");
@@ -121,13 +122,17 @@ async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
             format!("cannot listen on {address} (service::http_address, --http-address)")
         })?;
     info!(address = %listener.local_addr()?, "HTTP server listening");
-    let server_telemetry = telemetry.clone();
+    let service = Service::build(&config, &registry, &telemetry)?;
+    let view = http::View {
+        telemetry: telemetry.clone(),
+        latest: service.latest_windows(),
+        pipelines: std::sync::Arc::new(config.service.pipelines.clone()),
+    };
     tokio::spawn(async move {
-        if let Err(e) = http::serve(listener, server_telemetry).await {
+        if let Err(e) = http::serve(listener, view).await {
             error!(error = %e, "HTTP server stopped");
         }
     });
-    let service = Service::build(&config, &registry, &telemetry)?;
     service.run(shutdown_signal()).await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod model;
 pub mod otlp;
 pub mod pprof;
 pub mod registry;
+pub mod selector;
 pub mod service;
 pub mod telemetry;
 

@@ -567,10 +567,23 @@ pub struct ResolvedFrame {
 }
 
 impl ResolvedFrame {
-    /// The outermost function name of the frame, or its address in hex.
+    /// The outermost function name of the frame; unsymbolized, the file
+    /// and offset (`libc.so.6+0x1234`), or the bare address.
     pub fn display_name(&self) -> String {
-        match self.lines.last() {
-            Some(l) if !l.function.is_empty() => l.function.clone(),
+        match (self.lines.last(), &self.mapping) {
+            (Some(l), _) if !l.function.is_empty() => l.function.clone(),
+            (_, Some(m)) if !m.filename.is_empty() => {
+                let file = m.filename.rsplit('/').next().unwrap_or(&m.filename);
+                if m.memory_start <= self.address && m.filename != crate::pprof::KERNEL_MAPPING_NAME
+                {
+                    format!(
+                        "{file}+{:#x}",
+                        self.address - m.memory_start + m.file_offset
+                    )
+                } else {
+                    format!("{file} {:#x}", self.address)
+                }
+            }
             _ => format!("{:#x}", self.address),
         }
     }

@@ -24,6 +24,32 @@ use crate::model::ProfileBatch;
 use crate::registry::Registry;
 use crate::telemetry::{ComponentTelemetry, Counter, Gauge, Histogram, Telemetry};
 
+/// The latest batch each pipeline produced (after its processors) per
+/// sample type (`samples/count`), for the local views.
+#[derive(Clone, Default)]
+pub struct LatestWindows(Arc<std::sync::RwLock<WindowsByPipeline>>);
+
+/// Pipeline -> sample type (`samples/count`) -> latest batch.
+pub type WindowsByPipeline = BTreeMap<String, BTreeMap<String, Arc<ProfileBatch>>>;
+
+impl LatestWindows {
+    /// Pipeline -> sample type -> latest batch.
+    pub fn snapshot(&self) -> WindowsByPipeline {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, pipeline: &str, batch: Arc<ProfileBatch>) {
+        let t = &batch.profile_type.sample_type;
+        let key = format!("{}/{}", t.kind, t.unit);
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pipeline.to_owned())
+            .or_default()
+            .insert(key, batch);
+    }
+}
+
 /// Batches a pipeline's input holds before its receivers wait.
 const PIPELINE_INPUT_CAPACITY: usize = 4;
 
@@ -78,7 +104,8 @@ impl ExporterQueue {
         };
         if !sent {
             self.depth.dec();
-            let dropped = self.dropped_batches.inc() + 1;
+            self.dropped_batches.inc();
+            let dropped = self.dropped_batches.get();
             self.dropped_samples.inc_by(samples);
             // The first drop and then every 100th, so a dead backend does not flood the log.
             if dropped == 1 || dropped.is_multiple_of(100) {
@@ -94,6 +121,7 @@ struct PipelineRuntime {
     exporters: Vec<ExporterQueue>,
     input: mpsc::Receiver<Arc<ProfileBatch>>,
     telemetry: Telemetry,
+    latest: LatestWindows,
 }
 
 struct ExporterRuntime {
@@ -111,6 +139,7 @@ pub struct Service {
     exporters: Vec<ExporterRuntime>,
     telemetry: Telemetry,
     shutdown_timeout: Duration,
+    latest: LatestWindows,
 }
 
 impl Service {
@@ -203,6 +232,7 @@ impl Service {
         }
 
         // Pipelines: their own processor instances.
+        let latest = LatestWindows::default();
         let mut pipelines = Vec::new();
         let mut inputs: BTreeMap<String, mpsc::Sender<Arc<ProfileBatch>>> = BTreeMap::new();
         for (pid, p) in &config.service.pipelines {
@@ -221,6 +251,7 @@ impl Service {
                 exporters: p.exporters.iter().map(|e| queues[e].clone()).collect(),
                 input: rx,
                 telemetry: telemetry.clone(),
+                latest: latest.clone(),
             });
         }
 
@@ -254,7 +285,13 @@ impl Service {
             exporters,
             telemetry: telemetry.clone(),
             shutdown_timeout: config.service.shutdown_timeout,
+            latest,
         })
+    }
+
+    /// The latest batch of each pipeline, updated while the service runs.
+    pub fn latest_windows(&self) -> LatestWindows {
+        self.latest.clone()
     }
 
     /// Runs until `stop` resolves or every receiver has finished, then
@@ -405,6 +442,7 @@ async fn run_pipeline(mut p: PipelineRuntime) {
             debug!(pipeline = %p.id, "empty batch not exported");
             continue;
         }
+        p.latest.set(&p.id, batch.clone());
         for e in &p.exporters {
             e.offer(batch.clone()).await;
         }

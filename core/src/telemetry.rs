@@ -1,40 +1,34 @@
-//! The agent's own metrics, in one registry exposed as OpenMetrics text.
+//! The agent's own metrics, in one registry exposed in the Prometheus text
+//! format, plus its health state.
 //!
 //! Metric families are created on first use, so a component asks for a
-//! counter by name and labels and gets a cheap handle to keep.
+//! counter by name and labels and gets a cheap handle to keep. Label names
+//! of one family must always be the same.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::exponential_buckets;
-use prometheus_client::registry::Registry;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
-pub use prometheus_client::metrics::counter::Counter;
-pub use prometheus_client::metrics::gauge::Gauge;
-pub use prometheus_client::metrics::histogram::Histogram;
+pub use prometheus::proto::{MetricFamily, MetricType};
+pub use prometheus::{Histogram, IntCounter as Counter, IntGauge as Gauge};
 
 /// Label pairs of one metric series.
 pub type MetricLabels = Vec<(String, String)>;
 
-type HistogramFamily = Family<MetricLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 1 ms .. ~33 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
-#[derive(Default)]
-struct Families {
-    counters: HashMap<String, Family<MetricLabels, Counter>>,
-    gauges: HashMap<String, Family<MetricLabels, Gauge>>,
-    histograms: HashMap<String, HistogramFamily>,
+enum Family {
+    Counter(IntCounterVec),
+    Gauge(IntGaugeVec),
+    Histogram(HistogramVec),
 }
 
 struct Inner {
-    registry: Mutex<Registry>,
-    families: Mutex<Families>,
+    registry: Registry,
+    families: Mutex<HashMap<String, Family>>,
     ready: AtomicBool,
 }
 
@@ -45,69 +39,123 @@ pub struct Telemetry(Arc<Inner>);
 impl Default for Telemetry {
     fn default() -> Self {
         Self(Arc::new(Inner {
-            registry: Mutex::new(Registry::with_prefix("agent")),
-            families: Mutex::new(Families::default()),
+            registry: Registry::new(),
+            families: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
         }))
     }
 }
 
-fn owned(labels: &[(&str, &str)]) -> MetricLabels {
-    labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+fn names<'a>(labels: &[(&'a str, &'a str)]) -> Vec<&'a str> {
+    labels.iter().map(|(k, _)| *k).collect()
+}
+
+fn values<'a>(labels: &[(&'a str, &'a str)]) -> Vec<&'a str> {
+    labels.iter().map(|(_, v)| *v).collect()
 }
 
 impl Telemetry {
-    /// A counter `agent_<name>_total` with `labels`; `help` is used on first creation.
+    /// This process's CPU seconds, memory and file descriptors
+    /// (`process_*`), added to the registry.
+    pub fn with_process_metrics(self) -> Self {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        // Registering twice is the only error; a fresh registry has neither.
+        let _ = self.0.registry.register(Box::new(collector));
+        self
+    }
+
+    /// Finds or creates the family `name`, registering it on creation.
+    fn family<T>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Family,
+        pick: impl FnOnce(&Family) -> Option<T>,
+    ) -> T {
+        let mut families = self.0.families.lock().unwrap_or_else(|e| e.into_inner());
+        let family = families.entry(name.to_owned()).or_insert_with(|| {
+            let family = make();
+            let collector: Box<dyn Collector> = match &family {
+                Family::Counter(c) => Box::new(c.clone()),
+                Family::Gauge(g) => Box::new(g.clone()),
+                Family::Histogram(h) => Box::new(h.clone()),
+            };
+            self.0
+                .registry
+                .register(collector)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            family
+        });
+        pick(family).unwrap_or_else(|| panic!("metric {name} was created as another type"))
+    }
+
+    /// The counter `agent_<name>_total` with `labels`; `help` is used on first creation.
     pub fn counter(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
-        let mut f = self.0.families.lock().unwrap_or_else(|e| e.into_inner());
-        let family = f.counters.entry(name.to_owned()).or_insert_with(|| {
-            let family = Family::default();
-            self.register(name, help, family.clone());
-            family
-        });
-        family.get_or_create_owned(&owned(labels))
+        let full = format!("agent_{name}_total");
+        let vec = self.family(
+            &full,
+            || {
+                Family::Counter(
+                    IntCounterVec::new(Opts::new(&full, help), &names(labels))
+                        .expect("valid metric"),
+                )
+            },
+            |f| match f {
+                Family::Counter(c) => Some(c.clone()),
+                _ => None,
+            },
+        );
+        vec.with_label_values(&values(labels))
     }
 
-    /// A gauge `agent_<name>` with `labels`.
+    /// The gauge `agent_<name>` with `labels`.
     pub fn gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Gauge {
-        let mut f = self.0.families.lock().unwrap_or_else(|e| e.into_inner());
-        let family = f.gauges.entry(name.to_owned()).or_insert_with(|| {
-            let family = Family::default();
-            self.register(name, help, family.clone());
-            family
-        });
-        family.get_or_create_owned(&owned(labels))
+        let full = format!("agent_{name}");
+        let vec = self.family(
+            &full,
+            || {
+                Family::Gauge(
+                    IntGaugeVec::new(Opts::new(&full, help), &names(labels)).expect("valid metric"),
+                )
+            },
+            |f| match f {
+                Family::Gauge(g) => Some(g.clone()),
+                _ => None,
+            },
+        );
+        vec.with_label_values(&values(labels))
     }
 
-    /// A latency histogram `agent_<name>` (seconds) with `labels`.
+    /// The latency histogram `agent_<name>` (seconds, 1 ms .. 33 s) with `labels`.
     pub fn histogram(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Histogram {
-        let mut f = self.0.families.lock().unwrap_or_else(|e| e.into_inner());
-        let family = f.histograms.entry(name.to_owned()).or_insert_with(|| {
-            let family: HistogramFamily = Family::new_with_constructor(latency_histogram);
-            self.register(name, help, family.clone());
-            family
-        });
-        family.get_or_create_owned(&owned(labels))
+        let full = format!("agent_{name}");
+        let vec = self.family(
+            &full,
+            || {
+                let buckets =
+                    prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets");
+                let opts = HistogramOpts::new(&full, help).buckets(buckets);
+                Family::Histogram(HistogramVec::new(opts, &names(labels)).expect("valid metric"))
+            },
+            |f| match f {
+                Family::Histogram(h) => Some(h.clone()),
+                _ => None,
+            },
+        );
+        vec.with_label_values(&values(labels))
     }
 
-    fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
-        self.0
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .register(name, help, metric);
+    /// Every metric, for views that show them.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.0.registry.gather()
     }
 
-    /// All metrics in the OpenMetrics text format.
+    /// All metrics in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.0.registry.lock().unwrap_or_else(|e| e.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-            .expect("writing to a String cannot fail");
-        out
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.gather(), &mut out)
+            .expect("writing to a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
     }
 
     /// Marks the agent ready (every pipeline started) or not.
@@ -124,7 +172,10 @@ impl Telemetry {
     pub fn scoped(&self, labels: &[(&str, &str)]) -> ComponentTelemetry {
         ComponentTelemetry {
             telemetry: self.clone(),
-            labels: owned(labels),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 }
@@ -175,7 +226,12 @@ mod tests {
             .inc_by(2);
         t.gauge("queue_depth", "Depth.", &[("exporter", "x")])
             .set(4);
+        t.histogram("latency_seconds", "Latency.", &[]).observe(0.5);
         let text = t.encode();
+        assert!(
+            text.contains("# TYPE agent_exporter_dropped_batches_total counter"),
+            "{text}"
+        );
         assert!(
             text.contains("agent_exporter_dropped_batches_total{exporter=\"file\"} 3"),
             "{text}"
@@ -184,5 +240,6 @@ mod tests {
             text.contains("agent_queue_depth{exporter=\"x\"} 4"),
             "{text}"
         );
+        assert!(text.contains("agent_latency_seconds_count 1"), "{text}");
     }
 }
