@@ -36,6 +36,15 @@ pub fn registry() -> Registry {
         "built without Cargo feature `processor-metadata`",
     );
 
+    #[cfg(feature = "processor-relabel")]
+    r.register(agent_processor_relabel::RelabelFactory);
+    #[cfg(not(feature = "processor-relabel"))]
+    r.absent(
+        Kind::Processor,
+        "relabel",
+        "built without Cargo feature `processor-relabel`",
+    );
+
     #[cfg(feature = "processor-plugin")]
     r.register(agent_processor_plugin::PluginFactory);
     #[cfg(not(feature = "processor-plugin"))]
@@ -66,7 +75,6 @@ pub fn registry() -> Registry {
 
     // Components of the design that are not written yet.
     const NOT_YET: &str = "not implemented yet";
-    r.absent(Kind::Processor, "relabel", NOT_YET);
     r.absent(Kind::Processor, "k8s_meta", NOT_YET);
     r.absent(Kind::Processor, "symbolize", NOT_YET);
     r.absent(Kind::Exporter, "parca_grpc", NOT_YET);

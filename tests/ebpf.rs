@@ -370,3 +370,39 @@ fn kernel_frames_of_a_syscall_heavy_workload() {
         "no read-path kernel function among {names:?}"
     );
 }
+
+#[test]
+fn without_privileges_the_error_says_what_to_do() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The unprivileged agent must be able to write its output directory.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_agent"))
+        .args(["--http-address", "127.0.0.1:0"])
+        .arg(format!(
+            "--local-store-directory={}",
+            dir.path().join("out").display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("loading BPF programs is not permitted")
+            && stderr.contains("run as root, or grant CAP_BPF"),
+        "{stderr}"
+    );
+}

@@ -170,3 +170,51 @@ fn sigterm_mid_window_flushes_the_window() {
     let input = from_pprof(&std::fs::read(FIXTURE).unwrap()).unwrap();
     assert_eq!(by_type(&output), by_type(&input));
 }
+
+#[test]
+fn relabeling_with_a_parca_agent_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let parca = dir.path().join("parca-agent.yaml");
+    std::fs::write(
+        &parca,
+        "relabel_configs:\n- {source_labels: [comm], regex: app, action: keep}\n- {source_labels: [pid], target_label: __meta_tmp}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers: {{pprof: {{path: {FIXTURE}}}}}\nprocessors: {{metadata: {{}}, relabel: {{relabel_configs: [{{source_labels: [comm, pid], separator: '/', target_label: process}}]}}}}\n\
+             exporters: {{file: {{directory: {}}}}}\n\
+             service: {{pipelines: {{profiles: {{receivers: [pprof], processors: [metadata, relabel], exporters: [file]}}}}}}\n",
+            out_dir.display()
+        ),
+    )
+    .unwrap();
+    let status = agent()
+        .args(["--config", config.to_str().unwrap(), "--node", "n1"])
+        .arg(format!("--config-path={}", parca.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = decode_all(&output_files(&out_dir));
+    let samples: i64 = output
+        .iter()
+        .filter(|b| b.profile_type.sample_type.kind == "samples")
+        .map(|b| b.total_value())
+        .sum();
+    assert_eq!(samples, 18, "only comm=app is kept");
+    for b in &output {
+        for s in &b.samples {
+            let l = b.labels(s.series);
+            assert_eq!(l.get("comm"), Some("app"));
+            assert_eq!(
+                l.get("process"),
+                Some(format!("app/{}", l.get("pid").unwrap()).as_str())
+            );
+            assert_eq!(l.get("node"), Some("n1"));
+            assert!(l.pairs().iter().all(|(k, _)| !k.starts_with("__")), "{l:?}");
+        }
+    }
+}

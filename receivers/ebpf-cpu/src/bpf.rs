@@ -173,6 +173,27 @@ fn program_error(program: &str, e: ProgramError, verbose: bool) -> EbpfCpuError 
     }
 }
 
+/// The error and its sources, `: `-joined; a permission error anywhere in
+/// the chain becomes [`EbpfCpuError::NotPermitted`].
+fn load_error(e: &EbpfError) -> EbpfCpuError {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    let mut denied = false;
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            denied |= permission_hint(io);
+        }
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    if denied {
+        EbpfCpuError::NotPermitted(text)
+    } else {
+        map_error("loading the object", text)
+    }
+}
+
 fn map_error(what: &str, e: impl std::fmt::Display) -> EbpfCpuError {
     EbpfCpuError::Map(format!("{what}: {e}"))
 }
@@ -197,19 +218,7 @@ impl Sampler {
             .verifier_log_level(level)
             .map_max_entries("events", ring_bytes)
             .load(OBJECT)
-            .map_err(|e| match e {
-                EbpfError::MapError(m) => {
-                    let text = m.to_string();
-                    if text.contains("Operation not permitted")
-                        || text.contains("Permission denied")
-                    {
-                        EbpfCpuError::NotPermitted(text)
-                    } else {
-                        map_error("creating maps", text)
-                    }
-                }
-                other => map_error("loading the object", other),
-            })?;
+            .map_err(|e| load_error(&e))?;
         let mut sampler = Sampler {
             ebpf,
             window: 0,

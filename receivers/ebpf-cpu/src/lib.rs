@@ -11,6 +11,9 @@ pub mod bpf;
 pub mod process;
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -394,8 +397,10 @@ impl EbpfCpuReceiver {
         mut self,
         out: tokio::sync::mpsc::Sender<ProfileBatch>,
         stop: Arc<AtomicBool>,
+        wake: UnixStream,
     ) -> Result<(), EbpfCpuError> {
         let mut events = self.sampler.take_events()?;
+        let events_fd = events.as_raw_fd();
         let mut tracker = ProcessTracker::new("/proc");
         let kernel = KernelImage::read();
         let profile_type = ProfileType::cpu_samples(self.config.sampling_frequency);
@@ -452,13 +457,41 @@ impl EbpfCpuReceiver {
                     break;
                 }
             }
-            let wait = window_end
-                .saturating_duration_since(Instant::now())
-                .min(self.config.event_buffer_poll_interval);
-            std::thread::sleep(wait);
+            // Sleep until a process event, the window's end or a stop: an
+            // idle machine costs one wake-up per window, not one per poll.
+            let polled = Instant::now();
+            wait_readable(
+                &[events_fd, wake.as_raw_fd()],
+                window_end.saturating_duration_since(polled),
+            );
+            // The poll interval bounds how often events are handled, so a
+            // burst of new processes is read in batches.
+            let spacing = self
+                .config
+                .event_buffer_poll_interval
+                .saturating_sub(polled.elapsed());
+            if !stop.load(Ordering::SeqCst) && Instant::now() + spacing < window_end {
+                std::thread::sleep(spacing);
+            }
         }
         Ok(())
     }
+}
+
+/// Blocks until one of `fds` is readable or `timeout` passes.
+fn wait_readable(fds: &[RawFd], timeout: Duration) {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
+    // EINTR and other errors just end the wait early; the loop re-checks.
+    unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
 }
 
 #[agent_core::async_trait]
@@ -471,9 +504,11 @@ impl Receiver for EbpfCpuReceiver {
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
+        // Writing a byte wakes the sampling thread at once to stop.
+        let (mut waker, wake) = UnixStream::pair()?;
         let worker = std::thread::Builder::new()
             .name("ebpf-cpu".into())
-            .spawn(move || self.sample(tx, thread_stop))?;
+            .spawn(move || self.sample(tx, thread_stop, wake))?;
         loop {
             tokio::select! {
                 batch = rx.recv() => match batch {
@@ -482,6 +517,7 @@ impl Receiver for EbpfCpuReceiver {
                 },
                 _ = shutdown.requested() => {
                     stop.store(true, Ordering::SeqCst);
+                    let _ = waker.write_all(&[1]);
                     // The last window arrives, then the channel closes.
                     while let Some(b) = rx.recv().await {
                         sink.send(b).await;
