@@ -222,7 +222,7 @@ pub const FLAGS: &[FlagSpec] = &[
         Bool,
         None,
         "Re-read process metadata every window.",
-        Owner::NotBuilt("process metadata is not built yet"),
+        Owner::Sets(&[processor("metadata", "disable_caching")]),
     ),
     flag(
         "local-store-directory",

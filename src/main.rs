@@ -122,7 +122,7 @@ async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
             format!("cannot listen on {address} (service::http_address, --http-address)")
         })?;
     info!(address = %listener.local_addr()?, "HTTP server listening");
-    let service = Service::build(&config, &registry, &telemetry)?;
+    let service = Service::build(&config, &registry, &telemetry, env!("AGENT_GIT_REVISION"))?;
     let view = http::View {
         telemetry: telemetry.clone(),
         latest: service.latest_windows(),

@@ -254,6 +254,20 @@ fn frame_pointer_chain_and_cpu_share() {
     let mine = samples_of(&batches, pid);
     let my_count: i64 = mine.iter().map(|s| s.value).sum();
     assert!(my_count > 50, "only {my_count} samples of the workload");
+    // The default pipeline's labels: from the receiver, metadata and relabel.
+    let series = &mine[0].series;
+    assert_eq!(series.get("comm"), Some("fp_chain"), "{series:?}");
+    assert_eq!(series.get("executable"), Some("fp_chain"), "{series:?}");
+    assert!(series.get("node").is_some(), "{series:?}");
+    assert!(
+        series.pairs().iter().all(|(k, _)| !k.starts_with("__")),
+        "{series:?}"
+    );
+    // Thread and CPU are sample labels (pprof has one label list per sample).
+    assert!(
+        series.get("thread_id").is_some() && series.get("cpu").is_some(),
+        "{series:?}"
+    );
     let chain = ["c", "b", "a", "main"];
     let binary_name = binary.to_string_lossy().to_string();
     let full: i64 = mine

@@ -26,7 +26,8 @@ fn output_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Samples per profile type, sorted, with the `node` label the pipeline adds removed.
+/// Samples per profile type, sorted, without the labels the metadata
+/// processor adds (`node`, and `__meta_*` for relabeling).
 fn by_type(batches: &[ProfileBatch]) -> Vec<(String, Vec<ResolvedSample>)> {
     let mut out: Vec<(String, Vec<ResolvedSample>)> = Vec::new();
     for b in batches {
@@ -36,7 +37,7 @@ fn by_type(batches: &[ProfileBatch]) -> Vec<(String, Vec<ResolvedSample>)> {
         );
         let mut samples = b.resolved_samples();
         for s in &mut samples {
-            s.series.remove("node");
+            s.series.retain(|k, _| k != "node" && !k.starts_with("__"));
         }
         match out.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) => v.extend(samples),

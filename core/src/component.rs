@@ -80,6 +80,8 @@ impl fmt::Display for Stability {
 pub struct ServiceSettings {
     /// Name of the node the agent runs on (`--node`).
     pub node: String,
+    /// The agent's git revision (`__meta_agent_revision`).
+    pub agent_revision: String,
 }
 
 /// What a factory is given to build one component instance.
@@ -104,6 +106,7 @@ impl BuildContext {
             telemetry: Telemetry::default().scoped(&[]),
             service: ServiceSettings {
                 node: "test-node".to_owned(),
+                agent_revision: "test-revision".to_owned(),
             },
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod component;
 pub mod config;
+pub mod file_id;
 pub mod model;
 pub mod otlp;
 pub mod pprof;

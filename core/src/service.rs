@@ -144,14 +144,16 @@ pub struct Service {
 
 impl Service {
     /// Builds every component of `config`; fails on the first component
-    /// whose factory refuses.
+    /// whose factory refuses. `agent_revision` is the binary's git revision.
     pub fn build(
         config: &AgentConfig,
         registry: &Registry,
         telemetry: &Telemetry,
+        agent_revision: &str,
     ) -> Result<Self, ServiceError> {
         let settings = ServiceSettings {
             node: config.service.node.clone(),
+            agent_revision: agent_revision.to_owned(),
         };
         let build =
             |kind: Kind, id: &str, pipeline: Option<&str>| -> Result<Component, ServiceError> {
@@ -655,7 +657,7 @@ service:
 "#;
         let config = load(yaml, &[], &r, &|_| None).unwrap();
         let telemetry = Telemetry::default();
-        let service = Service::build(&config, &r, &telemetry).unwrap();
+        let service = Service::build(&config, &r, &telemetry, "test").unwrap();
         let fast_values = fast.values.clone();
         let release = tokio::spawn(async move {
             // Open the gate only once the fast exporter has everything.
@@ -701,7 +703,7 @@ service: {pipelines: {profiles: {receivers: [counting], exporters: [sink]}}}
 "#;
         let config = load(yaml, &[], &r, &|_| None).unwrap();
         let telemetry = Telemetry::default();
-        let service = Service::build(&config, &r, &telemetry).unwrap();
+        let service = Service::build(&config, &r, &telemetry, "test").unwrap();
         let release = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -736,7 +738,7 @@ service:
 "#;
         let config = load(yaml, &[], &r, &|_| None).unwrap();
         let telemetry = Telemetry::default();
-        Service::build(&config, &r, &telemetry)
+        Service::build(&config, &r, &telemetry, "test")
             .unwrap()
             .run(std::future::pending())
             .await
@@ -761,7 +763,7 @@ exporters: {sink: {}}
 service: {pipelines: {profiles: {receivers: [counting], exporters: [sink]}}}
 "#;
         let config = load(yaml, &[], &r, &|_| None).unwrap();
-        let service = Service::build(&config, &r, &Telemetry::default()).unwrap();
+        let service = Service::build(&config, &r, &Telemetry::default(), "test").unwrap();
         service
             .run(tokio::time::sleep(Duration::from_millis(50)))
             .await

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agent_core::pprof::{to_pprof, PprofGrouping};
@@ -109,11 +109,11 @@ impl Factory for FileExporterFactory {
         std::fs::create_dir_all(&config.directory).map_err(dir_error)?;
         let kept = existing_files(&config.directory).map_err(dir_error)?;
         Ok(Box::new(FileExporter {
-            store: Some(Store {
+            store: Arc::new(Mutex::new(Store {
                 config,
                 kept,
                 sequence: 0,
-            }),
+            })),
         }))
     }
 }
@@ -136,7 +136,7 @@ fn existing_files(dir: &Path) -> std::io::Result<VecDeque<(PathBuf, u64)>> {
     Ok(files.into())
 }
 
-/// The directory and what it holds; moved into a blocking task per export.
+/// The directory and what it holds.
 struct Store {
     config: FileExporterConfig,
     kept: VecDeque<(PathBuf, u64)>,
@@ -214,22 +214,23 @@ fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> std::io::Result<()>
 }
 
 struct FileExporter {
-    /// `None` only while a write is in flight on the blocking pool.
-    store: Option<Store>,
+    /// Shared with the blocking task that writes; a panic there leaves it usable.
+    store: Arc<Mutex<Store>>,
 }
 
 #[agent_core::async_trait]
 impl Exporter for FileExporter {
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
-        let mut store = self.store.take().expect("exports run one at a time");
-        let (store, result) = tokio::task::spawn_blocking(move || {
-            let result = store.write(&batch);
-            (store, result)
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(&batch)
         })
         .await
-        .map_err(|e| format!("file writer task failed: {e}"))?;
-        self.store = Some(store);
-        Ok(result?)
+        .map_err(|e| format!("file writer task failed: {e}"))??;
+        Ok(())
     }
 }
 

@@ -1,10 +1,14 @@
-//! `metadata` processor: attaches agent-level labels to every series.
+//! `metadata` processor: attaches labels to every series, once per series.
 //!
-//! Today: `node` (from `service.node` / `--node`) and the external labels
-//! (`--metadata-external-labels`). Process, thread, system and container
-//! labels (`__meta_process_*`, …) are not built yet.
+//! `node` (from `service.node` / `--node`), the external labels
+//! (`--metadata-external-labels`), and for relabeling the `__meta_*` labels
+//! of the process (series with a `pid` label), the system and the agent.
+//! Thread, CPU and container labels are not built yet.
 
-use std::collections::BTreeMap;
+pub mod process;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use agent_core::{
     BuildContext, ComponentConfig, ComponentError, Factory, FieldError, Processor, ProfileBatch,
@@ -13,12 +17,27 @@ use agent_core::{
 use serde::{Deserialize, Serialize};
 
 /// Config of the `metadata` processor.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
     /// Labels attached to every series (`--metadata-external-labels`);
     /// a label the series already has is kept.
     pub external_labels: BTreeMap<String, String>,
+    /// Re-read every process every window instead of when it execs
+    /// (`--metadata-disable-caching`).
+    pub disable_caching: bool,
+    /// Where processes are read (the host's /proc mounted elsewhere in a container).
+    pub proc_root: PathBuf,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            external_labels: BTreeMap::new(),
+            disable_caching: false,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
 }
 
 /// True for a valid Prometheus label name.
@@ -51,7 +70,7 @@ pub struct MetadataFactory;
 impl Factory for MetadataFactory {
     const TYPE: &'static str = "metadata";
     const STABILITY: Stability = Stability::Development;
-    const DESCRIPTION: &'static str = "attaches node and external labels to every series";
+    const DESCRIPTION: &'static str = "attaches node, external, process, system and agent labels";
     type Config = MetadataConfig;
     type Output = Box<dyn Processor>;
 
@@ -60,20 +79,88 @@ impl Factory for MetadataFactory {
         config: Self::Config,
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
+        let mut fixed = vec![(
+            "__meta_agent_revision".to_owned(),
+            ctx.service.agent_revision.clone(),
+        )];
+        fixed.extend(system_labels());
         Ok(Box::new(Metadata {
             node: ctx.service.node.clone(),
             external_labels: config.external_labels,
+            fixed,
+            proc_root: config.proc_root,
+            cache: (!config.disable_caching).then(HashMap::new),
         }))
     }
+}
+
+/// `__meta_system_kernel_release` and `__meta_system_kernel_machine` (uname).
+fn system_labels() -> Vec<(String, String)> {
+    // SAFETY: uname fills the zeroed struct it is given.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return Vec::new();
+    }
+    let text = |field: &[libc::c_char]| {
+        let bytes: Vec<u8> = field
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    vec![
+        ("__meta_system_kernel_release".into(), text(&u.release)),
+        ("__meta_system_kernel_machine".into(), text(&u.machine)),
+    ]
 }
 
 struct Metadata {
     node: String,
     external_labels: BTreeMap<String, String>,
+    /// Agent and system labels, the same for every series.
+    fixed: Vec<(String, String)>,
+    proc_root: PathBuf,
+    /// Process labels by pid; `None` when caching is off.
+    cache: Option<HashMap<u32, process::ProcessLabels>>,
+}
+
+impl Metadata {
+    /// The process's labels: cached until its executable changes (exec).
+    /// `None` when the process is unknown, or when the series names another
+    /// command (a reused pid, or profiles from another machine).
+    fn process_labels(
+        &mut self,
+        pid: u32,
+        series_comm: Option<&str>,
+    ) -> Option<Vec<(String, String)>> {
+        let read = match &mut self.cache {
+            None => process::read(&self.proc_root, pid)?,
+            Some(cache) => {
+                let exe = process::exe_link(&self.proc_root, pid);
+                match (cache.get(&pid), exe) {
+                    (Some(cached), Some(exe)) if cached.exe == exe => cached.clone(),
+                    // Gone: what was read while it ran still describes its samples.
+                    (Some(cached), None) => cached.clone(),
+                    _ => {
+                        let read = process::read(&self.proc_root, pid)?;
+                        cache.insert(pid, read.clone());
+                        read
+                    }
+                }
+            }
+        };
+        match series_comm {
+            Some(comm) if comm != read.comm => None,
+            _ => Some(read.labels),
+        }
+    }
 }
 
 impl Processor for Metadata {
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
+        let mut seen = Vec::new();
         batch.map_series(|set| {
             let mut out = set.clone();
             out.set("node", self.node.as_str());
@@ -82,8 +169,25 @@ impl Processor for Metadata {
                     out.set(k.as_str(), v.as_str());
                 }
             }
+            for (k, v) in &self.fixed {
+                out.set(k.as_str(), v.as_str());
+            }
+            if let Some(pid) = set.get("pid").and_then(|p| p.parse::<u32>().ok()) {
+                seen.push(pid);
+                for (k, v) in self
+                    .process_labels(pid, set.get("comm"))
+                    .unwrap_or_default()
+                {
+                    out.set(k, v);
+                }
+            }
             Some(out)
         });
+        // Forget processes that are gone and were not in this window.
+        if let Some(cache) = &mut self.cache {
+            let root = &self.proc_root;
+            cache.retain(|pid, _| seen.contains(pid) || root.join(pid.to_string()).exists());
+        }
         Ok(batch)
     }
 }
@@ -97,6 +201,7 @@ mod tests {
     fn attaches_node_and_external_labels_without_overriding() {
         let config = MetadataConfig {
             external_labels: [("region".into(), "eu".into()), ("comm".into(), "x".into())].into(),
+            ..Default::default()
         };
         let mut p = MetadataFactory
             .create(config, &BuildContext::for_test("metadata"))
@@ -116,12 +221,73 @@ mod tests {
         assert_eq!(labels.get("node"), Some("test-node"));
         assert_eq!(labels.get("region"), Some("eu"));
         assert_eq!(labels.get("comm"), Some("nginx"));
+        assert_eq!(labels.get("__meta_agent_revision"), Some("test-revision"));
+        assert!(labels
+            .get("__meta_system_kernel_release")
+            .is_some_and(|r| !r.is_empty()));
+        assert!(
+            labels.get("__meta_process_pid").is_none(),
+            "no pid label, no process labels"
+        );
+    }
+
+    #[test]
+    fn process_labels_for_series_with_a_pid_cached_or_not() {
+        for disable_caching in [false, true] {
+            let config = MetadataConfig {
+                disable_caching,
+                ..Default::default()
+            };
+            let mut p = MetadataFactory
+                .create(config, &BuildContext::for_test("metadata"))
+                .unwrap();
+            for _ in 0..2 {
+                let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
+                let stack = b.stacks.intern(vec![]);
+                let me = std::process::id().to_string();
+                let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+                let series = b.label_sets.intern(LabelSet::new([
+                    ("pid", me.as_str()),
+                    ("comm", comm.trim_end()),
+                ]));
+                let foreign = b
+                    .label_sets
+                    .intern(LabelSet::new([("pid", me.as_str()), ("comm", "elsewhere")]));
+                b.samples.push(Sample {
+                    stack,
+                    series: foreign,
+                    attributes: 0,
+                    value: 1,
+                    timestamp_unix_nanos: None,
+                });
+                b.samples.push(Sample {
+                    stack,
+                    series,
+                    attributes: 0,
+                    value: 1,
+                    timestamp_unix_nanos: None,
+                });
+                let b = p.process(b).unwrap();
+                // A series naming another command is not this process.
+                assert!(b
+                    .labels(b.samples[0].series)
+                    .get("__meta_process_pid")
+                    .is_none());
+                let labels = b.labels(b.samples[1].series);
+                assert_eq!(labels.get("__meta_process_pid"), Some(me.as_str()));
+                assert!(labels.get("__meta_process_executable_name").is_some());
+                assert!(labels
+                    .get("__meta_process_executable_build_id")
+                    .is_some_and(|id| id.len() >= 16));
+            }
+        }
     }
 
     #[test]
     fn invalid_label_names_are_refused() {
         let config = MetadataConfig {
             external_labels: [("1bad".into(), "v".into()), ("ok_name".into(), "v".into())].into(),
+            ..Default::default()
         };
         let errors = config.validate();
         assert_eq!(errors.len(), 1);

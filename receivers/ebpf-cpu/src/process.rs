@@ -3,23 +3,9 @@
 //! execs, kept until the window after it exits.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use agent_core::BuildIdKind;
-use object::read::ReadCache;
-use object::Object;
-use sha2::{Digest, Sha256};
-
-/// A build id and how it was obtained.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BuildId {
-    /// Hex text.
-    pub id: String,
-    /// GNU note or content hash.
-    pub kind: BuildIdKind,
-}
+use agent_core::file_id::{build_id_of, BuildId};
 
 /// One executable mapping of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,58 +80,6 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
         device,
         inode: inode.parse().ok()?,
         path,
-    })
-}
-
-/// The GNU build id of an ELF file, read lazily (headers and notes only).
-fn gnu_build_id(file: &File) -> Option<String> {
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    let id = elf.build_id().ok()??;
-    Some(id.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Hash of the first and last 4 KiB and the length (OpenTelemetry's
-/// "htlhash"), for files without a build id; 128 bits, hex.
-pub fn head_tail_length_hash(file: &mut File) -> std::io::Result<String> {
-    let len = file.metadata()?.len();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 4096];
-    file.seek(SeekFrom::Start(0))?;
-    let n = read_up_to(file, &mut buf)?;
-    hasher.update(&buf[..n]);
-    file.seek(SeekFrom::Start(len.saturating_sub(4096)))?;
-    let n = read_up_to(file, &mut buf)?;
-    hasher.update(&buf[..n]);
-    hasher.update(len.to_be_bytes());
-    Ok(hasher.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut total = 0;
-    while total < buf.len() {
-        match file.read(&mut buf[total..])? {
-            0 => break,
-            n => total += n,
-        }
-    }
-    Ok(total)
-}
-
-fn build_id_of(path: &Path) -> Option<BuildId> {
-    let mut file = File::open(path).ok()?;
-    if let Some(id) = gnu_build_id(&file) {
-        return Some(BuildId {
-            id,
-            kind: BuildIdKind::Gnu,
-        });
-    }
-    head_tail_length_hash(&mut file).ok().map(|id| BuildId {
-        id,
-        kind: BuildIdKind::ContentHash,
     })
 }
 
@@ -261,6 +195,7 @@ impl ProcessTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_maps_lines() {
@@ -308,21 +243,5 @@ mod tests {
         t.observe(u32::MAX - 1);
         assert_eq!(t.vanished, 1);
         assert!(t.is_empty());
-    }
-
-    #[test]
-    fn content_hash_is_stable_and_length_sensitive() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a");
-        std::fs::write(&a, vec![7u8; 10_000]).unwrap();
-        let h1 = head_tail_length_hash(&mut File::open(&a).unwrap()).unwrap();
-        let h2 = head_tail_length_hash(&mut File::open(&a).unwrap()).unwrap();
-        assert_eq!(h1, h2);
-        assert_eq!(h1.len(), 32);
-        std::fs::write(&a, vec![7u8; 10_001]).unwrap();
-        assert_ne!(
-            head_tail_length_hash(&mut File::open(&a).unwrap()).unwrap(),
-            h1
-        );
     }
 }
