@@ -5,6 +5,7 @@
 //! of the process (series with a `pid` label), the system and the agent.
 //! Thread, CPU and container labels are not built yet.
 
+pub mod container;
 pub mod process;
 
 use std::collections::{BTreeMap, HashMap};

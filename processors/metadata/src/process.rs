@@ -126,12 +126,13 @@ pub fn read(proc_root: &Path, pid: u32) -> Option<ProcessLabels> {
     if let Some(ppid) = ppid(&stat) {
         labels.push(("__meta_process_ppid".into(), ppid));
     }
-    if let Some(cgroup) = std::fs::read_to_string(dir.join("cgroup"))
-        .ok()
-        .as_deref()
-        .and_then(main_cgroup)
-    {
-        labels.push(("__meta_process_cgroup".into(), cgroup));
+    if let Ok(cgroups) = std::fs::read_to_string(dir.join("cgroup")) {
+        if let Some(cgroup) = main_cgroup(&cgroups) {
+            labels.push(("__meta_process_cgroup".into(), cgroup));
+        }
+        if let Some((label, id)) = crate::container::container_id(&cgroups) {
+            labels.push((label.into(), id));
+        }
     }
     if !exe.is_empty() {
         let name = exe.trim_end_matches(" (deleted)");
