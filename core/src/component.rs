@@ -8,8 +8,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::ProfileBatch;
-use crate::telemetry::Counter;
 use crate::telemetry::{ComponentTelemetry, Telemetry};
+use crate::telemetry::{Counter, Gauge};
 
 /// The error a component returns; components use their own typed errors.
 pub type ComponentError = Box<dyn std::error::Error + Send + Sync>;
@@ -141,6 +141,7 @@ pub struct BatchSink {
     pipelines: Vec<mpsc::Sender<Arc<ProfileBatch>>>,
     batches: Counter,
     samples: Counter,
+    series: Gauge,
 }
 
 impl BatchSink {
@@ -152,6 +153,7 @@ impl BatchSink {
             pipelines,
             batches: telemetry.counter("receiver_batches", "Batches emitted by a receiver.", &[]),
             samples: telemetry.counter("receiver_samples", "Samples emitted by a receiver.", &[]),
+            series: telemetry.gauge("receiver_series", "Series in a receiver's last batch.", &[]),
         }
     }
 
@@ -165,6 +167,7 @@ impl BatchSink {
     pub async fn send(&self, batch: ProfileBatch) {
         self.batches.inc();
         self.samples.inc_by(batch.samples.len() as u64);
+        self.series.set(batch.series_ids().len() as i64);
         let batch = Arc::new(batch);
         for p in &self.pipelines {
             // A closed pipeline only happens during shutdown; nothing to do.

@@ -463,6 +463,11 @@ async fn run_exporter(mut e: ExporterRuntime) {
         "Batches an exporter failed to send.",
         &[],
     );
+    let series = e.telemetry.gauge(
+        "exporter_series",
+        "Series in the last batch an exporter sent.",
+        &[],
+    );
     let latency: Histogram = e.telemetry.histogram(
         "exporter_export_duration_seconds",
         "Time an exporter took per batch.",
@@ -472,10 +477,12 @@ async fn run_exporter(mut e: ExporterRuntime) {
         e.depth.dec();
         let started = Instant::now();
         let n = batch.samples.len() as u64;
+        let series_count = batch.series_ids().len() as i64;
         match e.exporter.export(batch).await {
             Ok(()) => {
                 batches.inc();
                 samples.inc_by(n);
+                series.set(series_count);
             }
             Err(error) => {
                 errors.inc();
