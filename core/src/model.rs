@@ -168,6 +168,15 @@ pub struct Location {
     pub frame_type: FrameType,
 }
 
+/// True for a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// A label set: `(name, value)` pairs sorted by name, names unique.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct LabelSet(Vec<(String, String)>);

@@ -8,7 +8,7 @@
 pub mod container;
 pub mod process;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use agent_core::{
@@ -41,14 +41,7 @@ impl Default for MetadataConfig {
     }
 }
 
-/// True for a valid Prometheus label name.
-pub fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+use agent_core::is_label_name;
 
 impl ComponentConfig for MetadataConfig {
     fn validate(&self) -> Vec<FieldError> {
@@ -136,21 +129,19 @@ impl Metadata {
         pid: u32,
         series_comm: Option<&str>,
     ) -> Option<Vec<(String, String)>> {
+        let exe = process::exe_link(&self.proc_root, pid);
         let read = match &mut self.cache {
-            None => process::read(&self.proc_root, pid)?,
-            Some(cache) => {
-                let exe = process::exe_link(&self.proc_root, pid);
-                match (cache.get(&pid), exe) {
-                    (Some(cached), Some(exe)) if cached.exe == exe => cached.clone(),
-                    // Gone: what was read while it ran still describes its samples.
-                    (Some(cached), None) => cached.clone(),
-                    _ => {
-                        let read = process::read(&self.proc_root, pid)?;
-                        cache.insert(pid, read.clone());
-                        read
-                    }
+            None => process::read(&self.proc_root, pid, exe)?,
+            Some(cache) => match (cache.get(&pid), exe) {
+                (Some(cached), Some(exe)) if cached.exe == exe => cached.clone(),
+                // Gone: what was read while it ran still describes its samples.
+                (Some(cached), None) => cached.clone(),
+                (_, exe) => {
+                    let read = process::read(&self.proc_root, pid, exe)?;
+                    cache.insert(pid, read.clone());
+                    read
                 }
-            }
+            },
         };
         match series_comm {
             Some(comm) if comm != read.comm => None,
@@ -161,7 +152,7 @@ impl Metadata {
 
 impl Processor for Metadata {
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         batch.map_series(|set| {
             let mut out = set.clone();
             out.set("node", self.node.as_str());
@@ -174,7 +165,7 @@ impl Processor for Metadata {
                 out.set(k.as_str(), v.as_str());
             }
             if let Some(pid) = set.get("pid").and_then(|p| p.parse::<u32>().ok()) {
-                seen.push(pid);
+                seen.insert(pid);
                 for (k, v) in self
                     .process_labels(pid, set.get("comm"))
                     .unwrap_or_default()

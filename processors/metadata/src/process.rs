@@ -103,10 +103,11 @@ pub fn executable_facts(file: &File) -> Option<ExecutableFacts> {
     })
 }
 
-/// Every `__meta_process_*` label of `pid`; `None` if the process is gone.
-pub fn read(proc_root: &Path, pid: u32) -> Option<ProcessLabels> {
+/// Every `__meta_process_*` label of `pid`, given its [`exe_link`];
+/// `None` if the process is gone.
+pub fn read(proc_root: &Path, pid: u32, exe: Option<String>) -> Option<ProcessLabels> {
     let dir = proc_root.join(pid.to_string());
-    let exe = exe_link(proc_root, pid).unwrap_or_default();
+    let exe = exe.unwrap_or_default();
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
     let comm = std::fs::read_to_string(dir.join("comm"))
         .unwrap_or_default()
@@ -204,7 +205,7 @@ mod tests {
     #[test]
     fn this_process_has_its_labels() {
         let me = std::process::id();
-        let labels = read(Path::new("/proc"), me).unwrap();
+        let labels = read(Path::new("/proc"), me, exe_link(Path::new("/proc"), me)).unwrap();
         let get = |k: &str| {
             labels
                 .labels
@@ -238,6 +239,6 @@ mod tests {
             get("__meta_process_executable_static").as_deref(),
             Some("false")
         );
-        assert!(read(Path::new("/proc"), u32::MAX - 1).is_none());
+        assert!(read(Path::new("/proc"), u32::MAX - 1, None).is_none());
     }
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use agent_core::telemetry::Counter;
 use agent_core::{
-    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, LabelSet, Processor,
-    ProfileBatch, Stability,
+    is_label_name, BuildContext, ComponentConfig, ComponentError, Factory, FieldError, LabelSet,
+    Processor, ProfileBatch, Stability,
 };
 use md5::{Digest, Md5};
 use regex::Regex;
@@ -101,14 +101,6 @@ pub struct RelabelProcessorConfig {
     /// A Parca Agent config file whose `relabel_configs` run after these (`--config-path`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relabel_configs_file: Option<PathBuf>,
-}
-
-fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A `target_label` or `labelmap` replacement: a label name that may hold

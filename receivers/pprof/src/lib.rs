@@ -13,7 +13,7 @@ use agent_core::pprof::from_pprof;
 use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_core::{
     BatchSink, BuildContext, ComponentConfig, ComponentError, Factory, FieldError, ProfileBatch,
-    ProfileType, Receiver, Shutdown, Stability,
+    Receiver, Shutdown, Stability,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -236,18 +236,22 @@ impl PprofReceiver {
 
 /// Batches held for the current window, one per profile type.
 #[derive(Default)]
-struct Window(Vec<(ProfileType, ProfileBatch)>);
+struct Window(Vec<ProfileBatch>);
 
 impl Window {
     fn add(&mut self, batch: ProfileBatch) {
-        match self.0.iter_mut().find(|(t, _)| *t == batch.profile_type) {
-            Some((_, held)) => held.merge(&batch),
-            None => self.0.push((batch.profile_type.clone(), batch)),
+        match self
+            .0
+            .iter_mut()
+            .find(|held| held.profile_type == batch.profile_type)
+        {
+            Some(held) => held.merge(&batch),
+            None => self.0.push(batch),
         }
     }
 
     async fn flush(&mut self, sink: &BatchSink) {
-        for (_, batch) in self.0.drain(..) {
+        for batch in self.0.drain(..) {
             sink.send(batch).await;
         }
     }
@@ -297,7 +301,7 @@ impl Receiver for PprofReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_core::model::{LabelSet, Sample};
+    use agent_core::model::{LabelSet, ProfileType, Sample};
     use agent_core::pprof::{to_pprof, PprofGrouping};
     use std::sync::Arc;
     use tokio::sync::mpsc;
