@@ -29,14 +29,18 @@ service:
     profiles: {receivers: [pprof], processors: [metadata], exporters: [file]}
 "#;
 
-#[test]
-fn a_valid_config_passes() {
+/// Runs `subcommand` on the GOOD config with extra `flags` (and `TEAM=perf`).
+fn on_good_config(subcommand: &str, flags: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), GOOD);
-    let out = agent(
-        &["validate", "--config", &config],
-        &[("OUT_DIR", "/tmp/out")],
-    );
+    let mut args = vec![subcommand, "--config", &config];
+    args.extend_from_slice(flags);
+    agent(&args, &[("OUT_DIR", "/tmp/out"), ("TEAM", "perf")])
+}
+
+#[test]
+fn a_valid_config_passes() {
+    let out = on_good_config("validate", &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -177,18 +181,13 @@ fn every_error_is_reported_at_once() {
 
 #[test]
 fn flags_set_fields_of_their_components() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), GOOD);
-    let out = agent(
+    let out = on_good_config(
+        "print-config",
         &[
-            "print-config",
-            "--config",
-            &config,
             "--node=node-7",
             "--local-store-directory=/var/lib/profiles",
             "--metadata-external-labels=region=eu;tier=1",
         ],
-        &[("OUT_DIR", "/tmp/out"), ("TEAM", "perf")],
     );
     assert!(
         out.status.success(),
@@ -217,44 +216,23 @@ fn flags_set_fields_of_their_components() {
 
 #[test]
 fn flags_of_components_not_in_this_build_are_errors_that_say_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), GOOD);
-    let out = agent(
-        &[
-            "validate",
-            "--config",
-            &config,
-            "--remote-store-address=parca:7070",
-        ],
-        &[("OUT_DIR", "/tmp/out")],
-    );
+    let out = on_good_config("validate", &["--remote-store-address=parca:7070"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr.contains("flag --remote-store-address has no effect: it sets exporters::parca_grpc::address, but exporter type `parca_grpc` is not in this build"),
         "{stderr}"
     );
-    let out = agent(
-        &["validate", "--config", &config, "--otlp-address=x:4317"],
-        &[("OUT_DIR", "/tmp/out")],
-    );
+    let out = on_good_config("validate", &["--otlp-address=x:4317"]);
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("flag --otlp-address is not supported by this build"));
 }
 
 #[test]
 fn flags_without_meaning_are_accepted_with_a_notice() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), GOOD);
-    let out = agent(
-        &[
-            "validate",
-            "--config",
-            &config,
-            "--analytics-opt-out",
-            "--mutex-profile-fraction=5",
-        ],
-        &[("OUT_DIR", "/tmp/out")],
+    let out = on_good_config(
+        "validate",
+        &["--analytics-opt-out", "--mutex-profile-fraction=5"],
     );
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
