@@ -7,8 +7,8 @@
 //! panics into error messages the agent reports — a panic never crosses
 //! into the agent.
 //!
-//! ```ignore
-//! use agent_plugin_sdk::{export_plugin, Plugin, ProfilesData};
+//! ```no_run
+//! use agent_plugin_sdk::{export_plugin, serde_json, Plugin, ProfilesData};
 //!
 //! struct PassThrough;
 //! impl Plugin for PassThrough {
