@@ -54,6 +54,15 @@ pub fn registry() -> Registry {
         "built without Cargo feature `processor-plugin`",
     );
 
+    #[cfg(feature = "processor-symbolize")]
+    r.register(agent_processor_symbolize::SymbolizeFactory);
+    #[cfg(not(feature = "processor-symbolize"))]
+    r.absent(
+        Kind::Processor,
+        "symbolize",
+        "built without Cargo feature `processor-symbolize`",
+    );
+
     // The example of a compile-time processor (examples/drop-frames).
     #[cfg(feature = "processor-drop-frames")]
     r.register(agent_processor_drop_frames::DropFramesFactory);
@@ -76,7 +85,6 @@ pub fn registry() -> Registry {
     // Components of the design that are not written yet.
     const NOT_YET: &str = "not implemented yet";
     r.absent(Kind::Processor, "k8s_meta", NOT_YET);
-    r.absent(Kind::Processor, "symbolize", NOT_YET);
     r.absent(Kind::Exporter, "parca_grpc", NOT_YET);
     r.absent(Kind::Exporter, "otlp_profiles", NOT_YET);
     r

@@ -196,6 +196,23 @@ impl Symbols {
     }
 }
 
+/// Every function name the agent gave a sample's frames, leaf first,
+/// inlined functions included.
+fn agent_names(sample: &ResolvedSample) -> Vec<&str> {
+    sample
+        .frames
+        .iter()
+        .flat_map(|f| f.lines.iter().map(|l| l.function.as_str()))
+        .collect()
+}
+
+/// Share of `samples`' value for which `pred` holds.
+fn share(samples: &[ResolvedSample], pred: impl Fn(&ResolvedSample) -> bool) -> f64 {
+    let total: i64 = samples.iter().map(|s| s.value).sum();
+    let matching: i64 = samples.iter().filter(|s| pred(s)).map(|s| s.value).sum();
+    matching as f64 / total.max(1) as f64
+}
+
 /// User frames of a sample named through `symbols`, leaf first; return
 /// addresses (all but the first user frame) step back into their call.
 fn user_function_names(sample: &ResolvedSample, binary: &str, symbols: &Symbols) -> Vec<String> {
@@ -287,6 +304,18 @@ fn frame_pointer_chain_and_cpu_share() {
         ratio >= 0.95,
         "only {:.1}% of samples carry the full chain",
         ratio * 100.0
+    );
+
+    // The embedded pipeline's symbolize processor names the same chain.
+    let named = share(&mine, |s| agent_names(s).windows(4).any(|w| w == chain));
+    eprintln!(
+        "agent-named main->a->b->c in {:.1}% of samples",
+        named * 100.0
+    );
+    assert!(
+        named >= 0.95,
+        "the agent named the chain in only {:.1}% of samples",
+        named * 100.0
     );
 
     // Its share of (non-idle) samples matches its share of busy CPU time.
@@ -382,6 +411,77 @@ fn kernel_frames_of_a_syscall_heavy_workload() {
     assert!(
         names.keys().any(|n| n.contains("read")),
         "no read-path kernel function among {names:?}"
+    );
+    // The agent named its kernel frames itself, the same way.
+    let named = share(&with_kernel.into_iter().cloned().collect::<Vec<_>>(), |s| {
+        s.frames
+            .iter()
+            .filter(|f| is_kernel(f))
+            .all(|f| f.lines.len() == 1 && !f.lines[0].function.is_empty())
+    });
+    assert!(
+        named >= 0.99,
+        "kernel frames named in only {named:.3} of samples"
+    );
+}
+
+fn node_available() -> bool {
+    let ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("node is missing; CI must install nodejs");
+    }
+    if !ok {
+        eprintln!("SKIPPED: node is not installed");
+    }
+    ok
+}
+
+/// A Node.js process started with --perf-basic-prof: its JIT-compiled
+/// JavaScript function is named from the perf map V8 writes.
+#[test]
+fn jit_frames_of_node_are_named_from_its_perf_map() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() || !node_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("out"));
+    let script = "function hotJsFunction(n) { let s = 0; \
+        for (let i = 0; i < n; i++) { s += Math.sqrt(i) * Math.sin(i); } return s; } \
+        const end = Date.now() + 4000; let t = 0; \
+        while (Date.now() < end) { t += hotJsFunction(100000); } \
+        console.log(t !== 0);";
+    // V8 also writes isolate logs into its working directory.
+    let node = Command::new("node")
+        .current_dir(dir.path())
+        .args(["--perf-basic-prof", "-e", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = node.id();
+    let output = node.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    assert!(output.status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let batches = agent.stop();
+
+    let mine = samples_of(&batches, pid);
+    let total: i64 = mine.iter().map(|s| s.value).sum();
+    assert!(total > 20, "only {total} samples of node");
+    let named = share(&mine, |s| {
+        agent_names(s).iter().any(|n| n.contains("hotJsFunction"))
+    });
+    eprintln!(
+        "hotJsFunction named in {:.1}% of {total} node samples",
+        named * 100.0
+    );
+    assert!(
+        named >= 0.5,
+        "hotJsFunction named in only {:.1}% of node samples",
+        named * 100.0
     );
 }
 

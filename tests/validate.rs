@@ -70,9 +70,19 @@ const BAD: &[(&str, &str, &str)] = &[
         "exporters::fille: unknown exporter type `fille`; did you mean `file`?",
     ),
     (
+        "relative debug directory",
+        "receivers: {pprof: {path: /tmp}}\nprocessors: {symbolize: {debuginfo_directories: [/usr/lib/debug, debug]}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], processors: [symbolize], exporters: [file]}}}",
+        "processors::symbolize::debuginfo_directories::1: debug is not an absolute path",
+    ),
+    (
+        "unknown eviction policy",
+        "receivers: {pprof: {path: /tmp}}\nprocessors: {symbolize: {object_file_pool_eviction_policy: fifo}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], processors: [symbolize], exporters: [file]}}}",
+        "processors::symbolize::object_file_pool_eviction_policy",
+    ),
+    (
         "component not in this build",
-        "receivers: {pprof: {path: /tmp}}\nprocessors: {symbolize: {}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], processors: [symbolize], exporters: [file]}}}",
-        "processors::symbolize: processor type `symbolize` is not in this build",
+        "receivers: {pprof: {path: /tmp}}\nprocessors: {k8s_meta: {}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], processors: [k8s_meta], exporters: [file]}}}",
+        "processors::k8s_meta: processor type `k8s_meta` is not in this build",
     ),
     (
         "misspelled reference",

@@ -292,6 +292,16 @@ impl<T: Clone + Eq + Hash> Interner<T> {
         &self.items[id as usize]
     }
 
+    /// Replaces the entry with id `id` in place, so every reference to `id`
+    /// sees `item`. If `item` equals another entry the two stay distinct ids.
+    pub fn update(&mut self, id: u32, item: T) {
+        let old = std::mem::replace(&mut self.items[id as usize], item.clone());
+        if self.index.get(&old) == Some(&id) {
+            self.index.remove(&old);
+        }
+        self.index.entry(item).or_insert(id);
+    }
+
     /// All entries in id order.
     pub fn items(&self) -> &[T] {
         &self.items
@@ -690,6 +700,22 @@ pub(crate) mod tests {
         );
         assert_eq!(set.get("b"), Some("3"));
         assert_eq!(set.get("c"), None);
+    }
+
+    #[test]
+    fn update_replaces_in_place_and_keeps_lookups_right() {
+        let mut strings: Interner<String> = Interner::default();
+        let a = strings.intern("a".into());
+        let b = strings.intern("b".into());
+        strings.update(a, "c".into());
+        assert_eq!(strings.get(a), "c");
+        assert_eq!(strings.find_str("a"), None);
+        assert_eq!(strings.find_str("c"), Some(a));
+        // An update to an existing value keeps both ids; lookups find the first.
+        strings.update(a, "b".into());
+        assert_eq!(strings.get(a), "b");
+        assert_eq!(strings.find_str("b"), Some(b));
+        assert_eq!(strings.intern("c".into()), 2);
     }
 
     #[test]

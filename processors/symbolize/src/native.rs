@@ -1,0 +1,521 @@
+//! Native frames: ELF symbol tables and DWARF lines with inlined functions
+//! (addr2line), from the process's own file or a separate debug file found
+//! by build id or `.gnu_debuglink`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::demangle::demangle;
+use crate::files::{fd_path, open_in_root};
+
+/// One source position of a frame; a native address yields one per inlined
+/// function, innermost first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Demangled name; empty when unknown.
+    pub name: String,
+    /// Name as the object file has it (mangled).
+    pub system_name: String,
+    /// Source file; empty when unknown.
+    pub file: String,
+    /// Line; 0 when unknown.
+    pub line: u32,
+    /// Column; 0 when unknown.
+    pub column: u32,
+}
+
+/// The frames of one address, innermost first; empty when nothing is known.
+pub type Frames = Arc<[Frame]>;
+
+/// An object file as a process maps it.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectRef<'a> {
+    /// Path as the process sees it.
+    pub path: &'a str,
+    /// GNU build id, hex, when known: files found by path must match it.
+    pub build_id: Option<&'a str>,
+    /// Processes mapping it, to reach their files; empty when unknown.
+    pub pids: &'a [u32],
+    /// The mapping's address range (names its /proc/PID/map_files entry).
+    pub range: (u64, u64),
+}
+
+/// Where separate debug information came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebugSource {
+    /// The object file itself (its DWARF, or only its symbol tables).
+    Itself,
+    /// `<debug dir>/.build-id/xx/yyyy.debug`.
+    BuildId,
+    /// The file `.gnu_debuglink` names (CRC checked).
+    Debuglink,
+}
+
+/// Why an object file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Neither the file nor debug information for it was found.
+    #[error("{0}: not found (process gone, file replaced, or no debug file)")]
+    NotFound(String),
+    /// The file is not an ELF file addr2line can read.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What an ELF file says about itself.
+struct ElfInfo {
+    /// PT_LOAD segments: (file offset, file size, virtual address).
+    segments: Vec<(u64, u64, u64)>,
+    build_id: Option<String>,
+    debuglink: Option<(String, u32)>,
+    has_dwarf: bool,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_elf(file: &File) -> Result<ElfInfo, String> {
+    // SAFETY: read-only private mapping; a file truncated underneath would
+    // fault, which is why only files of live mappings or debug files are read.
+    let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| e.to_string())?;
+    let obj = object::File::parse(&*map).map_err(|e| e.to_string())?;
+    let segments = obj
+        .segments()
+        .map(|s| {
+            let (offset, size) = s.file_range();
+            (offset, size, s.address())
+        })
+        .collect();
+    let has_dwarf = [".debug_info", ".zdebug_info"]
+        .iter()
+        .any(|n| obj.section_by_name(n).is_some_and(|s| s.size() > 0));
+    Ok(ElfInfo {
+        segments,
+        build_id: obj.build_id().ok().flatten().map(hex),
+        debuglink: obj
+            .gnu_debuglink()
+            .ok()
+            .flatten()
+            .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc)),
+        has_dwarf,
+    })
+}
+
+fn crc32_of(mut file: &File) -> Option<u32> {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Some(hasher.finalize()),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Finds object files and their debug files.
+#[derive(Clone, Debug)]
+pub struct Locator {
+    /// Where processes are read (`/proc`).
+    pub proc_root: PathBuf,
+    /// Searched for separate debug files, in order.
+    pub debug_dirs: Vec<PathBuf>,
+}
+
+impl Locator {
+    /// Opens the object `obj` names, with the best debug information found.
+    pub fn open(&self, obj: &ObjectRef<'_>) -> Result<ObjectSymbolizer, OpenError> {
+        self.open_with(obj, self.open_binary(obj))
+    }
+
+    /// Opens the file at `path` on this host, trusted as it is (tools,
+    /// benchmarks), with the best debug information found for it.
+    pub fn open_file(&self, path: &Path) -> Result<ObjectSymbolizer, OpenError> {
+        let shown = path.to_string_lossy();
+        let file = File::open(path).map_err(|_| OpenError::NotFound(shown.to_string()))?;
+        let info = read_elf(&file).map_err(|reason| OpenError::Invalid {
+            path: shown.to_string(),
+            reason,
+        })?;
+        let obj = ObjectRef {
+            path: &shown,
+            build_id: None,
+            pids: &[],
+            range: (0, 0),
+        };
+        self.open_with(&obj, Some((file, info, None)))
+    }
+
+    fn open_with(
+        &self,
+        obj: &ObjectRef<'_>,
+        binary: Option<(File, ElfInfo, Option<u32>)>,
+    ) -> Result<ObjectSymbolizer, OpenError> {
+        let build_id = obj
+            .build_id
+            .map(str::to_owned)
+            .or_else(|| binary.as_ref().and_then(|b| b.1.build_id.clone()));
+        let debug = match &binary {
+            Some((_, info, _)) if info.has_dwarf => None,
+            _ => self.find_debug_file(obj, build_id.as_deref(), binary.as_ref()),
+        };
+        let (file, source) = match (&debug, &binary) {
+            (Some((file, _, source)), _) => (file, *source),
+            (None, Some((file, _, _))) => (file, DebugSource::Itself),
+            (None, None) => return Err(OpenError::NotFound(obj.path.to_owned())),
+        };
+        // Addresses are translated with the binary's segments; a debug file
+        // keeps the same program headers when the binary is not at hand.
+        let segments = match (&binary, &debug) {
+            (Some((_, info, _)), _) | (None, Some((_, info, _))) => info.segments.clone(),
+            (None, None) => unreachable!("returned above"),
+        };
+        let loader = addr2line::Loader::new(fd_path(file)).map_err(|e| OpenError::Invalid {
+            path: obj.path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(ObjectSymbolizer {
+            loader,
+            segments,
+            source,
+            memo: HashMap::new(),
+        })
+    }
+
+    /// The object file itself, with the pid whose root it was found in:
+    /// the exact file mapped (map_files), else the path inside the process's
+    /// root, else — only when a build id proves it is the same file — the
+    /// path on this host.
+    fn open_binary(&self, obj: &ObjectRef<'_>) -> Option<(File, ElfInfo, Option<u32>)> {
+        let matches = |info: &ElfInfo| match obj.build_id {
+            Some(id) => info.build_id.as_deref() == Some(id),
+            None => true,
+        };
+        for &pid in obj.pids {
+            let dir = self.proc_root.join(pid.to_string());
+            let exact = dir
+                .join("map_files")
+                .join(format!("{:x}-{:x}", obj.range.0, obj.range.1));
+            if let Ok(file) = File::open(exact) {
+                if let Ok(info) = read_elf(&file) {
+                    return Some((file, info, Some(pid)));
+                }
+            }
+            if let Ok(file) = open_in_root(&dir.join("root"), Path::new(obj.path)) {
+                if let Ok(info) = read_elf(&file).map_err(|_| ()).and_then(|i| {
+                    if matches(&i) {
+                        Ok(i)
+                    } else {
+                        Err(())
+                    }
+                }) {
+                    return Some((file, info, Some(pid)));
+                }
+            }
+        }
+        obj.build_id?;
+        let file = File::open(obj.path).ok()?;
+        let info = read_elf(&file).ok().filter(matches)?;
+        Some((file, info, None))
+    }
+
+    /// A separate debug file: by build id under each debug directory (on
+    /// this host, then inside the process's root), then by debuglink next to
+    /// the binary, in its `.debug/`, and under each debug directory.
+    fn find_debug_file(
+        &self,
+        obj: &ObjectRef<'_>,
+        build_id: Option<&str>,
+        binary: Option<&(File, ElfInfo, Option<u32>)>,
+    ) -> Option<(File, ElfInfo, DebugSource)> {
+        let root = binary
+            .and_then(|b| b.2)
+            .map(|pid| self.proc_root.join(pid.to_string()).join("root"));
+        let open_anywhere = |path: &Path| {
+            File::open(path)
+                .ok()
+                .or_else(|| root.as_ref().and_then(|r| open_in_root(r, path).ok()))
+        };
+        let with_dwarf = |file: File| {
+            read_elf(&file)
+                .ok()
+                .filter(|i| i.has_dwarf)
+                .map(|i| (file, i))
+        };
+        if let Some(id) = build_id.filter(|id| id.len() > 2) {
+            for dir in &self.debug_dirs {
+                let path = dir
+                    .join(".build-id")
+                    .join(&id[..2])
+                    .join(format!("{}.debug", &id[2..]));
+                if let Some((file, info)) = open_anywhere(&path).and_then(with_dwarf) {
+                    if info.build_id.as_deref().is_none_or(|found| found == id) {
+                        return Some((file, info, DebugSource::BuildId));
+                    }
+                }
+            }
+        }
+        let (name, crc) = binary.and_then(|b| b.1.debuglink.clone())?;
+        let dir = Path::new(obj.path).parent().unwrap_or(Path::new("/"));
+        let inside_root = [dir.join(&name), dir.join(".debug").join(&name)];
+        let in_root_files = inside_root.iter().filter_map(|p| match &root {
+            Some(r) => open_in_root(r, p).ok(),
+            None => File::open(p).ok(),
+        });
+        let in_debug_dirs = self.debug_dirs.iter().filter_map(|d| {
+            File::open(d.join(dir.strip_prefix("/").unwrap_or(dir)).join(&name)).ok()
+        });
+        in_root_files
+            .chain(in_debug_dirs)
+            .filter(|f| crc32_of(f) == Some(crc))
+            .find_map(with_dwarf)
+            .map(|(file, info)| (file, info, DebugSource::Debuglink))
+    }
+}
+
+/// Most addresses remembered per object; the memo is cleared when full.
+const MEMO_LIMIT: usize = 1 << 17;
+
+/// Symbolizes addresses of one object file.
+pub struct ObjectSymbolizer {
+    loader: addr2line::Loader,
+    segments: Vec<(u64, u64, u64)>,
+    source: DebugSource,
+    memo: HashMap<u64, Frames>,
+}
+
+impl ObjectSymbolizer {
+    /// Where the debug information came from.
+    pub fn debug_source(&self) -> DebugSource {
+        self.source
+    }
+
+    /// Forgets the addresses symbolized so far (keeps the parsed file).
+    pub fn clear_memo(&mut self) {
+        self.memo.clear();
+    }
+
+    /// The ELF virtual address of a file offset (what symbol tables and
+    /// DWARF speak), through the PT_LOAD segment holding it.
+    pub fn virtual_address(&self, file_offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|&&(offset, size, _)| file_offset >= offset && file_offset - offset < size)
+            .map(|&(offset, _, vaddr)| file_offset - offset + vaddr)
+    }
+
+    /// The frames of the code at `vaddr`, innermost first: DWARF where it
+    /// covers the address, the symbol table for the outermost name otherwise.
+    pub fn symbolize(&mut self, vaddr: u64) -> Frames {
+        if let Some(frames) = self.memo.get(&vaddr) {
+            return frames.clone();
+        }
+        let frames: Frames = self.lookup(vaddr).into();
+        if self.memo.len() >= MEMO_LIMIT {
+            self.memo.clear();
+        }
+        self.memo.insert(vaddr, frames.clone());
+        frames
+    }
+
+    fn lookup(&self, vaddr: u64) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        if let Ok(mut iter) = self.loader.find_frames(vaddr) {
+            while let Ok(Some(frame)) = iter.next() {
+                let (name, system_name) =
+                    frame.function.as_ref().map_or_else(Default::default, |f| {
+                        let raw = f.raw_name().map(Cow::into_owned).unwrap_or_default();
+                        let name = demangle(&raw).into_owned();
+                        (name, raw)
+                    });
+                let location = frame.location.as_ref();
+                frames.push(Frame {
+                    name,
+                    system_name,
+                    file: location.and_then(|l| l.file).unwrap_or_default().to_owned(),
+                    line: location.and_then(|l| l.line).unwrap_or(0),
+                    column: location.and_then(|l| l.column).unwrap_or(0),
+                });
+            }
+        }
+        if frames.last().is_none_or(|f| f.name.is_empty()) {
+            if let Some(symbol) = self.loader.find_symbol(vaddr) {
+                let name = demangle(symbol).into_owned();
+                let outermost = Frame {
+                    name,
+                    system_name: symbol.to_owned(),
+                    file: String::new(),
+                    line: 0,
+                    column: 0,
+                };
+                match frames.last_mut() {
+                    Some(last) => {
+                        last.name = outermost.name;
+                        last.system_name = outermost.system_name;
+                    }
+                    None => frames.push(outermost),
+                }
+            }
+        }
+        frames
+    }
+}
+
+/// Which open object file to close when the pool is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Eviction {
+    /// Least recently used.
+    #[default]
+    Lru,
+    /// Least frequently used (ties: least recently used).
+    Lfu,
+}
+
+enum Slot {
+    Open {
+        symbolizer: Box<ObjectSymbolizer>,
+        last_used: u64,
+        uses: u64,
+    },
+    Missing {
+        retry_at: Instant,
+    },
+}
+
+/// A file that was not found is looked for again after this long.
+const RETRY_MISSING_AFTER: Duration = Duration::from_secs(60);
+
+/// Counts of what the pool did, read by the processor's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Object files opened.
+    pub opened: u64,
+    /// Object files that could not be found or read.
+    pub failed: u64,
+    /// Open object files closed to stay within the pool size.
+    pub evicted: u64,
+}
+
+/// Open object files by key (build id, or pid and path), bounded.
+pub struct ObjectPool {
+    locator: Locator,
+    capacity: usize,
+    eviction: Eviction,
+    slots: HashMap<String, Slot>,
+    clock: u64,
+    /// What happened so far.
+    pub stats: PoolStats,
+}
+
+impl ObjectPool {
+    /// A pool keeping at most `capacity` files open (0: no limit).
+    pub fn new(locator: Locator, capacity: usize, eviction: Eviction) -> Self {
+        Self {
+            locator,
+            capacity,
+            eviction,
+            slots: HashMap::new(),
+            clock: 0,
+            stats: PoolStats::default(),
+        }
+    }
+
+    /// The symbolizer of `obj`, opening it on first use.
+    pub fn get(&mut self, key: &str, obj: &ObjectRef<'_>) -> Option<&mut ObjectSymbolizer> {
+        self.clock += 1;
+        let reopen = match self.slots.get(key) {
+            None => true,
+            Some(Slot::Missing { retry_at }) => Instant::now() >= *retry_at,
+            Some(Slot::Open { .. }) => false,
+        };
+        if reopen {
+            let slot = match self.locator.open(obj) {
+                Ok(symbolizer) => {
+                    self.stats.opened += 1;
+                    self.make_room();
+                    Slot::Open {
+                        symbolizer: Box::new(symbolizer),
+                        last_used: self.clock,
+                        uses: 0,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "object file not symbolized");
+                    self.stats.failed += 1;
+                    Slot::Missing {
+                        retry_at: Instant::now() + RETRY_MISSING_AFTER,
+                    }
+                }
+            };
+            self.slots.insert(key.to_owned(), slot);
+        }
+        match self.slots.get_mut(key)? {
+            Slot::Open {
+                symbolizer,
+                last_used,
+                uses,
+            } => {
+                *last_used = self.clock;
+                *uses += 1;
+                Some(symbolizer)
+            }
+            Slot::Missing { .. } => None,
+        }
+    }
+
+    fn make_room(&mut self) {
+        let open = self
+            .slots
+            .values()
+            .filter(|s| matches!(s, Slot::Open { .. }))
+            .count();
+        if self.capacity == 0 || open < self.capacity {
+            return;
+        }
+        let victim = self
+            .slots
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Open {
+                    last_used, uses, ..
+                } => Some((key, *last_used, *uses)),
+                Slot::Missing { .. } => None,
+            })
+            .min_by_key(|&(_, last_used, uses)| match self.eviction {
+                Eviction::Lru => (last_used, 0),
+                Eviction::Lfu => (uses, last_used),
+            })
+            .map(|(key, _, _)| key.clone());
+        if let Some(key) = victim {
+            self.slots.remove(&key);
+            self.stats.evicted += 1;
+        }
+    }
+
+    /// Closes every file (caching off: files are re-read every window).
+    pub fn clear(&mut self) {
+        self.slots.clear();
+    }
+
+    /// Object files open now.
+    pub fn open_count(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|s| matches!(s, Slot::Open { .. }))
+            .count()
+    }
+}

@@ -1,0 +1,437 @@
+//! The symbolize processor against binutils `addr2line -f -i -C` on fixtures
+//! built here: names, files, lines and inline chains must be identical.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use agent_core::{
+    BuildContext, BuildIdKind, FrameType, LabelSet, Location, Mapping, ProfileBatch, ProfileType,
+    Sample,
+};
+use agent_processor_symbolize::demangle::demangle;
+use agent_processor_symbolize::{SymbolizeConfig, Symbolizer};
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+/// (function, file, line) per frame, innermost first.
+type Chain = Vec<(String, String, i64)>;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn sh(dir: &Path, script: &str) {
+    run(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+}
+
+/// Every other byte of every function whose demangled name `wanted` accepts.
+fn addresses_of(binary: &Path, wanted: impl Fn(&str) -> bool) -> Vec<u64> {
+    let data = std::fs::read(binary).unwrap();
+    let obj = object::File::parse(&*data).unwrap();
+    let mut addresses: Vec<u64> = obj
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+        .filter(|s| {
+            let name = s.name().unwrap_or("");
+            wanted(&demangle(name))
+        })
+        .flat_map(|s| (s.address()..s.address() + s.size()).step_by(2))
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    assert!(
+        addresses.len() > 50,
+        "{}: too few addresses",
+        binary.display()
+    );
+    addresses
+}
+
+/// binutils' answer for each address.
+fn binutils(binary: &Path, addresses: &[u64]) -> Vec<Chain> {
+    let mut cmd = Command::new("addr2line");
+    cmd.args(["-a", "-f", "-i", "-C", "-e"]).arg(binary);
+    cmd.args(addresses.iter().map(|a| format!("{a:#x}")));
+    let out = run(&mut cmd);
+    let mut chains: Vec<Chain> = Vec::new();
+    let mut lines = out.lines().peekable();
+    while let Some(address) = lines.next() {
+        assert!(address.starts_with("0x"), "unexpected {address}");
+        let mut chain = Chain::new();
+        while lines.peek().is_some_and(|l| !l.starts_with("0x")) {
+            let name = lines.next().unwrap();
+            let position = lines.next().unwrap();
+            let position = position.split(" (discriminator").next().unwrap();
+            let (file, line) = position.rsplit_once(':').unwrap();
+            chain.push((
+                if name == "??" { "" } else { name }.to_owned(),
+                if file == "??" { "" } else { file }.to_owned(),
+                line.parse().unwrap_or(0),
+            ));
+        }
+        chains.push(chain);
+    }
+    assert_eq!(chains.len(), addresses.len());
+    chains
+}
+
+const PIE_BASE: u64 = 0x5555_0000_0000;
+
+/// A batch with one sample per address, mapped the way the loader maps the
+/// binary (a PIE at PIE_BASE), with its build id and no process.
+fn batch_for(binary: &Path, addresses: &[u64]) -> ProfileBatch {
+    let data = std::fs::read(binary).unwrap();
+    let obj = object::File::parse(&*data).unwrap();
+    let base = if obj.kind() == object::ObjectKind::Dynamic {
+        PIE_BASE
+    } else {
+        0
+    };
+    let build_id: String = obj
+        .build_id()
+        .unwrap()
+        .expect("fixture has a build id")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut batch = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
+    let filename = batch.strings.intern_str(binary.to_str().unwrap());
+    let build_id = batch.strings.intern_str(&build_id);
+    let series = batch
+        .label_sets
+        .intern(LabelSet::new([("comm", "fixture")]));
+    for &address in addresses {
+        let segment = obj
+            .segments()
+            .find(|s| (s.address()..s.address() + s.size()).contains(&address))
+            .expect("address in a segment");
+        let page = segment.address() & !0xfff;
+        let mapping = batch.mappings.intern(Mapping {
+            memory_start: base + page,
+            memory_limit: base + segment.address() + segment.size(),
+            file_offset: segment.file_range().0 & !0xfff,
+            filename,
+            build_id,
+            build_id_kind: BuildIdKind::Gnu,
+        });
+        push_sample(&mut batch, series, mapping, base + address);
+    }
+    batch
+}
+
+/// One sample of an unnamed native location at `address` in `mapping`.
+fn push_sample(batch: &mut ProfileBatch, series: u32, mapping: u32, address: u64) {
+    let location = batch.locations.intern(Location {
+        mapping: Some(mapping),
+        address,
+        lines: Vec::new(),
+        frame_type: FrameType::Native,
+    });
+    let stack = batch.stacks.intern(vec![location]);
+    batch.samples.push(Sample {
+        stack,
+        series,
+        attributes: 0,
+        value: 1,
+        timestamp_unix_nanos: None,
+    });
+}
+
+fn chains_of(batch: &ProfileBatch) -> Vec<Chain> {
+    batch
+        .samples
+        .iter()
+        .map(|s| {
+            let loc = batch.stacks.get(s.stack)[0];
+            batch
+                .resolve_location(loc)
+                .lines
+                .into_iter()
+                .map(|l| (l.function, l.filename, l.line))
+                .collect()
+        })
+        .collect()
+}
+
+fn symbolizer(debug_dirs: Vec<PathBuf>) -> Symbolizer {
+    let config = SymbolizeConfig {
+        debuginfo_directories: debug_dirs,
+        ..SymbolizeConfig::default()
+    };
+    Symbolizer::new(config, &BuildContext::for_test("symbolize"))
+}
+
+/// Symbolizes `target` (perhaps stripped) and compares with binutils on `reference`.
+fn assert_same_as_binutils(
+    target: &Path,
+    reference: &Path,
+    addresses: &[u64],
+    debug_dirs: Vec<PathBuf>,
+) {
+    let mut batch = batch_for(target, addresses);
+    symbolizer(debug_dirs).symbolize(&mut batch);
+    assert_chains_match(
+        target,
+        addresses,
+        &chains_of(&batch),
+        &binutils(reference, addresses),
+    );
+}
+
+fn assert_chains_match(target: &Path, addresses: &[u64], got: &[Chain], expected: &[Chain]) {
+    let differing: Vec<String> = addresses
+        .iter()
+        .zip(got.iter().zip(expected))
+        .filter(|(_, (g, e))| g != e)
+        .map(|(a, (g, e))| format!("{a:#x}:\n  ours     {g:?}\n  binutils {e:?}"))
+        .collect();
+    let inlined = expected.iter().filter(|c| c.len() > 1).count();
+    eprintln!(
+        "{}: {} addresses, {} with inlined frames, {} differ",
+        target.display(),
+        addresses.len(),
+        inlined,
+        differing.len()
+    );
+    assert!(
+        differing.is_empty(),
+        "{} of {} addresses differ from binutils, first ones:\n{}",
+        differing.len(),
+        addresses.len(),
+        differing[..differing.len().min(8)].join("\n")
+    );
+    assert!(inlined > 10, "the fixture should exercise inlining");
+}
+
+const C_SOURCE: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+static inline __attribute__((always_inline)) int leaf(int x) { return x * 3 + (x >> 2); }
+static inline __attribute__((always_inline)) int middle(int x) {
+    int s = 0;
+    for (int i = 0; i < x; i++) s += leaf(i ^ x);
+    return s;
+}
+__attribute__((noinline)) int outer(int x) { return middle(x) + middle(x + 1); }
+__attribute__((noinline)) long spin(long n) {
+    long t = 0;
+    for (long r = 0; r < n; r++) for (int i = 0; i < 100; i++) t += outer(i);
+    return t;
+}
+int main(int argc, char **argv) {
+    long n = argc > 1 ? atol(argv[1]) : 10;
+    printf("%ld\n", spin(n));
+    return 0;
+}
+"#;
+
+fn c_fixture(dir: &Path, extra_flags: &str) -> PathBuf {
+    std::fs::write(dir.join("inline.c"), C_SOURCE).unwrap();
+    sh(dir, &format!("gcc -g -O2 {extra_flags} -o inline inline.c"));
+    dir.join("inline")
+}
+
+fn ours_in_c(name: &str) -> bool {
+    ["leaf", "middle", "outer", "spin", "main"].contains(&name)
+}
+
+#[test]
+fn c_with_inlined_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = c_fixture(dir.path(), "");
+    let addresses = addresses_of(&binary, ours_in_c);
+    assert_same_as_binutils(&binary, &binary, &addresses, vec![]);
+}
+
+#[test]
+fn stripped_binary_finds_its_debug_file_by_build_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = c_fixture(dir.path(), "");
+    let addresses = addresses_of(&binary, ours_in_c);
+    let data = std::fs::read(&binary).unwrap();
+    let id: String = object::File::parse(&*data)
+        .unwrap()
+        .build_id()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::create_dir_all(dir.path().join(format!("debug/.build-id/{}", &id[..2]))).unwrap();
+    sh(
+        dir.path(),
+        &format!(
+            "objcopy --only-keep-debug inline debug/.build-id/{}/{}.debug\n\
+             cp inline stripped && strip --strip-all stripped",
+            &id[..2],
+            &id[2..]
+        ),
+    );
+    let stripped = dir.path().join("stripped");
+    assert_same_as_binutils(
+        &stripped,
+        &binary,
+        &addresses,
+        vec![dir.path().join("debug")],
+    );
+}
+
+#[test]
+fn cpp_with_templates_and_exceptions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.cpp"),
+        r#"
+#include <cstdio>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+namespace fx {
+template <typename T> struct Acc {
+    std::vector<T> items;
+    void add(T v) { if (v < 0) throw std::invalid_argument("negative"); items.push_back(v * 2); }
+    T total() const { T t{}; for (auto &i : items) t += i; return t; }
+};
+template <typename K, typename V> __attribute__((noinline)) V sum(const std::map<K, V> &m) {
+    V t{}; for (auto &kv : m) t += kv.second; return t;
+}
+__attribute__((noinline)) double run(int n) {
+    Acc<double> a; Acc<long> b; std::map<std::string, int> m;
+    for (int i = -1; i < n; i++) {
+        try { a.add(i * 0.5); b.add(i); } catch (const std::exception &e) { m[e.what()] += 1; }
+        m[std::to_string(i % 7)] += i;
+    }
+    return a.total() + double(b.total()) + sum(m);
+}
+}
+int main(int argc, char **) { std::printf("%f\n", fx::run(argc * 1000)); }
+"#,
+    )
+    .unwrap();
+    sh(dir.path(), "g++ -g -O2 -o templates t.cpp");
+    let binary = dir.path().join("templates");
+    let addresses = addresses_of(&binary, |n| n.starts_with("fx::") || n == "main");
+    assert_same_as_binutils(&binary, &binary, &addresses, vec![]);
+}
+
+#[test]
+fn rust_release_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.rs"),
+        r#"
+use std::collections::HashMap;
+#[inline(always)]
+fn mix(x: u64) -> u64 { x.wrapping_mul(0x9e3779b97f4a7c15).rotate_left(17) }
+#[inline(never)]
+fn tally(n: u64) -> HashMap<u64, u64> {
+    let mut m = HashMap::new();
+    for i in 0..n { *m.entry(mix(i) % 97).or_insert(0) += mix(i ^ n); }
+    m
+}
+struct Walker<T> { items: Vec<T> }
+impl<T: Copy + Into<u64>> Walker<T> {
+    #[inline(never)]
+    fn walk(&self) -> u64 { self.items.iter().map(|&i| mix(i.into())).sum() }
+}
+fn main() {
+    let n = std::env::args().count() as u64 * 1000;
+    let w = Walker { items: vec![1u32, 2, 3] };
+    println!("{} {}", tally(n).len(), w.walk());
+}
+"#,
+    )
+    .unwrap();
+    sh(
+        dir.path(),
+        "rustc -C opt-level=2 -g --crate-name fixture -o fixture main.rs",
+    );
+    let binary = dir.path().join("fixture");
+    let addresses = addresses_of(&binary, |n| n.starts_with("fixture::"));
+    assert_same_as_binutils(&binary, &binary, &addresses, vec![]);
+}
+
+/// A running process whose stripped binary names its debug file only by
+/// `.gnu_debuglink` (no build id): read through /proc/PID/map_files, the
+/// debug file found next to the binary and CRC-checked.
+#[test]
+fn running_stripped_binary_finds_its_debug_file_by_debuglink() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = c_fixture(dir.path(), "-Wl,--build-id=none");
+    sh(
+        dir.path(),
+        "objcopy --only-keep-debug inline inline.debug\n\
+         cp inline stripped && strip --strip-all stripped\n\
+         objcopy --add-gnu-debuglink=inline.debug stripped",
+    );
+    let stripped = dir.path().join("stripped");
+    let addresses = addresses_of(&reference, ours_in_c);
+    let mut child = Command::new(&stripped).arg("100000000000").spawn().unwrap();
+    let pid = child.id();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let data = std::fs::read(&reference).unwrap();
+    let obj = object::File::parse(&*data).unwrap();
+
+    let mut batch = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
+    let series = batch
+        .label_sets
+        .intern(LabelSet::new([("pid", pid.to_string())]));
+    for &vaddr in &addresses {
+        let segment = obj
+            .segments()
+            .find(|s| (s.address()..s.address() + s.size()).contains(&vaddr))
+            .unwrap();
+        let file_offset = vaddr - segment.address() + segment.file_range().0;
+        let (range, offset, path) = maps
+            .lines()
+            .filter(|l| l.ends_with("/stripped"))
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (start, end) = f[0].split_once('-')?;
+                let start = u64::from_str_radix(start, 16).ok()?;
+                let end = u64::from_str_radix(end, 16).ok()?;
+                let offset = u64::from_str_radix(f[2], 16).ok()?;
+                (file_offset >= offset && file_offset - offset < end - start)
+                    .then(|| ((start, end), offset, f[5].to_owned()))
+            })
+            .expect("the address is mapped");
+        let filename = batch.strings.intern_str(&path);
+        let mapping = batch.mappings.intern(Mapping {
+            memory_start: range.0,
+            memory_limit: range.1,
+            file_offset: offset,
+            filename,
+            build_id: 0,
+            build_id_kind: BuildIdKind::None,
+        });
+        push_sample(&mut batch, series, mapping, range.0 + file_offset - offset);
+    }
+    let mut wrong_crc = batch.clone();
+    symbolizer(vec![]).symbolize(&mut batch);
+    let got = chains_of(&batch);
+
+    // The same process with a debug file that does not match the CRC: not used.
+    std::fs::write(dir.path().join("inline.debug"), b"not the debug file").unwrap();
+    symbolizer(vec![]).symbolize(&mut wrong_crc);
+    let unnamed = chains_of(&wrong_crc);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_chains_match(
+        &stripped,
+        &addresses,
+        &got,
+        &binutils(&reference, &addresses),
+    );
+    assert!(
+        unnamed.iter().all(Vec::is_empty),
+        "a debug file with the wrong CRC was used"
+    );
+}
