@@ -425,6 +425,36 @@ impl ProfileBatch {
         before - self.samples.len()
     }
 
+    /// [`ProfileBatch::map_series`] for rules that also read sample labels:
+    /// `f` sees each distinct (series, sample attributes) pair once and
+    /// returns the sample's new series, or `None` to drop it. Returns the
+    /// dropped sample count.
+    pub fn map_series_by_attributes(
+        &mut self,
+        mut f: impl FnMut(&LabelSet, &LabelSet) -> Option<LabelSet>,
+    ) -> usize {
+        let mut new_ids: HashMap<(LabelSetId, LabelSetId), Option<LabelSetId>> = HashMap::new();
+        for s in &self.samples {
+            new_ids.entry((s.series, s.attributes)).or_insert_with(|| {
+                f(
+                    self.label_sets.get(s.series),
+                    self.label_sets.get(s.attributes),
+                )
+                .map(|set| self.label_sets.intern(set))
+            });
+        }
+        let before = self.samples.len();
+        self.samples
+            .retain_mut(|s| match new_ids[&(s.series, s.attributes)] {
+                Some(id) => {
+                    s.series = id;
+                    true
+                }
+                None => false,
+            });
+        before - self.samples.len()
+    }
+
     /// Appends every sample of `other` (same profile type), re-interning its
     /// dictionary entries; widens the window to cover both.
     pub fn merge(&mut self, other: &ProfileBatch) {

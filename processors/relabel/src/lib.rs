@@ -1,5 +1,7 @@
 //! `relabel` processor: Prometheus `relabel_configs`, with Prometheus's
-//! semantics, defaults and validation, applied once per series. Afterwards
+//! semantics, defaults and validation, applied once per series — or once per
+//! (series, thread, CPU) when a rule reads `__meta_thread_comm`,
+//! `__meta_thread_id` or `__meta_cpu`. Afterwards
 //! labels starting with `__` are removed (`__name__` stays); a series that a
 //! rule drops loses its samples, which are counted.
 
@@ -257,6 +259,14 @@ pub enum RelabelError {
     },
 }
 
+/// Meta labels of a sample rather than of its series, and the sample
+/// attribute each comes from (as the `ebpf_cpu` receiver names them).
+pub const SAMPLE_META_LABELS: [(&str, &str); 3] = [
+    ("__meta_thread_comm", "thread_comm"),
+    ("__meta_thread_id", "thread_id"),
+    ("__meta_cpu", "cpu"),
+];
+
 /// The hashmod value Prometheus computes: the md5 of `value`, last 8 bytes
 /// big-endian, modulo `modulus`.
 pub fn hashmod(value: &str, modulus: u64) -> u64 {
@@ -296,6 +306,17 @@ impl Relabeler {
             }
         }
         Some(lb)
+    }
+
+    /// True when a rule can read a sample-level meta label
+    /// ([`SAMPLE_META_LABELS`]): as a source label, or through `labelmap`.
+    pub fn reads_sample_labels(&self) -> bool {
+        self.rules.iter().any(|rule| {
+            SAMPLE_META_LABELS.iter().any(|(meta, _)| {
+                rule.config.source_labels.iter().any(|l| l == meta)
+                    || (rule.config.action == Action::LabelMap && rule.regex.is_match(meta))
+            })
+        })
     }
 
     /// [`Relabeler::relabel`], then removes labels starting with `__` but `__name__`.
@@ -398,8 +419,10 @@ impl Factory for RelabelFactory {
                 serde_yaml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
             rules.extend(parsed.relabel_configs);
         }
+        let relabeler = Relabeler::new(rules)?;
         Ok(Box::new(RelabelProcessor {
-            relabeler: Relabeler::new(rules)?,
+            per_sample: relabeler.reads_sample_labels(),
+            relabeler,
             dropped: ctx.telemetry.counter(
                 "relabel_dropped_samples",
                 "Samples of series that relabeling dropped.",
@@ -411,12 +434,27 @@ impl Factory for RelabelFactory {
 
 struct RelabelProcessor {
     relabeler: Relabeler,
+    /// Rules read thread or CPU labels: run per (series, sample attributes).
+    per_sample: bool,
     dropped: Counter,
 }
 
 impl Processor for RelabelProcessor {
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
-        let dropped = batch.map_series(|labels| self.relabeler.process_labels(labels));
+        let relabeler = &self.relabeler;
+        let dropped = if self.per_sample {
+            batch.map_series_by_attributes(|series, attributes| {
+                let mut labels = series.clone();
+                for (meta, attribute) in SAMPLE_META_LABELS {
+                    if let Some(value) = attributes.get(attribute) {
+                        labels.set(meta, value);
+                    }
+                }
+                relabeler.process_labels(&labels)
+            })
+        } else {
+            batch.map_series(|labels| relabeler.process_labels(labels))
+        };
         self.dropped.inc_by(dropped as u64);
         Ok(batch)
     }

@@ -276,3 +276,76 @@ fn a_parca_agent_config_file_feeds_the_rules() {
         "{err}"
     );
 }
+
+#[test]
+fn thread_and_cpu_meta_labels_come_from_sample_attributes() {
+    let ctx = BuildContext::for_test("relabel");
+    let config = RelabelProcessorConfig {
+        relabel_configs: rules(
+            "- {source_labels: [__meta_thread_comm], regex: 'gc-.*', action: drop}\n\
+             - {source_labels: [__meta_thread_comm], target_label: thread}\n\
+             - {source_labels: [__meta_cpu], target_label: cpu}\n",
+        ),
+        relabel_configs_file: None,
+    };
+    let mut p = RelabelFactory.create(config, &ctx).unwrap();
+    let mut b = ProfileBatch::new(agent_core::ProfileType::cpu_samples(19), 0, 1);
+    let stack = b.stacks.intern(vec![]);
+    let series = b
+        .label_sets
+        .intern(labels(&[("comm", "java"), ("pid", "7")]));
+    let threads = [
+        ("main", "0", 1),
+        ("gc-1", "1", 2),
+        ("main", "1", 4),
+        ("main", "0", 8),
+    ];
+    for (thread, cpu, value) in threads {
+        let attributes = b.label_sets.intern(labels(&[
+            ("thread_comm", thread),
+            ("thread_id", "7"),
+            ("cpu", cpu),
+        ]));
+        b.samples.push(agent_core::Sample {
+            stack,
+            series,
+            attributes,
+            value,
+            timestamp_unix_nanos: None,
+        });
+    }
+    let out = p.process(b).unwrap();
+    // The gc thread's sample is dropped; the others split by CPU.
+    assert_eq!(out.total_value(), 13);
+    let mut by_series: Vec<(LabelSet, i64)> = out
+        .samples
+        .iter()
+        .map(|s| (out.labels(s.series).clone(), s.value))
+        .collect();
+    by_series.sort();
+    let main = |cpu: &str| {
+        labels(&[
+            ("comm", "java"),
+            ("cpu", cpu),
+            ("pid", "7"),
+            ("thread", "main"),
+        ])
+    };
+    assert_eq!(
+        by_series,
+        vec![(main("0"), 1), (main("0"), 8), (main("1"), 4)]
+    );
+    // The sample attributes stay as they were.
+    assert!(out
+        .samples
+        .iter()
+        .all(|s| out.labels(s.attributes).get("cpu").is_some()));
+}
+
+#[test]
+fn rules_without_sample_labels_run_per_series() {
+    let per_series = Relabeler::new(rules("- {source_labels: [comm], target_label: x}\n")).unwrap();
+    assert!(!per_series.reads_sample_labels());
+    let labelmap = Relabeler::new(rules("- {regex: '__meta_(.+)', action: labelmap}\n")).unwrap();
+    assert!(labelmap.reads_sample_labels());
+}

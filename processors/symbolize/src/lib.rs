@@ -304,14 +304,14 @@ impl Symbolizer {
                 self.kernel_frames.unresolved.inc();
                 continue;
             };
+            let name: std::sync::Arc<str> = symbol.name.as_ref().into();
             let frame = Frame {
-                name: symbol.name.to_string(),
-                system_name: symbol.name.to_string(),
+                name: name.clone(),
+                system_name: name,
                 file: symbol
                     .module
                     .as_ref()
-                    .map(|m| format!("[{m}]"))
-                    .unwrap_or_default(),
+                    .map_or_else(|| "".into(), |m| format!("[{m}]").into()),
                 line: 0,
                 column: 0,
             };
@@ -343,10 +343,11 @@ impl Symbolizer {
                 continue;
             };
             self.jit.resolved.inc();
+            let name: std::sync::Arc<str> = name.into();
             let frame = Frame {
-                name: name.to_owned(),
-                system_name: name.to_owned(),
-                file: String::new(),
+                name: name.clone(),
+                system_name: name,
+                file: "".into(),
                 line: 0,
                 column: 0,
             };

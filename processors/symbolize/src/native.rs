@@ -2,7 +2,6 @@
 //! (addr2line), from the process's own file or a separate debug file found
 //! by build id or `.gnu_debuglink`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
@@ -20,11 +19,11 @@ use crate::files::{fd_path, open_in_root};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     /// Demangled name; empty when unknown.
-    pub name: String,
+    pub name: Arc<str>,
     /// Name as the object file has it (mangled).
-    pub system_name: String,
+    pub system_name: Arc<str>,
     /// Source file; empty when unknown.
-    pub file: String,
+    pub file: Arc<str>,
     /// Line; 0 when unknown.
     pub line: u32,
     /// Column; 0 when unknown.
@@ -192,6 +191,7 @@ impl Locator {
             segments,
             source,
             memo: HashMap::new(),
+            names: Names::default(),
         })
     }
 
@@ -288,6 +288,45 @@ impl Locator {
 
 /// Most addresses remembered per object; the memo is cleared when full.
 const MEMO_LIMIT: usize = 1 << 17;
+/// Most names and file paths remembered per object; cleared when full.
+const NAMES_LIMIT: usize = 1 << 17;
+
+/// Names and paths of one object, each demangled and allocated once: inlined
+/// library functions and their headers repeat across many addresses.
+#[derive(Default)]
+struct Names {
+    /// raw name -> demangled name.
+    demangled: HashMap<Arc<str>, Arc<str>>,
+    files: std::collections::HashSet<Arc<str>>,
+}
+
+impl Names {
+    /// (demangled, raw) for a raw symbol name.
+    fn function(&mut self, raw: &str) -> (Arc<str>, Arc<str>) {
+        if let Some((raw, name)) = self.demangled.get_key_value(raw) {
+            return (name.clone(), raw.clone());
+        }
+        if self.demangled.len() >= NAMES_LIMIT {
+            self.demangled.clear();
+        }
+        let name: Arc<str> = demangle(raw).into();
+        let raw: Arc<str> = raw.into();
+        self.demangled.insert(raw.clone(), name.clone());
+        (name, raw)
+    }
+
+    fn file(&mut self, path: &str) -> Arc<str> {
+        if let Some(path) = self.files.get(path) {
+            return path.clone();
+        }
+        if self.files.len() >= NAMES_LIMIT {
+            self.files.clear();
+        }
+        let path: Arc<str> = path.into();
+        self.files.insert(path.clone());
+        path
+    }
+}
 
 /// Symbolizes addresses of one object file.
 pub struct ObjectSymbolizer {
@@ -295,6 +334,7 @@ pub struct ObjectSymbolizer {
     segments: Vec<(u64, u64, u64)>,
     source: DebugSource,
     memo: HashMap<u64, Frames>,
+    names: Names,
 }
 
 impl ObjectSymbolizer {
@@ -331,21 +371,24 @@ impl ObjectSymbolizer {
         frames
     }
 
-    fn lookup(&self, vaddr: u64) -> Vec<Frame> {
+    fn lookup(&mut self, vaddr: u64) -> Vec<Frame> {
+        let names = &mut self.names;
+        let empty: Arc<str> = Arc::from("");
         let mut frames = Vec::new();
         if let Ok(mut iter) = self.loader.find_frames(vaddr) {
             while let Ok(Some(frame)) = iter.next() {
-                let (name, system_name) =
-                    frame.function.as_ref().map_or_else(Default::default, |f| {
-                        let raw = f.raw_name().map(Cow::into_owned).unwrap_or_default();
-                        let name = demangle(&raw).into_owned();
-                        (name, raw)
-                    });
+                let raw = frame.function.as_ref().and_then(|f| f.raw_name().ok());
+                let (name, system_name) = match raw {
+                    Some(raw) => names.function(&raw),
+                    None => (empty.clone(), empty.clone()),
+                };
                 let location = frame.location.as_ref();
                 frames.push(Frame {
                     name,
                     system_name,
-                    file: location.and_then(|l| l.file).unwrap_or_default().to_owned(),
+                    file: location
+                        .and_then(|l| l.file)
+                        .map_or_else(|| empty.clone(), |f| names.file(f)),
                     line: location.and_then(|l| l.line).unwrap_or(0),
                     column: location.and_then(|l| l.column).unwrap_or(0),
                 });
@@ -353,20 +396,19 @@ impl ObjectSymbolizer {
         }
         if frames.last().is_none_or(|f| f.name.is_empty()) {
             if let Some(symbol) = self.loader.find_symbol(vaddr) {
-                let name = demangle(symbol).into_owned();
-                let outermost = Frame {
-                    name,
-                    system_name: symbol.to_owned(),
-                    file: String::new(),
-                    line: 0,
-                    column: 0,
-                };
+                let (name, system_name) = names.function(symbol);
                 match frames.last_mut() {
                     Some(last) => {
-                        last.name = outermost.name;
-                        last.system_name = outermost.system_name;
+                        last.name = name;
+                        last.system_name = system_name;
                     }
-                    None => frames.push(outermost),
+                    None => frames.push(Frame {
+                        name,
+                        system_name,
+                        file: empty,
+                        line: 0,
+                        column: 0,
+                    }),
                 }
             }
         }
