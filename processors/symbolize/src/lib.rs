@@ -245,16 +245,20 @@ impl Symbolizer {
         for (&mapping_id, job) in work {
             let mapping = batch.mappings.get(mapping_id).clone();
             let path = batch.str(mapping.filename).to_owned();
-            let build_id = (mapping.build_id_kind == agent_core::BuildIdKind::Gnu)
-                .then(|| batch.str(mapping.build_id).to_owned());
-            // Without a build id a file is only trusted inside its own process.
-            let key = match (&build_id, job.pids.first()) {
-                (Some(id), _) => id.clone(),
-                (None, Some(pid)) => format!("{pid}:{path}"),
-                (None, None) => {
-                    self.native.unresolved.inc_by(job.locations.len() as u64);
-                    continue;
-                }
+            let any_id = batch.str(mapping.build_id);
+            // Only a GNU build id can be checked against a file found by path.
+            let build_id =
+                (mapping.build_id_kind == agent_core::BuildIdKind::Gnu).then(|| any_id.to_owned());
+            // Without a process, only a file a GNU build id proves is used.
+            if job.pids.is_empty() && build_id.is_none() {
+                self.native.unresolved.inc_by(job.locations.len() as u64);
+                continue;
+            }
+            // Any build id (a content hash too) names the file across
+            // processes; without one it is known only inside its process.
+            let key = match (any_id, job.pids.first()) {
+                ("", Some(pid)) => format!("{pid}:{path}"),
+                (id, _) => format!("{:?}:{id}", mapping.build_id_kind),
             };
             let obj = ObjectRef {
                 path: &path,
