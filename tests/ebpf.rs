@@ -64,6 +64,11 @@ struct Agent {
 impl Agent {
     /// Starts the agent on the embedded pipeline; returns once it samples.
     fn start(out: &Path) -> Agent {
+        Self::start_with(out, &[])
+    }
+
+    /// [`Agent::start`] with extra flags.
+    fn start_with(out: &Path, flags: &[&str]) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
             .args([
                 "--http-address",
@@ -72,6 +77,7 @@ impl Agent {
                 "--log-format=json",
             ])
             .arg(format!("--local-store-directory={}", out.display()))
+            .args(flags)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -363,7 +369,18 @@ fn kernel_frames_of_a_syscall_heavy_workload() {
     }
     let dir = tempfile::tempdir().unwrap();
     let binary = compile("syscalls.c", dir.path());
-    let agent = Agent::start(&dir.path().join("out"));
+    // A Parca Agent config whose rule reads a thread label: relabel then
+    // runs per (series, thread, CPU) on real samples.
+    let parca_config = dir.path().join("parca-agent.yaml");
+    std::fs::write(
+        &parca_config,
+        "relabel_configs:\n- {source_labels: [__meta_thread_comm], target_label: thread}\n",
+    )
+    .unwrap();
+    let agent = Agent::start_with(
+        &dir.path().join("out"),
+        &[&format!("--config-path={}", parca_config.display())],
+    );
     let workload = Command::new(&binary).arg("4").spawn().unwrap();
     let pid = workload.id();
     assert!(workload.wait_with_output().unwrap().status.success());
@@ -373,6 +390,12 @@ fn kernel_frames_of_a_syscall_heavy_workload() {
     let mine = samples_of(&batches, pid);
     let total: i64 = mine.iter().map(|s| s.value).sum();
     assert!(total > 20, "only {total} samples of the workload");
+    // pprof has one label list per sample: the decoded series holds both.
+    for s in &mine {
+        let thread = s.series.get("thread");
+        assert!(thread.is_some(), "{:?}", s.series);
+        assert_eq!(thread, s.series.get("thread_comm"), "{:?}", s.series);
+    }
     let is_kernel = |f: &agent_core::ResolvedFrame| {
         f.mapping
             .as_ref()
