@@ -167,17 +167,16 @@ impl Symbolizer {
     /// A symbolizer with `config`; counters registered under `ctx`.
     pub fn new(config: SymbolizeConfig, ctx: &BuildContext) -> Self {
         let t = &ctx.telemetry;
+        let locations = |kind: &str, result: &str| {
+            t.counter(
+                "symbolize_locations",
+                "Distinct locations the symbolize processor looked up, by frame kind and result.",
+                &[("kind", kind), ("result", result)],
+            )
+        };
         let kind = |kind: &str| KindCounters {
-            resolved: t.counter(
-                "symbolize_locations",
-                "Distinct locations the symbolize processor looked up, by frame kind and result.",
-                &[("kind", kind), ("result", "resolved")],
-            ),
-            unresolved: t.counter(
-                "symbolize_locations",
-                "Distinct locations the symbolize processor looked up, by frame kind and result.",
-                &[("kind", kind), ("result", "unresolved")],
-            ),
+            resolved: locations(kind, "resolved"),
+            unresolved: locations(kind, "unresolved"),
         };
         let objects = |result: &str| {
             t.counter(

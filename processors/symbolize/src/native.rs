@@ -215,13 +215,7 @@ impl Locator {
                 }
             }
             if let Ok(file) = open_in_root(&dir.join("root"), Path::new(obj.path)) {
-                if let Ok(info) = read_elf(&file).map_err(|_| ()).and_then(|i| {
-                    if matches(&i) {
-                        Ok(i)
-                    } else {
-                        Err(())
-                    }
-                }) {
+                if let Some(info) = read_elf(&file).ok().filter(matches) {
                     return Some((file, info, Some(pid)));
                 }
             }
@@ -559,5 +553,91 @@ impl ObjectPool {
             .values()
             .filter(|s| matches!(s, Slot::Open { .. }))
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This machine's binaries, each with its GNU build id.
+    fn binaries() -> Vec<(String, String)> {
+        ["/bin/ls", "/bin/cat", "/bin/true"]
+            .iter()
+            .map(|path| {
+                let info = read_elf(&File::open(path).unwrap()).unwrap();
+                (
+                    path.to_string(),
+                    info.build_id.expect("distribution binaries have build ids"),
+                )
+            })
+            .collect()
+    }
+
+    fn pool(eviction: Eviction) -> ObjectPool {
+        let locator = Locator {
+            proc_root: PathBuf::from("/proc"),
+            debug_dirs: vec![],
+        };
+        ObjectPool::new(locator, 2, eviction)
+    }
+
+    /// Opens binary `i` through the pool; true when it had to be opened.
+    fn touch(pool: &mut ObjectPool, binaries: &[(String, String)], i: usize) -> bool {
+        let (path, id) = &binaries[i];
+        let opened = pool.stats.opened;
+        let obj = ObjectRef {
+            path,
+            build_id: Some(id),
+            pids: &[],
+            range: (0, 0),
+        };
+        assert!(pool.get(id, &obj).is_some(), "{path}");
+        pool.stats.opened > opened
+    }
+
+    #[test]
+    fn a_full_pool_closes_the_least_recently_used_file() {
+        let b = binaries();
+        let mut pool = pool(Eviction::Lru);
+        assert!(touch(&mut pool, &b, 0));
+        assert!(touch(&mut pool, &b, 1));
+        assert!(!touch(&mut pool, &b, 0), "still open");
+        assert!(touch(&mut pool, &b, 2), "evicts 1, used longest ago");
+        assert_eq!((pool.open_count(), pool.stats.evicted), (2, 1));
+        assert!(!touch(&mut pool, &b, 0));
+        assert!(touch(&mut pool, &b, 1), "1 was closed");
+    }
+
+    #[test]
+    fn a_full_lfu_pool_closes_the_least_used_file() {
+        let b = binaries();
+        let mut pool = pool(Eviction::Lfu);
+        assert!(touch(&mut pool, &b, 0));
+        assert!(!touch(&mut pool, &b, 0));
+        assert!(!touch(&mut pool, &b, 0));
+        assert!(touch(&mut pool, &b, 1));
+        assert!(!touch(&mut pool, &b, 1));
+        assert!(
+            touch(&mut pool, &b, 2),
+            "evicts 1: fewer uses, though more recent"
+        );
+        assert!(!touch(&mut pool, &b, 0));
+        assert!(touch(&mut pool, &b, 1));
+        assert_eq!(pool.stats.evicted, 2);
+    }
+
+    #[test]
+    fn a_file_whose_build_id_differs_is_not_used() {
+        let b = binaries();
+        let mut pool = pool(Eviction::Lru);
+        let obj = ObjectRef {
+            path: &b[0].0,
+            build_id: Some(&b[1].1),
+            pids: &[],
+            range: (0, 0),
+        };
+        assert!(pool.get("k", &obj).is_none());
+        assert_eq!(pool.stats.failed, 1);
     }
 }

@@ -9,7 +9,7 @@ use agent_core::{
     Sample,
 };
 use agent_processor_symbolize::demangle::demangle;
-use agent_processor_symbolize::{SymbolizeConfig, Symbolizer};
+use agent_processor_symbolize::{DebugSource, Locator, SymbolizeConfig, Symbolizer};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// (function, file, line) per frame, innermost first.
@@ -158,6 +158,15 @@ fn chains_of(batch: &ProfileBatch) -> Vec<Chain> {
         .collect()
 }
 
+/// Where the symbolizer found `binary`'s debug information.
+fn debug_source(binary: &Path, debug_dirs: Vec<PathBuf>) -> DebugSource {
+    let locator = Locator {
+        proc_root: PathBuf::from("/proc"),
+        debug_dirs,
+    };
+    locator.open_file(binary).unwrap().debug_source()
+}
+
 fn symbolizer(debug_dirs: Vec<PathBuf>) -> Symbolizer {
     let config = SymbolizeConfig {
         debuginfo_directories: debug_dirs,
@@ -279,6 +288,9 @@ fn stripped_binary_finds_its_debug_file_by_build_id() {
         &addresses,
         vec![dir.path().join("debug")],
     );
+    let debug_dirs = vec![dir.path().join("debug")];
+    assert_eq!(debug_source(&stripped, debug_dirs), DebugSource::BuildId);
+    assert_eq!(debug_source(&binary, vec![]), DebugSource::Itself);
 }
 
 #[test]
@@ -416,6 +428,7 @@ fn running_stripped_binary_finds_its_debug_file_by_debuglink() {
     let mut wrong_crc = batch.clone();
     symbolizer(vec![]).symbolize(&mut batch);
     let got = chains_of(&batch);
+    assert_eq!(debug_source(&stripped, vec![]), DebugSource::Debuglink);
 
     // The same process with a debug file that does not match the CRC: not used.
     std::fs::write(dir.path().join("inline.debug"), b"not the debug file").unwrap();
