@@ -1,13 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0
 /* System-wide CPU sampling: counts (thread, CPU, user stack, kernel stack).
  *
- * Samples go to one of two map sets (counts_N, stacks_N) chosen by
- * config.window; user space flips the window, waits for programs in flight,
- * then drains the idle set, so no sample is lost or counted twice at a
- * window edge. New, exec'ing and exiting processes are reported through a
- * ring buffer so their mappings are read while they exist. */
+ * Samples go to one of two map sets (counts_N, stacks_N, user_stacks_N)
+ * chosen by config.window; user space flips the window, waits for programs
+ * in flight, then drains the idle set, so no sample is lost or counted twice
+ * at a window edge. New, exec'ing and exiting processes are reported through
+ * a ring buffer so their mappings are read while they exist.
+ *
+ * Kernel stacks come from bpf_get_stackid. User stacks are walked here,
+ * frame by frame (bpf_loop): with the unwind table user space compiled from
+ * the mapping's .eh_frame when there is one, with frame pointers otherwise. */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
+#include <asm/ptrace.h>
 #include <bpf/bpf_helpers.h>
 
 #include "cpu.h"
@@ -15,6 +20,13 @@
 #define MAX_SAMPLE_KEYS 16384
 #define MAX_STACKS 8192
 #define MAX_PROCESSES 32768
+#define MAX_USER_STACKS 8192
+#define MAX_UNWIND_TABLES 8192
+/* Enough halvings for 2^25 rows and MAX_UNWIND_MAPPINGS mappings. */
+#define ROW_SEARCH_STEPS 25
+#define MAPPING_SEARCH_STEPS 10
+/* At most one mapping re-read request per process per second. */
+#define REFRESH_INTERVAL_NS 1000000000ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -39,10 +51,68 @@ struct {
 		__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));  \
 	} name SEC(".maps")
 
+#define USER_STACKS_MAP(name)                                 \
+	struct {                                                  \
+		__uint(type, BPF_MAP_TYPE_HASH);                      \
+		__uint(max_entries, MAX_USER_STACKS);                 \
+		__type(key, __u64);                                   \
+		__type(value, struct user_stack);                     \
+	} name SEC(".maps")
+
 COUNTS_MAP(counts_0);
 COUNTS_MAP(counts_1);
 STACKS_MAP(stacks_0);
 STACKS_MAP(stacks_1);
+USER_STACKS_MAP(user_stacks_0);
+USER_STACKS_MAP(user_stacks_1);
+
+/* One unwind table per executable (by build id), sized to its rows, filled
+ * by user space through mmap. */
+struct unwind_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unwind_row);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, MAX_UNWIND_TABLES);
+	__type(key, __u32);
+	__array(values, struct unwind_table);
+} unwind_tables SEC(".maps");
+
+/* Per process: its executable mappings and their tables. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_PROCESSES);
+	__type(key, __u32);
+	__type(value, struct process_unwind_info);
+} unwind_processes SEC(".maps");
+
+/* The walk in progress on this CPU (too big for the BPF stack). */
+struct unwind_state {
+	__u64 pc;
+	__u64 sp;
+	__u64 bp;
+	__u64 hash;
+	__u32 pid;
+	__u32 mode;
+	__u32 exact_pc;        /* pc is where execution is, not a return address */
+	__u32 trusted_pc;      /* pc came from registers or a table row, not a frame pointer */
+	__u32 lo;              /* binary search bounds */
+	__u32 hi;
+	struct user_stack stack;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unwind_state);
+} unwind_scratch SEC(".maps");
 
 /* Processes already announced to user space. */
 struct {
@@ -67,6 +137,8 @@ struct {
 /* Never used: keeps struct process_event in the BTF, where the Rust layout
  * test can check it (types only reached through pointers are not emitted). */
 struct process_event process_event_layout;
+struct unwind_row unwind_row_layout;
+struct unwind_mapping unwind_mapping_layout;
 
 static __always_inline void count(__u32 index)
 {
@@ -87,15 +159,258 @@ static __always_inline void send_event(__u32 kind, __u32 pid)
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline void record(void *ctx, void *counts, void *stacks, struct sample_key *key)
+static __always_inline int read_user(__u64 *value, __u64 address)
 {
+	return bpf_probe_read_user(value, sizeof(*value), (const void *)address);
+}
+
+/* The searches below keep their bounds in the per-CPU state, read through
+ * volatile loads: the verifier then sees unknown scalars at every loop head
+ * and prunes, instead of following every path of the halvings. */
+#define LOAD(x) (*(volatile __typeof__(x) *)&(x))
+
+/* The mapping holding pc, by binary search. */
+static __always_inline struct unwind_mapping *find_mapping(struct unwind_state *st,
+							   struct process_unwind_info *proc, __u64 pc)
+{
+	__u32 count = proc->mapping_count;
+	LOAD(st->lo) = 0;
+	LOAD(st->hi) = count > MAX_UNWIND_MAPPINGS ? MAX_UNWIND_MAPPINGS : count;
+	for (int i = 0; i < MAPPING_SEARCH_STEPS; i++) {
+		__u32 lo = LOAD(st->lo), hi = LOAD(st->hi);
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo) / 2;
+		if (proc->mappings[mid & (MAX_UNWIND_MAPPINGS - 1)].start <= pc)
+			LOAD(st->lo) = mid + 1;
+		else
+			LOAD(st->hi) = mid;
+	}
+	__u32 lo = LOAD(st->lo);
+	if (lo == 0)
+		return 0;
+	struct unwind_mapping *m = &proc->mappings[(lo - 1) & (MAX_UNWIND_MAPPINGS - 1)];
+	return pc < m->end ? m : 0;
+}
+
+/* The last row at or below pc, by binary search. */
+static __always_inline struct unwind_row *find_row(struct unwind_state *st, void *table,
+						   __u32 rows, __u32 pc)
+{
+	LOAD(st->lo) = 0;
+	LOAD(st->hi) = rows;
+	for (int i = 0; i < ROW_SEARCH_STEPS; i++) {
+		__u32 lo = LOAD(st->lo), hi = LOAD(st->hi);
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo) / 2;
+		struct unwind_row *r = bpf_map_lookup_elem(table, &mid);
+		if (!r)
+			return 0;
+		if (r->pc <= pc)
+			LOAD(st->lo) = mid + 1;
+		else
+			LOAD(st->hi) = mid;
+	}
+	__u32 index = LOAD(st->lo);
+	if (index == 0)
+		return 0;
+	index -= 1;
+	return bpf_map_lookup_elem(table, &index);
+}
+
+/* One frame-pointer step; returns 0 to go on, 1 when the walk ends. */
+static __always_inline long frame_pointer_step(struct unwind_state *st, __u32 failure)
+{
+	__u64 bp = st->bp, ra = 0, next = 0;
+	if (bp == 0) {
+		/* _start and thread entry clear rbp: the chain's end. */
+		st->stack.status = STACK_COMPLETE;
+		return 1;
+	}
+	if (read_user(&ra, bp + 8) || read_user(&next, bp) || (next != 0 && next <= bp)) {
+		st->stack.status = failure;
+		return 1;
+	}
+	st->sp = bp + 16;
+	st->bp = next;
+	st->pc = ra;
+	st->exact_pc = 0;
+	st->trusted_pc = 0;
+	return 0;
+}
+
+/* Follows one table row; returns 0 to go on, 1 when the walk ends. */
+static __always_inline long table_step(struct unwind_state *st, struct unwind_row *row)
+{
+	__u64 cfa, ra = 0, bp = st->bp;
+	switch (row->kind) {
+	case ROW_END:
+		st->stack.status = STACK_COMPLETE;
+		return 1;
+	case ROW_CFA_RSP:
+		cfa = st->sp + row->cfa_offset;
+		break;
+	case ROW_CFA_RBP:
+		cfa = st->bp + row->cfa_offset;
+		break;
+	case ROW_CFA_PLT:
+		cfa = st->sp + row->cfa_offset + (((st->pc & 15) >= (__u64)row->rbp_offset) ? 8 : 0);
+		break;
+	case ROW_SIGNAL: {
+		/* sp is at the kernel's ucontext: uc_mcontext starts 40 bytes in;
+		 * rbp, rsp and rip are its 11th, 16th and 17th words. */
+		__u64 sp = 0, pc = 0;
+		if (read_user(&bp, st->sp + 40 + 80) || read_user(&sp, st->sp + 40 + 120) ||
+		    read_user(&pc, st->sp + 40 + 128)) {
+			st->stack.status = STACK_READ_FAILED;
+			return 1;
+		}
+		st->bp = bp;
+		st->sp = sp;
+		st->pc = pc;
+		st->exact_pc = 1;
+		return 0;
+	}
+	default:
+		st->stack.status = row->kind == ROW_NONE ? STACK_NO_ROW : STACK_UNSUPPORTED_RULE;
+		return 1;
+	}
+	if (read_user(&ra, cfa - 8)) {
+		st->stack.status = STACK_READ_FAILED;
+		return 1;
+	}
+	if (row->kind != ROW_CFA_PLT && row->rbp_offset != 0 &&
+	    read_user(&bp, cfa + (__s64)row->rbp_offset * 8)) {
+		st->stack.status = STACK_READ_FAILED;
+		return 1;
+	}
+	st->sp = cfa;
+	st->bp = bp;
+	st->pc = ra;
+	st->exact_pc = 0;
+	st->trusted_pc = 1;
+	return 0;
+}
+
+static __always_inline void request_refresh(struct process_unwind_info *proc, __u32 pid)
+{
+	__u64 now = bpf_ktime_get_ns();
+	if (now - proc->refresh_requested_ns < REFRESH_INTERVAL_NS)
+		return;
+	proc->refresh_requested_ns = now;
+	send_event(PROCESS_MAPPINGS_CHANGED, pid);
+}
+
+/* bpf_loop callback: records st->pc and steps to the caller. */
+static long unwind_frame(__u32 index, void *unused)
+{
+	__u32 zero = 0;
+	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	if (!st)
+		return 1;
+	__u32 len = st->stack.len;
+	if (len >= MAX_STACK_DEPTH)
+		return 1; /* status stays STACK_TRUNCATED */
+	__u64 pc = st->pc;
+	if (pc == 0) {
+		st->stack.status = STACK_COMPLETE;
+		return 1;
+	}
+	st->stack.frames[len] = pc;
+	st->stack.len = len + 1;
+	st->hash = (st->hash ^ pc) * 0x100000001b3ULL;
+
+	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
+	if (!proc)
+		return frame_pointer_step(st, STACK_NO_TABLE);
+	struct unwind_mapping *m = find_mapping(st, proc, pc);
+	if (!m) {
+		/* New code since user space read the mappings (dlopen, JIT); an
+		 * address from a broken frame pointer chain proves nothing. */
+		if (st->trusted_pc)
+			request_refresh(proc, st->pid);
+		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
+	}
+	if (m->table_id == TABLE_ANONYMOUS)
+		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
+	if (m->table_id == TABLE_NONE || st->mode == UNWIND_FRAME_POINTERS)
+		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);
+	__u32 table_id = m->table_id;
+	void *table = bpf_map_lookup_elem(&unwind_tables, &table_id);
+	if (!table)
+		return frame_pointer_step(st, STACK_NO_TABLE);
+	/* A return address may be one past a call that ends its function. */
+	__u64 lookup = (st->exact_pc ? pc : pc - 1) - m->bias;
+	struct unwind_row *row = find_row(st, table, m->rows, (__u32)lookup);
+	if (st->mode == UNWIND_MIXED &&
+	    (!row || row->kind == ROW_NONE || row->kind == ROW_UNSUPPORTED))
+		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);
+	if (!row) {
+		st->stack.status = STACK_NO_ROW;
+		return 1;
+	}
+	return table_step(st, row);
+}
+
+/* The user registers at the sample: the sample's own when it hit user mode,
+ * else those saved at the kernel entry. 0 when the task has no user side. */
+static __always_inline int user_registers(struct bpf_perf_event_data *ctx, struct pt_regs *regs)
+{
+	if ((ctx->regs.cs & 3) == 3) {
+		*regs = ctx->regs;
+		return 1;
+	}
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *saved = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!saved || bpf_probe_read_kernel(regs, sizeof(*regs), saved))
+		return 0;
+	return (regs->cs & 3) == 3 && regs->rip != 0;
+}
+
+/* Walks the user stack into the window's user_stacks map; its key, or 0. */
+static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *user_stacks,
+					 __u32 pid, __u32 mode)
+{
+	struct pt_regs regs;
+	if (!user_registers(ctx, &regs))
+		return 0;
+	__u32 zero = 0;
+	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	if (!st)
+		return 0;
+	st->pc = regs.rip;
+	st->sp = regs.rsp;
+	st->bp = regs.rbp;
+	st->hash = 0xcbf29ce484222325ULL;
+	st->pid = pid;
+	st->mode = mode;
+	st->exact_pc = 1;
+	st->trusted_pc = 1;
+	st->stack.len = 0;
+	st->stack.status = STACK_TRUNCATED;
+	bpf_loop(MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
+	__u64 key = (st->hash ^ st->stack.status) * 0x100000001b3ULL;
+	if (key == 0)
+		key = 1;
+	long err = bpf_map_update_elem(user_stacks, &key, &st->stack, BPF_NOEXIST);
+	if (err != 0 && err != -17 /* EEXIST: the same stack, already stored */) {
+		count(STAT_USER_STACKS_FULL);
+		return 0;
+	}
+	return key;
+}
+
+static __always_inline void record(struct bpf_perf_event_data *ctx, void *counts, void *stacks,
+				   void *user_stacks, struct sample_key *key, __u32 mode)
+{
+	if (key->pid != 0) {
+		key->user_stack = unwind_user(ctx, user_stacks, key->pid, mode);
+		if (key->user_stack == 0)
+			count(STAT_USER_STACK_ERRORS);
+	}
 	/* No BPF_F_REUSE_STACKID: a different stack in a taken bucket is a
 	 * counted collision, never a silently wrong stack. */
-	key->user_stack_id = bpf_get_stackid(ctx, stacks, BPF_F_USER_STACK);
-	if (key->user_stack_id == -17 /* EEXIST */)
-		count(STAT_USER_STACK_COLLISIONS);
-	else if (key->user_stack_id < 0 && key->pid != 0)
-		count(STAT_USER_STACK_ERRORS);
 	key->kernel_stack_id = bpf_get_stackid(ctx, stacks, 0);
 	if (key->kernel_stack_id == -17)
 		count(STAT_KERNEL_STACK_COLLISIONS);
@@ -138,9 +453,9 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 	}
 
 	if (cfg->window)
-		record(ctx, &counts_1, &stacks_1, &key);
+		record(ctx, &counts_1, &stacks_1, &user_stacks_1, &key, cfg->unwind_mode);
 	else
-		record(ctx, &counts_0, &stacks_0, &key);
+		record(ctx, &counts_0, &stacks_0, &user_stacks_0, &key, cfg->unwind_mode);
 	return 0;
 }
 
@@ -150,6 +465,8 @@ int process_exec(void *ctx)
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	__u8 yes = 1;
 	bpf_map_update_elem(&known_processes, &pid, &yes, BPF_ANY);
+	/* The old image's mappings must not unwind the new one. */
+	bpf_map_delete_elem(&unwind_processes, &pid);
 	send_event(PROCESS_EXEC, pid);
 	return 0;
 }

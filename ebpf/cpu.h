@@ -8,26 +8,99 @@
 /* The kernel's default perf_event_max_stack. */
 #define MAX_STACK_DEPTH 127
 
+/* Most executable mappings of one process the unwinder knows (a power of 2). */
+#define MAX_UNWIND_MAPPINGS 512
+
 /* Key of the sample counts: one entry per distinct (thread, CPU, stacks). */
 struct sample_key {
 	__u32 pid;             /* process (tgid) */
 	__u32 tid;             /* thread */
 	__u32 cpu;
-	__s32 user_stack_id;   /* < 0: no user stack (the error code) */
 	__s32 kernel_stack_id; /* < 0: no kernel stack (the error code) */
+	__u64 user_stack;      /* key in the window's user_stacks map; 0: no user stack */
 	char comm[COMM_LEN];   /* thread name */
+};
+
+enum unwind_mode {
+	UNWIND_TABLES = 0,         /* tables where they exist, frame pointers elsewhere */
+	UNWIND_FRAME_POINTERS = 1, /* frame pointers only */
+	UNWIND_MIXED = 2,          /* per frame: a table row when one covers it, else frame pointers */
 };
 
 /* Settings user space writes into the one-entry `config` array. */
 struct sampler_config {
 	__u32 window;          /* which counts/stacks maps samples go to: 0 or 1 */
 	__u32 include_idle;    /* also sample the idle task (pid 0) */
+	__u32 unwind_mode;     /* enum unwind_mode */
+};
+
+/* How a user stack walk ended. */
+enum stack_status {
+	STACK_COMPLETE = 0,             /* reached the outermost frame */
+	STACK_TRUNCATED = 1,            /* MAX_STACK_DEPTH frames */
+	STACK_READ_FAILED = 2,          /* the stack memory a row points to is unreadable */
+	STACK_NO_ROW = 3,               /* no row covers the address */
+	STACK_UNSUPPORTED_RULE = 4,     /* the row's rule cannot be followed */
+	STACK_UNKNOWN_CODE = 5,         /* JIT or anonymous code whose frame pointer chain broke */
+	STACK_FRAME_POINTER_FAILED = 6, /* the frame pointer chain broke in a known file */
+	STACK_NO_TABLE = 7,             /* the table is not loaded (yet) and frame pointers failed */
+	STACK_STATUS_COUNT = 8,
+};
+
+/* A user stack, leaf first. */
+struct user_stack {
+	__u32 len;
+	__u32 status;          /* enum stack_status */
+	__u64 frames[MAX_STACK_DEPTH];
+};
+
+/* What a row of an unwind table says (agent-unwind-table's RowKind). */
+enum unwind_row_kind {
+	ROW_NONE = 0,        /* no call frame information here */
+	ROW_CFA_RSP = 1,     /* CFA = rsp + cfa_offset */
+	ROW_CFA_RBP = 2,     /* CFA = rbp + cfa_offset */
+	ROW_CFA_PLT = 3,     /* CFA = rsp + cfa_offset (+ 8 once rip & 15 >= rbp_offset) */
+	ROW_END = 4,         /* outermost frame */
+	ROW_SIGNAL = 5,      /* signal trampoline: registers from the signal frame */
+	ROW_UNSUPPORTED = 6, /* a rule the unwinder cannot follow */
+};
+
+/* One row of an unwind table, valid from pc to the next row's pc. The
+ * return address is at CFA - 8. */
+struct unwind_row {
+	__u32 pc;              /* ELF virtual address */
+	__u8 kind;             /* enum unwind_row_kind */
+	__s8 rbp_offset;       /* caller's rbp at CFA + 8 * rbp_offset; 0: unchanged */
+	__u16 cfa_offset;
+};
+
+/* table_id of a mapping without a table. */
+#define TABLE_NONE 0
+/* table_id of anonymous executable memory (JIT code). */
+#define TABLE_ANONYMOUS 0xffffffff
+
+/* One executable mapping of a process. */
+struct unwind_mapping {
+	__u64 start;
+	__u64 end;
+	__u64 bias;            /* address - bias = the ELF virtual address rows use */
+	__u32 table_id;        /* key in unwind_tables, or TABLE_NONE / TABLE_ANONYMOUS */
+	__u32 rows;            /* rows in that table */
+};
+
+/* A process's executable mappings, sorted by start. */
+struct process_unwind_info {
+	__u64 refresh_requested_ns; /* when the unwinder last asked for a re-read */
+	__u32 mapping_count;
+	__u32 pad;
+	struct unwind_mapping mappings[MAX_UNWIND_MAPPINGS];
 };
 
 enum process_event_kind {
 	PROCESS_FIRST_SEEN = 1,
 	PROCESS_EXEC = 2,
 	PROCESS_EXIT = 3,
+	PROCESS_MAPPINGS_CHANGED = 4, /* a sampled address is in no known mapping */
 };
 
 /* Sent through the `events` ring buffer. */
@@ -39,7 +112,7 @@ struct process_event {
 /* Indices into the per-CPU `stats` array. */
 enum stat_index {
 	STAT_SAMPLES = 0,
-	STAT_USER_STACK_COLLISIONS = 1,
+	STAT_USER_STACKS_FULL = 1,
 	STAT_KERNEL_STACK_COLLISIONS = 2,
 	STAT_USER_STACK_ERRORS = 3,
 	STAT_COUNTS_FULL = 4,

@@ -543,3 +543,175 @@ fn without_privileges_the_error_says_what_to_do() {
         "{stderr}"
     );
 }
+
+/// A workload built without frame pointers and the call chain its hot path
+/// must show, outermost last.
+struct NoFramePointerWorkload {
+    binary: PathBuf,
+    chain: &'static [&'static str],
+}
+
+fn run_tool(program: &str, args: &[&str], dir: &Path) {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?} failed");
+}
+
+/// The C (executable + shared library), Rust and C++ workloads of tests/workloads.
+fn no_frame_pointer_workloads(dir: &Path) -> Vec<NoFramePointerWorkload> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads");
+    let src = |name: &str| src.join(name).to_string_lossy().into_owned();
+    let c_flags = ["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
+    let mut lib = c_flags.to_vec();
+    lib.extend(["-shared", "-fPIC", "-o", "libnofp.so"]);
+    let lib_src = src("nofp_lib.c");
+    lib.push(&lib_src);
+    run_tool("gcc", &lib, dir);
+    let mut exe = c_flags.to_vec();
+    let exe_src = src("nofp_chain.c");
+    exe.extend([
+        "-o",
+        "nofp_chain",
+        &exe_src,
+        "-L.",
+        "-lnofp",
+        "-Wl,-rpath,$ORIGIN",
+    ]);
+    run_tool("gcc", &exe, dir);
+    run_tool(
+        "rustc",
+        &[
+            "-C",
+            "opt-level=2",
+            "-o",
+            "rust_chain",
+            &src("rust_chain.rs"),
+        ],
+        dir,
+    );
+    run_tool(
+        "g++",
+        &["-O2", "-o", "cpp_chain", &src("cpp_chain.cpp")],
+        dir,
+    );
+    vec![
+        NoFramePointerWorkload {
+            binary: dir.join("nofp_chain"),
+            chain: &[
+                "leaf", "spin", "lib_f", "lib_e", "lib_d", "c", "b", "a", "main",
+            ],
+        },
+        NoFramePointerWorkload {
+            binary: dir.join("rust_chain"),
+            chain: &[
+                "rust_chain::leaf",
+                "rust_chain::e",
+                "rust_chain::d",
+                "rust_chain::c",
+                "rust_chain::b",
+                "rust_chain::a",
+                "rust_chain::main",
+                "main",
+            ],
+        },
+        NoFramePointerWorkload {
+            binary: dir.join("cpp_chain"),
+            chain: &[
+                "work::leaf",
+                "work::d",
+                "work::c",
+                "work::b",
+                "work::a",
+                "main",
+            ],
+        },
+    ]
+}
+
+/// The function name without C++ parameters or Rust hashes.
+fn base_name(name: &str) -> &str {
+    name.split('(').next().unwrap_or(name)
+}
+
+/// A sample's user stack is complete down to main when the walk ended at
+/// the outermost frame, `main` is on it, and the workload's own functions
+/// on it are, in order, the tail of the hot path's chain.
+fn complete_down_to_main(sample: &ResolvedSample, chain: &[&str]) -> bool {
+    let names: Vec<&str> = agent_names(sample)
+        .into_iter()
+        .map(base_name)
+        .filter(|n| chain.contains(n))
+        .collect();
+    sample.series.get("unwind_status") == Some("complete")
+        && names.last() == Some(&"main")
+        && chain.ends_with(&names)
+}
+
+/// Code without frame pointers is unwound with .eh_frame tables: C with a
+/// shared library, Rust and C++ each keep their whole chain down to main.
+#[test]
+fn code_without_frame_pointers_is_unwound_with_eh_frame_tables() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let workloads = no_frame_pointer_workloads(dir.path());
+    let agent = Agent::start_with(
+        &dir.path().join("out"),
+        &["--profiling-cpu-sampling-frequency=97"],
+    );
+    // Started apart, so each start-up (exec, then the loader mapping
+    // libraries, each followed by a table load) is not queued behind another's.
+    let children: Vec<(u32, Child)> = workloads
+        .iter()
+        .map(|w| {
+            let child = Command::new(&w.binary)
+                .arg("8")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            (child.id(), child)
+        })
+        .collect();
+    let pids: Vec<u32> = children
+        .into_iter()
+        .map(|(pid, mut child)| {
+            assert!(child.wait().unwrap().success());
+            pid
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let batches = agent.stop();
+    for (w, pid) in workloads.iter().zip(pids) {
+        let mine = samples_of(&batches, pid);
+        let total: i64 = mine.iter().map(|s| s.value).sum();
+        let complete = share(&mine, |s| complete_down_to_main(s, w.chain));
+        let name = w.binary.file_name().unwrap().to_string_lossy();
+        eprintln!(
+            "{name}: complete chain down to main in {:.1}% of {total} samples",
+            complete * 100.0
+        );
+        for s in mine
+            .iter()
+            .filter(|s| !complete_down_to_main(s, w.chain))
+            .take(5)
+        {
+            eprintln!(
+                "  incomplete ({:?}): {:?}",
+                s.series.get("unwind_status"),
+                agent_names(s)
+            );
+        }
+        assert!(total > 100, "only {total} samples of {name}");
+        assert!(
+            complete >= 0.99,
+            "{name}: complete in only {:.1}% of samples",
+            complete * 100.0
+        );
+    }
+}

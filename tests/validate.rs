@@ -80,6 +80,16 @@ const BAD: &[(&str, &str, &str)] = &[
         "processors::symbolize::object_file_pool_eviction_policy",
     ),
     (
+        "two unwinding modes",
+        "receivers: {ebpf_cpu: {dwarf_unwinding_disable: true, dwarf_unwinding_mixed: true}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [ebpf_cpu], exporters: [file]}}}",
+        "receivers::ebpf_cpu::dwarf_unwinding_mixed: cannot be set together with dwarf_unwinding_disable (frame pointers only)",
+    ),
+    (
+        "unwind table budget too small",
+        "receivers: {ebpf_cpu: {unwind_table_memory_limit: 4096}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [ebpf_cpu], exporters: [file]}}}",
+        "receivers::ebpf_cpu::unwind_table_memory_limit: must be at least 1048576 bytes (1 MiB)",
+    ),
+    (
         "component not in this build",
         "receivers: {pprof: {path: /tmp}}\nprocessors: {k8s_meta: {}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], processors: [k8s_meta], exporters: [file]}}}",
         "processors::k8s_meta: processor type `k8s_meta` is not in this build",

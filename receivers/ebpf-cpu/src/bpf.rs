@@ -24,10 +24,10 @@ pub struct SampleKey {
     pub tid: u32,
     /// CPU the sample was taken on.
     pub cpu: u32,
-    /// Id in the window's stack map; negative: no user stack.
-    pub user_stack_id: i32,
     /// Id in the window's stack map; negative: no kernel stack.
     pub kernel_stack_id: i32,
+    /// Key in the window's user stack map; 0: no user stack.
+    pub user_stack: u64,
     /// Thread name, NUL-padded.
     pub comm: [u8; 16],
 }
@@ -40,6 +40,19 @@ pub struct SamplerConfig {
     pub window: u32,
     /// Also sample the idle task.
     pub include_idle: u32,
+    /// `enum unwind_mode`.
+    pub unwind_mode: u32,
+}
+
+/// `enum unwind_mode` of ebpf/cpu.h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnwindMode {
+    /// Tables where they exist, frame pointers elsewhere.
+    Tables = 0,
+    /// Frame pointers only.
+    FramePointers = 1,
+    /// Per frame: a table row when one covers the address, else frame pointers.
+    Mixed = 2,
 }
 
 /// `struct process_event` of ebpf/cpu.h.
@@ -52,10 +65,104 @@ pub struct ProcessEvent {
     pub pid: u32,
 }
 
+/// `MAX_STACK_DEPTH` of ebpf/cpu.h.
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// `struct user_stack` of ebpf/cpu.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStack {
+    /// Frames used.
+    pub len: u32,
+    /// `enum stack_status`.
+    pub status: u32,
+    /// Addresses, leaf first.
+    pub frames: [u64; MAX_STACK_DEPTH],
+}
+
+impl UserStack {
+    /// The frames walked.
+    pub fn frames(&self) -> &[u64] {
+        &self.frames[..(self.len as usize).min(MAX_STACK_DEPTH)]
+    }
+}
+
+/// `enum stack_status` of ebpf/cpu.h, by value: how a user stack walk ended.
+pub const STACK_STATUS_NAMES: [&str; 8] = [
+    "complete",
+    "truncated",
+    "read_failed",
+    "no_row",
+    "unsupported_rule",
+    "unknown_code",
+    "frame_pointer_failed",
+    "no_table",
+];
+
+/// The name of a `enum stack_status` value.
+pub fn stack_status_name(status: u32) -> &'static str {
+    STACK_STATUS_NAMES
+        .get(status as usize)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// `MAX_UNWIND_MAPPINGS` of ebpf/cpu.h.
+pub const MAX_UNWIND_MAPPINGS: usize = 512;
+/// `TABLE_NONE`: a file mapping without a table.
+pub const TABLE_NONE: u32 = 0;
+/// `TABLE_ANONYMOUS`: anonymous executable memory.
+pub const TABLE_ANONYMOUS: u32 = u32::MAX;
+
+/// `struct unwind_mapping` of ebpf/cpu.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    /// First address.
+    pub start: u64,
+    /// First address past the end.
+    pub end: u64,
+    /// `address - bias` is the ELF virtual address the table's rows use.
+    pub bias: u64,
+    /// Key in `unwind_tables`, or [`TABLE_NONE`] / [`TABLE_ANONYMOUS`].
+    pub table_id: u32,
+    /// Rows in the table.
+    pub rows: u32,
+}
+
+/// `struct process_unwind_info` of ebpf/cpu.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessUnwindInfo {
+    /// Written by the BPF program.
+    pub refresh_requested_ns: u64,
+    /// Mappings used.
+    pub mapping_count: u32,
+    /// Padding.
+    pub pad: u32,
+    /// Sorted by start.
+    pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
+}
+
+impl Default for ProcessUnwindInfo {
+    fn default() -> Self {
+        Self {
+            refresh_requested_ns: 0,
+            mapping_count: 0,
+            pad: 0,
+            mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
+        }
+    }
+}
+
 // SAFETY: plain `#[repr(C)]` integers without padding, valid for any bytes.
 unsafe impl aya::Pod for SampleKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SamplerConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for UserStack {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ProcessUnwindInfo {}
 
 /// `enum process_event_kind`.
 pub const PROCESS_FIRST_SEEN: u32 = 1;
@@ -63,11 +170,13 @@ pub const PROCESS_FIRST_SEEN: u32 = 1;
 pub const PROCESS_EXEC: u32 = 2;
 /// A process exited.
 pub const PROCESS_EXIT: u32 = 3;
+/// A sampled address lies in no mapping user space told the unwinder about.
+pub const PROCESS_MAPPINGS_CHANGED: u32 = 4;
 
 /// `enum stat_index`, in order.
 pub const STAT_NAMES: [&str; 6] = [
     "samples",
-    "user_stack_collisions",
+    "user_stacks_full",
     "kernel_stack_collisions",
     "user_stack_errors",
     "counts_full",
@@ -81,8 +190,20 @@ pub const MAX_SAMPLE_KEYS: usize = 16384;
 pub struct Drained {
     /// Sample counts.
     pub counts: Vec<(SampleKey, u64)>,
-    /// Frames (addresses, leaf first) of every stack id the counts name.
-    pub stacks: HashMap<i32, Vec<u64>>,
+    /// Kernel frames (addresses, leaf first) of every stack id the counts name.
+    pub kernel_stacks: HashMap<i32, Vec<u64>>,
+    /// User stacks by key.
+    pub user_stacks: HashMap<u64, UserStack>,
+}
+
+/// The maps user space fills for the unwinder.
+pub struct UnwindMaps {
+    /// Table id → inner array of rows (`BPF_MAP_TYPE_HASH_OF_MAPS`); written
+    /// with batch syscalls, since every write to a map of maps waits for an
+    /// RCU grace period.
+    pub tables: MapData,
+    /// Pid → its mappings.
+    pub processes: BpfHashMap<MapData, u32, ProcessUnwindInfo>,
 }
 
 /// How to load the sampler.
@@ -97,6 +218,8 @@ pub struct LoadOptions {
     pub verbose: bool,
     /// Ring buffer size in pages.
     pub events_pages: u32,
+    /// How user stacks are walked.
+    pub unwind_mode: UnwindMode,
 }
 
 /// The loaded and attached sampler.
@@ -104,6 +227,7 @@ pub struct Sampler {
     ebpf: Ebpf,
     window: u32,
     include_idle: bool,
+    unwind_mode: UnwindMode,
 }
 
 /// Kernel 5.8 brought BPF ring buffers, the newest feature used here.
@@ -223,6 +347,7 @@ impl Sampler {
             ebpf,
             window: 0,
             include_idle: opts.include_idle,
+            unwind_mode: opts.unwind_mode,
         };
         sampler.write_config()?;
 
@@ -277,6 +402,7 @@ impl Sampler {
         let value = SamplerConfig {
             window: self.window,
             include_idle: u32::from(self.include_idle),
+            unwind_mode: self.unwind_mode as u32,
         };
         config.set(0, value, 0).map_err(|e| map_error("config", e))
     }
@@ -290,6 +416,25 @@ impl Sampler {
         RingBuf::try_from(map).map_err(|e| map_error("events", e))
     }
 
+    /// Takes the unwinder's table and process maps (once).
+    pub fn take_unwind_maps(&mut self) -> Result<UnwindMaps, EbpfCpuError> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or_else(|| map_error("object", format!("no map {name}")))
+        };
+        let tables = take("unwind_tables")?;
+        let processes = take("unwind_processes")?;
+        let aya::maps::Map::HashOfMaps(tables) = tables else {
+            return Err(map_error("unwind_tables", "not a hash of maps"));
+        };
+        Ok(UnwindMaps {
+            tables,
+            processes: BpfHashMap::try_from(processes)
+                .map_err(|e| map_error("unwind_processes", e))?,
+        })
+    }
+
     /// Sends new samples to the other map set, waits for programs still
     /// writing to the old one, then empties the old set and returns it.
     pub fn flip_and_drain(&mut self) -> Result<Drained, EbpfCpuError> {
@@ -301,6 +446,11 @@ impl Sampler {
 
         let counts_name = if old == 0 { "counts_0" } else { "counts_1" };
         let stacks_name = if old == 0 { "stacks_0" } else { "stacks_1" };
+        let user_stacks_name = if old == 0 {
+            "user_stacks_0"
+        } else {
+            "user_stacks_1"
+        };
         let mut drained = Drained::default();
         {
             let mut counts: BpfHashMap<&mut MapData, SampleKey, u64> = BpfHashMap::try_from(
@@ -315,6 +465,18 @@ impl Sampler {
                 let _ = counts.remove(key);
             }
         }
+        {
+            let mut user: BpfHashMap<&mut MapData, u64, UserStack> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut(user_stacks_name)
+                    .ok_or_else(|| map_error("object", user_stacks_name))?,
+            )
+            .map_err(|e| map_error(user_stacks_name, e))?;
+            drained.user_stacks = user.iter().filter_map(Result::ok).collect();
+            for key in drained.user_stacks.keys() {
+                let _ = user.remove(key);
+            }
+        }
         let mut stacks: StackTraceMap<&mut MapData> = StackTraceMap::try_from(
             self.ebpf
                 .map_mut(stacks_name)
@@ -322,15 +484,14 @@ impl Sampler {
         )
         .map_err(|e| map_error(stacks_name, e))?;
         for (key, _) in &drained.counts {
-            for id in [key.user_stack_id, key.kernel_stack_id] {
-                if id < 0 || drained.stacks.contains_key(&id) {
-                    continue;
-                }
-                if let Ok(trace) = stacks.get(&(id as u32), 0) {
-                    drained
-                        .stacks
-                        .insert(id, trace.frames().iter().map(|f| f.ip).collect());
-                }
+            let id = key.kernel_stack_id;
+            if id < 0 || drained.kernel_stacks.contains_key(&id) {
+                continue;
+            }
+            if let Ok(trace) = stacks.get(&(id as u32), 0) {
+                drained
+                    .kernel_stacks
+                    .insert(id, trace.frames().iter().map(|f| f.ip).collect());
             }
         }
         let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
@@ -427,8 +588,8 @@ mod tests {
                 ("pid", offset_of!(SampleKey, pid)),
                 ("tid", offset_of!(SampleKey, tid)),
                 ("cpu", offset_of!(SampleKey, cpu)),
-                ("user_stack_id", offset_of!(SampleKey, user_stack_id)),
                 ("kernel_stack_id", offset_of!(SampleKey, kernel_stack_id)),
+                ("user_stack", offset_of!(SampleKey, user_stack)),
                 ("comm", offset_of!(SampleKey, comm)),
             ],
         );
@@ -438,6 +599,54 @@ mod tests {
             &[
                 ("window", offset_of!(SamplerConfig, window)),
                 ("include_idle", offset_of!(SamplerConfig, include_idle)),
+                ("unwind_mode", offset_of!(SamplerConfig, unwind_mode)),
+            ],
+        );
+        check(
+            "user_stack",
+            size_of::<UserStack>(),
+            &[
+                ("len", offset_of!(UserStack, len)),
+                ("status", offset_of!(UserStack, status)),
+                ("frames", offset_of!(UserStack, frames)),
+            ],
+        );
+        check(
+            "unwind_mapping",
+            size_of::<UnwindMapping>(),
+            &[
+                ("start", offset_of!(UnwindMapping, start)),
+                ("end", offset_of!(UnwindMapping, end)),
+                ("bias", offset_of!(UnwindMapping, bias)),
+                ("table_id", offset_of!(UnwindMapping, table_id)),
+                ("rows", offset_of!(UnwindMapping, rows)),
+            ],
+        );
+        check(
+            "process_unwind_info",
+            size_of::<ProcessUnwindInfo>(),
+            &[
+                (
+                    "refresh_requested_ns",
+                    offset_of!(ProcessUnwindInfo, refresh_requested_ns),
+                ),
+                (
+                    "mapping_count",
+                    offset_of!(ProcessUnwindInfo, mapping_count),
+                ),
+                ("pad", offset_of!(ProcessUnwindInfo, pad)),
+                ("mappings", offset_of!(ProcessUnwindInfo, mappings)),
+            ],
+        );
+        use agent_unwind_table::UnwindRow;
+        check(
+            "unwind_row",
+            size_of::<UnwindRow>(),
+            &[
+                ("pc", offset_of!(UnwindRow, pc)),
+                ("kind", offset_of!(UnwindRow, kind)),
+                ("rbp_offset", offset_of!(UnwindRow, rbp_offset)),
+                ("cfa_offset", offset_of!(UnwindRow, cfa_offset)),
             ],
         );
         check(

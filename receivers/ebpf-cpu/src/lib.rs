@@ -3,12 +3,14 @@
 //! user and kernel addresses, its executable mappings (file offsets, paths,
 //! build ids), thread and CPU as sample attributes.
 //!
-//! User stacks are walked by the kernel with frame pointers (up to
-//! `kernel.perf_event_max_stack`, 127 by default); code built without frame
-//! pointers gives short user stacks until `.eh_frame` unwinding lands.
+//! User stacks (up to 127 frames) are walked by the BPF program with unwind
+//! tables compiled from each executable's `.eh_frame` ([`unwind`]), and with
+//! frame pointers where there is no table (JIT code); each sample says how
+//! its walk ended (`unwind_status`).
 
 pub mod bpf;
 pub mod process;
+pub mod unwind;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -27,8 +29,9 @@ use agent_core::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use bpf::{Drained, LoadOptions, ProcessEvent, Sampler};
+use bpf::{Drained, LoadOptions, ProcessEvent, Sampler, UnwindMode};
 use process::ProcessTracker;
+use unwind::UnwindTables;
 
 /// Config of the `ebpf_cpu` receiver.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,6 +53,14 @@ pub struct EbpfCpuConfig {
     /// How often process events are read (`--profiling-perf-event-buffer-poll-interval`).
     #[serde(with = "humantime_serde")]
     pub event_buffer_poll_interval: Duration,
+    /// Frame pointers only, no unwind tables (`--dwarf-unwinding-disable`).
+    pub dwarf_unwinding_disable: bool,
+    /// Per frame: a table row where one covers the address, frame pointers
+    /// where none does (`--dwarf-unwinding-mixed`).
+    pub dwarf_unwinding_mixed: bool,
+    /// Most bytes of unwind tables in the kernel; least recently used
+    /// executables' tables are evicted beyond it.
+    pub unwind_table_memory_limit: u64,
 }
 
 impl Default for EbpfCpuConfig {
@@ -62,6 +73,21 @@ impl Default for EbpfCpuConfig {
             bpf_verbose_logging: false,
             bpf_events_buffer_size: 64,
             event_buffer_poll_interval: Duration::from_millis(250),
+            dwarf_unwinding_disable: false,
+            dwarf_unwinding_mixed: false,
+            unwind_table_memory_limit: 256 << 20,
+        }
+    }
+}
+
+impl EbpfCpuConfig {
+    fn unwind_mode(&self) -> UnwindMode {
+        if self.dwarf_unwinding_disable {
+            UnwindMode::FramePointers
+        } else if self.dwarf_unwinding_mixed {
+            UnwindMode::Mixed
+        } else {
+            UnwindMode::Tables
         }
     }
 }
@@ -85,6 +111,18 @@ impl ComponentConfig for EbpfCpuConfig {
             errors.push(FieldError::new(
                 "bpf_events_buffer_size",
                 "must be between 1 and 262144 pages",
+            ));
+        }
+        if self.dwarf_unwinding_disable && self.dwarf_unwinding_mixed {
+            errors.push(FieldError::new(
+                "dwarf_unwinding_mixed",
+                "cannot be set together with dwarf_unwinding_disable (frame pointers only)",
+            ));
+        }
+        if self.unwind_table_memory_limit < 1 << 20 && !self.dwarf_unwinding_disable {
+            errors.push(FieldError::new(
+                "unwind_table_memory_limit",
+                "must be at least 1048576 bytes (1 MiB)",
             ));
         }
         if self.event_buffer_poll_interval.is_zero() {
@@ -149,16 +187,23 @@ impl Factory for EbpfCpuFactory {
         config: Self::Config,
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
-        let sampler = Sampler::load(&LoadOptions {
+        let mut sampler = Sampler::load(&LoadOptions {
             frequency: config.sampling_frequency,
             include_idle: config.include_idle,
             memlock_rlimit: config.memlock_rlimit,
             verbose: config.bpf_verbose_logging,
             events_pages: config.bpf_events_buffer_size,
+            unwind_mode: config.unwind_mode(),
         })?;
-        info!(frequency = config.sampling_frequency, window = ?config.profiling_duration, "BPF sampler attached");
+        let tables = UnwindTables::new(
+            sampler.take_unwind_maps()?,
+            config.unwind_table_memory_limit,
+            config.unwind_mode() != UnwindMode::FramePointers,
+        );
+        info!(frequency = config.sampling_frequency, window = ?config.profiling_duration, unwind = ?config.unwind_mode(), "BPF sampler attached");
         Ok(Box::new(EbpfCpuReceiver {
             sampler,
+            tables,
             counters: Counters::new(&ctx.telemetry),
             config,
         }))
@@ -173,6 +218,12 @@ struct Counters {
     last_vanished: u64,
     processes: Gauge,
     map_fill: Gauge,
+    /// Samples by how their user stack walk ended.
+    stack_status: Vec<Counter>,
+    tables: [Counter; 6],
+    last_tables: unwind::TableCounts,
+    table_bytes: Gauge,
+    tables_loaded: Gauge,
 }
 
 impl Counters {
@@ -185,6 +236,13 @@ impl Counters {
             "Samples lost because the counts map was full.",
             "Process events lost because the ring buffer was full.",
         ];
+        let table_counter = |result: &str| {
+            t.counter(
+                "ebpf_unwind_tables",
+                "Unwind table events: loaded, evicted, failed (no usable CFI), over_budget; unsupported_rows and mappings_dropped count rows and mappings.",
+                &[("result", result)],
+            )
+        };
         Self {
             bpf: bpf::STAT_NAMES
                 .iter()
@@ -208,6 +266,63 @@ impl Counters {
                 "How full the last window's counts map was, in percent.",
                 &[],
             ),
+            stack_status: bpf::STACK_STATUS_NAMES
+                .iter()
+                .map(|status| {
+                    t.counter(
+                        "ebpf_user_stacks",
+                        "Samples by how their user stack walk ended.",
+                        &[("status", status)],
+                    )
+                })
+                .collect(),
+            tables: [
+                table_counter("loaded"),
+                table_counter("evicted"),
+                table_counter("failed"),
+                table_counter("over_budget"),
+                table_counter("unsupported_rows"),
+                table_counter("mappings_dropped"),
+            ],
+            last_tables: unwind::TableCounts::default(),
+            table_bytes: t.gauge(
+                "ebpf_unwind_table_bytes",
+                "Bytes of unwind table rows in the kernel.",
+                &[],
+            ),
+            tables_loaded: t.gauge(
+                "ebpf_unwind_tables_loaded",
+                "Executables whose unwind table is in the kernel.",
+                &[],
+            ),
+        }
+    }
+
+    fn update_tables(&mut self, tables: &UnwindTables) {
+        let (now, last) = (tables.counts, self.last_tables);
+        let deltas = [
+            now.loaded - last.loaded,
+            now.evicted - last.evicted,
+            now.failed - last.failed,
+            now.over_budget - last.over_budget,
+            now.unsupported_rows - last.unsupported_rows,
+            now.mappings_dropped - last.mappings_dropped,
+        ];
+        for (counter, delta) in self.tables.iter().zip(deltas) {
+            counter.inc_by(delta);
+        }
+        self.last_tables = now;
+        self.table_bytes.set(tables.used_bytes() as i64);
+        self.tables_loaded.set(tables.loaded_tables() as i64);
+    }
+
+    fn update_stacks(&mut self, drained: &Drained) {
+        for (key, count) in &drained.counts {
+            if let Some(stack) = drained.user_stacks.get(&key.user_stack) {
+                if let Some(counter) = self.stack_status.get(stack.status as usize) {
+                    counter.inc_by(*count);
+                }
+            }
         }
     }
 
@@ -226,6 +341,7 @@ impl Counters {
 
 struct EbpfCpuReceiver {
     sampler: Sampler,
+    tables: UnwindTables,
     counters: Counters,
     config: EbpfCpuConfig,
 }
@@ -309,7 +425,7 @@ fn build_batch(
         let info = tracker.get(key.pid);
         let mut locations = Vec::new();
         if let Some(frames) = drained
-            .stacks
+            .kernel_stacks
             .get(&key.kernel_stack_id)
             .filter(|_| key.kernel_stack_id >= 0)
         {
@@ -322,40 +438,35 @@ fn build_batch(
                 }));
             }
         }
-        if let Some(frames) = drained
-            .stacks
-            .get(&key.user_stack_id)
-            .filter(|_| key.user_stack_id >= 0)
-        {
-            for address in call_sites(frames) {
-                let mapping = info.and_then(|p| p.mapping_of(address)).map(|(i, m)| {
-                    *mapping_ids.entry((key.pid, i)).or_insert_with(|| {
-                        let filename = batch.strings.intern_str(&m.path);
-                        let (build_id, build_id_kind) = match &m.build_id {
-                            Some(b) => (batch.strings.intern_str(&b.id), b.kind),
-                            None => (0, BuildIdKind::None),
-                        };
-                        batch.mappings.intern(Mapping {
-                            memory_start: m.start,
-                            memory_limit: m.end,
-                            file_offset: m.offset,
-                            filename,
-                            build_id,
-                            build_id_kind,
-                        })
+        let user_stack = drained.user_stacks.get(&key.user_stack);
+        for address in call_sites(user_stack.map_or(&[], |s| s.frames())) {
+            let mapping = info.and_then(|p| p.mapping_of(address)).map(|(i, m)| {
+                *mapping_ids.entry((key.pid, i)).or_insert_with(|| {
+                    let filename = batch.strings.intern_str(&m.path);
+                    let (build_id, build_id_kind) = match &m.build_id {
+                        Some(b) => (batch.strings.intern_str(&b.id), b.kind),
+                        None => (0, BuildIdKind::None),
+                    };
+                    batch.mappings.intern(Mapping {
+                        memory_start: m.start,
+                        memory_limit: m.end,
+                        file_offset: m.offset,
+                        filename,
+                        build_id,
+                        build_id_kind,
                     })
-                });
-                locations.push(batch.locations.intern(Location {
-                    mapping,
-                    address,
-                    lines: Vec::new(),
-                    frame_type: if mapping.is_some() {
-                        FrameType::Native
-                    } else {
-                        FrameType::Unknown
-                    },
-                }));
-            }
+                })
+            });
+            locations.push(batch.locations.intern(Location {
+                mapping,
+                address,
+                lines: Vec::new(),
+                frame_type: if mapping.is_some() {
+                    FrameType::Native
+                } else {
+                    FrameType::Unknown
+                },
+            }));
         }
         let stack = batch.stacks.intern(locations);
         let thread_comm = comm_text(&key.comm);
@@ -369,11 +480,15 @@ fn build_batch(
                 ("comm", comm.to_owned()),
             ]))
         });
-        let attributes = batch.label_sets.intern(LabelSet::new([
+        let mut attributes = vec![
             ("thread_id", key.tid.to_string()),
             ("thread_comm", thread_comm),
             ("cpu", key.cpu.to_string()),
-        ]));
+        ];
+        if let Some(stack) = user_stack {
+            attributes.push(("unwind_status", bpf::stack_status_name(stack.status).into()));
+        }
+        let attributes = batch.label_sets.intern(LabelSet::new(attributes));
         batch.samples.push(Sample {
             stack,
             series,
@@ -406,28 +521,45 @@ impl EbpfCpuReceiver {
         let profile_type = ProfileType::cpu_samples(self.config.sampling_frequency);
         let mut window_start = SystemTime::now();
         let mut window_end = Instant::now() + self.config.profiling_duration;
-        let mut read_events = |tracker: &mut ProcessTracker| {
+        let tables = &mut self.tables;
+        let mut read_events = |tracker: &mut ProcessTracker, tables: &mut UnwindTables| {
+            let mut handled = 0usize;
             while let Some(item) = events.next() {
+                handled += 1;
                 if item.len() < std::mem::size_of::<ProcessEvent>() {
                     continue;
                 }
                 // SAFETY: the ring buffer holds `struct process_event` records; read unaligned.
                 let event: ProcessEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                 match event.kind {
-                    bpf::PROCESS_FIRST_SEEN | bpf::PROCESS_EXEC => tracker.observe(event.pid),
+                    bpf::PROCESS_FIRST_SEEN | bpf::PROCESS_EXEC | bpf::PROCESS_MAPPINGS_CHANGED => {
+                        observe(tracker, tables, event.pid)
+                    }
                     bpf::PROCESS_EXIT => tracker.exited(event.pid),
                     _ => {}
                 }
             }
+            handled
         };
         loop {
             let stopping = stop.load(Ordering::SeqCst);
-            read_events(&mut tracker);
+            let handled = read_events(&mut tracker, tables);
             if stopping || Instant::now() >= window_end {
                 let drained = self.sampler.flip_and_drain()?;
                 let now = SystemTime::now();
                 // Events sent before the flip name processes of this window.
-                read_events(&mut tracker);
+                read_events(&mut tracker, tables);
+                for (key, _) in &drained.counts {
+                    if tracker.get(key.pid).is_none() {
+                        observe(&mut tracker, tables, key.pid);
+                    } else if tables.touch_process(key.pid) {
+                        // A table it uses was evicted: load it again.
+                        if let Some(info) = tracker.get(key.pid) {
+                            tables.update_process(key.pid, info, &tracker.proc_dir(key.pid));
+                        }
+                    }
+                }
+                tables.next_window();
                 let window = (
                     unix_nanos(window_start),
                     now.duration_since(window_start)
@@ -447,7 +579,11 @@ impl EbpfCpuReceiver {
                 );
                 self.counters
                     .update(self.sampler.stats()?, &tracker, drained.counts.len());
-                tracker.forget_exited();
+                self.counters.update_stacks(&drained);
+                self.counters.update_tables(tables);
+                for pid in tracker.forget_exited() {
+                    tables.remove_process(pid);
+                }
                 if out.blocking_send(batch).is_err() {
                     break;
                 }
@@ -464,18 +600,36 @@ impl EbpfCpuReceiver {
                 &[events_fd, wake.as_raw_fd()],
                 window_end.saturating_duration_since(polled),
             );
-            // The poll interval bounds how often events are handled, so a
-            // burst of new processes is read in batches.
-            let spacing = self
-                .config
-                .event_buffer_poll_interval
-                .saturating_sub(polled.elapsed());
+            // A few new processes are read at once (their stacks need their
+            // unwind tables soon); after a burst the poll interval spaces the
+            // reads, so a fork storm is read in batches.
+            let spacing = if handled >= EVENT_BURST {
+                self.config
+                    .event_buffer_poll_interval
+                    .saturating_sub(polled.elapsed())
+            } else {
+                Duration::ZERO
+            };
             if !stop.load(Ordering::SeqCst) && Instant::now() + spacing < window_end {
                 std::thread::sleep(spacing);
             }
         }
         Ok(())
     }
+}
+
+/// Events handled in one go above which reads are spaced by the poll interval.
+const EVENT_BURST: usize = 64;
+
+/// (Re)reads `pid` and gives the unwinder its mappings and tables.
+fn observe(tracker: &mut ProcessTracker, tables: &mut UnwindTables, pid: u32) {
+    let started = Instant::now();
+    tracker.observe(pid);
+    let read = started.elapsed();
+    if let Some(info) = tracker.get(pid) {
+        tables.update_process(pid, info, &tracker.proc_dir(pid));
+    }
+    debug!(pid, ?read, total = ?started.elapsed(), "process read");
 }
 
 /// Blocks until one of `fds` is readable or `timeout` passes.
@@ -541,17 +695,27 @@ mod tests {
     use super::*;
     use bpf::SampleKey;
 
-    fn key(pid: u32, user: i32, kernel: i32) -> SampleKey {
+    fn key(pid: u32, user_stack: u64, kernel: i32) -> SampleKey {
         let mut comm = [0u8; 16];
         comm[..6].copy_from_slice(b"worker");
         SampleKey {
             pid,
             tid: pid + 1,
             cpu: 1,
-            user_stack_id: user,
             kernel_stack_id: kernel,
+            user_stack,
             comm,
         }
+    }
+
+    fn user_stack(frames: &[u64], status: u32) -> bpf::UserStack {
+        let mut stack = bpf::UserStack {
+            len: frames.len() as u32,
+            status,
+            frames: [0; bpf::MAX_STACK_DEPTH],
+        };
+        stack.frames[..frames.len()].copy_from_slice(frames);
+        stack
     }
 
     #[test]
@@ -561,11 +725,12 @@ mod tests {
             as usize as u64;
         let drained = Drained {
             counts: vec![
-                (key(me, 1, 2), 5),
-                (key(me, 1, -14), 2),
-                (key(u32::MAX - 1, -14, 2), 1),
+                (key(me, 7, 2), 5),
+                (key(me, 7, -14), 2),
+                (key(u32::MAX - 1, 0, 2), 1),
             ],
-            stacks: [(1, vec![here, here + 1]), (2, vec![0xffff_ffff_8100_0000])].into(),
+            kernel_stacks: [(2, vec![0xffff_ffff_8100_0000])].into(),
+            user_stacks: [(7, user_stack(&[here, here + 1], 1))].into(),
         };
         let mut tracker = ProcessTracker::new("/proc");
         let kernel = KernelImage {
@@ -597,6 +762,7 @@ mod tests {
         assert_eq!(first.series.get("pid"), Some(me.to_string().as_str()));
         assert_eq!(first.attributes.get("thread_comm"), Some("worker"));
         assert_eq!(first.attributes.get("cpu"), Some("1"));
+        assert_eq!(first.attributes.get("unwind_status"), Some("truncated"));
         // No kernel stack: user frames only.
         assert_eq!(samples[1].frames.len(), 2);
         // A process gone before it was read keeps its samples, named by its thread.

@@ -18,6 +18,8 @@ pub struct ExecutableMapping {
     pub offset: u64,
     /// Path as the process sees it (`[vdso]` for the vDSO).
     pub path: String,
+    /// Inode; 0 for pseudo-files such as the vDSO.
+    pub inode: u64,
     /// Build id, when the file could be read.
     pub build_id: Option<BuildId>,
 }
@@ -29,6 +31,8 @@ pub struct ProcessInfo {
     pub comm: String,
     /// Executable mappings sorted by address.
     pub mappings: Vec<ExecutableMapping>,
+    /// Anonymous executable memory (JIT code), as (start, end).
+    pub anonymous: Vec<(u64, u64)>,
     /// Exited: dropped after the next window is emitted.
     pub exited: bool,
 }
@@ -130,11 +134,16 @@ impl ProcessTracker {
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_default();
         let mut mappings = Vec::new();
+        let mut anonymous = Vec::new();
         for line in maps.lines() {
             let Some(m) = parse_maps_line(line) else {
                 continue;
             };
-            if !m.executable || m.path.is_empty() {
+            if !m.executable {
+                continue;
+            }
+            if m.path.is_empty() || m.path.starts_with("[anon") {
+                anonymous.push((m.start, m.end));
                 continue;
             }
             let build_id = if m.inode == 0 {
@@ -158,6 +167,7 @@ impl ProcessTracker {
                 end: m.end,
                 offset: m.offset,
                 path: m.path.trim_end_matches(" (deleted)").to_owned(),
+                inode: m.inode,
                 build_id,
             });
         }
@@ -167,6 +177,7 @@ impl ProcessTracker {
             ProcessInfo {
                 comm,
                 mappings,
+                anonymous,
                 exited: false,
             },
         );
@@ -187,8 +198,23 @@ impl ProcessTracker {
     }
 
     /// After a window is emitted: forgets processes that exited.
-    pub fn forget_exited(&mut self) {
-        self.processes.retain(|_, p| !p.exited);
+    /// Returns their pids.
+    pub fn forget_exited(&mut self) -> Vec<u32> {
+        let gone: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.exited)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in &gone {
+            self.processes.remove(pid);
+        }
+        gone
+    }
+
+    /// `/proc/PID` of `pid`.
+    pub fn proc_dir(&self, pid: u32) -> PathBuf {
+        self.proc_root.join(pid.to_string())
     }
 }
 

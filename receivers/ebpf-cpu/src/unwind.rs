@@ -1,0 +1,447 @@
+//! The unwinder's tables in BPF maps: one array of rows per executable
+//! (deduplicated by build id across processes and containers), filled
+//! through mmap, inside a memory budget with least-recently-used eviction,
+//! and per process the sorted list of its executable mappings.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use agent_unwind_table::{LoadSegment, UnwindRow, UnwindTable};
+use aya::maps::MapData;
+use tracing::{debug, warn};
+
+use crate::bpf::{
+    ProcessUnwindInfo, UnwindMapping, UnwindMaps, MAX_UNWIND_MAPPINGS, TABLE_ANONYMOUS, TABLE_NONE,
+};
+use crate::process::ProcessInfo;
+
+/// Inner maps may differ in size from the template (kernel 5.10+).
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// Arrays user space fills with one memcpy.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Which object a table belongs to: its build id, or the file when it has none.
+pub type ObjectKey = String;
+
+/// Key of the vDSO's table: every process has the same kernel's vDSO.
+pub const VDSO_KEY: &str = "[vdso]";
+
+/// A table in the kernel.
+struct LoadedTable {
+    rows: u32,
+    bytes: u64,
+    /// Window in which a process using it was last sampled.
+    last_used: u64,
+    /// Keeps the inner map alive; dropping it frees the kernel memory once
+    /// the outer map lets go too.
+    _map: MapData,
+}
+
+/// What happened to tables, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    /// Tables compiled and loaded.
+    pub loaded: u64,
+    /// Tables evicted to stay in the budget.
+    pub evicted: u64,
+    /// Objects whose table could not be built (no CFI, not x86_64, unreadable).
+    pub failed: u64,
+    /// Tables that did not fit even after eviction.
+    pub over_budget: u64,
+    /// Rows whose rules the unwinder cannot follow.
+    pub unsupported_rows: u64,
+    /// Processes with more executable mappings than the unwinder holds.
+    pub mappings_dropped: u64,
+}
+
+/// The unwinder's user-space side.
+pub struct UnwindTables {
+    maps: UnwindMaps,
+    /// Stable id per object: a process entry never points at another object's table.
+    ids: HashMap<ObjectKey, u32>,
+    next_id: u32,
+    loaded: HashMap<u32, LoadedTable>,
+    /// Objects that have no table, and why (not retried).
+    unusable: HashMap<ObjectKey, String>,
+    /// Per process: the objects its mappings use.
+    process_objects: HashMap<u32, Vec<ObjectKey>>,
+    /// Load segments per object, kept after eviction (small) for the bias.
+    segments: HashMap<ObjectKey, Vec<LoadSegment>>,
+    budget_bytes: u64,
+    used_bytes: u64,
+    window: u64,
+    vdso: Option<Vec<u8>>,
+    /// False in frame-pointer mode: mappings only, no tables.
+    load_tables: bool,
+    /// Totals since start.
+    pub counts: TableCounts,
+}
+
+impl UnwindTables {
+    /// Manages `maps` within `budget_bytes` of table memory; without
+    /// `load_tables` only the mappings are written (frame-pointer mode).
+    pub fn new(maps: UnwindMaps, budget_bytes: u64, load_tables: bool) -> Self {
+        Self {
+            maps,
+            ids: HashMap::new(),
+            next_id: 1,
+            loaded: HashMap::new(),
+            unusable: HashMap::new(),
+            process_objects: HashMap::new(),
+            segments: HashMap::new(),
+            budget_bytes,
+            used_bytes: 0,
+            window: 0,
+            vdso: own_vdso(),
+            load_tables,
+            counts: TableCounts::default(),
+        }
+    }
+
+    /// Bytes of rows in the kernel now.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// Tables in the kernel now.
+    pub fn loaded_tables(&self) -> usize {
+        self.loaded.len()
+    }
+
+    /// Starts a new window (for least-recently-used eviction).
+    pub fn next_window(&mut self) {
+        self.window += 1;
+    }
+
+    /// Writes `pid`'s mappings and loads the tables they need.
+    pub fn update_process(&mut self, pid: u32, info: &ProcessInfo, proc_dir: &Path) {
+        // Compile what is missing, then register it all with one write (one
+        // RCU grace period per process, not per table).
+        let mut pending: Vec<(ObjectKey, UnwindTable, MapData)> = Vec::new();
+        let keys: Vec<Option<ObjectKey>> = info
+            .mappings
+            .iter()
+            .map(|m| object_key(m).filter(|_| self.load_tables))
+            .collect();
+        for (m, key) in info.mappings.iter().zip(&keys) {
+            let Some(key) = key else { continue };
+            if self.is_loaded(key)
+                || self.unusable.contains_key(key)
+                || pending.iter().any(|(k, _, _)| k == key)
+            {
+                continue;
+            }
+            let compiled = if key == VDSO_KEY {
+                self.vdso
+                    .as_deref()
+                    .ok_or_else(|| "no vDSO in this process".to_owned())
+                    .and_then(|image| agent_unwind_table::compile(image).map_err(|e| e.to_string()))
+            } else {
+                // map_files reaches the very file mapped, even inside a container.
+                let via_map_files = proc_dir
+                    .join("map_files")
+                    .join(format!("{:x}-{:x}", m.start, m.end));
+                agent_unwind_table::compile_file(&via_map_files)
+                    .or_else(|_| {
+                        agent_unwind_table::compile_file(
+                            &proc_dir.join("root").join(m.path.trim_start_matches('/')),
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            };
+            let table = match compiled {
+                Ok(t) if !t.rows.is_empty() => t,
+                Ok(_) => {
+                    self.mark_unusable(key, "no rows".into());
+                    continue;
+                }
+                Err(e) => {
+                    self.mark_unusable(key, e);
+                    continue;
+                }
+            };
+            self.counts.unsupported_rows +=
+                table.stats.unsupported_cfa + table.stats.unsupported_rbp;
+            if !self.make_room(table.size_bytes() as u64) {
+                self.counts.over_budget += 1;
+                debug!(object = %key, bytes = table.size_bytes(), "unwind table does not fit the budget");
+                continue;
+            }
+            match load_rows(&table.rows) {
+                Ok(map) => {
+                    // Counted now so the next table's make_room sees it.
+                    self.used_bytes += table.size_bytes() as u64;
+                    pending.push((key.clone(), table, map));
+                }
+                Err(e) => {
+                    warn!(object = %key, error = %e, "cannot load an unwind table");
+                    self.counts.failed += 1;
+                }
+            }
+        }
+        self.register(pending);
+
+        let mut all: Vec<UnwindMapping> = Vec::with_capacity(info.mappings.len());
+        let mut objects = Vec::new();
+        for (m, key) in info.mappings.iter().zip(keys) {
+            let table = key.and_then(|key| {
+                let id = *self.ids.get(&key)?;
+                let rows = self.loaded.get_mut(&id).map(|t| {
+                    t.last_used = self.window;
+                    t.rows
+                })?;
+                let vaddr = UnwindTable::mapping_vaddr(self.segments.get(&key)?, m.offset)?;
+                objects.push(key);
+                Some((id, rows, m.start.wrapping_sub(vaddr)))
+            });
+            let (table_id, rows, bias) = table.unwrap_or((TABLE_NONE, 0, 0));
+            all.push(UnwindMapping {
+                start: m.start,
+                end: m.end,
+                bias,
+                table_id,
+                rows,
+            });
+        }
+        all.extend(info.anonymous.iter().map(|&(start, end)| UnwindMapping {
+            start,
+            end,
+            bias: 0,
+            table_id: TABLE_ANONYMOUS,
+            rows: 0,
+        }));
+        all.sort_by_key(|m| m.start);
+        if all.len() > MAX_UNWIND_MAPPINGS {
+            self.counts.mappings_dropped += (all.len() - MAX_UNWIND_MAPPINGS) as u64;
+            all.truncate(MAX_UNWIND_MAPPINGS);
+        }
+        let mut entry = ProcessUnwindInfo {
+            mapping_count: all.len() as u32,
+            ..ProcessUnwindInfo::default()
+        };
+        entry.mappings[..all.len()].copy_from_slice(&all);
+        // The unwinder asks for a re-read at most once a second per process.
+        // When the mappings did change (a loader at work), it may ask again
+        // at once; when they did not (JIT code, odd addresses) the limit holds.
+        if let Ok(old) = self.maps.processes.get(&pid, 0) {
+            let count = (old.mapping_count as usize).min(MAX_UNWIND_MAPPINGS);
+            if old.mappings[..count] == entry.mappings[..all.len()] {
+                entry.refresh_requested_ns = old.refresh_requested_ns;
+            }
+        }
+        if let Err(e) = self.maps.processes.insert(pid, entry, 0) {
+            warn!(pid, error = %e, "cannot write the process's mappings for the unwinder");
+        }
+        self.process_objects.insert(pid, objects);
+    }
+
+    fn is_loaded(&self, key: &ObjectKey) -> bool {
+        self.ids
+            .get(key)
+            .is_some_and(|id| self.loaded.contains_key(id))
+    }
+
+    /// Puts compiled tables into the outer map in one batch write.
+    fn register(&mut self, pending: Vec<(ObjectKey, UnwindTable, MapData)>) {
+        if pending.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let ids: Vec<u32> = pending
+            .iter()
+            .map(|(key, _, _)| {
+                *self.ids.entry(key.clone()).or_insert_with(|| {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    id
+                })
+            })
+            .collect();
+        let fds: Vec<u32> = pending
+            .iter()
+            .map(|(_, _, map)| map.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        let result = map_batch(BPF_MAP_UPDATE_BATCH, &self.maps.tables, &ids, Some(&fds));
+        for ((key, table, map), id) in pending.into_iter().zip(ids) {
+            let bytes = table.size_bytes() as u64;
+            if let Err(e) = &result {
+                warn!(object = %key, error = %e, "cannot register an unwind table");
+                self.counts.failed += 1;
+                self.used_bytes -= bytes;
+                continue;
+            }
+            self.counts.loaded += 1;
+            self.loaded.insert(
+                id,
+                LoadedTable {
+                    rows: table.rows.len() as u32,
+                    bytes,
+                    last_used: self.window,
+                    _map: map,
+                },
+            );
+            self.segments.insert(key, table.segments);
+        }
+        debug!(elapsed = ?started.elapsed(), "unwind tables registered");
+    }
+
+    /// Marks the tables of a sampled process used in this window; true when
+    /// one was evicted since, so the caller reloads it with [`Self::update_process`]
+    /// (the process entry keeps the same id).
+    pub fn touch_process(&mut self, pid: u32) -> bool {
+        let Some(objects) = self.process_objects.get(&pid) else {
+            return false;
+        };
+        let mut missing = false;
+        for key in objects {
+            match self.ids.get(key).and_then(|id| self.loaded.get_mut(id)) {
+                Some(t) => t.last_used = self.window,
+                None => missing = true,
+            }
+        }
+        missing
+    }
+
+    /// Forgets a process that exited.
+    pub fn remove_process(&mut self, pid: u32) {
+        self.process_objects.remove(&pid);
+        let _ = self.maps.processes.remove(&pid);
+    }
+
+    fn mark_unusable(&mut self, key: &ObjectKey, why: String) {
+        debug!(object = %key, why = %why, "no unwind table");
+        self.counts.failed += 1;
+        self.unusable.insert(key.clone(), why);
+    }
+
+    /// Evicts least recently used tables not used in this window until
+    /// `bytes` fit; false when they cannot.
+    fn make_room(&mut self, bytes: u64) -> bool {
+        if bytes > self.budget_bytes {
+            return false;
+        }
+        while self.used_bytes + bytes > self.budget_bytes {
+            let victim = self
+                .loaded
+                .iter()
+                .filter(|(_, t)| t.last_used < self.window)
+                .min_by_key(|(id, t)| (t.last_used, **id))
+                .map(|(id, _)| *id);
+            let Some(id) = victim else {
+                return false;
+            };
+            if let Some(t) = self.loaded.remove(&id) {
+                let _ = map_batch(BPF_MAP_DELETE_BATCH, &self.maps.tables, &[id], None);
+                self.used_bytes -= t.bytes;
+                self.counts.evicted += 1;
+            }
+        }
+        true
+    }
+}
+
+/// The build id when there is one (shared across processes and
+/// containers), else path and inode; `None` for pseudo-files without a table.
+fn object_key(m: &crate::process::ExecutableMapping) -> Option<ObjectKey> {
+    if m.path == VDSO_KEY {
+        return Some(VDSO_KEY.to_owned());
+    }
+    if m.inode == 0 {
+        return None;
+    }
+    Some(match &m.build_id {
+        Some(b) => b.id.clone(),
+        None => format!("{}:{}", m.path, m.inode),
+    })
+}
+
+/// An inner map holding `rows`, written through mmap in one copy.
+fn load_rows(rows: &[UnwindRow]) -> Result<MapData, String> {
+    let definition = aya_obj::Map::new_from_params(
+        BPF_MAP_TYPE_ARRAY,
+        4,
+        std::mem::size_of::<UnwindRow>() as u32,
+        rows.len() as u32,
+        BPF_F_INNER_MAP | BPF_F_MMAPABLE,
+    );
+    let map = MapData::create(definition, "unwind_table", None).map_err(|e| e.to_string())?;
+    let bytes = std::mem::size_of_val(rows);
+    let fd = map.fd().as_fd().as_raw_fd();
+    // SAFETY: mapping a BPF array created MMAPABLE with exactly `bytes` of
+    // values, shared and writable; unmapped before returning.
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if ptr == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        std::ptr::copy_nonoverlapping(rows.as_ptr().cast::<u8>(), ptr.cast::<u8>(), bytes);
+        libc::munmap(ptr, bytes);
+    }
+    Ok(map)
+}
+
+/// `bpf_attr.batch`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// One `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` of u32 keys (and values).
+fn map_batch(
+    cmd: libc::c_long,
+    map: &MapData,
+    keys: &[u32],
+    values: Option<&[u32]>,
+) -> std::io::Result<()> {
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.map_or(0, |v| v.as_ptr() as u64),
+        count: keys.len() as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: bpf(2) reads `attr` and the key/value arrays it points to,
+    // which outlive the call; it writes back only `attr.count`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// This process's vDSO image: the kernel maps the same one into every process.
+fn own_vdso() -> Option<Vec<u8>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    let parsed = crate::process::parse_maps_line(line)?;
+    let len = usize::try_from(parsed.end - parsed.start).ok()?;
+    // SAFETY: the kernel keeps the vDSO mapped readable for the process's life.
+    let image = unsafe { std::slice::from_raw_parts(parsed.start as *const u8, len) };
+    Some(image.to_vec())
+}
