@@ -715,3 +715,52 @@ fn code_without_frame_pointers_is_unwound_with_eh_frame_tables() {
         );
     }
 }
+
+/// `--dwarf-unwinding-disable` walks frame pointers only, which cannot get
+/// through code built without them; `--dwarf-unwinding-mixed` uses the
+/// tables where they cover the address and keeps whole stacks.
+#[test]
+fn unwinding_modes_are_honoured() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let workload = no_frame_pointer_workloads(dir.path()).swap_remove(0);
+    for (flag, expect_complete) in [
+        ("--dwarf-unwinding-disable", false),
+        ("--dwarf-unwinding-mixed", true),
+    ] {
+        let out = dir.path().join(flag.trim_start_matches('-'));
+        let agent = Agent::start_with(&out, &[flag, "--profiling-cpu-sampling-frequency=97"]);
+        let mut child = Command::new(&workload.binary)
+            .arg("4")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(child.wait().unwrap().success());
+        std::thread::sleep(Duration::from_millis(300));
+        let mine = samples_of(&agent.stop(), pid);
+        let complete = share(&mine, |s| complete_down_to_main(s, workload.chain));
+        let frame_pointer_failed = share(&mine, |s| {
+            s.series.get("unwind_status") == Some("frame_pointer_failed")
+        });
+        let total: i64 = mine.iter().map(|s| s.value).sum();
+        eprintln!(
+            "{flag}: complete {:.1}%, frame_pointer_failed {:.1}% of {total} samples",
+            complete * 100.0,
+            frame_pointer_failed * 100.0,
+        );
+        assert!(total > 100, "{flag}: only {total} samples");
+        if expect_complete {
+            assert!(complete >= 0.95, "{flag}: complete in {complete:.3}");
+        } else {
+            assert!(complete < 0.2, "{flag}: complete in {complete:.3}");
+            assert!(
+                frame_pointer_failed > 0.5,
+                "{flag}: {frame_pointer_failed:.3}"
+            );
+        }
+    }
+}

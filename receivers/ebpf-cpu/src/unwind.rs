@@ -321,27 +321,58 @@ impl UnwindTables {
     /// Evicts least recently used tables not used in this window until
     /// `bytes` fit; false when they cannot.
     fn make_room(&mut self, bytes: u64) -> bool {
-        if bytes > self.budget_bytes {
+        let candidates: Vec<(u32, u64, u64)> = self
+            .loaded
+            .iter()
+            .map(|(&id, t)| (id, t.last_used, t.bytes))
+            .collect();
+        let Some(victims) = eviction_victims(
+            &candidates,
+            self.window,
+            self.used_bytes,
+            bytes,
+            self.budget_bytes,
+        ) else {
             return false;
+        };
+        if !victims.is_empty() {
+            let _ = map_batch(BPF_MAP_DELETE_BATCH, &self.maps.tables, &victims, None);
         }
-        while self.used_bytes + bytes > self.budget_bytes {
-            let victim = self
-                .loaded
-                .iter()
-                .filter(|(_, t)| t.last_used < self.window)
-                .min_by_key(|(id, t)| (t.last_used, **id))
-                .map(|(id, _)| *id);
-            let Some(id) = victim else {
-                return false;
-            };
+        for id in victims {
             if let Some(t) = self.loaded.remove(&id) {
-                let _ = map_batch(BPF_MAP_DELETE_BATCH, &self.maps.tables, &[id], None);
                 self.used_bytes -= t.bytes;
                 self.counts.evicted += 1;
             }
         }
         true
     }
+}
+
+/// Which tables (id, last used window, bytes) to evict so `needed` more
+/// bytes fit: least recently used first, never one used in `window`; `None`
+/// (and nothing evicted) when even that is not enough.
+fn eviction_victims(
+    tables: &[(u32, u64, u64)],
+    window: u64,
+    used: u64,
+    needed: u64,
+    budget: u64,
+) -> Option<Vec<u32>> {
+    let mut candidates: Vec<&(u32, u64, u64)> = tables
+        .iter()
+        .filter(|(_, last, _)| *last < window)
+        .collect();
+    candidates.sort_by_key(|(id, last, _)| (*last, *id));
+    let mut victims = Vec::new();
+    let mut used = used;
+    for (id, _, bytes) in candidates {
+        if used + needed <= budget {
+            break;
+        }
+        victims.push(*id);
+        used -= bytes;
+    }
+    (used + needed <= budget).then_some(victims)
 }
 
 /// The build id when there is one (shared across processes and
@@ -444,4 +475,22 @@ fn own_vdso() -> Option<Vec<u8>> {
     // SAFETY: the kernel keeps the vDSO mapped readable for the process's life.
     let image = unsafe { std::slice::from_raw_parts(parsed.start as *const u8, len) };
     Some(image.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_and_only_as_many_as_needed() {
+        // (id, last used window, bytes); the budget is 100, 90 used.
+        let tables = [(1, 5, 30), (2, 3, 30), (3, 4, 30)];
+        assert_eq!(eviction_victims(&tables, 6, 90, 10, 100), Some(vec![]));
+        assert_eq!(eviction_victims(&tables, 6, 90, 20, 100), Some(vec![2]));
+        assert_eq!(eviction_victims(&tables, 6, 90, 50, 100), Some(vec![2, 3]));
+        // Tables sampled in the current window stay; too little room then means no eviction.
+        assert_eq!(eviction_victims(&tables, 5, 90, 80, 100), None);
+        assert_eq!(eviction_victims(&tables, 5, 90, 50, 100), Some(vec![2, 3]));
+        assert_eq!(eviction_victims(&tables, 6, 90, 101, 100), None);
+    }
 }
