@@ -44,7 +44,6 @@ enum stack_status {
 	STACK_UNKNOWN_CODE = 5,         /* JIT or anonymous code whose frame pointer chain broke */
 	STACK_FRAME_POINTER_FAILED = 6, /* the frame pointer chain broke in a known file */
 	STACK_NO_TABLE = 7,             /* the table is not loaded (yet) and frame pointers failed */
-	STACK_STATUS_COUNT = 8,
 };
 
 /* A user stack, leaf first. */

@@ -2,12 +2,14 @@
 //! stack, from the pprof files the agent wrote (bench/unwind.sh).
 //!
 //! Usage: unwind_report DIR COMM=f1,f2,...,main ...
-//! A sample is complete when its walk ended at the outermost frame and the
-//! chain's functions on it are, in order, the tail of the chain (ending in
-//! `main`).
+//! "Complete" is judged as the end-to-end test judges it
+//! (tests/support/stack_chain.rs).
 use std::collections::BTreeMap;
 
 use agent_core::pprof::from_pprof;
+
+#[path = "../tests/support/stack_chain.rs"]
+mod stack_chain;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -33,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (comm, chain) in &chains {
         let (mut total, mut complete) = (0i64, 0i64);
         let mut statuses: BTreeMap<String, i64> = BTreeMap::new();
+        let chain: Vec<&str> = chain.iter().map(String::as_str).collect();
         for sample in batches.iter().flat_map(|b| b.resolved_samples()) {
             if sample.series.get("comm") != Some(comm.as_str()) {
                 continue;
@@ -40,19 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             total += sample.value;
             let status = sample.series.get("unwind_status").unwrap_or("none");
             *statuses.entry(status.to_owned()).or_default() += sample.value;
-            let names: Vec<&str> = sample
-                .frames
-                .iter()
-                .flat_map(|f| f.lines.iter().map(|l| l.function.as_str()))
-                .map(|n| n.split('(').next().unwrap_or(n))
-                .filter(|n| chain.iter().any(|c| c == n))
-                .collect();
-            let tail = names.len() <= chain.len()
-                && chain[chain.len() - names.len()..]
-                    .iter()
-                    .zip(&names)
-                    .all(|(c, n)| c == n);
-            if status == "complete" && names.last() == Some(&"main") && tail {
+            if stack_chain::complete_down_to_main(&sample, &chain) {
                 complete += sample.value;
             }
         }

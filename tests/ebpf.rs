@@ -15,6 +15,10 @@ use agent_core::pprof::from_pprof;
 use agent_core::{ProfileBatch, ResolvedSample};
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
+#[path = "support/stack_chain.rs"]
+mod stack_chain;
+use stack_chain::complete_down_to_main;
+
 /// The tests measure CPU shares: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -629,25 +633,6 @@ fn no_frame_pointer_workloads(dir: &Path) -> Vec<NoFramePointerWorkload> {
             ],
         },
     ]
-}
-
-/// The function name without C++ parameters or Rust hashes.
-fn base_name(name: &str) -> &str {
-    name.split('(').next().unwrap_or(name)
-}
-
-/// A sample's user stack is complete down to main when the walk ended at
-/// the outermost frame, `main` is on it, and the workload's own functions
-/// on it are, in order, the tail of the hot path's chain.
-fn complete_down_to_main(sample: &ResolvedSample, chain: &[&str]) -> bool {
-    let names: Vec<&str> = agent_names(sample)
-        .into_iter()
-        .map(base_name)
-        .filter(|n| chain.contains(n))
-        .collect();
-    sample.series.get("unwind_status") == Some("complete")
-        && names.last() == Some(&"main")
-        && chain.ends_with(&names)
 }
 
 /// Code without frame pointers is unwound with .eh_frame tables: C with a

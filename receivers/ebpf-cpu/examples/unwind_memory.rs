@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use agent_receiver_ebpf_cpu::bpf::ProcessUnwindInfo;
 use agent_receiver_ebpf_cpu::process::ProcessTracker;
+use agent_receiver_ebpf_cpu::unwind;
 
 fn main() {
     let started = Instant::now();
+    let vdso = unwind::own_vdso();
     let mut tracker = ProcessTracker::new("/proc");
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -28,22 +30,12 @@ fn main() {
         let info = tracker.get(pid).expect("observed");
         for m in &info.mappings {
             mappings += 1;
-            let Some(key) = m
-                .build_id
-                .as_ref()
-                .map(|b| b.id.clone())
-                .or_else(|| (m.inode != 0).then(|| format!("{}:{}", m.path, m.inode)))
-            else {
+            let Some(key) = unwind::object_key(m) else {
                 continue;
             };
-            objects.entry(key).or_insert_with(|| {
-                let path = tracker
-                    .proc_dir(pid)
-                    .join("map_files")
-                    .join(format!("{:x}-{:x}", m.start, m.end));
-                agent_unwind_table::compile_file(&path)
+            objects.entry(key).or_insert_with_key(|key| {
+                unwind::compile_object(key, m, &tracker.proc_dir(pid), vdso.as_deref())
                     .map(|t| t.rows.len())
-                    .map_err(|e| e.to_string())
             });
         }
     }

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use crate::bpf::{
     ProcessUnwindInfo, UnwindMapping, UnwindMaps, MAX_UNWIND_MAPPINGS, TABLE_ANONYMOUS, TABLE_NONE,
 };
-use crate::process::ProcessInfo;
+use crate::process::{ExecutableMapping, ProcessInfo};
 
 /// Inner maps may differ in size from the template (kernel 5.10+).
 const BPF_F_INNER_MAP: u32 = 1 << 12;
@@ -129,30 +129,15 @@ impl UnwindTables {
             .collect();
         for (m, key) in info.mappings.iter().zip(&keys) {
             let Some(key) = key else { continue };
-            if self.is_loaded(key)
+            // Touched first, so making room for this process's new tables
+            // never evicts one it uses.
+            if self.touch(key)
                 || self.unusable.contains_key(key)
                 || pending.iter().any(|(k, _, _)| k == key)
             {
                 continue;
             }
-            let compiled = if key == VDSO_KEY {
-                self.vdso
-                    .as_deref()
-                    .ok_or_else(|| "no vDSO in this process".to_owned())
-                    .and_then(|image| agent_unwind_table::compile(image).map_err(|e| e.to_string()))
-            } else {
-                // map_files reaches the very file mapped, even inside a container.
-                let via_map_files = proc_dir
-                    .join("map_files")
-                    .join(format!("{:x}-{:x}", m.start, m.end));
-                agent_unwind_table::compile_file(&via_map_files)
-                    .or_else(|_| {
-                        agent_unwind_table::compile_file(
-                            &proc_dir.join("root").join(m.path.trim_start_matches('/')),
-                        )
-                    })
-                    .map_err(|e| e.to_string())
-            };
+            let compiled = compile_object(key, m, proc_dir, self.vdso.as_deref());
             let table = match compiled {
                 Ok(t) if !t.rows.is_empty() => t,
                 Ok(_) => {
@@ -190,10 +175,7 @@ impl UnwindTables {
         for (m, key) in info.mappings.iter().zip(keys) {
             let table = key.and_then(|key| {
                 let id = *self.ids.get(&key)?;
-                let rows = self.loaded.get_mut(&id).map(|t| {
-                    t.last_used = self.window;
-                    t.rows
-                })?;
+                let rows = self.loaded.get(&id)?.rows;
                 let vaddr = UnwindTable::mapping_vaddr(self.segments.get(&key)?, m.offset)?;
                 objects.push(key);
                 Some((id, rows, m.start.wrapping_sub(vaddr)))
@@ -239,10 +221,15 @@ impl UnwindTables {
         self.process_objects.insert(pid, objects);
     }
 
-    fn is_loaded(&self, key: &ObjectKey) -> bool {
-        self.ids
-            .get(key)
-            .is_some_and(|id| self.loaded.contains_key(id))
+    /// Marks `key`'s table used in this window; false when it is not loaded.
+    fn touch(&mut self, key: &ObjectKey) -> bool {
+        match self.ids.get(key).and_then(|id| self.loaded.get_mut(id)) {
+            Some(t) => {
+                t.last_used = self.window;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Puts compiled tables into the outer map in one batch write.
@@ -293,16 +280,13 @@ impl UnwindTables {
     /// one was evicted since, so the caller reloads it with [`Self::update_process`]
     /// (the process entry keeps the same id).
     pub fn touch_process(&mut self, pid: u32) -> bool {
-        let Some(objects) = self.process_objects.get(&pid) else {
+        let Some(objects) = self.process_objects.get_mut(&pid).map(std::mem::take) else {
             return false;
         };
-        let mut missing = false;
-        for key in objects {
-            match self.ids.get(key).and_then(|id| self.loaded.get_mut(id)) {
-                Some(t) => t.last_used = self.window,
-                None => missing = true,
-            }
-        }
+        let missing = objects
+            .iter()
+            .fold(false, |missing, key| !self.touch(key) | missing);
+        self.process_objects.insert(pid, objects);
         missing
     }
 
@@ -377,7 +361,7 @@ fn eviction_victims(
 
 /// The build id when there is one (shared across processes and
 /// containers), else path and inode; `None` for pseudo-files without a table.
-fn object_key(m: &crate::process::ExecutableMapping) -> Option<ObjectKey> {
+pub fn object_key(m: &ExecutableMapping) -> Option<ObjectKey> {
     if m.path == VDSO_KEY {
         return Some(VDSO_KEY.to_owned());
     }
@@ -388,6 +372,31 @@ fn object_key(m: &crate::process::ExecutableMapping) -> Option<ObjectKey> {
         Some(b) => b.id.clone(),
         None => format!("{}:{}", m.path, m.inode),
     })
+}
+
+/// Compiles the table of the object `key` mapped at `m` in the process at
+/// `proc_dir`; `vdso` is the vDSO image (the same in every process).
+pub fn compile_object(
+    key: &str,
+    m: &ExecutableMapping,
+    proc_dir: &Path,
+    vdso: Option<&[u8]>,
+) -> Result<UnwindTable, String> {
+    if key == VDSO_KEY {
+        let image = vdso.ok_or("no vDSO in this process")?;
+        return agent_unwind_table::compile(image).map_err(|e| e.to_string());
+    }
+    // map_files reaches the very file mapped, even inside a container.
+    let via_map_files = proc_dir
+        .join("map_files")
+        .join(format!("{:x}-{:x}", m.start, m.end));
+    agent_unwind_table::compile_file(&via_map_files)
+        .or_else(|_| {
+            agent_unwind_table::compile_file(
+                &proc_dir.join("root").join(m.path.trim_start_matches('/')),
+            )
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// An inner map holding `rows`, written through mmap in one copy.
@@ -467,7 +476,7 @@ fn map_batch(
 }
 
 /// This process's vDSO image: the kernel maps the same one into every process.
-fn own_vdso() -> Option<Vec<u8>> {
+pub fn own_vdso() -> Option<Vec<u8>> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
     let parsed = crate::process::parse_maps_line(line)?;
