@@ -82,10 +82,18 @@ pub fn registry() -> Registry {
         "built without Cargo feature `exporter-file`",
     );
 
+    #[cfg(feature = "exporter-parca-grpc")]
+    r.register(agent_exporter_parca_grpc::ParcaGrpcFactory);
+    #[cfg(not(feature = "exporter-parca-grpc"))]
+    r.absent(
+        Kind::Exporter,
+        "parca_grpc",
+        "built without Cargo feature `exporter-parca-grpc`",
+    );
+
     // Components of the design that are not written yet.
     const NOT_YET: &str = "not implemented yet";
     r.absent(Kind::Processor, "k8s_meta", NOT_YET);
-    r.absent(Kind::Exporter, "parca_grpc", NOT_YET);
     r.absent(Kind::Exporter, "otlp_profiles", NOT_YET);
     r
 }

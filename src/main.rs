@@ -33,12 +33,12 @@ fn init_logging(logging: &Logging) {
     let layer = if logging.json {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(agent_core::stderr_tail::StderrTail::default)
             .boxed()
     } else {
         tracing_logfmt::builder()
             .layer()
-            .with_writer(std::io::stderr)
+            .with_writer(agent_core::stderr_tail::StderrTail::default)
             .boxed()
     };
     tracing_subscriber::registry()
@@ -54,10 +54,7 @@ fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<(String, AgentC
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config {}", path.display()))?,
         ),
-        None => (
-            "embedded pipeline.yaml".to_owned(),
-            EMBEDDED_PIPELINE.to_owned(),
-        ),
+        None => ("embedded pipeline.yaml".to_owned(), embedded_pipeline(cli)?),
     };
     let mut problems: Vec<String> = cli
         .refused
@@ -74,6 +71,29 @@ fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<(String, AgentC
             Err(anyhow!("{name} is invalid:\n  {}", problems.join("\n  ")))
         }
     }
+}
+
+/// The embedded pipeline, shipping to a Parca server as Parca Agent does
+/// when `--remote-store-address` is given: then `parca_grpc` replaces the
+/// `file` exporter, unless `--local-store-directory` asks for files too.
+fn embedded_pipeline(cli: &Cli) -> anyhow::Result<String> {
+    let given = |flag: &str| cli.overrides.iter().any(|o| o.flag == flag);
+    if !given("--remote-store-address") {
+        return Ok(EMBEDDED_PIPELINE.to_owned());
+    }
+    let mut root: serde_yaml::Value = serde_yaml::from_str(EMBEDDED_PIPELINE)?;
+    root["exporters"]["parca_grpc"] = serde_yaml::Value::Mapping(Default::default());
+    let exporters = &mut root["service"]["pipelines"]["profiles"]["exporters"];
+    let mut list: Vec<String> = serde_yaml::from_value(exporters.clone())?;
+    if !given("--local-store-directory") {
+        list.retain(|e| e != "file");
+        if let Some(m) = root["exporters"].as_mapping_mut() {
+            m.remove("file");
+        }
+    }
+    list.push("parca_grpc".to_owned());
+    root["service"]["pipelines"]["profiles"]["exporters"] = serde_yaml::to_value(list)?;
+    Ok(serde_yaml::to_string(&root)?)
 }
 
 fn list_components(registry: &Registry) {

@@ -12,6 +12,7 @@ pub mod pprof;
 pub mod registry;
 pub mod selector;
 pub mod service;
+pub mod stderr_tail;
 pub mod telemetry;
 
 pub use async_trait::async_trait;

@@ -204,26 +204,14 @@ pub fn to_pprof(batch: &ProfileBatch, grouping: PprofGrouping) -> Vec<EncodedPro
         }
         PprofGrouping::Series {
             series_labels_in_samples,
-        } => {
-            let mut groups: HashMap<LabelSetId, Vec<&Sample>> = HashMap::new();
-            let order = batch.series_ids();
-            for s in &batch.samples {
-                groups.entry(s.series).or_default().push(s);
-            }
-            order
-                .into_iter()
-                .map(|series| {
-                    let samples = &groups[&series];
-                    let profile =
-                        build_profile(batch, samples.iter().copied(), series_labels_in_samples);
-                    EncodedProfile {
-                        series: Some(batch.labels(series).clone()),
-                        sample_count: samples.len(),
-                        gzipped: gzip(&profile),
-                    }
-                })
-                .collect()
-        }
+        } => build_series_profiles(batch, series_labels_in_samples)
+            .into_iter()
+            .map(|(series, sample_count, profile)| EncodedProfile {
+                series: Some(batch.labels(series).clone()),
+                sample_count,
+                gzipped: gzip(&profile),
+            })
+            .collect(),
     }
 }
 
@@ -238,27 +226,79 @@ pub fn gzip(profile: &proto::Profile) -> Vec<u8> {
     enc.finish().expect("writing to a Vec cannot fail")
 }
 
+/// Ids of one dictionary renumbered for one profile: `NONE` until used.
+/// The entries set are remembered, so the table is reset in time
+/// proportional to what one profile used, not to the batch's dictionary.
+struct Remap<T: Copy> {
+    ids: Vec<T>,
+    touched: Vec<u32>,
+    none: T,
+}
+
+impl<T: Copy + PartialEq> Remap<T> {
+    fn new(len: usize, none: T) -> Self {
+        Self {
+            ids: vec![none; len],
+            touched: Vec::new(),
+            none,
+        }
+    }
+
+    fn get(&self, id: u32) -> Option<T> {
+        let v = self.ids[id as usize];
+        (v != self.none).then_some(v)
+    }
+
+    fn set(&mut self, id: u32, value: T) {
+        self.ids[id as usize] = value;
+        self.touched.push(id);
+    }
+
+    fn reset(&mut self) {
+        for id in self.touched.drain(..) {
+            self.ids[id as usize] = self.none;
+        }
+    }
+}
+
 /// Renumbers the dictionary entries a subset of samples uses as pprof ids
-/// 1..n (strings 0..n with `""` first), in order of first use.
+/// 1..n (strings 0..n with `""` first), in order of first use; reused
+/// across the profiles of one batch.
 struct PprofBuilder<'a> {
     batch: &'a ProfileBatch,
     out: proto::Profile,
-    strings: Vec<i64>,
-    mappings: Vec<u64>,
-    functions: Vec<u64>,
-    locations: Vec<u64>,
+    strings: Remap<i64>,
+    mappings: Remap<u64>,
+    functions: Remap<u64>,
+    locations: Remap<u64>,
     extra_strings: HashMap<&'a str, i64>,
     label_sets: Vec<Option<Vec<proto::Label>>>,
+    label_sets_touched: Vec<LabelSetId>,
 }
 
 impl<'a> PprofBuilder<'a> {
-    fn string(&mut self, id: StrId) -> i64 {
-        let slot = &mut self.strings[id as usize];
-        if *slot < 0 {
-            *slot = self.out.string_table.len() as i64;
-            self.out.string_table.push(self.batch.str(id).to_owned());
+    fn new(batch: &'a ProfileBatch) -> Self {
+        Self {
+            batch,
+            out: proto::Profile::default(),
+            strings: Remap::new(batch.strings.len(), -1),
+            mappings: Remap::new(batch.mappings.len(), 0),
+            functions: Remap::new(batch.functions.len(), 0),
+            locations: Remap::new(batch.locations.len(), 0),
+            extra_strings: HashMap::new(),
+            label_sets: vec![None; batch.label_sets.len()],
+            label_sets_touched: Vec::new(),
         }
-        *slot
+    }
+
+    fn string(&mut self, id: StrId) -> i64 {
+        if let Some(i) = self.strings.get(id) {
+            return i;
+        }
+        let i = self.out.string_table.len() as i64;
+        self.out.string_table.push(self.batch.str(id).to_owned());
+        self.strings.set(id, i);
+        i
     }
 
     /// Strings that are not in the batch's table (label names and values).
@@ -276,73 +316,76 @@ impl<'a> PprofBuilder<'a> {
     }
 
     fn mapping(&mut self, id: MappingId) -> u64 {
-        if self.mappings[id as usize] == 0 {
-            let m = self.batch.mappings.get(id);
-            let pid = self.out.mapping.len() as u64 + 1;
-            self.mappings[id as usize] = pid;
-            let filename = self.string(m.filename);
-            let build_id = self.string(m.build_id);
-            self.out.mapping.push(proto::Mapping {
-                id: pid,
-                memory_start: m.memory_start,
-                memory_limit: m.memory_limit,
-                file_offset: m.file_offset,
-                filename,
-                build_id,
-                ..Default::default()
-            });
+        if let Some(i) = self.mappings.get(id) {
+            return i;
         }
-        self.mappings[id as usize]
+        let m = self.batch.mappings.get(id);
+        let pid = self.out.mapping.len() as u64 + 1;
+        self.mappings.set(id, pid);
+        let filename = self.string(m.filename);
+        let build_id = self.string(m.build_id);
+        self.out.mapping.push(proto::Mapping {
+            id: pid,
+            memory_start: m.memory_start,
+            memory_limit: m.memory_limit,
+            file_offset: m.file_offset,
+            filename,
+            build_id,
+            ..Default::default()
+        });
+        pid
     }
 
     fn function(&mut self, id: FunctionId) -> u64 {
-        if self.functions[id as usize] == 0 {
-            let f = self.batch.functions.get(id);
-            let pid = self.out.function.len() as u64 + 1;
-            self.functions[id as usize] = pid;
-            let function = proto::Function {
-                id: pid,
-                name: self.string(f.name),
-                system_name: self.string(f.system_name),
-                filename: self.string(f.filename),
-                start_line: f.start_line,
-            };
-            self.out.function.push(function);
+        if let Some(i) = self.functions.get(id) {
+            return i;
         }
-        self.functions[id as usize]
+        let f = self.batch.functions.get(id);
+        let pid = self.out.function.len() as u64 + 1;
+        self.functions.set(id, pid);
+        let function = proto::Function {
+            id: pid,
+            name: self.string(f.name),
+            system_name: self.string(f.system_name),
+            filename: self.string(f.filename),
+            start_line: f.start_line,
+        };
+        self.out.function.push(function);
+        pid
     }
 
     fn location(&mut self, id: LocationId) -> u64 {
-        if self.locations[id as usize] == 0 {
-            let loc = self.batch.locations.get(id);
-            let pid = self.out.location.len() as u64 + 1;
-            self.locations[id as usize] = pid;
-            let mapping_id = loc.mapping.map_or(0, |m| self.mapping(m));
-            let line = loc
-                .lines
-                .iter()
-                .map(|l| proto::Line {
-                    function_id: self.function(l.function),
-                    line: l.line,
-                    column: l.column,
-                })
-                .collect();
-            self.out.location.push(proto::Location {
-                id: pid,
-                mapping_id,
-                address: loc.address,
-                line,
-                is_folded: false,
-            });
+        if let Some(i) = self.locations.get(id) {
+            return i;
         }
-        self.locations[id as usize]
+        let loc = self.batch.locations.get(id);
+        let pid = self.out.location.len() as u64 + 1;
+        self.locations.set(id, pid);
+        let mapping_id = loc.mapping.map_or(0, |m| self.mapping(m));
+        let line = loc
+            .lines
+            .iter()
+            .map(|l| proto::Line {
+                function_id: self.function(l.function),
+                line: l.line,
+                column: l.column,
+            })
+            .collect();
+        self.out.location.push(proto::Location {
+            id: pid,
+            mapping_id,
+            address: loc.address,
+            line,
+            is_folded: false,
+        });
+        pid
     }
 
-    /// Appends the labels of set `id`, encoding each set only once.
+    /// Appends the labels of set `id`, encoding each set once per profile.
     fn labels(&mut self, id: LabelSetId, out: &mut Vec<proto::Label>) {
         if self.label_sets[id as usize].is_none() {
-            let encoded = self
-                .batch
+            let batch = self.batch;
+            let encoded = batch
                 .labels(id)
                 .pairs()
                 .iter()
@@ -353,8 +396,66 @@ impl<'a> PprofBuilder<'a> {
                 })
                 .collect();
             self.label_sets[id as usize] = Some(encoded);
+            self.label_sets_touched.push(id);
         }
         out.extend_from_slice(self.label_sets[id as usize].as_deref().unwrap_or_default());
+    }
+
+    /// The pprof message of `samples`; the builder is ready for the next.
+    fn build(
+        &mut self,
+        samples: impl Iterator<Item = &'a Sample>,
+        series_as_sample_labels: bool,
+    ) -> proto::Profile {
+        let batch = self.batch;
+        self.out = proto::Profile {
+            string_table: vec![String::new()],
+            time_nanos: batch.start_unix_nanos as i64,
+            duration_nanos: batch.duration_nanos as i64,
+            period: batch.profile_type.period,
+            ..Default::default()
+        };
+        self.strings.set(0, 0);
+        let pt = &batch.profile_type;
+        let sample_type = proto::ValueType {
+            r#type: self.text(&pt.sample_type.kind),
+            unit: self.text(&pt.sample_type.unit),
+        };
+        let period_type = proto::ValueType {
+            r#type: self.text(&pt.period_type.kind),
+            unit: self.text(&pt.period_type.unit),
+        };
+        self.out.sample_type.push(sample_type);
+        self.out.period_type = Some(period_type);
+        let mut out_samples = Vec::new();
+        for s in samples {
+            let location_id = batch
+                .stacks
+                .get(s.stack)
+                .iter()
+                .map(|&l| self.location(l))
+                .collect();
+            let mut label = Vec::new();
+            if series_as_sample_labels {
+                self.labels(s.series, &mut label);
+            }
+            self.labels(s.attributes, &mut label);
+            out_samples.push(proto::Sample {
+                location_id,
+                value: vec![s.value],
+                label,
+            });
+        }
+        self.out.sample = out_samples;
+        self.strings.reset();
+        self.mappings.reset();
+        self.functions.reset();
+        self.locations.reset();
+        self.extra_strings.clear();
+        for id in self.label_sets_touched.drain(..) {
+            self.label_sets[id as usize] = None;
+        }
+        std::mem::take(&mut self.out)
     }
 }
 
@@ -364,55 +465,30 @@ pub fn build_profile<'a>(
     samples: impl Iterator<Item = &'a Sample>,
     series_as_sample_labels: bool,
 ) -> proto::Profile {
-    let mut b = PprofBuilder {
-        batch,
-        out: proto::Profile {
-            string_table: vec![String::new()],
-            time_nanos: batch.start_unix_nanos as i64,
-            duration_nanos: batch.duration_nanos as i64,
-            period: batch.profile_type.period,
-            ..Default::default()
-        },
-        strings: vec![-1; batch.strings.len()],
-        mappings: vec![0; batch.mappings.len()],
-        functions: vec![0; batch.functions.len()],
-        locations: vec![0; batch.locations.len()],
-        extra_strings: HashMap::new(),
-        label_sets: vec![None; batch.label_sets.len()],
-    };
-    b.strings[0] = 0;
-    let pt = &batch.profile_type;
-    let sample_type = proto::ValueType {
-        r#type: b.text(&pt.sample_type.kind),
-        unit: b.text(&pt.sample_type.unit),
-    };
-    let period_type = proto::ValueType {
-        r#type: b.text(&pt.period_type.kind),
-        unit: b.text(&pt.period_type.unit),
-    };
-    b.out.sample_type.push(sample_type);
-    b.out.period_type = Some(period_type);
-    let mut out_samples = Vec::new();
-    for s in samples {
-        let location_id = batch
-            .stacks
-            .get(s.stack)
-            .iter()
-            .map(|&l| b.location(l))
-            .collect();
-        let mut label = Vec::new();
-        if series_as_sample_labels {
-            b.labels(s.series, &mut label);
-        }
-        b.labels(s.attributes, &mut label);
-        out_samples.push(proto::Sample {
-            location_id,
-            value: vec![s.value],
-            label,
-        });
+    PprofBuilder::new(batch).build(samples, series_as_sample_labels)
+}
+
+/// One pprof message per series of `batch`, in first-use order, with the
+/// series and its sample count; series labels appear as sample labels only
+/// when `series_as_sample_labels`.
+pub fn build_series_profiles(
+    batch: &ProfileBatch,
+    series_as_sample_labels: bool,
+) -> Vec<(LabelSetId, usize, proto::Profile)> {
+    let mut groups: HashMap<LabelSetId, Vec<&Sample>> = HashMap::new();
+    for s in &batch.samples {
+        groups.entry(s.series).or_default().push(s);
     }
-    b.out.sample = out_samples;
-    b.out
+    let mut builder = PprofBuilder::new(batch);
+    batch
+        .series_ids()
+        .into_iter()
+        .map(|series| {
+            let samples = &groups[&series];
+            let profile = builder.build(samples.iter().copied(), series_as_sample_labels);
+            (series, samples.len(), profile)
+        })
+        .collect()
 }
 
 /// Decompresses `data` if it is gzipped.

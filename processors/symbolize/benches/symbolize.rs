@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use agent_processor_symbolize::Locator;
+use agent_processor_symbolize::{Locator, OpenSymbolizer};
 use criterion::{criterion_group, criterion_main, Criterion};
 use object::{Object, ObjectSymbol, SymbolKind};
 

@@ -11,7 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use agent_processor_symbolize::Locator;
+use agent_processor_symbolize::{Locator, OpenSymbolizer};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::files::{namespace_pid, open_in_root};
+use agent_object_files::open_in_root;
 
 /// One process's perf map, read incrementally.
 #[derive(Debug, Default)]
@@ -144,9 +144,35 @@ impl PerfMaps {
     }
 }
 
+/// The pid of `pid` inside its own pid namespace (the last `NSpid:` field),
+/// which is what a containerized runtime names its perf map after.
+pub fn namespace_pid(proc_root: &Path, pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|ids| ids.split_whitespace().last())
+        .and_then(|id| id.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_pid_is_the_innermost() {
+        let proc_root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(proc_root.path().join("4242")).unwrap();
+        std::fs::write(
+            proc_root.path().join("4242/status"),
+            "Name:\tnode\nNSpid:\t4242\t17\nNSsid:\t1\n",
+        )
+        .unwrap();
+        assert_eq!(namespace_pid(proc_root.path(), 4242), Some(17));
+        assert_eq!(namespace_pid(proc_root.path(), 1), None);
+        let me = std::process::id();
+        assert_eq!(namespace_pid(Path::new("/proc"), me), Some(me));
+    }
 
     #[test]
     fn later_lines_replace_the_ranges_they_cover() {

@@ -10,7 +10,6 @@
 //! `__meta_process_pid`): put `symbolize` before a relabel step that drops it.
 
 pub mod demangle;
-pub mod files;
 pub mod jit;
 pub mod kernel;
 pub mod native;
@@ -26,7 +25,9 @@ use agent_core::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use native::{DebugSource, Eviction, Frame, Frames, Locator, ObjectPool, ObjectRef};
+pub use native::{
+    DebugSource, Eviction, Frame, Frames, Locator, ObjectPool, ObjectRef, OpenSymbolizer,
+};
 
 /// What to do with native frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]

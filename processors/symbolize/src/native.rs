@@ -4,15 +4,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object::{Object, ObjectSection, ObjectSegment};
+use agent_object_files::{fd_path, read_elf, ElfInfo, FoundObject};
+pub use agent_object_files::{DebugSource, ObjectLocator as Locator, ObjectRef};
 
 use crate::demangle::demangle;
-use crate::files::{fd_path, open_in_root};
 
 /// One source position of a frame; a native address yields one per inlined
 /// function, innermost first.
@@ -33,30 +32,6 @@ pub struct Frame {
 /// The frames of one address, innermost first; empty when nothing is known.
 pub type Frames = Arc<[Frame]>;
 
-/// An object file as a process maps it.
-#[derive(Clone, Copy, Debug)]
-pub struct ObjectRef<'a> {
-    /// Path as the process sees it.
-    pub path: &'a str,
-    /// GNU build id, hex, when known: files found by path must match it.
-    pub build_id: Option<&'a str>,
-    /// Processes mapping it, to reach their files; empty when unknown.
-    pub pids: &'a [u32],
-    /// The mapping's address range (names its /proc/PID/map_files entry).
-    pub range: (u64, u64),
-}
-
-/// Where separate debug information came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DebugSource {
-    /// The object file itself (its DWARF, or only its symbol tables).
-    Itself,
-    /// `<debug dir>/.build-id/xx/yyyy.debug`.
-    BuildId,
-    /// The file `.gnu_debuglink` names (CRC checked).
-    Debuglink,
-}
-
 /// Why an object file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -73,76 +48,22 @@ pub enum OpenError {
     },
 }
 
-/// What an ELF file says about itself.
-struct ElfInfo {
-    /// PT_LOAD segments: (file offset, file size, virtual address).
-    segments: Vec<(u64, u64, u64)>,
-    build_id: Option<String>,
-    debuglink: Option<(String, u32)>,
-    has_dwarf: bool,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn read_elf(file: &File) -> Result<ElfInfo, String> {
-    // SAFETY: read-only private mapping; a file truncated underneath would
-    // fault, which is why only files of live mappings or debug files are read.
-    let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| e.to_string())?;
-    let obj = object::File::parse(&*map).map_err(|e| e.to_string())?;
-    let segments = obj
-        .segments()
-        .map(|s| {
-            let (offset, size) = s.file_range();
-            (offset, size, s.address())
-        })
-        .collect();
-    let has_dwarf = [".debug_info", ".zdebug_info"]
-        .iter()
-        .any(|n| obj.section_by_name(n).is_some_and(|s| s.size() > 0));
-    Ok(ElfInfo {
-        segments,
-        build_id: obj.build_id().ok().flatten().map(hex),
-        debuglink: obj
-            .gnu_debuglink()
-            .ok()
-            .flatten()
-            .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc)),
-        has_dwarf,
-    })
-}
-
-fn crc32_of(mut file: &File) -> Option<u32> {
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0; 1 << 16];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Some(hasher.finalize()),
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(_) => return None,
-        }
-    }
-}
-
-/// Finds object files and their debug files.
-#[derive(Clone, Debug)]
-pub struct Locator {
-    /// Where processes are read (`/proc`).
-    pub proc_root: PathBuf,
-    /// Searched for separate debug files, in order.
-    pub debug_dirs: Vec<PathBuf>,
-}
-
-impl Locator {
-    /// Opens the object `obj` names, with the best debug information found.
-    pub fn open(&self, obj: &ObjectRef<'_>) -> Result<ObjectSymbolizer, OpenError> {
-        self.open_with(obj, self.open_binary(obj))
-    }
-
+/// Opens object files as [`ObjectSymbolizer`]s, with the best debug
+/// information found for them.
+pub trait OpenSymbolizer {
+    /// Opens the object `obj` names.
+    fn open(&self, obj: &ObjectRef<'_>) -> Result<ObjectSymbolizer, OpenError>;
     /// Opens the file at `path` on this host, trusted as it is (tools,
-    /// benchmarks), with the best debug information found for it.
-    pub fn open_file(&self, path: &Path) -> Result<ObjectSymbolizer, OpenError> {
+    /// benchmarks).
+    fn open_file(&self, path: &Path) -> Result<ObjectSymbolizer, OpenError>;
+}
+
+impl OpenSymbolizer for Locator {
+    fn open(&self, obj: &ObjectRef<'_>) -> Result<ObjectSymbolizer, OpenError> {
+        open_with(self, obj, self.open_binary(obj))
+    }
+
+    fn open_file(&self, path: &Path) -> Result<ObjectSymbolizer, OpenError> {
         let shown = path.to_string_lossy();
         let file = File::open(path).map_err(|_| OpenError::NotFound(shown.to_string()))?;
         let info = read_elf(&file).map_err(|reason| OpenError::Invalid {
@@ -155,129 +76,47 @@ impl Locator {
             pids: &[],
             range: (0, 0),
         };
-        self.open_with(&obj, Some((file, info, None)))
+        let binary = FoundObject {
+            file,
+            info,
+            pid: None,
+        };
+        open_with(self, &obj, Some(binary))
     }
+}
 
-    fn open_with(
-        &self,
-        obj: &ObjectRef<'_>,
-        binary: Option<(File, ElfInfo, Option<u32>)>,
-    ) -> Result<ObjectSymbolizer, OpenError> {
-        let build_id = obj
-            .build_id
-            .map(str::to_owned)
-            .or_else(|| binary.as_ref().and_then(|b| b.1.build_id.clone()));
-        let debug = match &binary {
-            Some((_, info, _)) if info.has_dwarf => None,
-            _ => self.find_debug_file(obj, build_id.as_deref(), binary.as_ref()),
-        };
-        let (file, source) = match (&debug, &binary) {
-            (Some((file, _, source)), _) => (file, *source),
-            (None, Some((file, _, _))) => (file, DebugSource::Itself),
-            (None, None) => return Err(OpenError::NotFound(obj.path.to_owned())),
-        };
-        // Addresses are translated with the binary's segments; a debug file
-        // keeps the same program headers when the binary is not at hand.
-        let segments = match (&binary, &debug) {
-            (Some((_, info, _)), _) | (None, Some((_, info, _))) => info.segments.clone(),
-            (None, None) => unreachable!("returned above"),
-        };
-        let loader = addr2line::Loader::new(fd_path(file)).map_err(|e| OpenError::Invalid {
-            path: obj.path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Ok(ObjectSymbolizer {
-            loader,
-            segments,
-            source,
-            memo: HashMap::new(),
-            names: Names::default(),
-        })
-    }
-
-    /// The object file itself, with the pid whose root it was found in:
-    /// the exact file mapped (map_files), else the path inside the process's
-    /// root, else — only when a build id proves it is the same file — the
-    /// path on this host.
-    fn open_binary(&self, obj: &ObjectRef<'_>) -> Option<(File, ElfInfo, Option<u32>)> {
-        let matches = |info: &ElfInfo| match obj.build_id {
-            Some(id) => info.build_id.as_deref() == Some(id),
-            None => true,
-        };
-        for &pid in obj.pids {
-            let dir = self.proc_root.join(pid.to_string());
-            let exact = dir
-                .join("map_files")
-                .join(format!("{:x}-{:x}", obj.range.0, obj.range.1));
-            if let Ok(file) = File::open(exact) {
-                if let Ok(info) = read_elf(&file) {
-                    return Some((file, info, Some(pid)));
-                }
-            }
-            if let Ok(file) = open_in_root(&dir.join("root"), Path::new(obj.path)) {
-                if let Some(info) = read_elf(&file).ok().filter(matches) {
-                    return Some((file, info, Some(pid)));
-                }
-            }
-        }
-        obj.build_id?;
-        let file = File::open(obj.path).ok()?;
-        let info = read_elf(&file).ok().filter(matches)?;
-        Some((file, info, None))
-    }
-
-    /// A separate debug file: by build id under each debug directory (on
-    /// this host, then inside the process's root), then by debuglink next to
-    /// the binary, in its `.debug/`, and under each debug directory.
-    fn find_debug_file(
-        &self,
-        obj: &ObjectRef<'_>,
-        build_id: Option<&str>,
-        binary: Option<&(File, ElfInfo, Option<u32>)>,
-    ) -> Option<(File, ElfInfo, DebugSource)> {
-        let root = binary
-            .and_then(|b| b.2)
-            .map(|pid| self.proc_root.join(pid.to_string()).join("root"));
-        let open_anywhere = |path: &Path| {
-            File::open(path)
-                .ok()
-                .or_else(|| root.as_ref().and_then(|r| open_in_root(r, path).ok()))
-        };
-        let with_dwarf = |file: File| {
-            read_elf(&file)
-                .ok()
-                .filter(|i| i.has_dwarf)
-                .map(|i| (file, i))
-        };
-        if let Some(id) = build_id.filter(|id| id.len() > 2) {
-            for dir in &self.debug_dirs {
-                let path = dir
-                    .join(".build-id")
-                    .join(&id[..2])
-                    .join(format!("{}.debug", &id[2..]));
-                if let Some((file, info)) = open_anywhere(&path).and_then(with_dwarf) {
-                    if info.build_id.as_deref().is_none_or(|found| found == id) {
-                        return Some((file, info, DebugSource::BuildId));
-                    }
-                }
-            }
-        }
-        let (name, crc) = binary.and_then(|b| b.1.debuglink.clone())?;
-        let dir = Path::new(obj.path).parent().unwrap_or(Path::new("/"));
-        let inside_root = [dir.join(&name), dir.join(".debug").join(&name)];
-        let in_root_files = inside_root.iter().filter_map(|p| match &root {
-            Some(r) => open_in_root(r, p).ok(),
-            None => File::open(p).ok(),
-        });
-        let in_debug_dirs = self.debug_dirs.iter().filter_map(|d| {
-            File::open(d.join(dir.strip_prefix("/").unwrap_or(dir)).join(&name)).ok()
-        });
-        in_root_files
-            .chain(in_debug_dirs)
-            .filter(|f| crc32_of(f) == Some(crc))
-            .find_map(with_dwarf)
-            .map(|(file, info)| (file, info, DebugSource::Debuglink))
-    }
+fn open_with(
+    locator: &Locator,
+    obj: &ObjectRef<'_>,
+    binary: Option<FoundObject>,
+) -> Result<ObjectSymbolizer, OpenError> {
+    let build_id = obj
+        .build_id
+        .map(str::to_owned)
+        .or_else(|| binary.as_ref().and_then(|b| b.info.build_id.clone()));
+    let debug = match &binary {
+        Some(b) if b.info.has_dwarf => None,
+        _ => locator.find_debug_file(obj, build_id.as_deref(), binary.as_ref()),
+    };
+    // Addresses are translated with the binary's segments; a debug file
+    // keeps the same program headers when the binary is not at hand.
+    let (file, source, info) = match (&debug, &binary) {
+        (Some(d), Some(b)) => (&d.file, d.source, &b.info),
+        (Some(d), None) => (&d.file, d.source, &d.info),
+        (None, Some(b)) => (&b.file, DebugSource::Itself, &b.info),
+        (None, None) => return Err(OpenError::NotFound(obj.path.to_owned())),
+    };
+    let loader = addr2line::Loader::new(fd_path(file)).map_err(|e| OpenError::Invalid {
+        path: obj.path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(ObjectSymbolizer {
+        loader,
+        info: info.clone(),
+        source,
+        memo: HashMap::new(),
+        names: Names::default(),
+    })
 }
 
 /// Most addresses remembered per object; the memo is cleared when full.
@@ -325,7 +164,7 @@ impl Names {
 /// Symbolizes addresses of one object file.
 pub struct ObjectSymbolizer {
     loader: addr2line::Loader,
-    segments: Vec<(u64, u64, u64)>,
+    info: ElfInfo,
     source: DebugSource,
     memo: HashMap<u64, Frames>,
     names: Names,
@@ -345,10 +184,7 @@ impl ObjectSymbolizer {
     /// The ELF virtual address of a file offset (what symbol tables and
     /// DWARF speak), through the PT_LOAD segment holding it.
     pub fn virtual_address(&self, file_offset: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|&&(offset, size, _)| file_offset >= offset && file_offset - offset < size)
-            .map(|&(offset, _, vaddr)| file_offset - offset + vaddr)
+        self.info.virtual_address(file_offset)
     }
 
     /// The frames of the code at `vaddr`, innermost first: DWARF where it
@@ -559,6 +395,7 @@ impl ObjectPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// This machine's binaries, each with its GNU build id.
     fn binaries() -> Vec<(String, String)> {

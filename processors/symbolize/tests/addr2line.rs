@@ -9,7 +9,9 @@ use agent_core::{
     Sample,
 };
 use agent_processor_symbolize::demangle::demangle;
-use agent_processor_symbolize::{DebugSource, Locator, SymbolizeConfig, Symbolizer};
+use agent_processor_symbolize::{
+    DebugSource, Locator, OpenSymbolizer, SymbolizeConfig, Symbolizer,
+};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// (function, file, line) per frame, innermost first.

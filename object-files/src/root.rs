@@ -1,4 +1,4 @@
-//! Reaching a process's files the way the process sees them, without
+//! Opening a process's files the way the process sees them, without
 //! escaping its root.
 
 use std::ffi::CString;
@@ -43,17 +43,6 @@ pub fn fd_path(file: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
-/// The pid of `pid` inside its own pid namespace (the last `NSpid:` field),
-/// which is what a containerized runtime names its perf map after.
-pub fn namespace_pid(proc_root: &Path, pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .and_then(|ids| ids.split_whitespace().last())
-        .and_then(|id| id.parse().ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,20 +73,5 @@ mod tests {
         assert_eq!(read("/etc/secret"), "inside");
         assert_eq!(read("/../../../../etc/secret"), "inside");
         assert!(open_in_root(root.path(), Path::new("/missing")).is_err());
-    }
-
-    #[test]
-    fn namespace_pid_is_the_innermost() {
-        let proc_root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(proc_root.path().join("4242")).unwrap();
-        std::fs::write(
-            proc_root.path().join("4242/status"),
-            "Name:\tnode\nNSpid:\t4242\t17\nNSsid:\t1\n",
-        )
-        .unwrap();
-        assert_eq!(namespace_pid(proc_root.path(), 4242), Some(17));
-        assert_eq!(namespace_pid(proc_root.path(), 1), None);
-        let me = std::process::id();
-        assert_eq!(namespace_pid(Path::new("/proc"), me), Some(me));
     }
 }

@@ -1,0 +1,243 @@
+//! The exporter's config: Parca Agent's `--remote-store-*`, `--debuginfo-*`
+//! and `--telemetry-*` flags, plus the buffer bounds.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_core::{ComponentConfig, FieldError};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A value that never appears in logs, errors or `print-config`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// True when no value is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Config of the `parca_grpc` exporter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParcaGrpcConfig {
+    /// `host:port` of the Parca server, or an `http://` / `https://` URL
+    /// (`--remote-store-address`).
+    pub address: String,
+    /// Bearer token (`--remote-store-bearer-token`; else `$PARCA_BEARER_TOKEN`).
+    pub bearer_token: Secret,
+    /// File holding the bearer token, re-read when it changes
+    /// (`--remote-store-bearer-token-file`).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Plaintext instead of TLS (`--remote-store-insecure`).
+    pub insecure: bool,
+    /// TLS without verifying the server's certificate
+    /// (`--remote-store-insecure-skip-verify`).
+    pub insecure_skip_verify: bool,
+    /// How often buffered profiles are written (`--remote-store-batch-write-interval`).
+    #[serde(with = "humantime_serde")]
+    pub batch_write_interval: Duration,
+    /// Log every RPC (`--remote-store-rpc-logging-enable`).
+    pub rpc_logging: bool,
+    /// Bound of one write, retries included (`--remote-store-rpc-unary-timeout`).
+    #[serde(with = "humantime_serde")]
+    pub rpc_unary_timeout: Duration,
+    /// Most bytes of one WriteRaw request; more is split into several.
+    pub max_request_bytes: usize,
+    /// Most bytes of gzipped profiles held while the server cannot take
+    /// them; beyond it the oldest windows are dropped and counted.
+    pub buffer_bytes: usize,
+    /// How long the last write may take at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_flush_timeout: Duration,
+    /// Searched for separate debug files, in order (`--debuginfo-directories`).
+    pub debuginfo_directories: Vec<PathBuf>,
+    /// Where stripped files and the upload record are written (`--debuginfo-temp-dir`).
+    pub debuginfo_temp_dir: PathBuf,
+    /// Upload only what symbolization needs (`--debuginfo-strip`).
+    pub debuginfo_strip: bool,
+    /// Compress DWARF sections before upload (`--debuginfo-compress`).
+    pub debuginfo_compress: bool,
+    /// Upload no debuginfo (`--debuginfo-upload-disable`).
+    pub debuginfo_upload_disable: bool,
+    /// Most uploads at once (`--debuginfo-upload-max-parallel`).
+    pub debuginfo_upload_max_parallel: usize,
+    /// Bound of one upload (`--debuginfo-upload-timeout-duration`).
+    #[serde(with = "humantime_serde")]
+    pub debuginfo_upload_timeout: Duration,
+    /// How long the server's answer for a build id is remembered, across
+    /// restarts (`--debuginfo-upload-cache-duration`).
+    #[serde(with = "humantime_serde")]
+    pub debuginfo_upload_cache_duration: Duration,
+    /// Where processes are read (the host's /proc mounted elsewhere in a container).
+    pub proc_root: PathBuf,
+    /// Send no panic report (`--telemetry-disable-panic-reporting`).
+    pub panic_reporting_disable: bool,
+    /// Size of the stderr tail sent with a panic report, in KiB
+    /// (`--telemetry-stderr-buffer-size-kb`).
+    pub stderr_buffer_size_kb: usize,
+}
+
+impl Default for ParcaGrpcConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            bearer_token: Secret::default(),
+            bearer_token_file: None,
+            insecure: false,
+            insecure_skip_verify: false,
+            batch_write_interval: Duration::from_secs(10),
+            rpc_logging: false,
+            rpc_unary_timeout: Duration::from_secs(300),
+            max_request_bytes: 4 << 20,
+            buffer_bytes: 64 << 20,
+            shutdown_flush_timeout: Duration::from_secs(10),
+            debuginfo_directories: vec![PathBuf::from("/usr/lib/debug")],
+            debuginfo_temp_dir: PathBuf::from("/tmp"),
+            debuginfo_strip: true,
+            debuginfo_compress: false,
+            debuginfo_upload_disable: false,
+            debuginfo_upload_max_parallel: 25,
+            debuginfo_upload_timeout: Duration::from_secs(120),
+            debuginfo_upload_cache_duration: Duration::from_secs(300),
+            proc_root: PathBuf::from("/proc"),
+            panic_reporting_disable: false,
+            stderr_buffer_size_kb: 4096,
+        }
+    }
+}
+
+impl ComponentConfig for ParcaGrpcConfig {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.address.trim().is_empty() {
+            errors.push(FieldError::new(
+                "address",
+                "is required (the Parca server's host:port; --remote-store-address)",
+            ));
+        } else if let Err(e) = crate::transport::Target::parse(&self.address, self.insecure) {
+            errors.push(FieldError::new("address", e));
+        }
+        if !self.bearer_token.is_empty() && self.bearer_token_file.is_some() {
+            errors.push(FieldError::new(
+                "bearer_token_file",
+                "set either bearer_token or bearer_token_file, not both",
+            ));
+        }
+        if self.insecure && self.insecure_skip_verify {
+            errors.push(FieldError::new(
+                "insecure_skip_verify",
+                "has no meaning with insecure (plaintext has no certificate to verify)",
+            ));
+        }
+        for (key, value) in [
+            ("batch_write_interval", self.batch_write_interval),
+            ("rpc_unary_timeout", self.rpc_unary_timeout),
+            ("debuginfo_upload_timeout", self.debuginfo_upload_timeout),
+        ] {
+            if value.is_zero() {
+                errors.push(FieldError::new(key, "must be more than 0"));
+            }
+        }
+        if self.max_request_bytes < 64 << 10 {
+            errors.push(FieldError::new(
+                "max_request_bytes",
+                "must be at least 64 KiB",
+            ));
+        }
+        if self.buffer_bytes < self.max_request_bytes {
+            errors.push(FieldError::new(
+                "buffer_bytes",
+                "must be at least max_request_bytes",
+            ));
+        }
+        if self.debuginfo_upload_max_parallel == 0 {
+            errors.push(FieldError::new(
+                "debuginfo_upload_max_parallel",
+                "must be at least 1",
+            ));
+        }
+        for (i, d) in self.debuginfo_directories.iter().enumerate() {
+            if !d.is_absolute() {
+                errors.push(FieldError::new(
+                    &format!("debuginfo_directories::{i}"),
+                    format!("{} is not an absolute path", d.display()),
+                ));
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_never_shows() {
+        let config = ParcaGrpcConfig {
+            address: "parca:7070".into(),
+            bearer_token: Secret("s3cr3t".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+        let yaml = serde_yaml::to_string(&config).unwrap();
+        assert!(!yaml.contains("s3cr3t") && yaml.contains("<redacted>"));
+        assert!(config.validate().is_empty());
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let config = ParcaGrpcConfig {
+            bearer_token: Secret("t".into()),
+            bearer_token_file: Some("/t".into()),
+            insecure: true,
+            insecure_skip_verify: true,
+            batch_write_interval: Duration::ZERO,
+            debuginfo_upload_max_parallel: 0,
+            debuginfo_directories: vec!["relative".into()],
+            ..Default::default()
+        };
+        let fields: Vec<String> = config.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "address",
+                "bearer_token_file",
+                "insecure_skip_verify",
+                "batch_write_interval",
+                "debuginfo_upload_max_parallel",
+                "debuginfo_directories::0"
+            ]
+        );
+        let bad_url = ParcaGrpcConfig {
+            address: "ftp://parca".into(),
+            ..Default::default()
+        };
+        assert_eq!(bad_url.validate()[0].field, "address");
+    }
+}

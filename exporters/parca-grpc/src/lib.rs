@@ -1,0 +1,191 @@
+//! `parca_grpc` exporter: profiles to a Parca server with
+//! `ProfileStoreService/WriteRaw` (one gzipped pprof per series and window,
+//! batched, buffered and retried), debuginfo upload through
+//! `DebuginfoService`, and panic reports to `TelemetryService`.
+
+pub mod config;
+pub mod debuginfo;
+pub mod panic_report;
+pub mod profiles;
+pub mod proto;
+pub mod strip;
+pub mod transport;
+pub mod writer;
+
+use std::sync::{Arc, Mutex};
+
+use agent_core::{BuildContext, ComponentError, Exporter, Factory, ProfileBatch, Stability};
+use agent_object_files::ObjectLocator;
+use tokio::sync::{mpsc, watch};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tracing::debug;
+
+pub use config::{ParcaGrpcConfig, Secret};
+
+use crate::profiles::{encode_batch, DebuginfoCandidate, ExecutableInfos};
+use crate::proto::debuginfo::debuginfo_service_client::DebuginfoServiceClient;
+use crate::proto::profilestore::profile_store_service_client::ProfileStoreServiceClient;
+use crate::transport::{BearerToken, TokenSource};
+use crate::writer::{Buffer, WriterMetrics, WriterSettings};
+
+/// A channel that sends the bearer token with every call.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+
+/// The clients of one server, sharing one connection.
+#[derive(Clone)]
+pub struct ParcaClients {
+    /// ProfileStoreService.
+    pub profiles: ProfileStoreServiceClient<AuthChannel>,
+    /// DebuginfoService.
+    pub debuginfo: DebuginfoServiceClient<AuthChannel>,
+}
+
+impl ParcaClients {
+    /// Clients of the server `config` names (connects on first use).
+    pub fn new(config: &ParcaGrpcConfig) -> Result<Self, String> {
+        let channel = transport::channel(config)?;
+        let auth = BearerToken(TokenSource::from_config(config));
+        let intercepted = InterceptedService::new(channel, auth);
+        Ok(Self {
+            profiles: ProfileStoreServiceClient::new(intercepted.clone()),
+            debuginfo: DebuginfoServiceClient::new(intercepted).max_decoding_message_size(64 << 20),
+        })
+    }
+}
+
+/// Builds `parca_grpc` exporters.
+pub struct ParcaGrpcFactory;
+
+/// Why the exporter cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ParcaGrpcError {
+    /// TLS or address setup failed.
+    #[error("cannot set up the connection to {address}: {reason}")]
+    Connection {
+        /// The configured address.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Built outside the agent's async runtime.
+    #[error("parca_grpc must be built inside the agent's runtime")]
+    NoRuntime,
+}
+
+impl Factory for ParcaGrpcFactory {
+    const TYPE: &'static str = "parca_grpc";
+    const STABILITY: Stability = Stability::Alpha;
+    const DESCRIPTION: &'static str =
+        "sends profiles to a Parca server (WriteRaw), uploads debuginfo, reports panics";
+    type Config = ParcaGrpcConfig;
+    type Output = Box<dyn Exporter>;
+
+    fn create(
+        &self,
+        config: Self::Config,
+        ctx: &BuildContext,
+    ) -> Result<Self::Output, ComponentError> {
+        tokio::runtime::Handle::try_current().map_err(|_| ParcaGrpcError::NoRuntime)?;
+        let clients = ParcaClients::new(&config).map_err(|reason| ParcaGrpcError::Connection {
+            address: config.address.clone(),
+            reason,
+        })?;
+        let metrics = WriterMetrics::new(&ctx.telemetry);
+        let buffer = Arc::new(Mutex::new(Buffer::new(
+            config.buffer_bytes,
+            metrics.clone(),
+        )));
+        let (stop, stopped) = watch::channel(false);
+        let settings = WriterSettings {
+            interval: config.batch_write_interval,
+            unary_timeout: config.rpc_unary_timeout,
+            shutdown_timeout: config.shutdown_flush_timeout,
+            max_request_bytes: config.max_request_bytes,
+            rpc_logging: config.rpc_logging,
+        };
+        let writer = tokio::spawn(writer::run(
+            buffer.clone(),
+            clients.clone(),
+            settings,
+            metrics,
+            stopped,
+        ));
+        let locator = ObjectLocator {
+            proc_root: config.proc_root.clone(),
+            debug_dirs: config.debuginfo_directories.clone(),
+        };
+        let uploads = (!config.debuginfo_upload_disable).then(|| {
+            debuginfo::Uploader::start(
+                debuginfo::UploaderSettings {
+                    locator: locator.clone(),
+                    temp_dir: config.debuginfo_temp_dir.clone(),
+                    strip: config.debuginfo_strip,
+                    compress: config.debuginfo_compress,
+                    max_parallel: config.debuginfo_upload_max_parallel,
+                    timeout: config.debuginfo_upload_timeout,
+                    cache_duration: config.debuginfo_upload_cache_duration,
+                    rpc_logging: config.rpc_logging,
+                    insecure_skip_verify: config.insecure_skip_verify,
+                },
+                clients,
+                &ctx.telemetry,
+            )
+        });
+        if !config.panic_reporting_disable {
+            panic_report::install(&config, &ctx.service.agent_revision, &ctx.service.node);
+        }
+        let unreadable = ctx.telemetry.counter(
+            "parca_grpc_executable_info_failures",
+            "Object files whose executable info could not be read (process gone, file replaced).",
+            &[],
+        );
+        Ok(Box::new(ParcaGrpcExporter {
+            buffer,
+            infos: ExecutableInfos::new(locator),
+            uploads,
+            stop,
+            writer: Some(writer),
+            unreadable,
+        }))
+    }
+}
+
+/// The exporter: encodes each window into the buffer; a task writes it.
+pub struct ParcaGrpcExporter {
+    buffer: Arc<Mutex<Buffer>>,
+    infos: ExecutableInfos,
+    uploads: Option<mpsc::Sender<DebuginfoCandidate>>,
+    stop: watch::Sender<bool>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    unreadable: agent_core::telemetry::Counter,
+}
+
+#[async_trait::async_trait]
+impl Exporter for ParcaGrpcExporter {
+    async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
+        let failures = self.infos.failures;
+        let (series, candidates) = encode_batch(&batch, &mut self.infos);
+        self.unreadable.inc_by(self.infos.failures - failures);
+        debug!(series = series.len(), "parca_grpc: window buffered");
+        self.buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(series);
+        if let Some(uploads) = &self.uploads {
+            for c in candidates {
+                // A full queue: the build id comes again with a later window.
+                let _ = uploads.try_send(c);
+            }
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> Result<(), ComponentError> {
+        let _ = self.stop.send(true);
+        if let Some(writer) = self.writer.take() {
+            writer.await?;
+        }
+        Ok(())
+    }
+}
