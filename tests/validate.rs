@@ -235,17 +235,60 @@ fn flags_set_fields_of_their_components() {
 }
 
 #[test]
-fn flags_of_components_not_in_this_build_are_errors_that_say_so() {
+fn flags_of_components_missing_from_the_config_or_the_build_are_errors_that_say_so() {
     let out = on_good_config("validate", &["--remote-store-address=parca:7070"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr.contains("flag --remote-store-address has no effect: it sets exporters::parca_grpc::address, but exporter type `parca_grpc` is not in this build"),
+        stderr.contains("flag --remote-store-address has no effect: it sets exporters::parca_grpc::address, but the config has no `parca_grpc` exporter"),
         "{stderr}"
     );
     let out = on_good_config("validate", &["--otlp-address=x:4317"]);
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("flag --otlp-address is not supported by this build"));
+}
+
+#[test]
+fn remote_store_address_ships_the_embedded_pipeline_to_parca() {
+    let printed = |flags: &[&str]| {
+        let mut args = vec!["print-config"];
+        args.extend_from_slice(flags);
+        let out = agent(&args, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_yaml::from_slice::<serde_yaml::Value>(&out.stdout).unwrap()
+    };
+    let config = printed(&[
+        "--remote-store-address=parca:7070",
+        "--remote-store-bearer-token=s3cr3t",
+    ]);
+    assert_eq!(config["exporters"]["parca_grpc"]["address"], "parca:7070");
+    assert_eq!(
+        config["exporters"]["parca_grpc"]["bearer_token"],
+        "<redacted>"
+    );
+    assert!(
+        config["exporters"]["file"].is_null(),
+        "parca_grpc replaces file"
+    );
+    assert_eq!(
+        config["service"]["pipelines"]["profiles"]["exporters"],
+        serde_yaml::from_str::<serde_yaml::Value>("[parca_grpc]").unwrap()
+    );
+    let both = printed(&[
+        "--remote-store-address=parca:7070",
+        "--local-store-directory=/tmp/p",
+    ]);
+    assert_eq!(
+        both["service"]["pipelines"]["profiles"]["exporters"],
+        serde_yaml::from_str::<serde_yaml::Value>("[file, parca_grpc]").unwrap()
+    );
+    let out = agent(&["validate", "--remote-store-address=parca"], &[]);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("exporters::parca_grpc::address: parca: no port (host:port)"));
 }
 
 #[test]
