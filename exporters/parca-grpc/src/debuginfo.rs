@@ -30,6 +30,10 @@ use crate::ParcaClients;
 /// Bytes per `chunk_data` message.
 pub const CHUNK_BYTES: usize = 8 << 20;
 
+/// A failed upload is tried again after this long (or the cache duration,
+/// if shorter).
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// What the server said about a build id, and until when it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -130,6 +134,8 @@ pub struct Uploader {
     clients: ParcaClients,
     record: Mutex<UploadRecord>,
     in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Build ids whose upload failed for now, and when to try again.
+    postponed: Mutex<HashMap<String, std::time::Instant>>,
     parallel: Semaphore,
     metrics: UploadMetrics,
 }
@@ -165,6 +171,7 @@ impl Uploader {
             clients,
             record: Mutex::new(record),
             in_flight: Mutex::default(),
+            postponed: Mutex::default(),
             metrics: UploadMetrics {
                 uploaded: counter("uploaded"),
                 not_needed: counter("not_needed"),
@@ -199,6 +206,15 @@ impl Uploader {
     /// Marks `build_id` as being handled; false when it needs nothing now.
     fn claim(&self, build_id: &str) -> bool {
         if self.lock_record().settled(build_id) {
+            return false;
+        }
+        let retry_at = self
+            .postponed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(build_id)
+            .copied();
+        if retry_at.is_some_and(|at| std::time::Instant::now() < at) {
             return false;
         }
         self.in_flight
@@ -244,6 +260,11 @@ impl Uploader {
             Outcome::Later(reason) => {
                 debug!(build_id = %id, %reason, "debuginfo upload postponed");
                 self.metrics.failed.inc();
+                // Not every window: each attempt reads (and strips) the file.
+                let at = std::time::Instant::now() + RETRY_AFTER.min(ttl);
+                let mut postponed = self.postponed.lock().unwrap_or_else(|e| e.into_inner());
+                postponed.retain(|_, t| *t > std::time::Instant::now());
+                postponed.insert(id.clone(), at);
             }
             Outcome::Invalid(reason) => {
                 warn!(build_id = %id, path = %candidate.path, %reason, "debuginfo cannot be uploaded; not trying again");
