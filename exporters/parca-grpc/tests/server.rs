@@ -342,6 +342,14 @@ fn gunzip(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Exports one window and waits until `build_id`'s upload is finished.
+async fn upload_one_window(mut exporter: Box<dyn Exporter>, fake: &FakeParca, build_id: &str) {
+    exporter.export(Arc::new(batch(1, 1))).await.unwrap();
+    let finished = || fake.received().finished.iter().any(|f| f == build_id);
+    assert!(wait_for(Duration::from_secs(60), finished).await);
+    exporter.shutdown().await.unwrap();
+}
+
 fn samples_received(fake: &FakeParca) -> i64 {
     fake.received()
         .writes
@@ -535,19 +543,11 @@ async fn debuginfo_is_uploaded_in_chunks_that_reassemble_byte_exactly() {
         original.len() > 8 << 20,
         "a debug test binary spans several chunks"
     );
-    let mut exporter = exporter(ParcaGrpcConfig {
+    let exporter = exporter(ParcaGrpcConfig {
         debuginfo_strip: false,
         ..config(address, temp.path())
     });
-    exporter.export(Arc::new(batch(1, 1))).await.unwrap();
-    assert!(
-        wait_for(Duration::from_secs(60), || fake
-            .received()
-            .finished
-            .contains(&build_id))
-        .await
-    );
-    exporter.shutdown().await.unwrap();
+    upload_one_window(exporter, &fake, &build_id).await;
     let received = fake.received();
     let uploaded = &received.uploads[&build_id];
     assert!(
@@ -566,16 +566,8 @@ async fn a_stripped_upload_keeps_symbols_and_dwarf_and_a_restart_does_not_upload
     let temp = tempfile::tempdir().unwrap();
     let (path, _, _, build_id) = own_mapping();
     let original = std::fs::read(&path).unwrap();
-    let mut first = exporter(config(address, temp.path()));
-    first.export(Arc::new(batch(1, 1))).await.unwrap();
-    assert!(
-        wait_for(Duration::from_secs(60), || fake
-            .received()
-            .finished
-            .contains(&build_id))
-        .await
-    );
-    first.shutdown().await.unwrap();
+    let first = exporter(config(address, temp.path()));
+    upload_one_window(first, &fake, &build_id).await;
     {
         let received = fake.received();
         let stripped = &received.uploads[&build_id];
@@ -656,19 +648,11 @@ async fn a_signed_url_upload_is_a_put_of_the_file() {
     let address = start(fake.clone()).await;
     let temp = tempfile::tempdir().unwrap();
     let (path, _, _, build_id) = own_mapping();
-    let mut exporter = exporter(ParcaGrpcConfig {
+    let exporter = exporter(ParcaGrpcConfig {
         debuginfo_strip: false,
         ..config(address, temp.path())
     });
-    exporter.export(Arc::new(batch(1, 1))).await.unwrap();
-    assert!(
-        wait_for(Duration::from_secs(60), || fake
-            .received()
-            .finished
-            .contains(&build_id))
-        .await
-    );
-    exporter.shutdown().await.unwrap();
+    upload_one_window(exporter, &fake, &build_id).await;
     let original = std::fs::read(&path).unwrap();
     assert!(
         puts.lock().unwrap()[&build_id] == original,
