@@ -142,11 +142,10 @@ impl Factory for ParcaGrpcFactory {
         );
         Ok(Box::new(ParcaGrpcExporter {
             buffer,
-            infos: ExecutableInfos::new(locator),
+            infos: ExecutableInfos::new(locator, unreadable),
             uploads,
             stop,
             writer: Some(writer),
-            unreadable,
         }))
     }
 }
@@ -158,15 +157,12 @@ pub struct ParcaGrpcExporter {
     uploads: Option<mpsc::Sender<DebuginfoCandidate>>,
     stop: watch::Sender<bool>,
     writer: Option<tokio::task::JoinHandle<()>>,
-    unreadable: agent_core::telemetry::Counter,
 }
 
 #[async_trait::async_trait]
 impl Exporter for ParcaGrpcExporter {
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
-        let failures = self.infos.failures;
         let (series, candidates) = encode_batch(&batch, &mut self.infos);
-        self.unreadable.inc_by(self.infos.failures - failures);
         debug!(series = series.len(), "parca_grpc: window buffered");
         self.buffer
             .lock()

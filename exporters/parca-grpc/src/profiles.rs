@@ -2,10 +2,11 @@
 //! with `__name__`, and an `executable_info` per pprof mapping so the
 //! server can relate addresses to object files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use agent_core::pprof::{build_series_profiles, gzip, KERNEL_MAPPING_NAME};
+use agent_core::telemetry::Counter;
 use agent_core::{BuildIdKind, LabelSet, ProfileBatch};
 use agent_object_files::{ObjectLocator, ObjectRef};
 
@@ -47,17 +48,17 @@ const MEMO_LIMIT: usize = 1 << 14;
 pub struct ExecutableInfos {
     locator: ObjectLocator,
     memo: HashMap<String, (Option<ExecutableInfo>, Instant)>,
-    /// Object files that could not be read (counted by the exporter).
-    pub failures: u64,
+    /// Object files that could not be read.
+    failures: Counter,
 }
 
 impl ExecutableInfos {
-    /// Reads files through `locator`.
-    pub fn new(locator: ObjectLocator) -> Self {
+    /// Reads files through `locator`; counts the unreadable in `failures`.
+    pub fn new(locator: ObjectLocator, failures: Counter) -> Self {
         Self {
             locator,
             memo: HashMap::new(),
-            failures: 0,
+            failures,
         }
     }
 
@@ -98,7 +99,7 @@ impl ExecutableInfos {
             }),
         });
         if info.is_none() {
-            self.failures += 1;
+            self.failures.inc();
         }
         if self.memo.len() >= MEMO_LIMIT {
             self.memo.clear();
@@ -142,7 +143,16 @@ pub fn encode_batch(
 ) -> (Vec<EncodedSeries>, Vec<DebuginfoCandidate>) {
     use prost::Message;
     let name = profile_name(batch);
-    let mut candidates = Vec::new();
+    // Only GNU build ids name debuginfo the server can match; each is
+    // offered once per batch, however many series map it.
+    let gnu: HashSet<&str> = batch
+        .mappings
+        .items()
+        .iter()
+        .filter(|m| m.build_id_kind == BuildIdKind::Gnu)
+        .map(|m| batch.str(m.build_id))
+        .collect();
+    let mut candidates: HashMap<String, DebuginfoCandidate> = HashMap::new();
     let mut out = Vec::new();
     for (series_id, samples, profile) in build_series_profiles(batch, false) {
         let series_labels = batch.labels(series_id);
@@ -154,13 +164,15 @@ pub fn encode_batch(
                 let path = &profile.string_table[m.filename as usize];
                 let build_id = &profile.string_table[m.build_id as usize];
                 let range = (m.memory_start, m.memory_limit);
-                if !build_id.is_empty() && !path.starts_with('[') {
-                    candidates.push(DebuginfoCandidate {
-                        build_id: build_id.clone(),
-                        path: path.clone(),
-                        pid,
-                        range,
-                    });
+                if gnu.contains(build_id.as_str()) && !path.starts_with('[') {
+                    candidates
+                        .entry(build_id.clone())
+                        .or_insert_with(|| DebuginfoCandidate {
+                            build_id: build_id.clone(),
+                            path: path.clone(),
+                            pid,
+                            range,
+                        });
                 }
                 infos.get(path, build_id, pid, range)
             })
@@ -192,16 +204,5 @@ pub fn encode_batch(
             samples,
         });
     }
-    // Only GNU build ids name debuginfo the server can match.
-    let gnu: std::collections::HashSet<&str> = batch
-        .mappings
-        .items()
-        .iter()
-        .filter(|m| m.build_id_kind == BuildIdKind::Gnu)
-        .map(|m| batch.str(m.build_id))
-        .collect();
-    candidates.retain(|c| gnu.contains(c.build_id.as_str()));
-    candidates.sort_by(|a, b| a.build_id.cmp(&b.build_id));
-    candidates.dedup_by(|a, b| a.build_id == b.build_id);
-    (out, candidates)
+    (out, candidates.into_values().collect())
 }

@@ -52,7 +52,7 @@ impl Target {
         if uri.host().is_none_or(str::is_empty) {
             return Err(format!("{address}: no host"));
         }
-        if uri.port_u16().is_none() && !rest.contains(':') && !address.contains("://") {
+        if uri.port_u16().is_none() && !address.contains("://") {
             return Err(format!("{address}: no port (host:port)"));
         }
         Ok(Self { uri, tls })
