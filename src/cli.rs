@@ -214,8 +214,8 @@ pub const FLAGS: &[FlagSpec] = &[
         "metadata-container-runtime-socket-path",
         Text,
         None,
-        "Socket of the container runtime, for container names.",
-        Owner::NotBuilt("container metadata is not built yet"),
+        "Socket of the container runtime, for container names (empty: the runtimes' default sockets).",
+        Owner::Sets(&[processor("metadata", "container_runtime_socket")]),
     ),
     flag(
         "metadata-disable-caching",

@@ -219,3 +219,77 @@ fn relabeling_with_a_parca_agent_config_file() {
         }
     }
 }
+
+/// The embedded pipeline's relabel rules turn the metadata processor's
+/// process and container labels into `executable`, `container` and `pod`:
+/// pprof → metadata (a proc tree and a Docker Engine API written here) →
+/// relabel → file.
+#[test]
+fn container_names_reach_the_output_through_the_embedded_rules() {
+    const ID: &str = "6b9b8ad1de1c7e0c6d2a4a9f2f8ff1e5b0d5a1c3e8e3c1d39f8a7c0ffee12345";
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    // pid 100 ("app" in the fixture) runs in a docker container; 200 on the host.
+    let proc_root = dir.path().join("proc");
+    let exe = std::env::current_exe().unwrap();
+    for (pid, comm, cgroup) in [
+        (100, "app", format!("0::/system.slice/docker-{ID}.scope\n")),
+        (200, "other", "0::/system.slice/other.service\n".to_owned()),
+    ] {
+        let p = proc_root.join(pid.to_string());
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("stat"), format!("{pid} ({comm}) S 1 {pid} {pid} 0")).unwrap();
+        std::fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
+        std::fs::write(p.join("cgroup"), cgroup).unwrap();
+        std::os::unix::fs::symlink(&exe, p.join("exe")).unwrap();
+    }
+    let socket = dir.path().join("docker.sock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(async { tokio::net::UnixListener::bind(&socket).unwrap() });
+    let app = axum::Router::new().route(
+        &format!("/containers/{ID}/json"),
+        axum::routing::get(|| async { r#"{"Name":"/checkout","Config":{"Labels":{}}}"# }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let embedded: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../pipeline.yaml")).unwrap();
+    let config = serde_yaml::to_string(&serde_yaml::from_str::<serde_yaml::Value>(&format!(
+        "receivers: {{pprof: {{path: {FIXTURE}}}}}\n\
+         processors: {{metadata: {{proc_root: {}, container_runtime_socket: {}}}, relabel: {}}}\n\
+         exporters: {{file: {{directory: {}}}}}\n\
+         service: {{pipelines: {{profiles: {{receivers: [pprof], processors: [metadata, relabel], exporters: [file]}}}}}}\n",
+        proc_root.display(),
+        socket.display(),
+        serde_json::to_string(&embedded["processors"]["relabel"]).unwrap(),
+        out_dir.display()
+    )).unwrap())
+    .unwrap();
+    let config_file = dir.path().join("pipeline.yaml");
+    std::fs::write(&config_file, config).unwrap();
+    let status = agent()
+        .args(["--config", config_file.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let exe_name = exe.file_name().unwrap().to_str().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for b in decode_all(&output_files(&out_dir)) {
+        for s in &b.samples {
+            let l = b.labels(s.series);
+            let pid = l.get("pid").unwrap().to_owned();
+            let expected = match pid.as_str() {
+                "100" => (Some(exe_name), Some("checkout")),
+                "200" => (Some(exe_name), None),
+                // No such process in the proc tree: nothing to add.
+                _ => (None, None),
+            };
+            assert_eq!((l.get("executable"), l.get("container")), expected, "{l:?}");
+            assert_eq!(l.get("pod"), None);
+            assert!(l.pairs().iter().all(|(k, _)| !k.starts_with("__")), "{l:?}");
+            seen.insert(pid);
+        }
+    }
+    assert_eq!(seen, ["100", "101", "200"].map(String::from).into());
+}

@@ -207,6 +207,7 @@ fn flags_set_fields_of_their_components() {
             "--node=node-7",
             "--local-store-directory=/var/lib/profiles",
             "--metadata-external-labels=region=eu;tier=1",
+            "--metadata-container-runtime-socket-path=/run/k3s/containerd/containerd.sock",
         ],
     );
     assert!(
@@ -216,6 +217,14 @@ fn flags_set_fields_of_their_components() {
     );
     let printed: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["service"]["node"], "node-7");
+    assert_eq!(
+        printed["processors"]["metadata"]["container_runtime_socket"],
+        "/run/k3s/containerd/containerd.sock"
+    );
+    assert_eq!(
+        printed["processors"]["metadata"]["container_name_wait"],
+        "250ms"
+    );
     assert_eq!(
         printed["exporters"]["file"]["directory"],
         "/var/lib/profiles"
@@ -243,6 +252,12 @@ fn flags_of_components_missing_from_the_config_or_the_build_are_errors_that_say_
         stderr.contains("flag --remote-store-address has no effect: it sets exporters::parca_grpc::address, but the config has no `parca_grpc` exporter"),
         "{stderr}"
     );
+    let out = on_good_config(
+        "validate",
+        &["--metadata-container-runtime-socket-path=run/docker.sock"],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("processors::metadata::container_runtime_socket: must be an absolute path"));
     let out = on_good_config("validate", &["--otlp-address=x:4317"]);
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("flag --otlp-address is not supported by this build"));

@@ -3,13 +3,18 @@
 //! `node` (from `service.node` / `--node`), the external labels
 //! (`--metadata-external-labels`), and for relabeling the `__meta_*` labels
 //! of the process (series with a `pid` label), the system and the agent.
-//! Thread, CPU and container labels are not built yet.
+//! Container ids come from the cgroup path; container (and pod) names from
+//! the container runtime's socket, asked in the background. Thread and CPU
+//! travel as sample labels (see `relabel`).
 
 pub mod container;
+mod names;
 pub mod process;
+pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use agent_core::{
     BuildContext, ComponentConfig, ComponentError, Factory, FieldError, Processor, ProfileBatch,
@@ -29,6 +34,15 @@ pub struct MetadataConfig {
     pub disable_caching: bool,
     /// Where processes are read (the host's /proc mounted elsewhere in a container).
     pub proc_root: PathBuf,
+    /// Ask container runtimes for container and pod names.
+    pub container_names: bool,
+    /// The runtime socket to ask (`--metadata-container-runtime-socket-path`);
+    /// unset or empty: each runtime's default sockets.
+    pub container_runtime_socket: Option<PathBuf>,
+    /// Longest a window waits for the names of containers it sees first;
+    /// later answers label later windows.
+    #[serde(with = "humantime_serde")]
+    pub container_name_wait: Duration,
 }
 
 impl Default for MetadataConfig {
@@ -37,6 +51,9 @@ impl Default for MetadataConfig {
             external_labels: BTreeMap::new(),
             disable_caching: false,
             proc_root: PathBuf::from("/proc"),
+            container_names: true,
+            container_runtime_socket: None,
+            container_name_wait: Duration::from_millis(250),
         }
     }
 }
@@ -45,7 +62,8 @@ use agent_core::is_label_name;
 
 impl ComponentConfig for MetadataConfig {
     fn validate(&self) -> Vec<FieldError> {
-        self.external_labels
+        let mut errors: Vec<FieldError> = self
+            .external_labels
             .keys()
             .filter(|k| !is_label_name(k))
             .map(|k| {
@@ -54,7 +72,24 @@ impl ComponentConfig for MetadataConfig {
                     "not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)",
                 )
             })
-            .collect()
+            .collect();
+        if self
+            .container_runtime_socket
+            .as_ref()
+            .is_some_and(|s| !s.as_os_str().is_empty() && !s.is_absolute())
+        {
+            errors.push(FieldError::new(
+                "container_runtime_socket",
+                "must be an absolute path (the runtime's unix socket)",
+            ));
+        }
+        if self.container_name_wait > Duration::from_secs(10) {
+            errors.push(FieldError::new(
+                "container_name_wait",
+                "at most 10s: a window must not wait longer for container names",
+            ));
+        }
+        errors
     }
 }
 
@@ -84,6 +119,17 @@ impl Factory for MetadataFactory {
             fixed,
             proc_root: config.proc_root,
             cache: (!config.disable_caching).then(HashMap::new),
+            names: config.container_names.then(|| {
+                names::ContainerNames::new(
+                    names::NamesConfig {
+                        socket: config
+                            .container_runtime_socket
+                            .filter(|s| !s.as_os_str().is_empty()),
+                        wait: config.container_name_wait,
+                    },
+                    &ctx.telemetry,
+                )
+            }),
         }))
     }
 }
@@ -118,6 +164,16 @@ struct Metadata {
     proc_root: PathBuf,
     /// Process labels by pid; `None` when caching is off.
     cache: Option<HashMap<u32, process::ProcessLabels>>,
+    /// Container names; `None` when runtimes are not asked.
+    names: Option<names::ContainerNames>,
+}
+
+/// The container-id label of a label set, as `(label, id)`.
+fn container_of(set: &agent_core::LabelSet) -> Option<(String, String)> {
+    set.pairs()
+        .iter()
+        .find(|(k, _)| k.starts_with("__meta_") && k.ends_with("_container_id"))
+        .cloned()
 }
 
 impl Metadata {
@@ -179,6 +235,27 @@ impl Processor for Metadata {
         if let Some(cache) = &mut self.cache {
             let root = &self.proc_root;
             cache.retain(|pid, _| seen.contains(pid) || root.join(pid.to_string()).exists());
+        }
+        if let Some(names) = &mut self.names {
+            // Names are asked for all of the window's containers at once, so
+            // the window waits (boundedly) once, not once per container.
+            let containers: HashSet<_> = batch
+                .series_ids()
+                .into_iter()
+                .filter_map(|id| container_of(batch.label_sets.get(id)))
+                .collect();
+            if !containers.is_empty() {
+                names.resolve(&containers);
+                batch.map_series(|set| {
+                    let mut out = set.clone();
+                    if let Some((_, id)) = container_of(set) {
+                        for (k, v) in names.labels(&id) {
+                            out.set(k.as_str(), v.as_str());
+                        }
+                    }
+                    Some(out)
+                });
+            }
         }
         Ok(batch)
     }
