@@ -46,8 +46,6 @@ pub enum Owner {
     Sets(&'static [OverrideTarget]),
     /// Accepted with one notice; has no meaning here (the reason).
     NoEffect(&'static str),
-    /// Refused: the feature behind it is not built yet (the reason).
-    NotBuilt(&'static str),
     /// Deprecated spelling of another flag.
     AliasOf(&'static str),
 }
@@ -364,15 +362,15 @@ pub const FLAGS: &[FlagSpec] = &[
         "otlp-address",
         Text,
         None,
-        "Endpoint the agent's own traces are sent to.",
-        Owner::NotBuilt("the agent's own OTLP traces are not built yet"),
+        "Endpoint the agent's own traces are sent to: host:port or an http(s):// URL.",
+        Owner::Sets(&[service("traces::endpoint")]),
     ),
     flag(
         "otlp-exporter",
         Text,
         Some("grpc"),
         "Protocol of the agent's own traces: grpc or http.",
-        Owner::NotBuilt("the agent's own OTLP traces are not built yet"),
+        Owner::Sets(&[service("traces::protocol")]),
     ),
     flag(
         "object-file-pool-eviction-policy",
@@ -595,8 +593,6 @@ pub struct Cli {
     pub overrides: Vec<Override>,
     /// Notices for flags that have no effect, logged once each.
     pub notices: Vec<String>,
-    /// Flags refused because what they control is not built (flag, reason).
-    pub refused: Vec<(String, String)>,
 }
 
 fn given(m: &ArgMatches, id: &str) -> bool {
@@ -628,7 +624,6 @@ pub fn from_matches(top: &ArgMatches) -> Cli {
         },
         overrides: Vec::new(),
         notices: Vec::new(),
-        refused: Vec::new(),
     };
     for spec in FLAGS {
         if !given(m, spec.name) {
@@ -651,7 +646,6 @@ pub fn from_matches(top: &ArgMatches) -> Cli {
         match spec.owner {
             Owner::Agent | Owner::AliasOf(_) => {}
             Owner::NoEffect(why) => cli.notices.push(format!("{flag} has no effect: {why}")),
-            Owner::NotBuilt(why) => cli.refused.push((flag, why.to_owned())),
             Owner::Sets(targets) => {
                 let value = m
                     .get_one::<Value>(spec.name)
@@ -725,7 +719,7 @@ mod tests {
             .notices
             .iter()
             .any(|n| n.contains("--verbose-bpf-logging is deprecated")));
-        assert_eq!(cli.refused[0].0, "--otlp-address");
+        assert_eq!(get("--otlp-address"), Some(Value::String("x:4317".into())));
     }
 
     #[test]

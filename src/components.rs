@@ -91,9 +91,16 @@ pub fn registry() -> Registry {
         "built without Cargo feature `exporter-parca-grpc`",
     );
 
+    #[cfg(feature = "exporter-otlp-profiles")]
+    r.register(agent_exporter_otlp_profiles::OtlpProfilesFactory);
+    #[cfg(not(feature = "exporter-otlp-profiles"))]
+    r.absent(
+        Kind::Exporter,
+        "otlp_profiles",
+        "built without Cargo feature `exporter-otlp-profiles`",
+    );
+
     // Components of the design that are not written yet.
-    const NOT_YET: &str = "not implemented yet";
-    r.absent(Kind::Processor, "k8s_meta", NOT_YET);
-    r.absent(Kind::Exporter, "otlp_profiles", NOT_YET);
+    r.absent(Kind::Processor, "k8s_meta", "not implemented yet");
     r
 }

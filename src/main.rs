@@ -4,6 +4,7 @@ mod cli;
 mod components;
 mod http;
 mod self_profile;
+mod self_traces;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -56,21 +57,14 @@ fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<(String, AgentC
         ),
         None => ("embedded pipeline.yaml".to_owned(), embedded_pipeline(cli)?),
     };
-    let mut problems: Vec<String> = cli
-        .refused
-        .iter()
-        .map(|(flag, why)| format!("flag {flag} is not supported by this build: {why}"))
-        .collect();
-    match config::load(&text, &cli.overrides, registry, &|name| {
+    config::load(&text, &cli.overrides, registry, &|name| {
         std::env::var(name).ok()
-    }) {
-        Ok(config) if problems.is_empty() => Ok((name, config)),
-        Ok(_) => Err(anyhow!("{name} is invalid:\n  {}", problems.join("\n  "))),
-        Err(errors) => {
-            problems.extend(errors.0.iter().map(|e| e.to_string()));
-            Err(anyhow!("{name} is invalid:\n  {}", problems.join("\n  ")))
-        }
-    }
+    })
+    .map(|config| (name.clone(), config))
+    .map_err(|errors| {
+        let problems: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+        anyhow!("{name} is invalid:\n  {}", problems.join("\n  "))
+    })
 }
 
 /// The embedded pipeline, shipping to a Parca server as Parca Agent does
@@ -153,7 +147,12 @@ async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
             error!(error = %e, "HTTP server stopped");
         }
     });
-    service.run(shutdown_signal()).await?;
+    let traces = self_traces::install(&config.service.traces, &config.service.node)?;
+    let result = service.run(shutdown_signal()).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    result?;
     Ok(())
 }
 

@@ -208,6 +208,8 @@ fn flags_set_fields_of_their_components() {
             "--local-store-directory=/var/lib/profiles",
             "--metadata-external-labels=region=eu;tier=1",
             "--metadata-container-runtime-socket-path=/run/k3s/containerd/containerd.sock",
+            "--otlp-address=collector:4317",
+            "--otlp-exporter=http",
         ],
     );
     assert!(
@@ -225,6 +227,8 @@ fn flags_set_fields_of_their_components() {
         printed["processors"]["metadata"]["container_name_wait"],
         "250ms"
     );
+    assert_eq!(printed["service"]["traces"]["endpoint"], "collector:4317");
+    assert_eq!(printed["service"]["traces"]["protocol"], "http");
     assert_eq!(
         printed["exporters"]["file"]["directory"],
         "/var/lib/profiles"
@@ -258,9 +262,10 @@ fn flags_of_components_missing_from_the_config_or_the_build_are_errors_that_say_
     );
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("processors::metadata::container_runtime_socket: must be an absolute path"));
-    let out = on_good_config("validate", &["--otlp-address=x:4317"]);
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("flag --otlp-address is not supported by this build"));
+    let out = on_good_config("validate", &["--otlp-address=collector"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "service::traces::endpoint: `collector` is neither host:port nor an http:// or https:// URL"
+    ));
 }
 
 #[test]

@@ -165,8 +165,32 @@ pub struct ServiceConfig {
     /// How long shutdown may take to flush the last window before exiting anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// The agent's own traces.
+    pub traces: TracesConfig,
     /// Pipelines by id (`profiles` or `profiles/NAME`).
     pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// How the agent's own traces leave it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceProtocol {
+    /// OTLP/gRPC `TraceService/Export`.
+    #[default]
+    Grpc,
+    /// OTLP/HTTP `POST /v1/traces` (protobuf).
+    Http,
+}
+
+/// The agent's own OpenTelemetry traces: a span per window and per stage.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// Where spans go (`--otlp-address`): `host:port` (plaintext) or an
+    /// `http(s)://` URL; empty: no traces.
+    pub endpoint: String,
+    /// `grpc` or `http` (`--otlp-exporter`).
+    pub protocol: TraceProtocol,
 }
 
 /// This machine's host name, the default node name.
@@ -185,6 +209,7 @@ impl Default for ServiceConfig {
             node: hostname(),
             http_address: "127.0.0.1:7071".to_owned(),
             shutdown_timeout: Duration::from_secs(30),
+            traces: TracesConfig::default(),
             pipelines: BTreeMap::new(),
         }
     }
@@ -533,6 +558,21 @@ pub fn load(
                 service.http_address
             ),
         ));
+    }
+    let endpoint = service.traces.endpoint.trim();
+    if !endpoint.is_empty() {
+        let scheme_ok = match endpoint.split_once("://") {
+            Some((scheme, _)) => scheme == "http" || scheme == "https",
+            None => endpoint
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+        };
+        if !scheme_ok {
+            errors.push(ConfigError::new(
+                "service::traces::endpoint",
+                format!("`{endpoint}` is neither host:port nor an http:// or https:// URL"),
+            ));
+        }
     }
     let mut warnings = Vec::new();
     check_pipelines(&root, &service, &components, &mut errors, &mut warnings);

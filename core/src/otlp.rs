@@ -51,6 +51,48 @@ fn string_value(s: &str) -> AnyValue {
     }
 }
 
+/// How series and sample labels become attributes: renamed keys (a label
+/// renamed to `""` is left out), and the keys whose values are integers.
+/// The default keeps every label under its own name, as a string.
+#[derive(Clone, Debug, Default)]
+pub struct AttributeKeys {
+    renames: HashMap<String, String>,
+    integers: std::collections::HashSet<String>,
+}
+
+impl AttributeKeys {
+    /// Labels renamed by `renames` (label → key); values of `integer_keys`
+    /// that parse as integers are sent as integers.
+    pub fn new(
+        renames: impl IntoIterator<Item = (String, String)>,
+        integer_keys: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            renames: renames.into_iter().collect(),
+            integers: integer_keys.into_iter().collect(),
+        }
+    }
+
+    /// The attribute key of `label`, or `None` when it is left out.
+    pub fn key<'a>(&'a self, label: &'a str) -> Option<&'a str> {
+        match self.renames.get(label) {
+            Some(key) if key.is_empty() => None,
+            Some(key) => Some(key),
+            None => Some(label),
+        }
+    }
+
+    /// The value of attribute `key`.
+    pub fn value(&self, key: &str, value: &str) -> AnyValue {
+        match value.parse::<i64>() {
+            Ok(n) if self.integers.contains(key) => AnyValue {
+                value: Some(any_value::Value::IntValue(n)),
+            },
+            _ => string_value(value),
+        }
+    }
+}
+
 /// Writes a dictionary whose zero entries are present, deduplicating attributes.
 struct DictionaryBuilder {
     dict: otlp::ProfilesDictionary,
@@ -90,17 +132,25 @@ impl DictionaryBuilder {
         id
     }
 
-    fn attribute(&mut self, batch: &ProfileBatch, key: &str, value: &str) -> i32 {
-        let key = self.text(batch, key);
+    /// The index of attribute `key` = `value`, typed as `keys` says.
+    fn attribute(
+        &mut self,
+        batch: &ProfileBatch,
+        key: &str,
+        value: &str,
+        keys: &AttributeKeys,
+    ) -> i32 {
+        let key_index = self.text(batch, key);
         let next = self.dict.attribute_table.len() as i32;
+        // The type follows from key and text, so they identify the attribute.
         let id = *self
             .attributes
-            .entry((key, value.to_owned()))
+            .entry((key_index, value.to_owned()))
             .or_insert(next);
         if id == next {
             self.dict.attribute_table.push(otlp::KeyValueAndUnit {
-                key_strindex: key,
-                value: Some(string_value(value)),
+                key_strindex: key_index,
+                value: Some(keys.value(key, value)),
                 unit_strindex: 0,
             });
         }
@@ -108,12 +158,20 @@ impl DictionaryBuilder {
     }
 }
 
-/// Encodes a batch as an OTLP `ProfilesData` with its own dictionary.
+/// Encodes a batch as an OTLP `ProfilesData` with its own dictionary, labels
+/// under their own names.
 pub fn to_otlp(batch: &ProfileBatch) -> otlp::ProfilesData {
+    to_otlp_with(batch, &AttributeKeys::default())
+}
+
+/// [`to_otlp`] with labels turned into attributes by `keys`.
+pub fn to_otlp_with(batch: &ProfileBatch, keys: &AttributeKeys) -> otlp::ProfilesData {
     let mut d = DictionaryBuilder::new(batch);
     for m in batch.mappings.items() {
         let attribute_indices = match build_id_key(m.build_id_kind) {
-            Some(key) if m.build_id != 0 => vec![d.attribute(batch, key, batch.str(m.build_id))],
+            Some(key) if m.build_id != 0 => {
+                vec![d.attribute(batch, key, batch.str(m.build_id), keys)]
+            }
             _ => vec![],
         };
         d.dict.mapping_table.push(otlp::Mapping {
@@ -134,7 +192,7 @@ pub fn to_otlp(batch: &ProfileBatch) -> otlp::ProfilesData {
     }
     for l in batch.locations.items() {
         let attribute_indices = match l.frame_type.otel_name() {
-            Some(name) => vec![d.attribute(batch, FRAME_TYPE, name)],
+            Some(name) => vec![d.attribute(batch, FRAME_TYPE, name, keys)],
             None => vec![],
         };
         d.dict.location_table.push(otlp::Location {
@@ -175,7 +233,10 @@ pub fn to_otlp(batch: &ProfileBatch) -> otlp::ProfilesData {
                     .labels(s.attributes)
                     .pairs()
                     .iter()
-                    .map(|(k, v)| d.attribute(batch, k, v))
+                    .filter_map(|(k, v)| {
+                        let key = keys.key(k)?;
+                        Some(d.attribute(batch, key, v, keys))
+                    })
                     .collect()
             })
             .clone();
@@ -196,10 +257,13 @@ pub fn to_otlp(batch: &ProfileBatch) -> otlp::ProfilesData {
                     .labels(series)
                     .pairs()
                     .iter()
-                    .map(|(k, v)| KeyValue {
-                        key: k.clone(),
-                        value: Some(string_value(v)),
-                        key_strindex: 0,
+                    .filter_map(|(k, v)| {
+                        let key = keys.key(k)?;
+                        Some(KeyValue {
+                            key: key.to_owned(),
+                            value: Some(keys.value(key, v)),
+                            key_strindex: 0,
+                        })
                     })
                     .collect(),
                 ..Default::default()

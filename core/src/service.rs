@@ -12,8 +12,11 @@
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{Span, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
@@ -83,7 +86,7 @@ pub enum ServiceError {
 #[derive(Clone)]
 struct ExporterQueue {
     id: String,
-    sender: mpsc::Sender<Arc<ProfileBatch>>,
+    sender: mpsc::Sender<Queued>,
     block_on_overflow: bool,
     depth: Gauge,
     dropped_batches: Counter,
@@ -93,14 +96,15 @@ struct ExporterQueue {
 impl ExporterQueue {
     /// Queues a batch; a full queue drops it and counts it, unless the
     /// exporter is configured to block.
-    async fn offer(&self, batch: Arc<ProfileBatch>) {
+    async fn offer(&self, batch: Arc<ProfileBatch>, trace: &Context) {
         let samples = batch.samples.len() as u64;
         // Counted before sending so the exporter's decrement never comes first.
         self.depth.inc();
+        let queued = (batch, trace.clone());
         let sent = if self.block_on_overflow {
-            self.sender.send(batch).await.is_ok()
+            self.sender.send(queued).await.is_ok()
         } else {
-            self.sender.try_send(batch).is_ok()
+            self.sender.try_send(queued).is_ok()
         };
         if !sent {
             self.depth.dec();
@@ -124,10 +128,13 @@ struct PipelineRuntime {
     latest: LatestWindows,
 }
 
+/// A batch waiting for an exporter, with the trace of its window.
+type Queued = (Arc<ProfileBatch>, Context);
+
 struct ExporterRuntime {
     id: String,
     exporter: Box<dyn Exporter>,
-    queue: mpsc::Receiver<Arc<ProfileBatch>>,
+    queue: mpsc::Receiver<Queued>,
     telemetry: ComponentTelemetry,
     depth: Gauge,
 }
@@ -379,36 +386,88 @@ impl Service {
 fn process_chain(
     processors: &mut [(String, Box<dyn Processor>)],
     mut batch: ProfileBatch,
+    trace: &Context,
 ) -> Result<ProfileBatch, (String, ComponentError, usize)> {
+    let tracer = tracer();
     for (id, p) in processors.iter_mut() {
         let samples = batch.samples.len();
+        let mut span = tracer.start_with_context(format!("process {id}"), trace);
+        span.set_attribute(KeyValue::new("samples.in", samples as i64));
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| p.process(batch)));
-        batch = match result {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return Err((id.clone(), e, samples)),
+        let error: ComponentError = match result {
+            Ok(Ok(b)) => {
+                span.set_attribute(KeyValue::new("samples.out", b.samples.len() as i64));
+                span.end();
+                batch = b;
+                continue;
+            }
+            Ok(Err(e)) => e,
             Err(panic) => {
                 let message = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                return Err((id.clone(), format!("panicked: {message}").into(), samples));
+                format!("panicked: {message}").into()
             }
         };
+        span.set_status(Status::error(error.to_string()));
+        span.end();
+        return Err((id.clone(), error, samples));
     }
     Ok(batch)
 }
 
+/// The tracer of the agent's own spans: a no-op unless the binary installed
+/// a tracer provider (`service::traces`).
+fn tracer() -> BoxedTracer {
+    opentelemetry::global::tracer("agent")
+}
+
+/// Starts the span of one window in a pipeline, with a `collect` child for
+/// the time the receiver spent gathering it; returns the window's context.
+fn window_trace(pipeline: &str, batch: &ProfileBatch) -> Context {
+    let tracer = tracer();
+    let now = SystemTime::now();
+    let duration = Duration::from_nanos(batch.duration_nanos);
+    // A replayed file's window lies in the past: then collect is the window's
+    // length ending now.
+    let window_start = UNIX_EPOCH + Duration::from_nanos(batch.start_unix_nanos);
+    let start = window_start
+        .max(now.checked_sub(duration).unwrap_or(UNIX_EPOCH))
+        .min(now);
+    let window = tracer
+        .span_builder("window")
+        .with_start_time(start)
+        .with_attributes([
+            KeyValue::new("pipeline", pipeline.to_owned()),
+            KeyValue::new("profile.type", batch.profile_type.sample_type.kind.clone()),
+            KeyValue::new("samples", batch.samples.len() as i64),
+        ])
+        .start(&tracer);
+    let trace = Context::new().with_span(window);
+    tracer
+        .span_builder("collect")
+        .with_start_time(start)
+        .start_with_context(&tracer, &trace)
+        .end_with_timestamp(now);
+    trace
+}
+
 async fn run_pipeline(mut p: PipelineRuntime) {
     while let Some(batch) = p.input.recv().await {
+        let trace = window_trace(&p.id, &batch);
+        // Ends the window span however this iteration ends.
+        let _window = WindowEnd(&trace);
         let batch = if p.processors.is_empty() {
             batch
         } else {
             // Processors mutate: take the batch, cloning only if another pipeline shares it.
             let owned = Arc::unwrap_or_clone(batch);
             let mut processors = std::mem::take(&mut p.processors);
+            let chain_trace = trace.clone();
             let joined = tokio::task::spawn_blocking(move || {
-                let result = process_chain(&mut processors, owned);
+                let result = process_chain(&mut processors, owned, &chain_trace);
                 (processors, result)
             })
             .await;
@@ -446,8 +505,17 @@ async fn run_pipeline(mut p: PipelineRuntime) {
         }
         p.latest.set(&p.id, batch.clone());
         for e in &p.exporters {
-            e.offer(batch.clone()).await;
+            e.offer(batch.clone(), &trace).await;
         }
+    }
+}
+
+/// Ends the window span of a context when dropped.
+struct WindowEnd<'a>(&'a Context);
+
+impl Drop for WindowEnd<'_> {
+    fn drop(&mut self) {
+        self.0.span().end();
     }
 }
 
@@ -473,11 +541,14 @@ async fn run_exporter(mut e: ExporterRuntime) {
         "Time an exporter took per batch.",
         &[],
     );
-    while let Some(batch) = e.queue.recv().await {
+    let tracer = tracer();
+    while let Some((batch, trace)) = e.queue.recv().await {
         e.depth.dec();
         let started = Instant::now();
         let n = batch.samples.len() as u64;
         let series_count = batch.series_ids().len() as i64;
+        let mut span = tracer.start_with_context(format!("export {}", e.id), &trace);
+        span.set_attribute(KeyValue::new("samples", n as i64));
         match e.exporter.export(batch).await {
             Ok(()) => {
                 batches.inc();
@@ -486,9 +557,11 @@ async fn run_exporter(mut e: ExporterRuntime) {
             }
             Err(error) => {
                 errors.inc();
+                span.set_status(Status::error(error.to_string()));
                 warn!(exporter = %e.id, %error, "export failed");
             }
         }
+        span.end();
         latency.observe(started.elapsed().as_secs_f64());
     }
     if let Err(error) = e.exporter.shutdown().await {

@@ -1,45 +1,13 @@
 //! The exporter's config: Parca Agent's `--remote-store-*`, `--debuginfo-*`
 //! and `--telemetry-*` flags, plus the buffer bounds.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_core::{ComponentConfig, FieldError};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-/// A value that never appears in logs, errors or `print-config`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl Secret {
-    /// True when no value is set.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.is_empty() {
-            "\"\""
-        } else {
-            "<redacted>"
-        })
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.is_empty() { "" } else { "<redacted>" })
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
+pub use agent_core::Secret;
 
 /// Config of the `parca_grpc` exporter.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,7 +107,7 @@ impl ComponentConfig for ParcaGrpcConfig {
                 "address",
                 "is required (the Parca server's host:port; --remote-store-address)",
             ));
-        } else if let Err(e) = crate::transport::Target::parse(&self.address, self.insecure) {
+        } else if let Err(e) = agent_net::Target::parse(&self.address, self.insecure) {
             errors.push(FieldError::new("address", e));
         }
         if !self.bearer_token.is_empty() && self.bearer_token_file.is_some() {

@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_object_files::{ObjectLocator, ObjectRef};
-use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
 use tonic::Code;
@@ -24,7 +23,6 @@ use crate::proto::debuginfo::{
     InitiateUploadRequest, MarkUploadFinishedRequest, ShouldInitiateUploadRequest, UploadInfo,
     UploadRequest,
 };
-use crate::transport::{Connector, Target};
 use crate::ParcaClients;
 
 /// Bytes per `chunk_data` message.
@@ -454,44 +452,14 @@ fn status_outcome(status: tonic::Status) -> Outcome {
 
 /// PUTs `body` to a signed URL (HTTP/1.1, TLS for https).
 async fn put_signed_url(url: &str, body: Vec<u8>, skip_verify: bool) -> Result<(), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("bad signed URL: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err("signed URL is neither http nor https".into()),
-    };
-    let target = Target {
-        uri: uri.clone(),
-        tls,
-    };
-    let connector = Connector::new(target.tls, skip_verify, b"http/1.1")?;
-    let io = connector
-        .connect(&target.uri)
-        .await
-        .map_err(|e| format!("cannot connect for signed URL upload: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let host = uri.authority().map_or("", |a| a.as_str());
-    let request = http::Request::put(path)
-        .header(http::header::HOST, host)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    // Drain the answer so the connection ends cleanly.
-    let _ = response.into_body().collect().await;
-    if status.is_success() {
+    let request = http::Request::put(url)
+        .body(hyper::body::Bytes::from(body))
+        .map_err(|e| format!("bad signed URL: {e}"))?;
+    let response = agent_net::http1_request(request, skip_verify).await?;
+    if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("signed URL upload answered {status}"))
+        Err(format!("signed URL upload answered {}", response.status()))
     }
 }
 

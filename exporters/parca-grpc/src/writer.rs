@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::telemetry::{ComponentTelemetry, Counter, Gauge};
+use agent_net::Backoff;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Code;
@@ -205,37 +206,6 @@ fn retryable(code: Code) -> bool {
             | Code::Cancelled
             | Code::Unknown
     )
-}
-
-/// Exponential backoff with full jitter: 0.5 s doubling up to 30 s.
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(500),
-        }
-    }
-}
-
-impl Backoff {
-    /// The next wait: uniform in [next/2, next], then doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let max = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(30));
-        let millis = max.as_millis() as u64;
-        Duration::from_millis(millis / 2 + random() % (millis / 2 + 1))
-    }
-}
-
-/// A random number for jitter: std's hasher keys are random per instance.
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
 }
 
 /// What the writer remembers between flushes, to log changes once.
@@ -497,15 +467,5 @@ mod tests {
             (2, 80),
             "put back loses nothing that fits"
         );
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_up_to_30s() {
-        let mut b = Backoff::default();
-        let waits: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
-        assert!(waits[0] >= Duration::from_millis(250) && waits[0] <= Duration::from_millis(500));
-        assert!(waits[3] >= Duration::from_secs(2) && waits[3] <= Duration::from_secs(4));
-        assert!(waits.iter().all(|w| *w <= Duration::from_secs(30)));
-        assert!(waits[9] >= Duration::from_secs(15));
     }
 }

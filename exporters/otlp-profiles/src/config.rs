@@ -1,0 +1,290 @@
+//! Config of the `otlp_profiles` exporter.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use agent_core::{ComponentConfig, FieldError, Secret};
+use serde::{Deserialize, Serialize};
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `ProfilesService/Export` over gRPC.
+    #[default]
+    Grpc,
+    /// `POST /v1development/profiles` with a protobuf body.
+    Http,
+}
+
+/// How requests are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip.
+    #[default]
+    Gzip,
+    /// Uncompressed.
+    None,
+}
+
+/// Retries of a request the backend could not take for now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retry at all.
+    pub enabled: bool,
+    /// First wait; doubles (with jitter) up to `max_interval`.
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    /// Longest wait between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// After this long, the batch is dropped and counted.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed_time: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(30),
+            max_elapsed_time: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Config of the `otlp_profiles` exporter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpProfilesConfig {
+    /// gRPC: `host:port` (TLS unless `insecure`) or an `http(s)://` URL;
+    /// HTTP: an `http(s)://` base URL (`/v1development/profiles` is added
+    /// unless the URL already ends with it).
+    pub endpoint: String,
+    /// `grpc` or `http`.
+    pub protocol: Protocol,
+    /// `gzip` or `none`.
+    pub compression: Compression,
+    /// Sent with every request (gRPC metadata or HTTP headers), e.g. an
+    /// `authorization` header; values never appear in logs or `print-config`.
+    pub headers: BTreeMap<String, Secret>,
+    /// gRPC to a `host:port` endpoint without TLS.
+    pub insecure: bool,
+    /// TLS without verifying the backend's certificate.
+    pub insecure_skip_verify: bool,
+    /// Bound of one attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries with backoff.
+    pub retry: RetryConfig,
+    /// Label → attribute key, over the defaults (see [`default_attribute_keys`]);
+    /// `""` leaves the label out.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Default for OtlpProfilesConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            protocol: Protocol::Grpc,
+            compression: Compression::Gzip,
+            headers: BTreeMap::new(),
+            insecure: false,
+            insecure_skip_verify: false,
+            timeout: Duration::from_secs(10),
+            retry: RetryConfig::default(),
+            attributes: BTreeMap::new(),
+        }
+    }
+}
+
+/// Our labels and their OpenTelemetry semantic-convention attribute keys.
+pub fn default_attribute_keys() -> BTreeMap<String, String> {
+    [
+        ("pid", "process.pid"),
+        ("ppid", "process.parent_pid"),
+        ("comm", "process.command"),
+        ("executable", "process.executable.name"),
+        ("executable_path", "process.executable.path"),
+        ("container_id", "container.id"),
+        ("container", "container.name"),
+        ("pod", "k8s.pod.name"),
+        ("namespace", "k8s.namespace.name"),
+        ("node", "host.name"),
+        ("service_name", "service.name"),
+        ("thread_id", "thread.id"),
+        ("thread_comm", "thread.name"),
+        ("cpu", "cpu.logical_number"),
+    ]
+    .into_iter()
+    .map(|(label, key)| (label.to_owned(), key.to_owned()))
+    .collect()
+}
+
+/// Attribute keys whose values are integers in the semantic conventions.
+pub const INTEGER_KEYS: &[&str] = &[
+    "process.pid",
+    "process.parent_pid",
+    "thread.id",
+    "cpu.logical_number",
+];
+
+/// The path OTLP/HTTP profiles are posted to.
+pub const HTTP_PATH: &str = "/v1development/profiles";
+
+impl OtlpProfilesConfig {
+    /// The URL requests are posted to (HTTP).
+    pub fn http_url(&self) -> Result<http::Uri, String> {
+        let base = self.endpoint.trim().trim_end_matches('/');
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(format!(
+                "{base}: the http protocol needs an http:// or https:// URL"
+            ));
+        }
+        let url = if base.ends_with(HTTP_PATH) {
+            base.to_owned()
+        } else {
+            format!("{base}{HTTP_PATH}")
+        };
+        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(format!("{url}: no host"));
+        }
+        Ok(uri)
+    }
+}
+
+impl ComponentConfig for OtlpProfilesConfig {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.endpoint.trim().is_empty() {
+            errors.push(FieldError::new(
+                "endpoint",
+                "required: where to send profiles (host:port or an http(s):// URL)",
+            ));
+        } else {
+            let parsed = match self.protocol {
+                Protocol::Grpc => agent_net::Target::parse(&self.endpoint, self.insecure).map(drop),
+                Protocol::Http => self.http_url().map(drop),
+            };
+            if let Err(e) = parsed {
+                errors.push(FieldError::new("endpoint", &e));
+            }
+        }
+        for (name, value) in &self.headers {
+            let valid_name = match self.protocol {
+                // gRPC metadata keys are lowercase.
+                Protocol::Grpc => {
+                    tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
+                        name.as_bytes(),
+                    )
+                    .is_ok()
+                }
+                Protocol::Http => http::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+            };
+            if !valid_name {
+                errors.push(FieldError::new(
+                    &format!("headers::{name}"),
+                    "not a valid header name (lowercase letters, digits, '-', '_', '.')",
+                ));
+            } else if http::HeaderValue::from_str(&value.0).is_err() {
+                errors.push(FieldError::new(
+                    &format!("headers::{name}"),
+                    "the value is not a valid header value (visible ASCII)",
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            errors.push(FieldError::new("timeout", "must be more than 0s"));
+        }
+        if self.retry.initial_interval.is_zero() {
+            errors.push(FieldError::new(
+                "retry::initial_interval",
+                "must be more than 0s",
+            ));
+        }
+        if self.retry.initial_interval > self.retry.max_interval {
+            errors.push(FieldError::new(
+                "retry::max_interval",
+                "must not be shorter than retry::initial_interval",
+            ));
+        }
+        for label in self.attributes.keys() {
+            if !agent_core::is_label_name(label) {
+                errors.push(FieldError::new(
+                    &format!("attributes::{label}"),
+                    "not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)",
+                ));
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> OtlpProfilesConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn errors_name_their_keys() {
+        let fields = |c: &OtlpProfilesConfig| -> Vec<String> {
+            c.validate().into_iter().map(|e| e.field).collect()
+        };
+        assert_eq!(fields(&OtlpProfilesConfig::default()), ["endpoint"]);
+        assert!(config("endpoint: collector:4317").validate().is_empty());
+        assert!(config("endpoint: http://collector:4318\nprotocol: http")
+            .validate()
+            .is_empty());
+        assert_eq!(
+            fields(&config("endpoint: collector:4318\nprotocol: http")),
+            ["endpoint"]
+        );
+        assert_eq!(fields(&config("endpoint: collector")), ["endpoint"]);
+        assert_eq!(
+            fields(&config(
+                "endpoint: c:4317\nheaders: {Bad Name: x, ok-name: \"line\\nbreak\"}\ntimeout: 0s\nretry: {initial_interval: 1m, max_interval: 1s}\nattributes: {1x: y}"
+            )),
+            [
+                "headers::Bad Name",
+                "headers::ok-name",
+                "timeout",
+                "retry::max_interval",
+                "attributes::1x"
+            ]
+        );
+    }
+
+    #[test]
+    fn http_urls_get_the_profiles_path_once() {
+        let url = |e: &str| {
+            config(&format!("endpoint: {e}\nprotocol: http"))
+                .http_url()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(url("http://c:4318"), "http://c:4318/v1development/profiles");
+        assert_eq!(
+            url("https://otlp.example/"),
+            "https://otlp.example/v1development/profiles"
+        );
+        assert_eq!(
+            url("http://c:4318/v1development/profiles"),
+            "http://c:4318/v1development/profiles"
+        );
+    }
+
+    #[test]
+    fn header_values_are_redacted() {
+        let c = config("endpoint: c:4317\nheaders: {authorization: Bearer s3cr3t}");
+        let printed = serde_yaml::to_string(&c).unwrap();
+        assert!(!printed.contains("s3cr3t") && printed.contains("<redacted>"));
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+}

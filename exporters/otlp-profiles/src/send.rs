@@ -1,0 +1,317 @@
+//! One attempt to hand an export request to the backend, over gRPC or HTTP,
+//! and what a failure means: retry (maybe after a delay the backend asked
+//! for) or give up.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use agent_net::Target;
+use flate2::Compression as Level;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::body::Bytes;
+use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
+use opentelemetry_proto::tonic::collector::profiles::v1development::{
+    ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::config::{Compression, OtlpProfilesConfig, Protocol};
+
+/// Why an attempt failed.
+#[derive(Debug)]
+pub struct Failure {
+    /// A later attempt may succeed.
+    pub retryable: bool,
+    /// How long the backend asked us to wait (gRPC RetryInfo, HTTP
+    /// Retry-After or a `google.rpc.Status` body with RetryInfo).
+    pub retry_after: Option<Duration>,
+    /// What happened, for logs.
+    pub reason: String,
+}
+
+/// A configured transport.
+pub enum Sender {
+    Grpc {
+        client: ProfilesServiceClient<Channel>,
+        metadata: MetadataMap,
+    },
+    Http {
+        url: http::Uri,
+        headers: HeaderMap,
+        gzip: bool,
+        skip_verify: bool,
+    },
+}
+
+impl Sender {
+    /// The transport `config` describes; connects lazily.
+    pub fn new(config: &OtlpProfilesConfig) -> Result<Self, String> {
+        let gzip = config.compression == Compression::Gzip;
+        match config.protocol {
+            Protocol::Grpc => {
+                let target = Target::parse(&config.endpoint, config.insecure)?;
+                let channel = agent_net::grpc_channel(&target, config.insecure_skip_verify)?;
+                let mut client = ProfilesServiceClient::new(channel)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(16 << 20);
+                if gzip {
+                    client = client.send_compressed(CompressionEncoding::Gzip);
+                }
+                let mut metadata = MetadataMap::new();
+                for (name, value) in &config.headers {
+                    let key =
+                        MetadataKey::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+                    let value: MetadataValue<_> = value.0.parse().map_err(|_| {
+                        format!("header {name}: the value is not a valid header value")
+                    })?;
+                    metadata.insert(key, value);
+                }
+                Ok(Sender::Grpc { client, metadata })
+            }
+            Protocol::Http => {
+                let mut headers = HeaderMap::new();
+                for (name, value) in &config.headers {
+                    let name =
+                        HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+                    let mut value = HeaderValue::from_str(&value.0).map_err(|_| {
+                        format!("header {name}: the value is not a valid header value")
+                    })?;
+                    value.set_sensitive(true);
+                    headers.insert(name, value);
+                }
+                Ok(Sender::Http {
+                    url: config.http_url()?,
+                    headers,
+                    gzip,
+                    skip_verify: config.insecure_skip_verify,
+                })
+            }
+        }
+    }
+
+    /// Sends `request` once, bounded by `timeout`.
+    pub async fn send(
+        &mut self,
+        request: &ExportProfilesServiceRequest,
+        timeout: Duration,
+    ) -> Result<ExportProfilesServiceResponse, Failure> {
+        match self {
+            Sender::Grpc { client, metadata } => {
+                let mut call = tonic::Request::new(request.clone());
+                *call.metadata_mut() = metadata.clone();
+                call.set_timeout(timeout);
+                client
+                    .export(call)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|status| grpc_failure(&status))
+            }
+            Sender::Http {
+                url,
+                headers,
+                gzip,
+                skip_verify,
+            } => {
+                let mut body = request.encode_to_vec();
+                let mut builder = http::Request::post(url.clone())
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf");
+                if *gzip {
+                    body = gzip_bytes(&body);
+                    builder = builder.header(http::header::CONTENT_ENCODING, "gzip");
+                }
+                let mut post = builder
+                    .body(Bytes::from(body))
+                    .map_err(|e| permanent(e.to_string()))?;
+                post.headers_mut().extend(headers.clone());
+                let answer =
+                    tokio::time::timeout(timeout, agent_net::http1_request(post, *skip_verify))
+                        .await
+                        .map_err(|_| retryable(format!("no answer within {timeout:?}")))?
+                        .map_err(retryable)?;
+                http_outcome(answer)
+            }
+        }
+    }
+}
+
+fn retryable(reason: String) -> Failure {
+    Failure {
+        retryable: true,
+        retry_after: None,
+        reason,
+    }
+}
+
+fn permanent(reason: String) -> Failure {
+    Failure {
+        retryable: false,
+        retry_after: None,
+        reason,
+    }
+}
+
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), Level::fast());
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
+/// The OTLP spec's retryable gRPC codes; RESOURCE_EXHAUSTED only when the
+/// server says when to come back.
+fn grpc_failure(status: &tonic::Status) -> Failure {
+    let retry_after = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay);
+    let retryable = match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        Code::ResourceExhausted => retry_after.is_some(),
+        _ => false,
+    };
+    Failure {
+        retryable,
+        retry_after,
+        reason: format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+/// What an HTTP answer means: 2xx carries the response; 429, 502, 503 and
+/// 504 are retried (after `Retry-After` when given); the rest is final.
+fn http_outcome(answer: http::Response<Bytes>) -> Result<ExportProfilesServiceResponse, Failure> {
+    let status = answer.status();
+    let gzipped = answer
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let retry_after_header = answer
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut body = answer.into_body().to_vec();
+    if gzipped {
+        let mut plain = Vec::new();
+        if flate2::read::GzDecoder::new(body.as_slice())
+            .read_to_end(&mut plain)
+            .is_ok()
+        {
+            body = plain;
+        }
+    }
+    if status.is_success() {
+        return ExportProfilesServiceResponse::decode(body.as_slice())
+            .map_err(|e| permanent(format!("HTTP {status} with an undecodable body: {e}")));
+    }
+    // Failures carry a google.rpc.Status; its RetryInfo also says when to retry.
+    let rpc_status = tonic_types::pb::Status::decode(body.as_slice()).ok();
+    let retry_after = retry_after_header.or_else(|| {
+        rpc_status.as_ref().and_then(|s| {
+            s.details
+                .iter()
+                .filter(|d| d.type_url.ends_with("google.rpc.RetryInfo"))
+                .find_map(|d| tonic_types::pb::RetryInfo::decode(d.value.as_slice()).ok())
+                .and_then(|info| info.retry_delay)
+                .and_then(|d| Duration::try_from(d).ok())
+        })
+    });
+    let message = rpc_status
+        .map(|s| s.message)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+    Err(Failure {
+        retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+        retry_after,
+        reason: format!("HTTP {status}: {message}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(code: u16, headers: &[(&str, &str)], body: Vec<u8>) -> http::Response<Bytes> {
+        let mut b = http::Response::builder().status(code);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Bytes::from(body)).unwrap()
+    }
+
+    #[test]
+    fn http_answers_are_classified_as_the_spec_says() {
+        let ok = http_outcome(answer(
+            200,
+            &[],
+            ExportProfilesServiceResponse::default().encode_to_vec(),
+        ));
+        assert!(ok.is_ok());
+        for code in [429, 502, 503, 504] {
+            assert!(
+                http_outcome(answer(code, &[], vec![]))
+                    .unwrap_err()
+                    .retryable,
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 413, 500] {
+            assert!(
+                !http_outcome(answer(code, &[], vec![]))
+                    .unwrap_err()
+                    .retryable,
+                "{code}"
+            );
+        }
+        let throttled = http_outcome(answer(429, &[("retry-after", "7")], vec![])).unwrap_err();
+        assert_eq!(throttled.retry_after, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_status_body_with_retry_info_sets_the_delay() {
+        let info = tonic_types::pb::RetryInfo {
+            retry_delay: Some(prost_types_duration(3)),
+        };
+        let status = tonic_types::pb::Status {
+            code: Code::Unavailable as i32,
+            message: "busy".into(),
+            details: vec![prost_types::Any {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: info.encode_to_vec(),
+            }],
+        };
+        let failure = http_outcome(answer(503, &[], status.encode_to_vec())).unwrap_err();
+        assert!(failure.retryable);
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(3)));
+        assert!(failure.reason.contains("busy"), "{}", failure.reason);
+    }
+
+    fn prost_types_duration(seconds: i64) -> prost_types::Duration {
+        prost_types::Duration { seconds, nanos: 0 }
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_spec() {
+        let r = |code| grpc_failure(&tonic::Status::new(code, "x")).retryable;
+        assert!(r(Code::Unavailable) && r(Code::DeadlineExceeded) && r(Code::Aborted));
+        assert!(!r(Code::InvalidArgument) && !r(Code::Unauthenticated) && !r(Code::Unknown));
+        // RESOURCE_EXHAUSTED only with RetryInfo.
+        assert!(!r(Code::ResourceExhausted));
+        let with_info = tonic::Status::with_error_details(
+            Code::ResourceExhausted,
+            "slow down",
+            tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_secs(2))),
+        );
+        let failure = grpc_failure(&with_info);
+        assert!(failure.retryable);
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(2)));
+    }
+}
