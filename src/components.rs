@@ -3,7 +3,7 @@
 //! `components.go`). Adding a component: a crate, a feature in Cargo.toml,
 //! and one `register` line here.
 
-use agent_core::{Kind, Registry};
+use agent_core::Registry;
 
 /// Every component compiled into this binary, and the known ones that are not.
 pub fn registry() -> Registry {
@@ -13,7 +13,7 @@ pub fn registry() -> Registry {
     r.register(agent_receiver_ebpf_cpu::EbpfCpuFactory);
     #[cfg(not(feature = "receiver-ebpf-cpu"))]
     r.absent(
-        Kind::Receiver,
+        agent_core::Kind::Receiver,
         "ebpf_cpu",
         "built without Cargo feature `receiver-ebpf-cpu`",
     );
@@ -22,7 +22,7 @@ pub fn registry() -> Registry {
     r.register(agent_receiver_pprof::PprofReceiverFactory);
     #[cfg(not(feature = "receiver-pprof"))]
     r.absent(
-        Kind::Receiver,
+        agent_core::Kind::Receiver,
         "pprof",
         "built without Cargo feature `receiver-pprof`",
     );
@@ -31,16 +31,25 @@ pub fn registry() -> Registry {
     r.register(agent_processor_metadata::MetadataFactory);
     #[cfg(not(feature = "processor-metadata"))]
     r.absent(
-        Kind::Processor,
+        agent_core::Kind::Processor,
         "metadata",
         "built without Cargo feature `processor-metadata`",
+    );
+
+    #[cfg(feature = "processor-k8s-meta")]
+    r.register(agent_processor_k8s_meta::K8sMetaFactory);
+    #[cfg(not(feature = "processor-k8s-meta"))]
+    r.absent(
+        agent_core::Kind::Processor,
+        "k8s_meta",
+        "built without Cargo feature `processor-k8s-meta`",
     );
 
     #[cfg(feature = "processor-relabel")]
     r.register(agent_processor_relabel::RelabelFactory);
     #[cfg(not(feature = "processor-relabel"))]
     r.absent(
-        Kind::Processor,
+        agent_core::Kind::Processor,
         "relabel",
         "built without Cargo feature `processor-relabel`",
     );
@@ -49,7 +58,7 @@ pub fn registry() -> Registry {
     r.register(agent_processor_plugin::PluginFactory);
     #[cfg(not(feature = "processor-plugin"))]
     r.absent(
-        Kind::Processor,
+        agent_core::Kind::Processor,
         "plugin",
         "built without Cargo feature `processor-plugin`",
     );
@@ -58,7 +67,7 @@ pub fn registry() -> Registry {
     r.register(agent_processor_symbolize::SymbolizeFactory);
     #[cfg(not(feature = "processor-symbolize"))]
     r.absent(
-        Kind::Processor,
+        agent_core::Kind::Processor,
         "symbolize",
         "built without Cargo feature `processor-symbolize`",
     );
@@ -68,7 +77,7 @@ pub fn registry() -> Registry {
     r.register(agent_processor_drop_frames::DropFramesFactory);
     #[cfg(not(feature = "processor-drop-frames"))]
     r.absent(
-        Kind::Processor,
+        agent_core::Kind::Processor,
         "drop_frames",
         "built without Cargo feature `processor-drop-frames`",
     );
@@ -77,7 +86,7 @@ pub fn registry() -> Registry {
     r.register(agent_exporter_file::FileExporterFactory);
     #[cfg(not(feature = "exporter-file"))]
     r.absent(
-        Kind::Exporter,
+        agent_core::Kind::Exporter,
         "file",
         "built without Cargo feature `exporter-file`",
     );
@@ -86,7 +95,7 @@ pub fn registry() -> Registry {
     r.register(agent_exporter_parca_grpc::ParcaGrpcFactory);
     #[cfg(not(feature = "exporter-parca-grpc"))]
     r.absent(
-        Kind::Exporter,
+        agent_core::Kind::Exporter,
         "parca_grpc",
         "built without Cargo feature `exporter-parca-grpc`",
     );
@@ -95,12 +104,10 @@ pub fn registry() -> Registry {
     r.register(agent_exporter_otlp_profiles::OtlpProfilesFactory);
     #[cfg(not(feature = "exporter-otlp-profiles"))]
     r.absent(
-        Kind::Exporter,
+        agent_core::Kind::Exporter,
         "otlp_profiles",
         "built without Cargo feature `exporter-otlp-profiles`",
     );
 
-    // Components of the design that are not written yet.
-    r.absent(Kind::Processor, "k8s_meta", "not implemented yet");
     r
 }

@@ -286,6 +286,8 @@ fn container_names_reach_the_output_through_the_embedded_rules() {
                 _ => (None, None),
             };
             assert_eq!((l.get("executable"), l.get("container")), expected, "{l:?}");
+            let container_id = expected.1.map(|_| ID);
+            assert_eq!(l.get("container_id"), container_id, "{l:?}");
             assert_eq!(l.get("pod"), None);
             assert!(l.pairs().iter().all(|(k, _)| !k.starts_with("__")), "{l:?}");
             seen.insert(pid);

@@ -90,11 +90,6 @@ const BAD: &[(&str, &str, &str)] = &[
         "receivers::ebpf_cpu::unwind_table_memory_limit: must be at least 1048576 bytes (1 MiB)",
     ),
     (
-        "component not in this build",
-        "receivers: {pprof: {path: /tmp}}\nprocessors: {k8s_meta: {}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], processors: [k8s_meta], exporters: [file]}}}",
-        "processors::k8s_meta: processor type `k8s_meta` is not in this build",
-    ),
-    (
         "misspelled reference",
         "receivers: {pprof: {path: /tmp}}\nexporters: {file/local: {}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [file/locl]}}}",
         "service::pipelines::profiles::exporters: `file/locl` is not configured under `exporters`; did you mean `file/local`?",

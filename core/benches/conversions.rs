@@ -1,7 +1,7 @@
 //! `to_pprof` and `to_otlp` on a batch of 1M samples with 50k distinct stacks.
 
 use agent_core::model::*;
-use agent_core::otlp::to_otlp;
+use agent_core::otlp::{to_otlp, to_otlp_with, AttributeKeys};
 use agent_core::pprof::{to_pprof, PprofGrouping};
 use criterion::{criterion_group, criterion_main, Criterion};
 use prost::Message;
@@ -129,6 +129,21 @@ fn conversions(c: &mut Criterion) {
     });
     g.bench_function("to_otlp (encoded)", |bench| {
         bench.iter(|| to_otlp(&batch).encode_to_vec())
+    });
+    // What otlp_profiles does: semantic-convention keys, integer pids/CPUs.
+    let keys = AttributeKeys::new(
+        [
+            ("pid", "process.pid"),
+            ("comm", "process.command"),
+            ("node", "host.name"),
+            ("thread_id", "thread.id"),
+            ("cpu", "cpu.logical_number"),
+        ]
+        .map(|(l, k)| (l.to_owned(), k.to_owned())),
+        ["process.pid", "thread.id", "cpu.logical_number"].map(str::to_owned),
+    );
+    g.bench_function("to_otlp_with semantic keys (encoded)", |bench| {
+        bench.iter(|| to_otlp_with(&batch, &keys).encode_to_vec())
     });
     g.finish();
 }

@@ -378,6 +378,32 @@ impl ProfileBatch {
         batch
     }
 
+    /// A CPU batch with one sample (value 1, empty stack) per label set, in
+    /// order: what label processors see, for their tests.
+    pub fn one_sample_per_series(sets: impl IntoIterator<Item = LabelSet>) -> Self {
+        let mut batch = Self::new(ProfileType::cpu_samples(19), 0, 1);
+        let stack = batch.stacks.intern(Vec::new());
+        for set in sets {
+            let series = batch.label_sets.intern(set);
+            batch.samples.push(Sample {
+                stack,
+                series,
+                attributes: 0,
+                value: 1,
+                timestamp_unix_nanos: None,
+            });
+        }
+        batch
+    }
+
+    /// The series labels of each sample, in sample order.
+    pub fn sample_series_labels(&self) -> Vec<LabelSet> {
+        self.samples
+            .iter()
+            .map(|s| self.labels(s.series).clone())
+            .collect()
+    }
+
     /// The string with id `id`.
     pub fn str(&self, id: StrId) -> &str {
         self.strings.get(id)

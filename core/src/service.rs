@@ -853,12 +853,17 @@ service: {pipelines: {profiles: {receivers: [counting], exporters: [sink]}}}
 
     #[test]
     fn config_errors_name_their_paths_and_come_all_at_once() {
-        let r = registry(&[], Default::default());
+        let mut r = registry(&[], Default::default());
+        r.absent(
+            Kind::Processor,
+            "k8s_meta",
+            "built without Cargo feature `processor-k8s-meta`",
+        );
         let yaml = r#"
 receivers:
   counting: {batches: "many"}
   countng/x: {}
-processors: {doubler: {extra: 1}}
+processors: {doubler: {extra: 1}, k8s_meta: {}}
 exporters: {sink: {sending_queue: {queue_size: 0}}}
 extensions: {}
 service:
@@ -872,6 +877,7 @@ service:
             "receivers::counting::batches: invalid type: string \"many\", expected i64",
             "receivers::countng/x: unknown receiver type `countng`; did you mean `counting`?",
             "processors::doubler::extra: unknown field `extra`",
+            "processors::k8s_meta: processor type `k8s_meta` is not in this build (built without Cargo feature `processor-k8s-meta`)",
             "exporters::sink::sending_queue::queue_size: must be at least 1",
             "service::pipelines::profiles::receivers: `countin` is not configured under `receivers`; did you mean `counting`?",
             "service::pipelines::profiles::exporters: `sink` is listed twice",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent_core::telemetry::Telemetry;
-use agent_core::{BuildContext, Factory, LabelSet, Processor, ProfileBatch, ProfileType, Sample};
+use agent_core::{BuildContext, Factory, LabelSet, Processor, ProfileBatch};
 use agent_processor_metadata::runtime::cri;
 use agent_processor_metadata::{MetadataConfig, MetadataFactory};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -46,31 +46,16 @@ fn nginx_in_docker(dir: &Path) -> PathBuf {
 
 /// A window with one sample per `(pid, comm)` series.
 fn window(series: &[(u32, &str)]) -> ProfileBatch {
-    let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
-    let stack = b.stacks.intern(vec![]);
-    for (pid, comm) in series {
-        let pid = pid.to_string();
-        let series = b
-            .label_sets
-            .intern(LabelSet::new([("pid", pid.as_str()), ("comm", comm)]));
-        b.samples.push(Sample {
-            stack,
-            series,
-            attributes: 0,
-            value: 1,
-            timestamp_unix_nanos: None,
-        });
-    }
-    b
+    ProfileBatch::one_sample_per_series(
+        series
+            .iter()
+            .map(|(pid, comm)| LabelSet::new([("pid", pid.to_string().as_str()), ("comm", comm)])),
+    )
 }
 
 /// The labels of each sample's series, in sample order.
 fn labels_of(batch: &ProfileBatch) -> Vec<LabelSet> {
-    batch
-        .samples
-        .iter()
-        .map(|s| batch.labels(s.series).clone())
-        .collect()
+    batch.sample_series_labels()
 }
 
 fn processor(
