@@ -98,6 +98,13 @@ pub struct BuildContext {
 }
 
 impl BuildContext {
+    /// The agent's tokio runtime, for components that spawn tasks or open
+    /// connections; an error naming the component when built outside it.
+    pub fn runtime(&self) -> Result<tokio::runtime::Handle, ComponentError> {
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| format!("{} must be built inside the agent's runtime", self.id).into())
+    }
+
     /// A context with fresh metrics and node `test-node`, for tests of one component.
     pub fn for_test(id: &str) -> Self {
         Self {

@@ -34,9 +34,6 @@ pub enum OtlpProfilesError {
         /// What failed.
         reason: String,
     },
-    /// Built outside the agent's async runtime.
-    #[error("otlp_profiles must be built inside the agent's runtime")]
-    NoRuntime,
     /// The batch was not delivered.
     #[error("profiles not delivered to {endpoint}: {reason}")]
     NotDelivered {
@@ -60,7 +57,7 @@ impl Factory for OtlpProfilesFactory {
         config: Self::Config,
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
-        tokio::runtime::Handle::try_current().map_err(|_| OtlpProfilesError::NoRuntime)?;
+        ctx.runtime()?;
         let sender = Sender::new(&config).map_err(|reason| OtlpProfilesError::Connection {
             endpoint: config.endpoint.clone(),
             reason,

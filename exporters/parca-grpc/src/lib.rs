@@ -68,9 +68,6 @@ pub enum ParcaGrpcError {
         /// What failed.
         reason: String,
     },
-    /// Built outside the agent's async runtime.
-    #[error("parca_grpc must be built inside the agent's runtime")]
-    NoRuntime,
 }
 
 impl Factory for ParcaGrpcFactory {
@@ -86,7 +83,7 @@ impl Factory for ParcaGrpcFactory {
         config: Self::Config,
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
-        tokio::runtime::Handle::try_current().map_err(|_| ParcaGrpcError::NoRuntime)?;
+        ctx.runtime()?;
         let clients = ParcaClients::new(&config).map_err(|reason| ParcaGrpcError::Connection {
             address: config.address.clone(),
             reason,

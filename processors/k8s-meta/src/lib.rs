@@ -42,14 +42,6 @@ impl ComponentConfig for K8sMetaConfig {
 /// Builds `k8s_meta` processors.
 pub struct K8sMetaFactory;
 
-/// Why the processor cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum K8sMetaError {
-    /// Built outside the agent's async runtime.
-    #[error("k8s_meta must be built inside the agent's runtime")]
-    NoRuntime,
-}
-
 impl Factory for K8sMetaFactory {
     const TYPE: &'static str = "k8s_meta";
     const STABILITY: Stability = Stability::Alpha;
@@ -63,7 +55,7 @@ impl Factory for K8sMetaFactory {
         config: Self::Config,
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| K8sMetaError::NoRuntime)?;
+        let runtime = ctx.runtime()?;
         let stores = Arc::new(OnceLock::new());
         let node = ctx.service.node.clone();
         let telemetry = ctx.telemetry.clone();
