@@ -6,7 +6,10 @@
 # Usage: bench/unwind.sh [SECONDS=10]   (root; needs gcc, g++, rustc, perf)
 # Complete = the walk reached the outermost frame (agent: unwind_status
 # complete; perf: the last frame is _start) and the workload's functions on
-# the stack are, in order, the tail of its hot chain down to main.
+# the stack are, in order, the tail of its hot chain down to main. Samples
+# taken while the kernel exec'd or tore down the process, and whole walks
+# with none of the workload's functions (the dynamic loader), are left out
+# of both counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -53,10 +56,15 @@ def judge(frames):
     names = [f.split("(")[0] for f in frames if f.split("(")[0] in chain]
     return (bool(frames) and frames[-1] == "_start" and names and names[-1] == "main"
             and chain[len(chain) - len(names):] == names)
+def outside(frames):
+    # Exec, exit, or a whole walk with none of the workload on it (the loader): left out.
+    names = [f.split("(")[0] for f in frames]
+    return ("bprm_execve" in names or "do_exit" in names
+            or (bool(frames) and frames[-1] == "_start" and not any(n in chain for n in names)))
 frames, in_sample = [], False
 for line in sys.stdin:
     if not line.strip():
-        if in_sample:
+        if in_sample and not outside(frames):
             total += 1
             complete += judge(frames)
         frames, in_sample = [], False
@@ -64,7 +72,7 @@ for line in sys.stdin:
         frames.append(line.strip().split(None, 1)[-1].replace(" (inlined)", ""))
     else:
         in_sample = line.split()[0] == sys.argv[1]
-if in_sample:
+if in_sample and not outside(frames):
     total += 1
     complete += judge(frames)
 print(f"{sys.argv[1]}: perf --call-graph dwarf complete {100 * complete / max(total, 1):.1f}% of {total} samples")

@@ -37,7 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut statuses: BTreeMap<String, i64> = BTreeMap::new();
         let chain: Vec<&str> = chain.iter().map(String::as_str).collect();
         for sample in batches.iter().flat_map(|b| b.resolved_samples()) {
-            if sample.series.get("comm") != Some(comm.as_str()) {
+            if sample.series.get("comm") != Some(comm.as_str())
+                || stack_chain::outside_the_workload(&sample, &chain)
+            {
                 continue;
             }
             total += sample.value;

@@ -17,7 +17,7 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 #[path = "support/stack_chain.rs"]
 mod stack_chain;
-use stack_chain::complete_down_to_main;
+use stack_chain::{complete_down_to_main, outside_the_workload};
 
 /// The tests measure CPU shares: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -673,7 +673,10 @@ fn code_without_frame_pointers_is_unwound_with_eh_frame_tables() {
     std::thread::sleep(Duration::from_millis(300));
     let batches = agent.stop();
     for (w, pid) in workloads.iter().zip(pids) {
-        let mine = samples_of(&batches, pid);
+        let mine: Vec<_> = samples_of(&batches, pid)
+            .into_iter()
+            .filter(|s| !outside_the_workload(s, w.chain))
+            .collect();
         let total: i64 = mine.iter().map(|s| s.value).sum();
         let complete = share(&mine, |s| complete_down_to_main(s, w.chain));
         let name = w.binary.file_name().unwrap().to_string_lossy();
@@ -726,7 +729,10 @@ fn unwinding_modes_are_honoured() {
         let pid = child.id();
         assert!(child.wait().unwrap().success());
         std::thread::sleep(Duration::from_millis(300));
-        let mine = samples_of(&agent.stop(), pid);
+        let mine: Vec<_> = samples_of(&agent.stop(), pid)
+            .into_iter()
+            .filter(|s| !outside_the_workload(s, workload.chain))
+            .collect();
         let complete = share(&mine, |s| complete_down_to_main(s, workload.chain));
         let frame_pointer_failed = share(&mine, |s| {
             s.series.get("unwind_status") == Some("frame_pointer_failed")

@@ -3,6 +3,24 @@
 
 use agent_core::ResolvedSample;
 
+/// A sample of the process while it was not running the workload's code:
+/// in the kernel exec'ing it (`bprm_execve`) or tearing it down (`do_exit`),
+/// or a whole walk with none of `chain`'s functions on it (the dynamic
+/// loader before `main`). Such samples cannot reach `main` through the
+/// workload's code and say nothing about unwinding it, so both the e2e test
+/// and bench/unwind.sh leave them out; every other walk that stopped early
+/// counts against the unwinder.
+pub fn outside_the_workload(sample: &ResolvedSample, chain: &[&str]) -> bool {
+    let mut names = sample
+        .frames
+        .iter()
+        .flat_map(|f| f.lines.iter().map(|l| l.function.as_str()));
+    let exec_or_exit = names.clone().any(|n| n == "bprm_execve" || n == "do_exit");
+    let whole_without_chain = sample.series.get("unwind_status") == Some("complete")
+        && !names.any(|n| chain.contains(&n.split('(').next().unwrap_or(n)));
+    exec_or_exit || whole_without_chain
+}
+
 /// The walk ended at the outermost frame (`unwind_status` complete), `main`
 /// is on the stack, and the chain's functions on it (names without C++
 /// parameters) are, in order, the tail of `chain` (leaf first, `main` last).

@@ -140,15 +140,15 @@ impl Exporter for OtlpProfiles {
             return Ok(());
         }
         let data = to_otlp_with(&batch, &self.keys);
-        let request = ExportProfilesServiceRequest {
+        let payload = self.sender.prepare(ExportProfilesServiceRequest {
             resource_profiles: data.resource_profiles,
             dictionary: data.dictionary,
-        };
+        });
         let retry = &self.config.retry;
         let give_up_at = Instant::now() + retry.max_elapsed_time;
         let mut backoff = Backoff::new(retry.initial_interval, retry.max_interval);
         loop {
-            let failure = match self.sender.send(&request, self.config.timeout).await {
+            let failure = match self.sender.send(&payload, self.config.timeout).await {
                 Ok(response) => {
                     self.metrics.sent.inc();
                     if std::mem::replace(&mut self.failing, false) {

@@ -94,14 +94,26 @@ impl Sender {
         }
     }
 
-    /// Sends `request` once, bounded by `timeout`.
+    /// What is sent, made once for all attempts: the message for gRPC
+    /// (tonic encodes it), the encoded and compressed body for HTTP.
+    pub fn prepare(&self, request: ExportProfilesServiceRequest) -> Payload {
+        match self {
+            Sender::Grpc { .. } => Payload::Message(request),
+            Sender::Http { gzip, .. } => {
+                let body = request.encode_to_vec();
+                Payload::Body(Bytes::from(if *gzip { gzip_bytes(&body) } else { body }))
+            }
+        }
+    }
+
+    /// Sends `payload` once, bounded by `timeout`.
     pub async fn send(
         &mut self,
-        request: &ExportProfilesServiceRequest,
+        payload: &Payload,
         timeout: Duration,
     ) -> Result<ExportProfilesServiceResponse, Failure> {
-        match self {
-            Sender::Grpc { client, metadata } => {
+        match (self, payload) {
+            (Sender::Grpc { client, metadata }, Payload::Message(request)) => {
                 let mut call = tonic::Request::new(request.clone());
                 *call.metadata_mut() = metadata.clone();
                 call.set_timeout(timeout);
@@ -111,21 +123,22 @@ impl Sender {
                     .map(tonic::Response::into_inner)
                     .map_err(|status| grpc_failure(&status))
             }
-            Sender::Http {
-                url,
-                headers,
-                gzip,
-                skip_verify,
-            } => {
-                let mut body = request.encode_to_vec();
+            (
+                Sender::Http {
+                    url,
+                    headers,
+                    gzip,
+                    skip_verify,
+                },
+                Payload::Body(body),
+            ) => {
                 let mut builder = http::Request::post(url.clone())
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf");
                 if *gzip {
-                    body = gzip_bytes(&body);
                     builder = builder.header(http::header::CONTENT_ENCODING, "gzip");
                 }
                 let mut post = builder
-                    .body(Bytes::from(body))
+                    .body(body.clone())
                     .map_err(|e| permanent(e.to_string()))?;
                 post.headers_mut().extend(headers.clone());
                 let answer =
@@ -135,8 +148,17 @@ impl Sender {
                         .map_err(retryable)?;
                 http_outcome(answer)
             }
+            _ => unreachable!("payloads are prepared by the sender that sends them"),
         }
     }
+}
+
+/// A request ready to send, see [`Sender::prepare`].
+pub enum Payload {
+    /// For gRPC.
+    Message(ExportProfilesServiceRequest),
+    /// For HTTP: the protobuf body, compressed when configured.
+    Body(Bytes),
 }
 
 fn retryable(reason: String) -> Failure {
