@@ -184,6 +184,16 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
     }
 }
 
+/// A client connection that could not be set up (address, TLS roots).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the connection to {target}: {reason}")]
+pub struct SetupError {
+    /// The configured address or endpoint.
+    pub target: String,
+    /// What failed.
+    pub reason: String,
+}
+
 /// A gRPC channel to `target`; connects on first use and reconnects after
 /// failures, so a server that is down at start-up is not an error.
 pub fn grpc_channel(target: &Target, skip_verify: bool) -> Result<Channel, String> {

@@ -23,17 +23,9 @@ use crate::send::Sender;
 /// Builds `otlp_profiles` exporters.
 pub struct OtlpProfilesFactory;
 
-/// Why the exporter cannot start.
+/// Why a batch did not reach the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpProfilesError {
-    /// TLS or address setup failed.
-    #[error("cannot set up the connection to {endpoint}: {reason}")]
-    Connection {
-        /// The configured endpoint.
-        endpoint: String,
-        /// What failed.
-        reason: String,
-    },
     /// The batch was not delivered.
     #[error("profiles not delivered to {endpoint}: {reason}")]
     NotDelivered {
@@ -58,8 +50,8 @@ impl Factory for OtlpProfilesFactory {
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
         ctx.runtime()?;
-        let sender = Sender::new(&config).map_err(|reason| OtlpProfilesError::Connection {
-            endpoint: config.endpoint.clone(),
+        let sender = Sender::new(&config).map_err(|reason| agent_net::SetupError {
+            target: config.endpoint.clone(),
             reason,
         })?;
         let mut renames = config::default_attribute_keys();

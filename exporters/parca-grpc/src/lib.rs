@@ -57,19 +57,6 @@ impl ParcaClients {
 /// Builds `parca_grpc` exporters.
 pub struct ParcaGrpcFactory;
 
-/// Why the exporter cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum ParcaGrpcError {
-    /// TLS or address setup failed.
-    #[error("cannot set up the connection to {address}: {reason}")]
-    Connection {
-        /// The configured address.
-        address: String,
-        /// What failed.
-        reason: String,
-    },
-}
-
 impl Factory for ParcaGrpcFactory {
     const TYPE: &'static str = "parca_grpc";
     const STABILITY: Stability = Stability::Alpha;
@@ -84,8 +71,8 @@ impl Factory for ParcaGrpcFactory {
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
         ctx.runtime()?;
-        let clients = ParcaClients::new(&config).map_err(|reason| ParcaGrpcError::Connection {
-            address: config.address.clone(),
+        let clients = ParcaClients::new(&config).map_err(|reason| agent_net::SetupError {
+            target: config.address.clone(),
             reason,
         })?;
         let metrics = WriterMetrics::new(&ctx.telemetry);

@@ -13,8 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_core::{
-    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, Processor, ProfileBatch,
-    Stability,
+    BuildContext, ComponentConfig, ComponentError, Factory, Processor, ProfileBatch, Stability,
 };
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -33,11 +32,7 @@ pub struct K8sMetaConfig {
     pub kubeconfig: Option<PathBuf>,
 }
 
-impl ComponentConfig for K8sMetaConfig {
-    fn validate(&self) -> Vec<FieldError> {
-        Vec::new()
-    }
-}
+impl ComponentConfig for K8sMetaConfig {}
 
 /// Builds `k8s_meta` processors.
 pub struct K8sMetaFactory;
