@@ -60,6 +60,7 @@ def outside(frames):
     # Exec, exit, or a whole walk with none of the workload on it (the loader): left out.
     names = [f.split("(")[0] for f in frames]
     return ("bprm_execve" in names or "do_exit" in names
+            or any(n.startswith("do_execveat_common") for n in names)
             or (bool(frames) and frames[-1] == "_start" and not any(n in chain for n in names)))
 frames, in_sample = [], False
 for line in sys.stdin:

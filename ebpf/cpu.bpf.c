@@ -9,7 +9,10 @@
  *
  * Kernel stacks come from bpf_get_stackid. User stacks are walked here,
  * frame by frame (bpf_loop): with the unwind table user space compiled from
- * the mapping's .eh_frame when there is one, with frame pointers otherwise. */
+ * the mapping's .eh_frame when there is one, with frame pointers otherwise.
+ * A walk that reaches code whose table is not in the kernel yet (a new
+ * process, a library just mapped) is handed to user space with a copy of
+ * the stack instead of being cut short (struct deferred_sample). */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
 #include <asm/ptrace.h>
@@ -27,6 +30,10 @@
 #define MAPPING_SEARCH_STEPS 10
 /* At most one mapping re-read request per process per second. */
 #define REFRESH_INTERVAL_NS 1000000000ULL
+/* How long after user space wrote a process's mappings a walk reaching code
+ * in none of them is deferred each time (the loader still mapping
+ * libraries); past it, at most once per refresh request. */
+#define YOUNG_ENTRY_NS 2000000000ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -100,6 +107,7 @@ struct unwind_state {
 	__u64 hash;
 	__u32 pid;
 	__u32 mode;
+	__u32 can_defer;       /* may hand the walk to user space */
 	__u32 exact_pc;        /* pc is where execution is, not a return address */
 	__u32 trusted_pc;      /* pc came from registers or a table row, not a frame pointer */
 	__u32 lo;              /* binary search bounds */
@@ -114,12 +122,13 @@ struct {
 	__type(value, struct unwind_state);
 } unwind_scratch SEC(".maps");
 
-/* Processes already announced to user space. */
+/* Processes already announced to user space, with how often each exec'd
+ * since (a deferred walk must not be finished with a later image's maps). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_PROCESSES);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, __u32);
 } known_processes SEC(".maps");
 
 struct {
@@ -139,6 +148,7 @@ struct {
 struct process_event process_event_layout;
 struct unwind_row unwind_row_layout;
 struct unwind_mapping unwind_mapping_layout;
+struct deferred_sample deferred_sample_layout;
 
 static __always_inline void count(__u32 index)
 {
@@ -156,7 +166,7 @@ static __always_inline void send_event(__u32 kind, __u32 pid)
 	}
 	e->kind = kind;
 	e->pid = pid;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
 static __always_inline int read_user(__u64 *value, __u64 address)
@@ -293,13 +303,28 @@ static __always_inline long table_step(struct unwind_state *st, struct unwind_ro
 	return 0;
 }
 
-static __always_inline void request_refresh(struct process_unwind_info *proc, __u32 pid)
+/* Asks user space to read pid's mappings again (at most once a second);
+ * 1 when a walk should be deferred until it has: the entry is young, or
+ * this very call asked. So a process whose code lies outside what the
+ * unwinder holds (more than MAX_UNWIND_MAPPINGS mappings) costs at most
+ * one deferred walk a second, not one per sample. */
+static __always_inline int request_refresh(struct process_unwind_info *proc, __u32 pid)
 {
 	__u64 now = bpf_ktime_get_ns();
+	int young = now - proc->written_ns < YOUNG_ENTRY_NS;
 	if (now - proc->refresh_requested_ns < REFRESH_INTERVAL_NS)
-		return;
+		return young;
 	proc->refresh_requested_ns = now;
 	send_event(PROCESS_MAPPINGS_CHANGED, pid);
+	return 1;
+}
+
+/* Ends the walk at st->pc (not recorded) so user space finishes it; 1. */
+static __always_inline long defer_walk(struct unwind_state *st, __u32 len)
+{
+	st->stack.len = len;
+	st->stack.status = STACK_DEFERRED;
+	return 1;
 }
 
 /* bpf_loop callback: records st->pc and steps to the caller. */
@@ -322,14 +347,18 @@ static long unwind_frame(__u32 index, void *unused)
 	st->hash = (st->hash ^ pc) * 0x100000001b3ULL;
 
 	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
-	if (!proc)
+	if (!proc) {
+		/* User space has not read this process yet. */
+		if (st->can_defer)
+			return defer_walk(st, len);
 		return frame_pointer_step(st, STACK_NO_TABLE);
+	}
 	struct unwind_mapping *m = find_mapping(st, proc, pc);
 	if (!m) {
 		/* New code since user space read the mappings (dlopen, JIT); an
 		 * address from a broken frame pointer chain proves nothing. */
-		if (st->trusted_pc)
-			request_refresh(proc, st->pid);
+		if (st->trusted_pc && request_refresh(proc, st->pid) && st->can_defer)
+			return defer_walk(st, len);
 		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
 	}
 	if (m->table_id == TABLE_ANONYMOUS)
@@ -338,8 +367,12 @@ static long unwind_frame(__u32 index, void *unused)
 		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);
 	__u32 table_id = m->table_id;
 	void *table = bpf_map_lookup_elem(&unwind_tables, &table_id);
-	if (!table)
+	if (!table) {
+		/* Evicted since the process entry was written: user space reloads it. */
+		if (st->can_defer)
+			return defer_walk(st, len);
 		return frame_pointer_step(st, STACK_NO_TABLE);
+	}
 	/* A return address may be one past a call that ends its function. */
 	__u64 lookup = (st->exact_pc ? pc : pc - 1) - m->bias;
 	struct unwind_row *row = find_row(st, table, m->rows, (__u32)lookup);
@@ -368,9 +401,68 @@ static __always_inline int user_registers(struct bpf_perf_event_data *ctx, struc
 	return (regs->cs & 3) == 3 && regs->rip != 0;
 }
 
-/* Walks the user stack into the window's user_stacks map; its key, or 0. */
+/* Copies the user stack from sp up into dst, in 4 KiB chunks at fixed
+ * offsets (the verifier then knows every write is in bounds) until the
+ * stack's end or DEFERRED_STACK_BYTES; the bytes copied. */
+static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp)
+{
+	__u32 copied = 0;
+#pragma unroll
+	for (int i = 0; i < DEFERRED_STACK_BYTES / 4096; i++) {
+		__u64 at = sp + i * 4096;
+		if (bpf_probe_read_user(dst + i * 4096, 4096, (const void *)at) == 0) {
+			copied += 4096;
+			continue;
+		}
+		/* The stack ends inside this chunk: copy up to that page's end. */
+		__u32 rest = (4096 - (at & 4095)) & 4095;
+		if (rest && bpf_probe_read_user(dst + i * 4096, rest, (const void *)at) == 0)
+			copied += rest;
+		break;
+	}
+	return copied;
+}
+
+/* Sends the walk st stopped for user space to finish; 0 when the ring
+ * buffer is too full (half of it stays free for process events). */
+static __always_inline int send_deferred(struct bpf_perf_event_data *ctx, struct unwind_state *st,
+					 struct sample_key *key, __u32 window, __u32 generation)
+{
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (queued + sizeof(struct deferred_sample) > size / 2)
+		return 0;
+	struct deferred_sample *d = bpf_ringbuf_reserve(&events, sizeof(*d), 0);
+	if (!d)
+		return 0;
+	d->kind = PROCESS_DEFERRED_SAMPLE;
+	d->pid = key->pid;
+	d->tid = key->tid;
+	d->cpu = key->cpu;
+	d->window = window;
+	d->generation = generation;
+	d->time_ns = bpf_ktime_get_ns();
+	d->pc = st->pc;
+	d->sp = st->sp;
+	d->bp = st->bp;
+	d->exact_pc = st->exact_pc;
+	d->trusted_pc = st->trusted_pc;
+	__builtin_memcpy(d->comm, key->comm, COMM_LEN);
+	long kernel = bpf_get_stack(ctx, d->kernel, sizeof(d->kernel), 0);
+	d->kernel_len = kernel > 0 ? (__u64)kernel / 8 : 0;
+	bpf_probe_read_kernel(&d->user, sizeof(d->user), &st->stack);
+	d->stack_bytes = copy_user_stack(d->stack, st->sp);
+	bpf_ringbuf_submit(d, BPF_RB_FORCE_WAKEUP);
+	return 1;
+}
+
+/* Walks the user stack into the window's user_stacks map; its key, 0 when
+ * there is no user stack, or USER_STACK_DEFERRED when the whole sample went
+ * to user space as a struct deferred_sample. */
+#define USER_STACK_DEFERRED ((__u64)-1)
 static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *user_stacks,
-					 __u32 pid, __u32 mode)
+					 struct sample_key *sample, __u32 window, __u32 mode,
+					 __u32 generation)
 {
 	struct pt_regs regs;
 	if (!user_registers(ctx, &regs))
@@ -383,15 +475,27 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	st->sp = regs.rsp;
 	st->bp = regs.rbp;
 	st->hash = 0xcbf29ce484222325ULL;
-	st->pid = pid;
+	st->pid = sample->pid;
 	st->mode = mode;
+	st->can_defer = mode != UNWIND_FRAME_POINTERS;
 	st->exact_pc = 1;
 	st->trusted_pc = 1;
 	st->stack.len = 0;
 	st->stack.status = STACK_TRUNCATED;
 	bpf_loop(MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
+	if (st->stack.status == STACK_DEFERRED) {
+		if (send_deferred(ctx, st, sample, window, generation)) {
+			count(STAT_WALKS_DEFERRED);
+			return USER_STACK_DEFERRED;
+		}
+		/* No room: finish here, with frame pointers where tables are missing. */
+		count(STAT_DEFER_RING_FULL);
+		st->can_defer = 0;
+		st->stack.status = STACK_TRUNCATED;
+		bpf_loop(MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
+	}
 	__u64 key = (st->hash ^ st->stack.status) * 0x100000001b3ULL;
-	if (key == 0)
+	if (key == 0 || key == USER_STACK_DEFERRED)
 		key = 1;
 	long err = bpf_map_update_elem(user_stacks, &key, &st->stack, BPF_NOEXIST);
 	if (err != 0 && err != -17 /* EEXIST: the same stack, already stored */) {
@@ -402,10 +506,13 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 }
 
 static __always_inline void record(struct bpf_perf_event_data *ctx, void *counts, void *stacks,
-				   void *user_stacks, struct sample_key *key, __u32 mode)
+				   void *user_stacks, struct sample_key *key, __u32 window,
+				   __u32 mode, __u32 generation)
 {
 	if (key->pid != 0) {
-		key->user_stack = unwind_user(ctx, user_stacks, key->pid, mode);
+		key->user_stack = unwind_user(ctx, user_stacks, key, window, mode, generation);
+		if (key->user_stack == USER_STACK_DEFERRED)
+			return;
 		if (key->user_stack == 0)
 			count(STAT_USER_STACK_ERRORS);
 	}
@@ -446,16 +553,21 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 	bpf_get_current_comm(&key.comm, sizeof(key.comm));
 	count(STAT_SAMPLES);
 
-	if (key.pid != 0 && !bpf_map_lookup_elem(&known_processes, &key.pid)) {
-		__u8 yes = 1;
-		bpf_map_update_elem(&known_processes, &key.pid, &yes, BPF_ANY);
-		send_event(PROCESS_FIRST_SEEN, key.pid);
+	__u32 generation = 0;
+	if (key.pid != 0) {
+		__u32 *known = bpf_map_lookup_elem(&known_processes, &key.pid);
+		if (known) {
+			generation = *known;
+		} else {
+			bpf_map_update_elem(&known_processes, &key.pid, &generation, BPF_ANY);
+			send_event(PROCESS_FIRST_SEEN, key.pid);
+		}
 	}
 
 	if (cfg->window)
-		record(ctx, &counts_1, &stacks_1, &user_stacks_1, &key, cfg->unwind_mode);
+		record(ctx, &counts_1, &stacks_1, &user_stacks_1, &key, 1, cfg->unwind_mode, generation);
 	else
-		record(ctx, &counts_0, &stacks_0, &user_stacks_0, &key, cfg->unwind_mode);
+		record(ctx, &counts_0, &stacks_0, &user_stacks_0, &key, 0, cfg->unwind_mode, generation);
 	return 0;
 }
 
@@ -463,11 +575,28 @@ SEC("raw_tracepoint/sched_process_exec")
 int process_exec(void *ctx)
 {
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
-	__u8 yes = 1;
-	bpf_map_update_elem(&known_processes, &pid, &yes, BPF_ANY);
+	__u32 *known = bpf_map_lookup_elem(&known_processes, &pid);
+	__u32 generation = known ? *known + 1 : 1;
+	bpf_map_update_elem(&known_processes, &pid, &generation, BPF_ANY);
 	/* The old image's mappings must not unwind the new one. */
 	bpf_map_delete_elem(&unwind_processes, &pid);
 	send_event(PROCESS_EXEC, pid);
+	return 0;
+}
+
+/* After mmap: a known process mapped a file executable (the loader bringing
+ * in libc, a dlopen). Reported at once, so user space reads the mapping and
+ * loads its table while the process lives, however short its life.
+ * Arguments: file, addr, len, prot, flags, pgoff; then the return value. */
+#define PROT_EXEC 4
+SEC("fexit/vm_mmap_pgoff")
+int process_mmap_exec(__u64 *ctx)
+{
+	if (ctx[0] == 0 || !(ctx[3] & PROT_EXEC) || ctx[6] >= (__u64)-4095)
+		return 0;
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (bpf_map_lookup_elem(&known_processes, &pid))
+		send_event(PROCESS_MMAP_EXEC, pid);
 	return 0;
 }
 
@@ -476,10 +605,12 @@ int process_exit(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
-	/* Threads exit too; the process is gone when its leader exits. */
+	/* Threads exit too; the process is gone when its leader exits. Its
+	 * entry stays until user space forgets the process after the window,
+	 * so walks deferred before the exit are still finished as its own. */
 	if (pid != (__u32)pid_tgid)
 		return 0;
-	if (bpf_map_delete_elem(&known_processes, &pid) == 0)
+	if (bpf_map_lookup_elem(&known_processes, &pid))
 		send_event(PROCESS_EXIT, pid);
 	return 0;
 }

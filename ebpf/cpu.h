@@ -44,6 +44,8 @@ enum stack_status {
 	STACK_UNKNOWN_CODE = 5,         /* JIT or anonymous code whose frame pointer chain broke */
 	STACK_FRAME_POINTER_FAILED = 6, /* the frame pointer chain broke in a known file */
 	STACK_NO_TABLE = 7,             /* the table is not loaded (yet) and frame pointers failed */
+	STACK_DEFERRED = 8,             /* handed to user space with a copy of the stack (never emitted) */
+	STACK_COPY_EXHAUSTED = 9,       /* finished in user space: the walk needed stack past the copy */
 };
 
 /* A user stack, leaf first. */
@@ -90,6 +92,7 @@ struct unwind_mapping {
 /* A process's executable mappings, sorted by start. */
 struct process_unwind_info {
 	__u64 refresh_requested_ns; /* when the unwinder last asked for a re-read */
+	__u64 written_ns;           /* when user space wrote this entry (bpf_ktime_get_ns clock) */
 	__u32 mapping_count;
 	__u32 pad;
 	struct unwind_mapping mappings[MAX_UNWIND_MAPPINGS];
@@ -100,6 +103,8 @@ enum process_event_kind {
 	PROCESS_EXEC = 2,
 	PROCESS_EXIT = 3,
 	PROCESS_MAPPINGS_CHANGED = 4, /* a sampled address is in no known mapping */
+	PROCESS_MMAP_EXEC = 5,        /* a known process mapped a file executable */
+	PROCESS_DEFERRED_SAMPLE = 6,  /* a struct deferred_sample */
 };
 
 /* Sent through the `events` ring buffer. */
@@ -116,7 +121,39 @@ enum stat_index {
 	STAT_USER_STACK_ERRORS = 3,
 	STAT_COUNTS_FULL = 4,
 	STAT_EVENTS_LOST = 5,
-	STAT_COUNT = 6,
+	STAT_WALKS_DEFERRED = 6,      /* user stack walks handed to user space */
+	STAT_DEFER_RING_FULL = 7,     /* walks that stayed in BPF: no room in the ring buffer */
+	STAT_COUNT = 8,
+};
+
+/* Bytes of user stack a deferred walk copies, from the stack pointer up. */
+#define DEFERRED_STACK_BYTES 16384
+
+/* A sample whose user stack walk reached code the unwinder has no table
+ * for yet (a process's first milliseconds: its mappings or tables are not
+ * in the kernel yet). Sent through `events` in place of a count, with the
+ * registers of the frame where the walk stopped and the stack above it, so
+ * user space finishes the walk with the same tables once they exist, the
+ * way `perf --call-graph dwarf` unwinds after the fact. */
+struct deferred_sample {
+	__u32 kind;            /* PROCESS_DEFERRED_SAMPLE */
+	__u32 pid;
+	__u32 tid;
+	__u32 cpu;
+	__u32 window;          /* the window the sample belongs to */
+	__u32 generation;      /* the process's exec count when sampled */
+	__u64 time_ns;         /* bpf_ktime_get_ns() when sampled */
+	__u64 pc;              /* the frame where the walk stopped (not in user.frames) */
+	__u64 sp;
+	__u64 bp;
+	__u32 exact_pc;        /* pc is where execution is, not a return address */
+	__u32 trusted_pc;      /* pc came from registers or a table row */
+	__u32 stack_bytes;     /* bytes of `stack` copied from sp */
+	__u32 kernel_len;      /* frames in `kernel` */
+	char comm[COMM_LEN];
+	__u64 kernel[MAX_STACK_DEPTH]; /* kernel frames, leaf first */
+	struct user_stack user;        /* frames walked in BPF, leaf first */
+	__u8 stack[DEFERRED_STACK_BYTES];
 };
 
 #endif

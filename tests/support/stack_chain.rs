@@ -4,7 +4,8 @@
 use agent_core::ResolvedSample;
 
 /// A sample of the process while it was not running the workload's code:
-/// in the kernel exec'ing it (`bprm_execve`) or tearing it down (`do_exit`),
+/// in the kernel exec'ing it (`do_execveat_common`, `bprm_execve`: still the
+/// old image until the new one starts) or tearing it down (`do_exit`),
 /// or a whole walk with none of `chain`'s functions on it (the dynamic
 /// loader before `main`). Such samples cannot reach `main` through the
 /// workload's code and say nothing about unwinding it, so both the e2e test
@@ -15,7 +16,9 @@ pub fn outside_the_workload(sample: &ResolvedSample, chain: &[&str]) -> bool {
         .frames
         .iter()
         .flat_map(|f| f.lines.iter().map(|l| l.function.as_str()));
-    let exec_or_exit = names.clone().any(|n| n == "bprm_execve" || n == "do_exit");
+    let exec_or_exit = names
+        .clone()
+        .any(|n| n == "bprm_execve" || n.starts_with("do_execveat_common") || n == "do_exit");
     let whole_without_chain = sample.series.get("unwind_status") == Some("complete")
         && !names.any(|n| chain.contains(&n.split('(').next().unwrap_or(n)));
     exec_or_exit || whole_without_chain

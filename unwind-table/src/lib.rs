@@ -235,13 +235,51 @@ pub fn compile(data: &[u8]) -> Result<UnwindTable, UnwindTableError> {
     } else {
         return Err(UnwindTableError::NoFrameInfo);
     };
-    let (rows, stats) = builder.finish();
+    let (mut rows, stats) = builder.finish();
+    mark_entry_point(&mut rows, file.elf_header().e_entry(endian));
     Ok(UnwindTable {
         rows,
         segments,
         source,
         stats,
     })
+}
+
+/// Most bytes of entry code without call frame information marked as the
+/// outermost frame (glibc's ld.so `_start` and `_dl_start_user` take 64).
+const ENTRY_CODE_BYTES: u32 = 256;
+
+/// The ELF entry point is where a process (or the dynamic loader's work for
+/// it) begins: nothing called it, so a return address into it ends the
+/// stack, even where no call frame information covers it (glibc's ld.so
+/// `_start`). Where none does, marks from it to the next row, at most
+/// [`ENTRY_CODE_BYTES`], as [`RowKind::End`].
+fn mark_entry_point(rows: &mut Vec<UnwindRow>, entry: u64) {
+    let Ok(entry) = u32::try_from(entry) else {
+        return;
+    };
+    if entry == 0 {
+        return;
+    }
+    let mut i = rows.partition_point(|r| r.pc <= entry);
+    if i > 0 && rows[i - 1].kind() != RowKind::None {
+        return; // call frame information covers it
+    }
+    if i > 0 && rows[i - 1].pc == entry {
+        i -= 1;
+        rows.remove(i);
+    }
+    let end = entry.saturating_add(ENTRY_CODE_BYTES);
+    rows.insert(i, UnwindRow::rule(RowKind::End, 0, 0).at(u64::from(entry)));
+    match rows.get_mut(i + 1) {
+        Some(next) if next.pc <= end => {}
+        // A gap marker after it now starts where the entry code ends.
+        Some(next) if next.kind() == RowKind::None => next.pc = end,
+        _ => rows.insert(
+            i + 1,
+            UnwindRow::rule(RowKind::None, 0, 0).at(u64::from(end)),
+        ),
+    }
 }
 
 fn bases_for(file: &ElfFile64<object::Endianness>) -> BaseAddresses {

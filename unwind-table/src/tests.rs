@@ -260,3 +260,67 @@ fn plt_expressions_are_recognised_exactly() {
     other[1] = 16;
     assert_eq!(plt_threshold(&other), None);
 }
+
+#[test]
+fn the_entry_point_ends_the_stack_where_no_cfi_covers_it() {
+    let row = |pc: u32, kind: RowKind| UnwindRow {
+        pc,
+        kind: kind as u8,
+        rbp_offset: 0,
+        cfa_offset: if kind == RowKind::CfaRsp { 8 } else { 0 },
+    };
+    let kinds = |rows: &[UnwindRow]| -> Vec<(u32, RowKind)> {
+        rows.iter().map(|r| (r.pc, r.kind())).collect()
+    };
+    // ld.so: a gap from 0x100 on, _start at 0x180, the next function at 0x1c0.
+    let mut rows = vec![
+        row(0x10, RowKind::CfaRsp),
+        row(0x100, RowKind::None),
+        row(0x1c0, RowKind::CfaRsp),
+    ];
+    super::mark_entry_point(&mut rows, 0x180);
+    assert_eq!(
+        kinds(&rows),
+        [
+            (0x10, RowKind::CfaRsp),
+            (0x100, RowKind::None),
+            (0x180, RowKind::End),
+            (0x1c0, RowKind::CfaRsp)
+        ]
+    );
+    // Far from the next row: only ENTRY_CODE_BYTES are the entry code.
+    let mut rows = vec![row(0x10, RowKind::CfaRsp), row(0x100, RowKind::None)];
+    super::mark_entry_point(&mut rows, 0x100);
+    assert_eq!(
+        kinds(&rows),
+        [
+            (0x10, RowKind::CfaRsp),
+            (0x100, RowKind::End),
+            (0x200, RowKind::None)
+        ]
+    );
+    let mut rows = vec![
+        row(0x10, RowKind::CfaRsp),
+        row(0x100, RowKind::None),
+        row(0x1000, RowKind::CfaRsp),
+    ];
+    super::mark_entry_point(&mut rows, 0x800);
+    assert_eq!(
+        kinds(&rows),
+        [
+            (0x10, RowKind::CfaRsp),
+            (0x100, RowKind::None),
+            (0x800, RowKind::End),
+            (0x900, RowKind::None),
+            (0x1000, RowKind::CfaRsp)
+        ]
+    );
+    // Covered by call frame information (a program's _start): unchanged.
+    let covered = vec![row(0x10, RowKind::CfaRsp), row(0x100, RowKind::None)];
+    let mut rows = covered.clone();
+    super::mark_entry_point(&mut rows, 0x20);
+    assert_eq!(rows, covered);
+    // No entry point (a shared library): unchanged.
+    super::mark_entry_point(&mut rows, 0);
+    assert_eq!(rows, covered);
+}

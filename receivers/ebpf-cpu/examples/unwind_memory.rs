@@ -36,6 +36,7 @@ fn main() {
             objects.entry(key).or_insert_with_key(|key| {
                 unwind::compile_object(key, m, &tracker.proc_dir(pid), vdso.as_deref())
                     .map(|t| t.rows.len())
+                    .map_err(|e| e.to_string())
             });
         }
     }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
-use aya::programs::{PerfEvent, ProgramError, RawTracePoint};
+use aya::programs::{FExit, PerfEvent, ProgramError, RawTracePoint};
 use aya::util::{online_cpus, KernelVersion};
-use aya::{Ebpf, EbpfError, EbpfLoader, VerifierLogLevel};
+use aya::{Btf, Ebpf, EbpfError, EbpfLoader, VerifierLogLevel};
 
 use crate::EbpfCpuError;
 
@@ -88,7 +88,7 @@ impl UserStack {
 }
 
 /// `enum stack_status` of ebpf/cpu.h, by value: how a user stack walk ended.
-pub const STACK_STATUS_NAMES: [&str; 8] = [
+pub const STACK_STATUS_NAMES: [&str; 10] = [
     "complete",
     "truncated",
     "read_failed",
@@ -97,7 +97,33 @@ pub const STACK_STATUS_NAMES: [&str; 8] = [
     "unknown_code",
     "frame_pointer_failed",
     "no_table",
+    "deferred",
+    "stack_copy_exhausted",
 ];
+
+/// `enum stack_status` values.
+pub mod stack_status {
+    /// Reached the outermost frame.
+    pub const COMPLETE: u32 = 0;
+    /// `MAX_STACK_DEPTH` frames.
+    pub const TRUNCATED: u32 = 1;
+    /// The stack memory a row points to is unreadable.
+    pub const READ_FAILED: u32 = 2;
+    /// No row covers the address.
+    pub const NO_ROW: u32 = 3;
+    /// The row's rule cannot be followed.
+    pub const UNSUPPORTED_RULE: u32 = 4;
+    /// JIT or anonymous code whose frame pointer chain broke.
+    pub const UNKNOWN_CODE: u32 = 5;
+    /// The frame pointer chain broke in a known file.
+    pub const FRAME_POINTER_FAILED: u32 = 6;
+    /// The table is not loaded and frame pointers failed.
+    pub const NO_TABLE: u32 = 7;
+    /// Handed to user space (a `struct deferred_sample`); never emitted.
+    pub const DEFERRED: u32 = 8;
+    /// Finished in user space: the walk needed stack past the copy.
+    pub const COPY_EXHAUSTED: u32 = 9;
+}
 
 /// The name of a `enum stack_status` value.
 pub fn stack_status_name(status: u32) -> &'static str {
@@ -136,6 +162,8 @@ pub struct UnwindMapping {
 pub struct ProcessUnwindInfo {
     /// Written by the BPF program.
     pub refresh_requested_ns: u64,
+    /// When user space wrote the entry (`CLOCK_MONOTONIC` nanoseconds).
+    pub written_ns: u64,
     /// Mappings used.
     pub mapping_count: u32,
     /// Padding.
@@ -148,6 +176,7 @@ impl Default for ProcessUnwindInfo {
     fn default() -> Self {
         Self {
             refresh_requested_ns: 0,
+            written_ns: 0,
             mapping_count: 0,
             pad: 0,
             mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
@@ -172,15 +201,93 @@ pub const PROCESS_EXEC: u32 = 2;
 pub const PROCESS_EXIT: u32 = 3;
 /// A sampled address lies in no mapping user space told the unwinder about.
 pub const PROCESS_MAPPINGS_CHANGED: u32 = 4;
+/// A known process mapped a file executable.
+pub const PROCESS_MMAP_EXEC: u32 = 5;
+/// A [`DeferredSample`].
+pub const PROCESS_DEFERRED_SAMPLE: u32 = 6;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `t`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// `DEFERRED_STACK_BYTES` of ebpf/cpu.h.
+pub const DEFERRED_STACK_BYTES: usize = 16384;
+
+/// `struct deferred_sample` of ebpf/cpu.h: a sample whose user stack walk
+/// user space finishes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DeferredSample {
+    /// [`PROCESS_DEFERRED_SAMPLE`].
+    pub kind: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CPU.
+    pub cpu: u32,
+    /// The window the sample belongs to (0 or 1).
+    pub window: u32,
+    /// The process's exec count when sampled.
+    pub generation: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds when sampled.
+    pub time_ns: u64,
+    /// The frame where the BPF walk stopped (not in `user`).
+    pub pc: u64,
+    /// Its stack pointer.
+    pub sp: u64,
+    /// Its frame pointer.
+    pub bp: u64,
+    /// `pc` is where execution is, not a return address.
+    pub exact_pc: u32,
+    /// `pc` came from registers or a table row.
+    pub trusted_pc: u32,
+    /// Bytes of `stack` copied from `sp`.
+    pub stack_bytes: u32,
+    /// Frames in `kernel`.
+    pub kernel_len: u32,
+    /// Thread name, NUL-padded.
+    pub comm: [u8; 16],
+    /// Kernel frames, leaf first.
+    pub kernel: [u64; MAX_STACK_DEPTH],
+    /// Frames walked in BPF, leaf first.
+    pub user: UserStack,
+    /// The user stack from `sp` up.
+    pub stack: [u8; DEFERRED_STACK_BYTES],
+}
+
+impl DeferredSample {
+    /// The kernel frames, leaf first.
+    pub fn kernel_frames(&self) -> &[u64] {
+        &self.kernel[..(self.kernel_len as usize).min(MAX_STACK_DEPTH)]
+    }
+
+    /// The stack bytes copied.
+    pub fn stack_copy(&self) -> &[u8] {
+        &self.stack[..(self.stack_bytes as usize).min(DEFERRED_STACK_BYTES)]
+    }
+}
+
+/// Number of `enum stat_index` counters.
+pub const STAT_COUNT: usize = 8;
 
 /// `enum stat_index`, in order.
-pub const STAT_NAMES: [&str; 6] = [
+pub const STAT_NAMES: [&str; STAT_COUNT] = [
     "samples",
     "user_stacks_full",
     "kernel_stack_collisions",
     "user_stack_errors",
     "counts_full",
     "events_lost",
+    "walks_deferred",
+    "defer_ring_full",
 ];
 /// Capacity of each counts map (`MAX_SAMPLE_KEYS`).
 pub const MAX_SAMPLE_KEYS: usize = 16384;
@@ -188,12 +295,16 @@ pub const MAX_SAMPLE_KEYS: usize = 16384;
 /// What one window held.
 #[derive(Default)]
 pub struct Drained {
+    /// Which map set (0 or 1) it came from.
+    pub window: u32,
     /// Sample counts.
     pub counts: Vec<(SampleKey, u64)>,
     /// Kernel frames (addresses, leaf first) of every stack id the counts name.
     pub kernel_stacks: HashMap<i32, Vec<u64>>,
     /// User stacks by key.
     pub user_stacks: HashMap<u64, UserStack>,
+    /// Samples whose walks user space finished (one sample each).
+    pub deferred: Vec<crate::deferred::FinishedSample>,
 }
 
 /// The maps user space fills for the unwinder.
@@ -204,6 +315,8 @@ pub struct UnwindMaps {
     pub tables: MapData,
     /// Pid → its mappings.
     pub processes: BpfHashMap<MapData, u32, ProcessUnwindInfo>,
+    /// Pid → how often it exec'd since first seen (`known_processes`).
+    pub generations: BpfHashMap<MapData, u32, u32>,
 }
 
 /// How to load the sampler.
@@ -216,7 +329,8 @@ pub struct LoadOptions {
     pub memlock_rlimit: u64,
     /// Full verifier log on failure.
     pub verbose: bool,
-    /// Ring buffer size in pages.
+    /// Ring buffer size in pages for process events; room for deferred
+    /// walks is added to it.
     pub events_pages: u32,
     /// How user stacks are walked.
     pub unwind_mode: UnwindMode,
@@ -331,8 +445,7 @@ impl Sampler {
             _ => {}
         }
         set_memlock(opts.memlock_rlimit)?;
-        let page = 4096u32;
-        let ring_bytes = (opts.events_pages.max(1).saturating_mul(page)).next_power_of_two();
+        let ring_bytes = ring_buffer_bytes(opts.events_pages, num_cpus(), opts.frequency);
         let level = if opts.verbose {
             VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
         } else {
@@ -371,6 +484,7 @@ impl Sampler {
                 )
                 .map_err(|e| program_error("sample_cpu", e, opts.verbose))?;
         }
+        sampler.attach_mmap_exec(opts.verbose);
         // Raw tracepoints need no tracefs mount.
         for (name, tracepoint) in [
             ("process_exec", "sched_process_exec"),
@@ -390,6 +504,31 @@ impl Sampler {
                 .map_err(|e| program_error(name, e, opts.verbose))?;
         }
         Ok(sampler)
+    }
+
+    /// Attaches `process_mmap_exec` (fexit, which needs kernel BTF and
+    /// trampolines). Without it new libraries are still found, only later:
+    /// when a sample lands in them.
+    fn attach_mmap_exec(&mut self, verbose: bool) {
+        let attached = (|| {
+            let btf = Btf::from_sys_fs().map_err(|e| map_error("kernel BTF", e))?;
+            let program: &mut FExit = self
+                .ebpf
+                .program_mut("process_mmap_exec")
+                .ok_or_else(|| map_error("object", "no program process_mmap_exec"))?
+                .try_into()
+                .map_err(|e| map_error("process_mmap_exec", e))?;
+            program
+                .load("vm_mmap_pgoff", &btf)
+                .map_err(|e| program_error("process_mmap_exec", e, verbose))?;
+            program
+                .attach()
+                .map_err(|e| program_error("process_mmap_exec", e, verbose))?;
+            Ok::<_, EbpfCpuError>(())
+        })();
+        if let Err(error) = attached {
+            tracing::info!(%error, "no mmap hook: new executable mappings are found when first sampled, not when mapped");
+        }
     }
 
     fn write_config(&mut self) -> Result<(), EbpfCpuError> {
@@ -425,6 +564,7 @@ impl Sampler {
         };
         let tables = take("unwind_tables")?;
         let processes = take("unwind_processes")?;
+        let generations = take("known_processes")?;
         let aya::maps::Map::HashOfMaps(tables) = tables else {
             return Err(map_error("unwind_tables", "not a hash of maps"));
         };
@@ -432,6 +572,8 @@ impl Sampler {
             tables,
             processes: BpfHashMap::try_from(processes)
                 .map_err(|e| map_error("unwind_processes", e))?,
+            generations: BpfHashMap::try_from(generations)
+                .map_err(|e| map_error("known_processes", e))?,
         })
     }
 
@@ -451,7 +593,10 @@ impl Sampler {
         } else {
             "user_stacks_1"
         };
-        let mut drained = Drained::default();
+        let mut drained = Drained {
+            window: old,
+            ..Drained::default()
+        };
         {
             let mut counts: BpfHashMap<&mut MapData, SampleKey, u64> = BpfHashMap::try_from(
                 self.ebpf
@@ -502,14 +647,14 @@ impl Sampler {
     }
 
     /// The sampler's counters, summed over CPUs, in [`STAT_NAMES`] order.
-    pub fn stats(&self) -> Result<[u64; 6], EbpfCpuError> {
+    pub fn stats(&self) -> Result<[u64; STAT_COUNT], EbpfCpuError> {
         let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.ebpf
                 .map("stats")
                 .ok_or_else(|| map_error("object", "stats"))?,
         )
         .map_err(|e| map_error("stats", e))?;
-        let mut out = [0u64; 6];
+        let mut out = [0u64; STAT_COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
             if let Ok(values) = stats.get(&(i as u32), 0) {
                 *slot = values.iter().sum();
@@ -517,6 +662,34 @@ impl Sampler {
         }
         Ok(out)
     }
+}
+
+/// Online CPUs, at least 1.
+fn num_cpus() -> u32 {
+    online_cpus().map_or(1, |cpus| cpus.len().max(1) as u32)
+}
+
+/// Deferred walks each CPU can have queued, at the least.
+const MIN_DEFERRED_PER_CPU: u64 = 8;
+/// How long a burst of deferred walks the ring holds: every sample of this
+/// much time on every CPU (the event thread being busy loading tables for
+/// that long), within [`MAX_DEFERRED_BYTES`].
+const DEFERRED_BURST_MS: u64 = 200;
+/// Most ring buffer bytes kept for deferred walks.
+const MAX_DEFERRED_BYTES: u64 = 8 << 20;
+
+/// The ring buffer's size, a power of 2: twice the larger of
+/// `events_pages` (process events) and room for the deferred walks of a
+/// [`DEFERRED_BURST_MS`] burst of samples at `frequency` on `cpus`. The BPF
+/// program defers only while the ring is less than half full, so process
+/// events always keep their room.
+fn ring_buffer_bytes(events_pages: u32, cpus: u32, frequency: u64) -> u32 {
+    let events = u64::from(events_pages.max(1)) * 4096;
+    let per_cpu = (frequency * DEFERRED_BURST_MS / 1000).max(MIN_DEFERRED_PER_CPU);
+    let deferred = (std::mem::size_of::<DeferredSample>() as u64 * per_cpu * u64::from(cpus))
+        .min(MAX_DEFERRED_BYTES);
+    let bytes = (events.max(deferred) * 2).next_power_of_two();
+    u32::try_from(bytes).unwrap_or(1 << 31)
 }
 
 #[cfg(test)]
@@ -630,6 +803,7 @@ mod tests {
                     "refresh_requested_ns",
                     offset_of!(ProcessUnwindInfo, refresh_requested_ns),
                 ),
+                ("written_ns", offset_of!(ProcessUnwindInfo, written_ns)),
                 (
                     "mapping_count",
                     offset_of!(ProcessUnwindInfo, mapping_count),
@@ -650,6 +824,30 @@ mod tests {
             ],
         );
         check(
+            "deferred_sample",
+            size_of::<DeferredSample>(),
+            &[
+                ("kind", offset_of!(DeferredSample, kind)),
+                ("pid", offset_of!(DeferredSample, pid)),
+                ("tid", offset_of!(DeferredSample, tid)),
+                ("cpu", offset_of!(DeferredSample, cpu)),
+                ("window", offset_of!(DeferredSample, window)),
+                ("generation", offset_of!(DeferredSample, generation)),
+                ("time_ns", offset_of!(DeferredSample, time_ns)),
+                ("pc", offset_of!(DeferredSample, pc)),
+                ("sp", offset_of!(DeferredSample, sp)),
+                ("bp", offset_of!(DeferredSample, bp)),
+                ("exact_pc", offset_of!(DeferredSample, exact_pc)),
+                ("trusted_pc", offset_of!(DeferredSample, trusted_pc)),
+                ("stack_bytes", offset_of!(DeferredSample, stack_bytes)),
+                ("kernel_len", offset_of!(DeferredSample, kernel_len)),
+                ("comm", offset_of!(DeferredSample, comm)),
+                ("kernel", offset_of!(DeferredSample, kernel)),
+                ("user", offset_of!(DeferredSample, user)),
+                ("stack", offset_of!(DeferredSample, stack)),
+            ],
+        );
+        check(
             "process_event",
             size_of::<ProcessEvent>(),
             &[
@@ -657,5 +855,35 @@ mod tests {
                 ("pid", offset_of!(ProcessEvent, pid)),
             ],
         );
+    }
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_buffer_holds_events_and_deferred_walks_of_every_cpu() {
+        let record = std::mem::size_of::<DeferredSample>() as u64;
+        for cpus in [1, 2, 16, 256] {
+            for pages in [1, 64, 4096, 262_144] {
+                for frequency in [1, 19, 997, 10_000] {
+                    let bytes = u64::from(ring_buffer_bytes(pages, cpus, frequency));
+                    let case = format!("{cpus} CPUs, {pages} pages, {frequency} Hz: {bytes}");
+                    assert!(bytes.is_power_of_two(), "{case}");
+                    // Half stays for events; the other half for deferred walks (capped).
+                    assert!(bytes / 2 >= u64::from(pages) * 4096, "{case}");
+                    let burst = (frequency / 5).max(8) * u64::from(cpus) * record;
+                    assert!(bytes / 2 >= burst.min(MAX_DEFERRED_BYTES), "{case}");
+                    assert!(
+                        bytes <= 4 * (u64::from(pages) * 4096).max(MAX_DEFERRED_BYTES),
+                        "{case}"
+                    );
+                }
+            }
+        }
+        // The default 64 pages at 19 Hz on 2 CPUs: 1 MiB; at 997 Hz: 16 MiB.
+        assert_eq!(ring_buffer_bytes(64, 2, 19), 1 << 20);
+        assert_eq!(ring_buffer_bytes(64, 2, 997), 16 << 20);
     }
 }

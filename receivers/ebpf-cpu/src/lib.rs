@@ -6,9 +6,14 @@
 //! User stacks (up to 127 frames) are walked by the BPF program with unwind
 //! tables compiled from each executable's `.eh_frame` ([`unwind`]), and with
 //! frame pointers where there is no table (JIT code); each sample says how
-//! its walk ended (`unwind_status`).
+//! its walk ended (`unwind_status`). A walk that reaches code whose table is
+//! not in the kernel yet (a process's first milliseconds) comes with a copy
+//! of the stack and is finished here once the table is loaded ([`deferred`]),
+//! so no sample is cut short by the start-up gap.
 
 pub mod bpf;
+pub mod deferred;
+pub mod events;
 pub mod process;
 pub mod unwind;
 
@@ -17,7 +22,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_core::telemetry::{ComponentTelemetry, Counter, Gauge};
@@ -29,8 +34,9 @@ use agent_core::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use bpf::{Drained, LoadOptions, ProcessEvent, Sampler, UnwindMode};
-use process::ProcessTracker;
+use bpf::{Drained, LoadOptions, Sampler, UnwindMode};
+use events::{DeferredResults, EventHandler, Shared};
+use process::{ProcessInfo, ProcessTracker};
 use unwind::UnwindTables;
 
 /// Config of the `ebpf_cpu` receiver.
@@ -170,6 +176,12 @@ pub enum EbpfCpuError {
     /// A map operation failed.
     #[error("BPF map error: {0}")]
     Map(String),
+    /// The event thread could not be started.
+    #[error("cannot start the receiver's event thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// The event thread stopped on its own (a bug: it panicked).
+    #[error("the receiver's event thread stopped: new processes would not be read any more")]
+    EventThreadStopped,
 }
 
 /// Builds `ebpf_cpu` receivers.
@@ -213,7 +225,11 @@ impl Factory for EbpfCpuFactory {
 /// The receiver's metrics.
 struct Counters {
     bpf: Vec<Counter>,
-    last_bpf: [u64; 6],
+    last_bpf: [u64; bpf::STAT_COUNT],
+    /// Deferred walks by result: finished, or left as BPF walked them.
+    deferred: [Counter; 2],
+    /// The longest a deferred walk waited in the last window.
+    deferred_latency: Gauge,
     vanished: Counter,
     last_vanished: u64,
     processes: Gauge,
@@ -235,7 +251,16 @@ impl Counters {
             "Samples without a user stack (kernel threads, unreadable stacks).",
             "Samples lost because the counts map was full.",
             "Process events lost because the ring buffer was full.",
+            "User stack walks handed to user space with a copy of the stack (tables not loaded yet).",
+            "User stack walks finished in BPF because the ring buffer had no room for a deferred walk.",
         ];
+        let deferred_counter = |result: &str| {
+            t.counter(
+                "ebpf_deferred_walks",
+                "Deferred user stack walks by result: finished here, or unfinished (the process was gone or had exec'd before its mappings were read).",
+                &[("result", result)],
+            )
+        };
         let table_counter = |result: &str| {
             t.counter(
                 "ebpf_unwind_tables",
@@ -249,7 +274,13 @@ impl Counters {
                 .zip(help)
                 .map(|(name, help)| t.counter(&format!("ebpf_{name}"), help, &[]))
                 .collect(),
-            last_bpf: [0; 6],
+            last_bpf: [0; bpf::STAT_COUNT],
+            deferred: [deferred_counter("finished"), deferred_counter("unfinished")],
+            deferred_latency: t.gauge(
+                "ebpf_deferred_walk_latency_max_microseconds",
+                "The longest time from a deferred walk's sample to its end in user space, in the last window.",
+                &[],
+            ),
             vanished: t.counter(
                 "ebpf_processes_vanished",
                 "Processes that exited before /proc could be read.",
@@ -317,16 +348,26 @@ impl Counters {
     }
 
     fn update_stacks(&mut self, drained: &Drained) {
-        for (key, count) in &drained.counts {
-            if let Some(stack) = drained.user_stacks.get(&key.user_stack) {
-                if let Some(counter) = self.stack_status.get(stack.status as usize) {
-                    counter.inc_by(*count);
-                }
+        let counted = drained
+            .counts
+            .iter()
+            .filter_map(|(key, count)| Some((drained.user_stacks.get(&key.user_stack)?, *count)));
+        let finished = drained.deferred.iter().map(|f| (&f.user, 1));
+        for (stack, count) in counted.chain(finished) {
+            if let Some(counter) = self.stack_status.get(stack.status as usize) {
+                counter.inc_by(count);
             }
         }
     }
 
-    fn update(&mut self, stats: [u64; 6], tracker: &ProcessTracker, entries: usize) {
+    fn update_deferred(&mut self, results: &mut DeferredResults) {
+        self.deferred[0].inc_by(std::mem::take(&mut results.finished));
+        self.deferred[1].inc_by(std::mem::take(&mut results.unfinished));
+        self.deferred_latency
+            .set((std::mem::take(&mut results.max_latency_ns) / 1000) as i64);
+    }
+
+    fn update(&mut self, stats: [u64; bpf::STAT_COUNT], tracker: &ProcessTracker, entries: usize) {
         for (i, c) in self.bpf.iter().enumerate() {
             c.inc_by(stats[i].saturating_sub(self.last_bpf[i]));
         }
@@ -392,7 +433,7 @@ fn call_sites(frames: &[u64]) -> impl Iterator<Item = u64> + '_ {
 /// Turns one drained window into a batch.
 fn build_batch(
     drained: &Drained,
-    tracker: &mut ProcessTracker,
+    processes: &HashMap<u32, Arc<ProcessInfo>>,
     kernel: &KernelImage,
     profile_type: ProfileType,
     window: (u64, u64),
@@ -420,25 +461,34 @@ fn build_batch(
     // (pid, mapping index) -> batch mapping id, so a process's mappings are interned once.
     let mut mapping_ids: HashMap<(u32, usize), u32> = HashMap::new();
     let mut series_ids: HashMap<u32, u32> = HashMap::new();
-    for (key, count) in &drained.counts {
-        tracker.ensure(key.pid);
-        let info = tracker.get(key.pid);
-        let mut locations = Vec::new();
-        if let Some(frames) = drained
+    let counted = drained.counts.iter().map(|(key, count)| {
+        let kernel = drained
             .kernel_stacks
             .get(&key.kernel_stack_id)
             .filter(|_| key.kernel_stack_id >= 0)
-        {
-            for address in call_sites(frames) {
-                locations.push(batch.locations.intern(Location {
-                    mapping: Some(kernel_mapping),
-                    address,
-                    lines: Vec::new(),
-                    frame_type: FrameType::Kernel,
-                }));
-            }
+            .map_or(&[][..], Vec::as_slice);
+        (
+            key,
+            *count,
+            kernel,
+            drained.user_stacks.get(&key.user_stack),
+        )
+    });
+    let finished = drained
+        .deferred
+        .iter()
+        .map(|f| (&f.key, 1, f.kernel.as_slice(), Some(&f.user)));
+    for (key, count, kernel_frames, user_stack) in counted.chain(finished) {
+        let info = processes.get(&key.pid).map(|p| &**p);
+        let mut locations = Vec::new();
+        for address in call_sites(kernel_frames) {
+            locations.push(batch.locations.intern(Location {
+                mapping: Some(kernel_mapping),
+                address,
+                lines: Vec::new(),
+                frame_type: FrameType::Kernel,
+            }));
         }
-        let user_stack = drained.user_stacks.get(&key.user_stack);
         for address in call_sites(user_stack.map_or(&[], |s| s.frames())) {
             let mapping = info.and_then(|p| p.mapping_of(address)).map(|(i, m)| {
                 *mapping_ids.entry((key.pid, i)).or_insert_with(|| {
@@ -493,7 +543,7 @@ fn build_batch(
             stack,
             series,
             attributes,
-            value: *count as i64,
+            value: count as i64,
             timestamp_unix_nanos: None,
         });
     }
@@ -506,130 +556,161 @@ fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 impl EbpfCpuReceiver {
-    /// The sampling loop, on its own thread: process events every poll
-    /// interval, a batch every window, a last batch when `stop` is set.
+    /// The window loop, on its own thread: a batch every window, a last
+    /// batch when `stop` is set. Process events and deferred walks are
+    /// handled meanwhile by [`handle_events`] on another thread.
     fn sample(
         mut self,
         out: tokio::sync::mpsc::Sender<ProfileBatch>,
         stop: Arc<AtomicBool>,
         wake: UnixStream,
     ) -> Result<(), EbpfCpuError> {
-        let mut events = self.sampler.take_events()?;
-        let events_fd = events.as_raw_fd();
-        let mut tracker = ProcessTracker::new("/proc");
+        let ring = self.sampler.take_events()?;
+        let events_fd = ring.as_raw_fd();
+        let shared = Arc::new(Mutex::new(Shared {
+            ring,
+            events: EventHandler::new(self.config.unwind_mode()),
+            tracker: ProcessTracker::new("/proc"),
+            tables: self.tables,
+        }));
+        let event_thread = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            let wake = wake.try_clone()?;
+            let poll_interval = self.config.event_buffer_poll_interval;
+            std::thread::Builder::new()
+                .name("ebpf-cpu-events".into())
+                .spawn(move || handle_events(&shared, events_fd, &wake, &stop, poll_interval))?
+        };
         let kernel = KernelImage::read();
         let profile_type = ProfileType::cpu_samples(self.config.sampling_frequency);
         let mut window_start = SystemTime::now();
         let mut window_end = Instant::now() + self.config.profiling_duration;
-        let tables = &mut self.tables;
-        let mut read_events = |tracker: &mut ProcessTracker, tables: &mut UnwindTables| {
-            let mut handled = 0usize;
-            while let Some(item) = events.next() {
-                handled += 1;
-                if item.len() < std::mem::size_of::<ProcessEvent>() {
-                    continue;
-                }
-                // SAFETY: the ring buffer holds `struct process_event` records; read unaligned.
-                let event: ProcessEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                match event.kind {
-                    bpf::PROCESS_FIRST_SEEN | bpf::PROCESS_EXEC | bpf::PROCESS_MAPPINGS_CHANGED => {
-                        observe(tracker, tables, event.pid)
-                    }
-                    bpf::PROCESS_EXIT => tracker.exited(event.pid),
-                    _ => {}
-                }
-            }
-            handled
-        };
-        loop {
+        let result = loop {
             let stopping = stop.load(Ordering::SeqCst);
-            let handled = read_events(&mut tracker, tables);
-            if stopping || Instant::now() >= window_end {
-                let drained = self.sampler.flip_and_drain()?;
-                let now = SystemTime::now();
-                // Events sent before the flip name processes of this window.
-                read_events(&mut tracker, tables);
-                for (key, _) in &drained.counts {
-                    if tracker.get(key.pid).is_none() {
-                        observe(&mut tracker, tables, key.pid);
-                    } else if tables.touch_process(key.pid) {
-                        // A table it uses was evicted: load it again.
-                        if let Some(info) = tracker.get(key.pid) {
-                            tables.update_process(key.pid, info, &tracker.proc_dir(key.pid));
-                        }
-                    }
-                }
-                tables.next_window();
-                let window = (
-                    unix_nanos(window_start),
-                    now.duration_since(window_start)
-                        .map_or(0, |d| d.as_nanos() as u64),
+            if !stopping && Instant::now() < window_end {
+                wait_readable(
+                    &[wake.as_raw_fd()],
+                    window_end.saturating_duration_since(Instant::now()),
                 );
-                let batch = build_batch(
-                    &drained,
-                    &mut tracker,
-                    &kernel,
-                    profile_type.clone(),
-                    window,
-                );
-                debug!(
-                    samples = batch.samples.len(),
-                    total = batch.total_value(),
-                    "window read"
-                );
-                self.counters
-                    .update(self.sampler.stats()?, &tracker, drained.counts.len());
-                self.counters.update_stacks(&drained);
+                continue;
+            }
+            if event_thread.is_finished() && !stopping {
+                // It panicked: no process would be read any more.
+                break Err(EbpfCpuError::EventThreadStopped);
+            }
+            let mut drained = match self.sampler.flip_and_drain() {
+                Ok(d) => d,
+                Err(e) => break Err(e),
+            };
+            let now = SystemTime::now();
+            let stats = match self.sampler.stats() {
+                Ok(stats) => stats,
+                Err(e) => break Err(e),
+            };
+            let processes = {
+                let mut shared = lock(&shared);
+                // Events and deferred walks sent before the flip belong to this window.
+                shared.read_events();
+                let Shared {
+                    events,
+                    tracker,
+                    tables,
+                    ..
+                } = &mut *shared;
+                drained.deferred = events.take_finished(drained.window);
+                let processes = sampled_processes(&drained, tracker, tables);
+                self.counters.update(stats, tracker, drained.counts.len());
+                self.counters.update_deferred(&mut events.results);
                 self.counters.update_tables(tables);
                 for pid in tracker.forget_exited() {
                     tables.remove_process(pid);
                 }
-                if out.blocking_send(batch).is_err() {
-                    break;
-                }
-                window_start = now;
-                window_end += self.config.profiling_duration;
-                if stopping {
-                    break;
-                }
-            }
-            // Sleep until a process event, the window's end or a stop: an
-            // idle machine costs one wake-up per window, not one per poll.
-            let polled = Instant::now();
-            wait_readable(
-                &[events_fd, wake.as_raw_fd()],
-                window_end.saturating_duration_since(polled),
-            );
-            // A few new processes are read at once (their stacks need their
-            // unwind tables soon); after a burst the poll interval spaces the
-            // reads, so a fork storm is read in batches.
-            let spacing = if handled >= EVENT_BURST {
-                self.config
-                    .event_buffer_poll_interval
-                    .saturating_sub(polled.elapsed())
-            } else {
-                Duration::ZERO
+                processes
             };
-            if !stop.load(Ordering::SeqCst) && Instant::now() + spacing < window_end {
-                std::thread::sleep(spacing);
+            self.counters.update_stacks(&drained);
+            let window = (
+                unix_nanos(window_start),
+                now.duration_since(window_start)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            );
+            let batch = build_batch(&drained, &processes, &kernel, profile_type.clone(), window);
+            debug!(
+                samples = batch.samples.len(),
+                total = batch.total_value(),
+                "window read"
+            );
+            if out.blocking_send(batch).is_err() {
+                break Ok(());
             }
+            window_start = now;
+            window_end += self.config.profiling_duration;
+            if stopping {
+                break Ok(());
+            }
+        };
+        // The event thread sees it within its poll timeout.
+        stop.store(true, Ordering::SeqCst);
+        if event_thread.join().is_err() {
+            warn!("event thread panicked");
         }
-        Ok(())
+        result
     }
 }
 
-/// Events handled in one go above which reads are spaced by the poll interval.
-const EVENT_BURST: usize = 64;
+/// The shared state, even if the other thread panicked holding it (every
+/// update leaves it consistent).
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-/// (Re)reads `pid` and gives the unwinder its mappings and tables.
-fn observe(tracker: &mut ProcessTracker, tables: &mut UnwindTables, pid: u32) {
-    let started = Instant::now();
-    tracker.observe(pid);
-    let read = started.elapsed();
-    if let Some(info) = tracker.get(pid) {
-        tables.update_process(pid, info, &tracker.proc_dir(pid));
+/// What the window's batch needs of each process it sampled (read now if
+/// unknown); marks their tables used in this window, reloading evicted ones.
+fn sampled_processes(
+    drained: &Drained,
+    tracker: &mut ProcessTracker,
+    tables: &mut UnwindTables,
+) -> HashMap<u32, Arc<ProcessInfo>> {
+    let mut processes = HashMap::new();
+    let sampled = drained.counts.iter().map(|(key, _)| key.pid);
+    for pid in sampled.chain(drained.deferred.iter().map(|f| f.key.pid)) {
+        if processes.contains_key(&pid) {
+            continue;
+        }
+        if tracker.get(pid).is_none() {
+            events::observe(tracker, tables, pid);
+        } else if tables.touch_process(pid) {
+            // A table it uses was evicted: load it again.
+            if let Some(info) = tracker.get(pid) {
+                tables.update_process(pid, info, &tracker.proc_dir(pid));
+            }
+        }
+        if let Some(info) = tracker.shared(pid) {
+            processes.insert(pid, info);
+        }
     }
-    debug!(pid, ?read, total = ?started.elapsed(), "process read");
+    tables.next_window();
+    processes
+}
+
+/// The event loop, on its own thread: sleeps until the ring buffer has
+/// records, handles them, until `stop`. A few new processes are read at
+/// once (their walks need their tables soon); after a burst the poll
+/// interval spaces the reads, so a fork storm is read in batches.
+fn handle_events(
+    shared: &Mutex<Shared>,
+    events_fd: RawFd,
+    wake: &UnixStream,
+    stop: &AtomicBool,
+    poll_interval: Duration,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        wait_readable(&[events_fd, wake.as_raw_fd()], Duration::from_secs(1));
+        let started = Instant::now();
+        let handled = lock(shared).read_events();
+        if handled >= events::EVENT_BURST && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(poll_interval.saturating_sub(started.elapsed()));
+        }
+    }
 }
 
 /// Blocks until one of `fds` is readable or `timeout` passes.
@@ -642,7 +723,8 @@ fn wait_readable(fds: &[RawFd], timeout: Duration) {
             revents: 0,
         })
         .collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // Rounded up: a wait shorter than 1 ms must not become a busy loop.
+    let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
     // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
     // EINTR and other errors just end the wait early; the loop re-checks.
     unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
@@ -694,6 +776,7 @@ impl Receiver for EbpfCpuReceiver {
 mod tests {
     use super::*;
     use bpf::SampleKey;
+    use deferred::FinishedSample;
 
     fn key(pid: u32, user_stack: u64, kernel: i32) -> SampleKey {
         let mut comm = [0u8; 16];
@@ -731,19 +814,31 @@ mod tests {
             ],
             kernel_stacks: [(2, vec![0xffff_ffff_8100_0000])].into(),
             user_stacks: [(7, user_stack(&[here, here + 1], 1))].into(),
+            // A walk finished in user space: one sample with its own stacks.
+            deferred: vec![FinishedSample {
+                key: key(me, 0, -1),
+                kernel: vec![0xffff_ffff_8100_0010],
+                user: user_stack(&[here], 0),
+            }],
+            window: 0,
         };
         let mut tracker = ProcessTracker::new("/proc");
         let kernel = KernelImage {
             build_id: Some("beef".into()),
         };
+        let pids = drained.counts.iter().map(|(k, _)| k.pid);
+        let processes = pids
+            .chain(drained.deferred.iter().map(|f| f.key.pid))
+            .filter_map(|pid| Some((pid, tracker.shared(pid)?)))
+            .collect();
         let b = build_batch(
             &drained,
-            &mut tracker,
+            &processes,
             &kernel,
             ProfileType::cpu_samples(19),
             (1, 2),
         );
-        assert_eq!(b.total_value(), 8);
+        assert_eq!(b.total_value(), 9);
         let samples = b.resolved_samples();
         // Kernel frames first, then user frames in their mapping (this test binary).
         let first = &samples[0];
@@ -769,5 +864,11 @@ mod tests {
         assert_eq!(samples[2].series.get("comm"), Some("worker"));
         assert_eq!(samples[2].frames.len(), 1);
         assert_eq!(tracker.vanished, 1);
+        let finished = &samples[3];
+        assert_eq!(finished.value, 1);
+        assert_eq!(finished.frames.len(), 2);
+        assert_eq!(finished.frames[0].address, 0xffff_ffff_8100_0010);
+        assert_eq!(finished.frames[1].address, here);
+        assert_eq!(finished.attributes.get("unwind_status"), Some("complete"));
     }
 }

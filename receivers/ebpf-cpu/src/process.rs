@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use agent_core::file_id::{build_id_of, BuildId};
 
@@ -35,6 +36,9 @@ pub struct ProcessInfo {
     pub anonymous: Vec<(u64, u64)>,
     /// Exited: dropped after the next window is emitted.
     pub exited: bool,
+    /// How often the process had exec'd (as the BPF program counts) when
+    /// these mappings were read; `None` when that is not known for sure.
+    pub generation: Option<u32>,
 }
 
 impl ProcessInfo {
@@ -90,7 +94,9 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
 /// Every process sampled recently, and build ids cached per file.
 pub struct ProcessTracker {
     proc_root: PathBuf,
-    processes: HashMap<u32, ProcessInfo>,
+    /// Shared, so a window's batch is built from a snapshot while events
+    /// go on updating the tracker.
+    processes: HashMap<u32, Arc<ProcessInfo>>,
     /// Keyed by (device, inode): one read per file however many processes map it.
     build_ids: HashMap<(String, u64), Option<BuildId>>,
     /// Processes that vanished before they could be read.
@@ -120,16 +126,27 @@ impl ProcessTracker {
 
     /// What is known of `pid`.
     pub fn get(&self, pid: u32) -> Option<&ProcessInfo> {
-        self.processes.get(&pid)
+        self.processes.get(&pid).map(|p| &**p)
     }
 
-    /// (Re)reads `pid` from /proc; a process that is gone is counted, not an error.
-    pub fn observe(&mut self, pid: u32) {
+    /// What is known of `pid`, read first if it is not known yet.
+    pub fn shared(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        self.ensure(pid);
+        self.processes.get(&pid).cloned()
+    }
+
+    /// (Re)reads `pid` from /proc; false when it is gone (counted, not an
+    /// error: what was known of it stays).
+    pub fn observe(&mut self, pid: u32) -> bool {
         let dir = self.proc_root.join(pid.to_string());
         let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
             self.vanished += 1;
-            return;
+            return false;
         };
+        if maps.is_empty() && self.processes.contains_key(&pid) {
+            // Exiting: its memory is gone already; what was read stays.
+            return false;
+        }
         let comm = std::fs::read_to_string(dir.join("comm"))
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_default();
@@ -174,13 +191,15 @@ impl ProcessTracker {
         mappings.sort_by_key(|m| m.start);
         self.processes.insert(
             pid,
-            ProcessInfo {
+            Arc::new(ProcessInfo {
                 comm,
                 mappings,
                 anonymous,
                 exited: false,
-            },
+                generation: None,
+            }),
         );
+        true
     }
 
     /// Reads `pid` unless it is known.
@@ -190,10 +209,17 @@ impl ProcessTracker {
         }
     }
 
+    /// Records that `pid`'s mappings were read at exec `generation`.
+    pub fn set_generation(&mut self, pid: u32, generation: Option<u32>) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            Arc::make_mut(p).generation = generation;
+        }
+    }
+
     /// Marks `pid` exited; its data stays for the window it was sampled in.
     pub fn exited(&mut self, pid: u32) {
         if let Some(p) = self.processes.get_mut(&pid) {
-            p.exited = true;
+            Arc::make_mut(p).exited = true;
         }
     }
 

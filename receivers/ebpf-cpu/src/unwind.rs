@@ -7,13 +7,15 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
-use agent_unwind_table::{LoadSegment, UnwindRow, UnwindTable};
+use agent_unwind_table::{LoadSegment, UnwindRow, UnwindTable, UnwindTableError};
 use aya::maps::MapData;
 use tracing::{debug, warn};
 
 use crate::bpf::{
-    ProcessUnwindInfo, UnwindMapping, UnwindMaps, MAX_UNWIND_MAPPINGS, TABLE_ANONYMOUS, TABLE_NONE,
+    DeferredSample, ProcessUnwindInfo, UnwindMapping, UnwindMaps, UnwindMode, UserStack,
+    MAX_UNWIND_MAPPINGS, TABLE_ANONYMOUS, TABLE_NONE,
 };
+use crate::deferred::{self, Registers, RowSource, StackCopy};
 use crate::process::{ExecutableMapping, ProcessInfo};
 
 /// Inner maps may differ in size from the template (kernel 5.10+).
@@ -37,8 +39,8 @@ struct LoadedTable {
     /// Window in which a process using it was last sampled.
     last_used: u64,
     /// Keeps the inner map alive; dropping it frees the kernel memory once
-    /// the outer map lets go too.
-    _map: MapData,
+    /// the outer map lets go too. Read through mmap by deferred walks.
+    map: MapData,
 }
 
 /// What happened to tables, for metrics.
@@ -144,8 +146,14 @@ impl UnwindTables {
                     self.mark_unusable(key, "no rows".into());
                     continue;
                 }
+                Err(UnwindTableError::Io { path, source }) => {
+                    // The process went away (or the file): another process
+                    // mapping the object may still provide it, so no verdict.
+                    debug!(object = %key, %path, error = %source, "cannot read an object for its unwind table");
+                    continue;
+                }
                 Err(e) => {
-                    self.mark_unusable(key, e);
+                    self.mark_unusable(key, e.to_string());
                     continue;
                 }
             };
@@ -170,6 +178,42 @@ impl UnwindTables {
         }
         self.register(pending);
 
+        let (mut all, objects) = self.unwind_mappings(info, keys);
+        if all.len() > MAX_UNWIND_MAPPINGS {
+            self.counts.mappings_dropped += (all.len() - MAX_UNWIND_MAPPINGS) as u64;
+            all.truncate(MAX_UNWIND_MAPPINGS);
+        }
+        let mut entry = ProcessUnwindInfo {
+            written_ns: crate::bpf::monotonic_ns(),
+            mapping_count: all.len() as u32,
+            ..ProcessUnwindInfo::default()
+        };
+        entry.mappings[..all.len()].copy_from_slice(&all);
+        // The unwinder asks for a re-read at most once a second per process,
+        // and defers walks into unknown code while the entry is young. When
+        // the mappings did change (a loader at work), both start again; when
+        // they did not (JIT code, odd addresses) the limits hold.
+        if let Ok(old) = self.maps.processes.get(&pid, 0) {
+            let count = (old.mapping_count as usize).min(MAX_UNWIND_MAPPINGS);
+            if old.mappings[..count] == entry.mappings[..all.len()] {
+                entry.refresh_requested_ns = old.refresh_requested_ns;
+                entry.written_ns = old.written_ns;
+            }
+        }
+        if let Err(e) = self.maps.processes.insert(pid, entry, 0) {
+            warn!(pid, error = %e, "cannot write the process's mappings for the unwinder");
+        }
+        self.process_objects.insert(pid, objects);
+    }
+
+    /// What the BPF walker sees of a process with `info`'s mappings (sorted;
+    /// the first [`MAX_UNWIND_MAPPINGS`] are kept), with the tables loaded
+    /// now (`keys`: each mapping's object), and the objects whose tables it uses.
+    fn unwind_mappings(
+        &self,
+        info: &ProcessInfo,
+        keys: Vec<Option<ObjectKey>>,
+    ) -> (Vec<UnwindMapping>, Vec<ObjectKey>) {
         let mut all: Vec<UnwindMapping> = Vec::with_capacity(info.mappings.len());
         let mut objects = Vec::new();
         for (m, key) in info.mappings.iter().zip(keys) {
@@ -197,28 +241,44 @@ impl UnwindTables {
             rows: 0,
         }));
         all.sort_by_key(|m| m.start);
-        if all.len() > MAX_UNWIND_MAPPINGS {
-            self.counts.mappings_dropped += (all.len() - MAX_UNWIND_MAPPINGS) as u64;
-            all.truncate(MAX_UNWIND_MAPPINGS);
-        }
-        let mut entry = ProcessUnwindInfo {
-            mapping_count: all.len() as u32,
-            ..ProcessUnwindInfo::default()
+        (all, objects)
+    }
+
+    /// How often `pid` exec'd since the BPF program first saw it; `None`
+    /// once it exited (or was never seen).
+    pub fn generation(&self, pid: u32) -> Option<u32> {
+        self.maps.generations.get(&pid, 0).ok()
+    }
+
+    /// Finishes the walk BPF handed over in `sample`, for a process whose
+    /// mappings are `info` and whose tables [`Self::update_process`] loaded.
+    pub fn finish_deferred(
+        &self,
+        info: &ProcessInfo,
+        sample: &DeferredSample,
+        mode: UnwindMode,
+    ) -> UserStack {
+        let keys = info
+            .mappings
+            .iter()
+            .map(|m| object_key(m).filter(|_| self.load_tables))
+            .collect();
+        let (mut mappings, _) = self.unwind_mappings(info, keys);
+        mappings.truncate(MAX_UNWIND_MAPPINGS);
+        let mut stack = sample.user;
+        let mut views = TableViews {
+            tables: &self.loaded,
+            views: HashMap::new(),
         };
-        entry.mappings[..all.len()].copy_from_slice(&all);
-        // The unwinder asks for a re-read at most once a second per process.
-        // When the mappings did change (a loader at work), it may ask again
-        // at once; when they did not (JIT code, odd addresses) the limit holds.
-        if let Ok(old) = self.maps.processes.get(&pid, 0) {
-            let count = (old.mapping_count as usize).min(MAX_UNWIND_MAPPINGS);
-            if old.mappings[..count] == entry.mappings[..all.len()] {
-                entry.refresh_requested_ns = old.refresh_requested_ns;
-            }
-        }
-        if let Err(e) = self.maps.processes.insert(pid, entry, 0) {
-            warn!(pid, error = %e, "cannot write the process's mappings for the unwinder");
-        }
-        self.process_objects.insert(pid, objects);
+        deferred::finish_walk(
+            &mut stack,
+            Registers::of(sample),
+            &StackCopy::of(sample),
+            &mappings,
+            mode,
+            &mut views,
+        );
+        stack
     }
 
     /// Marks `key`'s table used in this window; false when it is not loaded.
@@ -268,7 +328,7 @@ impl UnwindTables {
                     rows: table.rows.len() as u32,
                     bytes,
                     last_used: self.window,
-                    _map: map,
+                    map,
                 },
             );
             self.segments.insert(key, table.segments);
@@ -290,10 +350,11 @@ impl UnwindTables {
         missing
     }
 
-    /// Forgets a process that exited.
+    /// Forgets a process that exited (its pid is new to the BPF program again).
     pub fn remove_process(&mut self, pid: u32) {
         self.process_objects.remove(&pid);
         let _ = self.maps.processes.remove(&pid);
+        let _ = self.maps.generations.remove(&pid);
     }
 
     fn mark_unusable(&mut self, key: &ObjectKey, why: String) {
@@ -381,22 +442,24 @@ pub fn compile_object(
     m: &ExecutableMapping,
     proc_dir: &Path,
     vdso: Option<&[u8]>,
-) -> Result<UnwindTable, String> {
+) -> Result<UnwindTable, UnwindTableError> {
     if key == VDSO_KEY {
-        let image = vdso.ok_or("no vDSO in this process")?;
-        return agent_unwind_table::compile(image).map_err(|e| e.to_string());
+        let image = vdso.ok_or_else(|| UnwindTableError::Io {
+            path: VDSO_KEY.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no vDSO in this process"),
+        })?;
+        return agent_unwind_table::compile(image);
     }
     // map_files reaches the very file mapped, even inside a container.
     let via_map_files = proc_dir
         .join("map_files")
         .join(format!("{:x}-{:x}", m.start, m.end));
-    agent_unwind_table::compile_file(&via_map_files)
-        .or_else(|_| {
-            agent_unwind_table::compile_file(
-                &proc_dir.join("root").join(m.path.trim_start_matches('/')),
-            )
-        })
-        .map_err(|e| e.to_string())
+    agent_unwind_table::compile_file(&via_map_files).or_else(|e| match e {
+        UnwindTableError::Io { .. } => agent_unwind_table::compile_file(
+            &proc_dir.join("root").join(m.path.trim_start_matches('/')),
+        ),
+        content => Err(content),
+    })
 }
 
 /// An inner map holding `rows`, written through mmap in one copy.
@@ -429,6 +492,70 @@ fn load_rows(rows: &[UnwindRow]) -> Result<MapData, String> {
         libc::munmap(ptr, bytes);
     }
     Ok(map)
+}
+
+/// The rows of the tables in the kernel, read through read-only mmaps
+/// made on first use and unmapped when the walks are done: the pages are
+/// the kernel's, never copied into the agent's memory.
+struct TableViews<'a> {
+    tables: &'a HashMap<u32, LoadedTable>,
+    views: HashMap<u32, Option<TableView>>,
+}
+
+impl RowSource for TableViews<'_> {
+    fn row(&mut self, table_id: u32, rows: u32, pc: u32) -> Result<Option<UnwindRow>, ()> {
+        let tables = self.tables;
+        let view = self.views.entry(table_id).or_insert_with(|| {
+            let table = tables.get(&table_id).filter(|t| t.rows == rows)?;
+            TableView::map(&table.map, table.rows)
+                .map_err(|e| warn!(table_id, error = %e, "cannot map an unwind table"))
+                .ok()
+        });
+        let view = view.as_ref().ok_or(())?;
+        Ok(deferred::find_row(view.rows(), pc))
+    }
+}
+
+/// A read-only mmap of an unwind table's rows.
+struct TableView {
+    ptr: *mut libc::c_void,
+    rows: usize,
+}
+
+impl TableView {
+    fn map(map: &MapData, rows: u32) -> std::io::Result<Self> {
+        let rows = rows as usize;
+        let bytes = rows * std::mem::size_of::<UnwindRow>();
+        // SAFETY: a shared read-only mapping of a BPF array created
+        // MMAPABLE with `rows` values; unmapped in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr, rows })
+    }
+
+    fn rows(&self) -> &[UnwindRow] {
+        // SAFETY: the mapping holds `rows` rows, written once before the
+        // table was registered and never changed; it lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<UnwindRow>(), self.rows) }
+    }
+}
+
+impl Drop for TableView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr, self.rows * std::mem::size_of::<UnwindRow>()) };
+    }
 }
 
 /// `bpf_attr.batch`.

@@ -1,0 +1,250 @@
+//! What the BPF program reports through its ring buffer, handled as it
+//! comes on a thread of its own (a window's batch is built elsewhere, so a
+//! process that lives 100 ms is read while it lives): process events, whose
+//! /proc reads are coalesced, and deferred walks, finished here with the
+//! mappings of the very image they were sampled in.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use aya::maps::{MapData, RingBuf};
+use tracing::debug;
+
+use crate::bpf::{self, DeferredSample, ProcessEvent, SampleKey, UnwindMode};
+use crate::deferred::FinishedSample;
+use crate::process::{ProcessInfo, ProcessTracker};
+use crate::unwind::UnwindTables;
+
+/// What the event thread and the window thread share (behind one lock).
+pub struct Shared {
+    /// The ring buffer of process events and deferred walks.
+    pub ring: RingBuf<MapData>,
+    /// Its handler.
+    pub events: EventHandler,
+    /// What is known of each process.
+    pub tracker: ProcessTracker,
+    /// The unwinder's tables.
+    pub tables: UnwindTables,
+}
+
+impl Shared {
+    /// Handles every record in the ring buffer; how many were process events.
+    pub fn read_events(&mut self) -> usize {
+        let Self {
+            ring,
+            events,
+            tracker,
+            tables,
+        } = self;
+        events.read(ring, tracker, tables)
+    }
+}
+
+/// Events handled in one go above which reads are spaced by the poll interval.
+pub const EVENT_BURST: usize = 64;
+/// Records after which pending process reads are done, mid-stream.
+const PENDING_READS_EVERY: usize = 32;
+
+/// Deferred walks since the metrics were last updated.
+#[derive(Default)]
+pub struct DeferredResults {
+    /// Finished in user space.
+    pub finished: u64,
+    /// Left as BPF walked them (the process was gone or had exec'd).
+    pub unfinished: u64,
+    /// The longest time from a sample to its walk's end, in nanoseconds.
+    pub max_latency_ns: u64,
+}
+
+/// Handles what the ring buffer brings, in order: process events (whose
+/// /proc reads are put off to the end of the read, so a loader mapping ten
+/// libraries costs one read) and deferred walks (which first read their
+/// process if it is pending or its mappings are stale).
+pub struct EventHandler {
+    mode: UnwindMode,
+    /// Processes to (re)read before the read ends.
+    pending: HashSet<u32>,
+    /// Finished deferred samples of window 0 and of window 1.
+    finished: [Vec<FinishedSample>; 2],
+    /// Deferred walks since the metrics were last updated.
+    pub results: DeferredResults,
+}
+
+impl EventHandler {
+    /// A handler finishing walks in `mode`.
+    pub fn new(mode: UnwindMode) -> Self {
+        Self {
+            mode,
+            pending: HashSet::new(),
+            finished: [Vec::new(), Vec::new()],
+            results: DeferredResults::default(),
+        }
+    }
+
+    /// Handles every record in `ring`; how many were process events
+    /// (deferred walks are bounded by the ring and must be finished while
+    /// their processes live, so they never make the loop pause).
+    fn read(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        tracker: &mut ProcessTracker,
+        tables: &mut UnwindTables,
+    ) -> usize {
+        let (mut handled, mut records) = (0usize, 0usize);
+        while let Some(item) = ring.next() {
+            handled += usize::from(self.handle(&item, tracker, tables));
+            drop(item);
+            records += 1;
+            // A long stream of records does not hold back a new process's read.
+            if records.is_multiple_of(PENDING_READS_EVERY) {
+                self.read_pending(tracker, tables);
+            }
+        }
+        self.read_pending(tracker, tables);
+        handled
+    }
+
+    fn read_pending(&mut self, tracker: &mut ProcessTracker, tables: &mut UnwindTables) {
+        for pid in std::mem::take(&mut self.pending) {
+            observe(tracker, tables, pid);
+        }
+    }
+
+    /// Handles one record; true when it was a process event.
+    fn handle(
+        &mut self,
+        record: &[u8],
+        tracker: &mut ProcessTracker,
+        tables: &mut UnwindTables,
+    ) -> bool {
+        if record.len() < std::mem::size_of::<ProcessEvent>() {
+            return false;
+        }
+        // SAFETY: every record starts with a `struct process_event`; read unaligned.
+        let event: ProcessEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+        match event.kind {
+            bpf::PROCESS_FIRST_SEEN
+            | bpf::PROCESS_EXEC
+            | bpf::PROCESS_MAPPINGS_CHANGED
+            | bpf::PROCESS_MMAP_EXEC => {
+                self.pending.insert(event.pid);
+            }
+            bpf::PROCESS_EXIT => {
+                if self.pending.remove(&event.pid) {
+                    observe(tracker, tables, event.pid);
+                }
+                if tracker.get(event.pid).is_some() {
+                    // Forgotten after the window it was sampled in.
+                    tracker.exited(event.pid);
+                } else {
+                    // Gone before it could be read: nothing waits for it.
+                    tables.remove_process(event.pid);
+                }
+            }
+            bpf::PROCESS_DEFERRED_SAMPLE
+                if record.len() >= std::mem::size_of::<DeferredSample>() =>
+            {
+                // SAFETY: a `struct deferred_sample` (kind says so, length checked); read unaligned.
+                let sample: DeferredSample =
+                    unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+                self.finish(&sample, tracker, tables);
+                return false;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Finishes a deferred walk with the mappings of the very image it was
+    /// sampled in: read now if pending or stale, never a later exec's.
+    fn finish(
+        &mut self,
+        sample: &DeferredSample,
+        tracker: &mut ProcessTracker,
+        tables: &mut UnwindTables,
+    ) {
+        let pid = sample.pid;
+        fn current<'t>(
+            tracker: &'t ProcessTracker,
+            sample: &DeferredSample,
+        ) -> Option<&'t ProcessInfo> {
+            tracker
+                .get(sample.pid)
+                .filter(|p| p.generation == Some(sample.generation))
+        }
+        let covers = |p: &ProcessInfo, pc: u64| {
+            p.mapping_of(pc).is_some() || p.anonymous.iter().any(|&(s, e)| (s..e).contains(&pc))
+        };
+        let mut read = false;
+        if self.pending.remove(&pid)
+            || !current(tracker, sample).is_some_and(|p| covers(p, sample.pc))
+        {
+            observe(tracker, tables, pid);
+            read = true;
+        }
+        let mut user = match current(tracker, sample) {
+            Some(info) => tables.finish_deferred(info, sample, self.mode),
+            None => sample.user,
+        };
+        // Code in no mapping: a library mapped since the last read (found
+        // when sampled, if the mmap hook is unavailable). Read once more.
+        if user.status == bpf::stack_status::UNKNOWN_CODE && !read {
+            observe(tracker, tables, pid);
+            if let Some(info) = current(tracker, sample) {
+                user = tables.finish_deferred(info, sample, self.mode);
+            }
+        }
+        let finished = user.status != bpf::stack_status::DEFERRED;
+        if finished {
+            self.results.finished += 1;
+        } else {
+            // Gone before it was read, or exec'd since: keep what BPF walked.
+            user.status = bpf::stack_status::NO_TABLE;
+            self.results.unfinished += 1;
+        }
+        let latency = bpf::monotonic_ns().saturating_sub(sample.time_ns);
+        self.results.max_latency_ns = self.results.max_latency_ns.max(latency);
+        debug!(
+            pid,
+            finished,
+            status = bpf::stack_status_name(user.status),
+            frames = user.len,
+            latency_us = latency / 1000,
+            "deferred walk"
+        );
+        let key = SampleKey {
+            pid,
+            tid: sample.tid,
+            cpu: sample.cpu,
+            kernel_stack_id: -1,
+            user_stack: 0,
+            comm: sample.comm,
+        };
+        self.finished[(sample.window & 1) as usize].push(FinishedSample {
+            key,
+            kernel: sample.kernel_frames().to_vec(),
+            user,
+        });
+    }
+
+    /// The samples of `window` finished so far.
+    pub fn take_finished(&mut self, window: u32) -> Vec<FinishedSample> {
+        std::mem::take(&mut self.finished[(window & 1) as usize])
+    }
+}
+
+/// (Re)reads `pid` and gives the unwinder its mappings and tables; notes
+/// the exec generation the read saw when no exec raced with it.
+pub fn observe(tracker: &mut ProcessTracker, tables: &mut UnwindTables, pid: u32) {
+    let started = Instant::now();
+    let before = tables.generation(pid);
+    if tracker.observe(pid) {
+        let after = tables.generation(pid);
+        tracker.set_generation(pid, before.filter(|_| before == after));
+    }
+    let read = started.elapsed();
+    if let Some(info) = tracker.get(pid) {
+        tables.update_process(pid, info, &tracker.proc_dir(pid));
+    }
+    debug!(pid, ?read, total = ?started.elapsed(), "process read");
+}
