@@ -105,7 +105,9 @@ struct unwind_state {
 	__u64 sp;
 	__u64 bp;
 	__u64 hash;
+	__u64 hash_before;     /* the hash before the last frame (undone when deferring) */
 	__u32 pid;
+	__u32 generation;      /* the process's exec generation */
 	__u32 mode;
 	__u32 can_defer;       /* may hand the walk to user space */
 	__u32 exact_pc;        /* pc is where execution is, not a return address */
@@ -323,6 +325,7 @@ static __always_inline int request_refresh(struct process_unwind_info *proc, __u
 static __always_inline long defer_walk(struct unwind_state *st, __u32 len)
 {
 	st->stack.len = len;
+	st->hash = st->hash_before;
 	st->stack.status = STACK_DEFERRED;
 	return 1;
 }
@@ -344,11 +347,14 @@ static long unwind_frame(__u32 index, void *unused)
 	}
 	st->stack.frames[len] = pc;
 	st->stack.len = len + 1;
+	st->hash_before = st->hash;
 	st->hash = (st->hash ^ pc) * 0x100000001b3ULL;
 
 	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
+	if (proc && proc->generation != st->generation)
+		proc = 0; /* another image's mappings (an exec raced with their read) */
 	if (!proc) {
-		/* User space has not read this process yet. */
+		/* User space has not read this process (this image of it) yet. */
 		if (st->can_defer)
 			return defer_walk(st, len);
 		return frame_pointer_step(st, STACK_NO_TABLE);
@@ -367,12 +373,8 @@ static long unwind_frame(__u32 index, void *unused)
 		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);
 	__u32 table_id = m->table_id;
 	void *table = bpf_map_lookup_elem(&unwind_tables, &table_id);
-	if (!table) {
-		/* Evicted since the process entry was written: user space reloads it. */
-		if (st->can_defer)
-			return defer_walk(st, len);
+	if (!table) /* evicted since the entry was written; reloaded at the window's end */
 		return frame_pointer_step(st, STACK_NO_TABLE);
-	}
 	/* A return address may be one past a call that ends its function. */
 	__u64 lookup = (st->exact_pc ? pc : pc - 1) - m->bias;
 	struct unwind_row *row = find_row(st, table, m->rows, (__u32)lookup);
@@ -476,6 +478,7 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	st->bp = regs.rbp;
 	st->hash = 0xcbf29ce484222325ULL;
 	st->pid = sample->pid;
+	st->generation = generation;
 	st->mode = mode;
 	st->can_defer = mode != UNWIND_FRAME_POINTERS;
 	st->exact_pc = 1;
@@ -556,18 +559,24 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 	__u32 generation = 0;
 	if (key.pid != 0) {
 		__u32 *known = bpf_map_lookup_elem(&known_processes, &key.pid);
-		if (known) {
+		if (known && !(*known & GENERATION_EXITED)) {
 			generation = *known;
 		} else {
+			/* New, or a new process under an exited one's pid. */
+			if (known)
+				generation = (*known & ~GENERATION_EXITED) + 1;
 			bpf_map_update_elem(&known_processes, &key.pid, &generation, BPF_ANY);
 			send_event(PROCESS_FIRST_SEEN, key.pid);
 		}
 	}
 
-	if (cfg->window)
-		record(ctx, &counts_1, &stacks_1, &user_stacks_1, &key, 1, cfg->unwind_mode, generation);
+	__u32 window = cfg->window;
+	if (window & 1)
+		record(ctx, &counts_1, &stacks_1, &user_stacks_1, &key, window, cfg->unwind_mode,
+		       generation);
 	else
-		record(ctx, &counts_0, &stacks_0, &user_stacks_0, &key, 0, cfg->unwind_mode, generation);
+		record(ctx, &counts_0, &stacks_0, &user_stacks_0, &key, window, cfg->unwind_mode,
+		       generation);
 	return 0;
 }
 
@@ -576,7 +585,7 @@ int process_exec(void *ctx)
 {
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	__u32 *known = bpf_map_lookup_elem(&known_processes, &pid);
-	__u32 generation = known ? *known + 1 : 1;
+	__u32 generation = known ? (*known & ~GENERATION_EXITED) + 1 : 1;
 	bpf_map_update_elem(&known_processes, &pid, &generation, BPF_ANY);
 	/* The old image's mappings must not unwind the new one. */
 	bpf_map_delete_elem(&unwind_processes, &pid);
@@ -606,12 +615,17 @@ int process_exit(void *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
 	/* Threads exit too; the process is gone when its leader exits. Its
-	 * entry stays until user space forgets the process after the window,
-	 * so walks deferred before the exit are still finished as its own. */
+	 * generation stays, marked, until user space forgets the process after
+	 * the window: walks deferred before the exit are still finished as its
+	 * own, and a new process under the same pid is told apart. */
 	if (pid != (__u32)pid_tgid)
 		return 0;
-	if (bpf_map_lookup_elem(&known_processes, &pid))
-		send_event(PROCESS_EXIT, pid);
+	__u32 *known = bpf_map_lookup_elem(&known_processes, &pid);
+	if (!known || (*known & GENERATION_EXITED))
+		return 0;
+	*known |= GENERATION_EXITED;
+	bpf_map_delete_elem(&unwind_processes, &pid);
+	send_event(PROCESS_EXIT, pid);
 	return 0;
 }
 

@@ -29,7 +29,7 @@ enum unwind_mode {
 
 /* Settings user space writes into the one-entry `config` array. */
 struct sampler_config {
-	__u32 window;          /* which counts/stacks maps samples go to: 0 or 1 */
+	__u32 window;          /* the window's sequence number; its parity picks the map set */
 	__u32 include_idle;    /* also sample the idle task (pid 0) */
 	__u32 unwind_mode;     /* enum unwind_mode */
 };
@@ -75,6 +75,10 @@ struct unwind_row {
 	__u16 cfa_offset;
 };
 
+/* Set in a known_processes value once the process exited: a sample of
+ * that pid then belongs to a new process (the pid was reused). */
+#define GENERATION_EXITED 0x80000000U
+
 /* table_id of a mapping without a table. */
 #define TABLE_NONE 0
 /* table_id of anonymous executable memory (JIT code). */
@@ -94,7 +98,7 @@ struct process_unwind_info {
 	__u64 refresh_requested_ns; /* when the unwinder last asked for a re-read */
 	__u64 written_ns;           /* when user space wrote this entry (bpf_ktime_get_ns clock) */
 	__u32 mapping_count;
-	__u32 pad;
+	__u32 generation;           /* the exec generation these mappings are of (known_processes) */
 	struct unwind_mapping mappings[MAX_UNWIND_MAPPINGS];
 };
 
@@ -140,7 +144,7 @@ struct deferred_sample {
 	__u32 pid;
 	__u32 tid;
 	__u32 cpu;
-	__u32 window;          /* the window the sample belongs to */
+	__u32 window;          /* the sequence number of the window it belongs to */
 	__u32 generation;      /* the process's exec count when sampled */
 	__u64 time_ns;         /* bpf_ktime_get_ns() when sampled */
 	__u64 pc;              /* the frame where the walk stopped (not in user.frames) */

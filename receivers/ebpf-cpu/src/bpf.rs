@@ -36,7 +36,7 @@ pub struct SampleKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SamplerConfig {
-    /// Which map set samples go to (0 or 1).
+    /// The window's sequence number; its parity picks the map set.
     pub window: u32,
     /// Also sample the idle task.
     pub include_idle: u32,
@@ -166,8 +166,8 @@ pub struct ProcessUnwindInfo {
     pub written_ns: u64,
     /// Mappings used.
     pub mapping_count: u32,
-    /// Padding.
-    pub pad: u32,
+    /// The exec generation the mappings are of.
+    pub generation: u32,
     /// Sorted by start.
     pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
@@ -178,7 +178,7 @@ impl Default for ProcessUnwindInfo {
             refresh_requested_ns: 0,
             written_ns: 0,
             mapping_count: 0,
-            pad: 0,
+            generation: 0,
             mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         }
     }
@@ -217,6 +217,9 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// `GENERATION_EXITED` of ebpf/cpu.h: set once the process exited.
+pub const GENERATION_EXITED: u32 = 0x8000_0000;
+
 /// `DEFERRED_STACK_BYTES` of ebpf/cpu.h.
 pub const DEFERRED_STACK_BYTES: usize = 16384;
 
@@ -233,7 +236,7 @@ pub struct DeferredSample {
     pub tid: u32,
     /// CPU.
     pub cpu: u32,
-    /// The window the sample belongs to (0 or 1).
+    /// The sequence number of the window it belongs to.
     pub window: u32,
     /// The process's exec count when sampled.
     pub generation: u32,
@@ -295,7 +298,7 @@ pub const MAX_SAMPLE_KEYS: usize = 16384;
 /// What one window held.
 #[derive(Default)]
 pub struct Drained {
-    /// Which map set (0 or 1) it came from.
+    /// The window's sequence number (its parity: the map set drained).
     pub window: u32,
     /// Sample counts.
     pub counts: Vec<(SampleKey, u64)>,
@@ -334,6 +337,9 @@ pub struct LoadOptions {
     pub events_pages: u32,
     /// How user stacks are walked.
     pub unwind_mode: UnwindMode,
+    /// How long the event thread may pause after a burst of process events
+    /// (the ring holds the deferred walks of that long, and more).
+    pub event_pause: Duration,
 }
 
 /// The loaded and attached sampler.
@@ -445,7 +451,8 @@ impl Sampler {
             _ => {}
         }
         set_memlock(opts.memlock_rlimit)?;
-        let ring_bytes = ring_buffer_bytes(opts.events_pages, num_cpus(), opts.frequency);
+        let burst = opts.event_pause + DEFERRED_BURST;
+        let ring_bytes = ring_buffer_bytes(opts.events_pages, num_cpus(), opts.frequency, burst);
         let level = if opts.verbose {
             VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
         } else {
@@ -484,7 +491,7 @@ impl Sampler {
                 )
                 .map_err(|e| program_error("sample_cpu", e, opts.verbose))?;
         }
-        sampler.attach_mmap_exec(opts.verbose);
+        sampler.attach_mmap_exec();
         // Raw tracepoints need no tracefs mount.
         for (name, tracepoint) in [
             ("process_exec", "sched_process_exec"),
@@ -506,28 +513,26 @@ impl Sampler {
         Ok(sampler)
     }
 
-    /// Attaches `process_mmap_exec` (fexit, which needs kernel BTF and
+    /// Attaches `process_mmap_exec` (fexit, which needs kernel BTF and BPF
     /// trampolines). Without it new libraries are still found, only later:
     /// when a sample lands in them.
-    fn attach_mmap_exec(&mut self, verbose: bool) {
+    fn attach_mmap_exec(&mut self) {
         let attached = (|| {
-            let btf = Btf::from_sys_fs().map_err(|e| map_error("kernel BTF", e))?;
+            let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
             let program: &mut FExit = self
                 .ebpf
                 .program_mut("process_mmap_exec")
-                .ok_or_else(|| map_error("object", "no program process_mmap_exec"))?
+                .ok_or("no program process_mmap_exec")?
                 .try_into()
-                .map_err(|e| map_error("process_mmap_exec", e))?;
+                .map_err(|e| format!("{e}"))?;
             program
                 .load("vm_mmap_pgoff", &btf)
-                .map_err(|e| program_error("process_mmap_exec", e, verbose))?;
-            program
-                .attach()
-                .map_err(|e| program_error("process_mmap_exec", e, verbose))?;
-            Ok::<_, EbpfCpuError>(())
+                .map_err(|e| format!("loading: {e}"))?;
+            program.attach().map_err(|e| format!("attaching: {e}"))?;
+            Ok::<_, String>(())
         })();
         if let Err(error) = attached {
-            tracing::info!(%error, "no mmap hook: new executable mappings are found when first sampled, not when mapped");
+            tracing::info!(%error, "no fexit hook on vm_mmap_pgoff: new executable mappings are found when first sampled, not when mapped");
         }
     }
 
@@ -581,14 +586,15 @@ impl Sampler {
     /// writing to the old one, then empties the old set and returns it.
     pub fn flip_and_drain(&mut self) -> Result<Drained, EbpfCpuError> {
         let old = self.window;
-        self.window ^= 1;
+        self.window = old.wrapping_add(1);
         self.write_config()?;
         // A perf_event program runs for microseconds; this is ample for any in flight.
         std::thread::sleep(Duration::from_millis(5));
 
-        let counts_name = if old == 0 { "counts_0" } else { "counts_1" };
-        let stacks_name = if old == 0 { "stacks_0" } else { "stacks_1" };
-        let user_stacks_name = if old == 0 {
+        let set = old & 1;
+        let counts_name = if set == 0 { "counts_0" } else { "counts_1" };
+        let stacks_name = if set == 0 { "stacks_0" } else { "stacks_1" };
+        let user_stacks_name = if set == 0 {
             "user_stacks_0"
         } else {
             "user_stacks_1"
@@ -671,22 +677,25 @@ fn num_cpus() -> u32 {
 
 /// Deferred walks each CPU can have queued, at the least.
 const MIN_DEFERRED_PER_CPU: u64 = 8;
-/// How long a burst of deferred walks the ring holds: every sample of this
-/// much time on every CPU (the event thread being busy loading tables for
-/// that long), within [`MAX_DEFERRED_BYTES`].
-const DEFERRED_BURST_MS: u64 = 200;
+/// How long the event thread may be busy (loading tables) on top of its
+/// pauses: the ring holds every sample of that long on every CPU as
+/// deferred walks, within [`MAX_DEFERRED_BYTES`].
+const DEFERRED_BURST: Duration = Duration::from_millis(200);
 /// Most ring buffer bytes kept for deferred walks.
 const MAX_DEFERRED_BYTES: u64 = 8 << 20;
 
 /// The ring buffer's size, a power of 2: twice the larger of
 /// `events_pages` (process events) and room for the deferred walks of a
-/// [`DEFERRED_BURST_MS`] burst of samples at `frequency` on `cpus`. The BPF
-/// program defers only while the ring is less than half full, so process
-/// events always keep their room.
-fn ring_buffer_bytes(events_pages: u32, cpus: u32, frequency: u64) -> u32 {
+/// `burst` of samples at `frequency` on `cpus`. The BPF program defers only
+/// while the ring is less than half full, so process events always keep
+/// their room.
+fn ring_buffer_bytes(events_pages: u32, cpus: u32, frequency: u64, burst: Duration) -> u32 {
     let events = u64::from(events_pages.max(1)) * 4096;
-    let per_cpu = (frequency * DEFERRED_BURST_MS / 1000).max(MIN_DEFERRED_PER_CPU);
-    let deferred = (std::mem::size_of::<DeferredSample>() as u64 * per_cpu * u64::from(cpus))
+    let burst_ms = u64::try_from(burst.as_millis()).unwrap_or(u64::MAX);
+    let per_cpu = (frequency.saturating_mul(burst_ms) / 1000).max(MIN_DEFERRED_PER_CPU);
+    let deferred = (std::mem::size_of::<DeferredSample>() as u64)
+        .saturating_mul(per_cpu)
+        .saturating_mul(u64::from(cpus))
         .min(MAX_DEFERRED_BYTES);
     let bytes = (events.max(deferred) * 2).next_power_of_two();
     u32::try_from(bytes).unwrap_or(1 << 31)
@@ -808,7 +817,7 @@ mod tests {
                     "mapping_count",
                     offset_of!(ProcessUnwindInfo, mapping_count),
                 ),
-                ("pad", offset_of!(ProcessUnwindInfo, pad)),
+                ("generation", offset_of!(ProcessUnwindInfo, generation)),
                 ("mappings", offset_of!(ProcessUnwindInfo, mappings)),
             ],
         );
@@ -868,22 +877,31 @@ mod ring_tests {
         for cpus in [1, 2, 16, 256] {
             for pages in [1, 64, 4096, 262_144] {
                 for frequency in [1, 19, 997, 10_000] {
-                    let bytes = u64::from(ring_buffer_bytes(pages, cpus, frequency));
-                    let case = format!("{cpus} CPUs, {pages} pages, {frequency} Hz: {bytes}");
-                    assert!(bytes.is_power_of_two(), "{case}");
-                    // Half stays for events; the other half for deferred walks (capped).
-                    assert!(bytes / 2 >= u64::from(pages) * 4096, "{case}");
-                    let burst = (frequency / 5).max(8) * u64::from(cpus) * record;
-                    assert!(bytes / 2 >= burst.min(MAX_DEFERRED_BYTES), "{case}");
-                    assert!(
-                        bytes <= 4 * (u64::from(pages) * 4096).max(MAX_DEFERRED_BYTES),
-                        "{case}"
-                    );
+                    for burst_ms in [0, 450, 10_000_000] {
+                        let burst = Duration::from_millis(burst_ms);
+                        let bytes = u64::from(ring_buffer_bytes(pages, cpus, frequency, burst));
+                        let case = format!(
+                            "{cpus} CPUs, {pages} pages, {frequency} Hz, {burst_ms} ms: {bytes}"
+                        );
+                        assert!(bytes.is_power_of_two(), "{case}");
+                        // Half stays for events; the other half for deferred walks (capped).
+                        assert!(bytes / 2 >= u64::from(pages) * 4096, "{case}");
+                        let samples = (frequency * burst_ms / 1000).max(8) * u64::from(cpus);
+                        assert!(
+                            bytes / 2 >= (samples * record).min(MAX_DEFERRED_BYTES),
+                            "{case}"
+                        );
+                        assert!(
+                            bytes <= 4 * (u64::from(pages) * 4096).max(MAX_DEFERRED_BYTES),
+                            "{case}"
+                        );
+                    }
                 }
             }
         }
-        // The default 64 pages at 19 Hz on 2 CPUs: 1 MiB; at 997 Hz: 16 MiB.
-        assert_eq!(ring_buffer_bytes(64, 2, 19), 1 << 20);
-        assert_eq!(ring_buffer_bytes(64, 2, 997), 16 << 20);
+        // The default 64 pages, 250 ms pause + 200 ms: 1 MiB at 19 Hz on 2 CPUs; 16 MiB at 997 Hz.
+        let burst = Duration::from_millis(450);
+        assert_eq!(ring_buffer_bytes(64, 2, 19, burst), 1 << 20);
+        assert_eq!(ring_buffer_bytes(64, 2, 997, burst), 16 << 20);
     }
 }

@@ -18,6 +18,9 @@ use crate::bpf::{
 pub struct FinishedSample {
     /// Its key (no stack ids: the stacks are below).
     pub key: SampleKey,
+    /// The process image it was finished with (its frames lie in these
+    /// mappings, even if the process exec'd since); `None` when unknown.
+    pub process: Option<std::sync::Arc<crate::process::ProcessInfo>>,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// The whole user stack and how its walk ended.

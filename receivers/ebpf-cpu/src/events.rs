@@ -64,8 +64,8 @@ pub struct EventHandler {
     mode: UnwindMode,
     /// Processes to (re)read before the read ends.
     pending: HashSet<u32>,
-    /// Finished deferred samples of window 0 and of window 1.
-    finished: [Vec<FinishedSample>; 2],
+    /// Finished deferred samples, with the sequence number of their window.
+    finished: Vec<(u32, FinishedSample)>,
     /// Deferred walks since the metrics were last updated.
     pub results: DeferredResults,
 }
@@ -76,7 +76,7 @@ impl EventHandler {
         Self {
             mode,
             pending: HashSet::new(),
-            finished: [Vec::new(), Vec::new()],
+            finished: Vec::new(),
             results: DeferredResults::default(),
         }
     }
@@ -182,24 +182,30 @@ impl EventHandler {
             observe(tracker, tables, pid);
             read = true;
         }
-        let mut user = match current(tracker, sample) {
-            Some(info) => tables.finish_deferred(info, sample, self.mode),
-            None => sample.user,
+        let mode = self.mode;
+        let walk = |tracker: &ProcessTracker, tables: &UnwindTables| {
+            current(tracker, sample).map(|info| tables.finish_deferred(info, sample, mode))
         };
+        let mut user = walk(tracker, tables);
         // Code in no mapping: a library mapped since the last read (found
         // when sampled, if the mmap hook is unavailable). Read once more.
-        if user.status == bpf::stack_status::UNKNOWN_CODE && !read {
+        if user.is_some_and(|u| u.status == bpf::stack_status::UNKNOWN_CODE) && !read {
             observe(tracker, tables, pid);
-            if let Some(info) = current(tracker, sample) {
-                user = tables.finish_deferred(info, sample, self.mode);
-            }
+            user = walk(tracker, tables).or(user);
         }
-        let finished = user.status != bpf::stack_status::DEFERRED;
+        let finished = user.is_some();
+        let user = user.unwrap_or_else(|| {
+            // Gone before it was read, or exec'd since: its mappings are not
+            // known, so frame pointers only, as the BPF walker would have.
+            let mut user = tables.walk_deferred(sample, &[], self.mode);
+            if user.status == bpf::stack_status::UNKNOWN_CODE {
+                user.status = bpf::stack_status::NO_TABLE;
+            }
+            user
+        });
         if finished {
             self.results.finished += 1;
         } else {
-            // Gone before it was read, or exec'd since: keep what BPF walked.
-            user.status = bpf::stack_status::NO_TABLE;
             self.results.unfinished += 1;
         }
         let latency = bpf::monotonic_ns().saturating_sub(sample.time_ns);
@@ -220,16 +226,27 @@ impl EventHandler {
             user_stack: 0,
             comm: sample.comm,
         };
-        self.finished[(sample.window & 1) as usize].push(FinishedSample {
-            key,
-            kernel: sample.kernel_frames().to_vec(),
-            user,
-        });
+        let process = current(tracker, sample).and_then(|_| tracker.get_shared(pid));
+        self.finished.push((
+            sample.window,
+            FinishedSample {
+                key,
+                process: process.filter(|_| finished),
+                kernel: sample.kernel_frames().to_vec(),
+                user,
+            },
+        ));
     }
 
-    /// The samples of `window` finished so far.
+    /// The samples finished so far of windows up to `window` (a record
+    /// queued behind one still being written may come after its window
+    /// was drained: it goes with the next).
     pub fn take_finished(&mut self, window: u32) -> Vec<FinishedSample> {
-        std::mem::take(&mut self.finished[(window & 1) as usize])
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.finished)
+            .into_iter()
+            .partition(|(w, _)| window.wrapping_sub(*w) as i32 >= 0);
+        self.finished = later;
+        due.into_iter().map(|(_, f)| f).collect()
     }
 }
 

@@ -206,6 +206,7 @@ impl Factory for EbpfCpuFactory {
             verbose: config.bpf_verbose_logging,
             events_pages: config.bpf_events_buffer_size,
             unwind_mode: config.unwind_mode(),
+            event_pause: config.event_buffer_poll_interval,
         })?;
         let tables = UnwindTables::new(
             sampler.take_unwind_maps()?,
@@ -459,7 +460,9 @@ fn build_batch(
         },
     });
     // (pid, mapping index) -> batch mapping id, so a process's mappings are interned once.
-    let mut mapping_ids: HashMap<(u32, usize), u32> = HashMap::new();
+    // (process image, mapping index) -> batch mapping id, so a process's
+    // mappings are interned once (a deferred walk may be of an older image).
+    let mut mapping_ids: HashMap<(*const ProcessInfo, usize), u32> = HashMap::new();
     let mut series_ids: HashMap<u32, u32> = HashMap::new();
     let counted = drained.counts.iter().map(|(key, count)| {
         let kernel = drained
@@ -467,19 +470,16 @@ fn build_batch(
             .get(&key.kernel_stack_id)
             .filter(|_| key.kernel_stack_id >= 0)
             .map_or(&[][..], Vec::as_slice);
-        (
-            key,
-            *count,
-            kernel,
-            drained.user_stacks.get(&key.user_stack),
-        )
-    });
-    let finished = drained
-        .deferred
-        .iter()
-        .map(|f| (&f.key, 1, f.kernel.as_slice(), Some(&f.user)));
-    for (key, count, kernel_frames, user_stack) in counted.chain(finished) {
         let info = processes.get(&key.pid).map(|p| &**p);
+        let user = drained.user_stacks.get(&key.user_stack);
+        (key, *count, kernel, user, info)
+    });
+    let finished = drained.deferred.iter().map(|f| {
+        let image = f.process.as_deref();
+        let info = image.or_else(|| processes.get(&f.key.pid).map(|p| &**p));
+        (&f.key, 1, f.kernel.as_slice(), Some(&f.user), info)
+    });
+    for (key, count, kernel_frames, user_stack, info) in counted.chain(finished) {
         let mut locations = Vec::new();
         for address in call_sites(kernel_frames) {
             locations.push(batch.locations.intern(Location {
@@ -491,21 +491,23 @@ fn build_batch(
         }
         for address in call_sites(user_stack.map_or(&[], |s| s.frames())) {
             let mapping = info.and_then(|p| p.mapping_of(address)).map(|(i, m)| {
-                *mapping_ids.entry((key.pid, i)).or_insert_with(|| {
-                    let filename = batch.strings.intern_str(&m.path);
-                    let (build_id, build_id_kind) = match &m.build_id {
-                        Some(b) => (batch.strings.intern_str(&b.id), b.kind),
-                        None => (0, BuildIdKind::None),
-                    };
-                    batch.mappings.intern(Mapping {
-                        memory_start: m.start,
-                        memory_limit: m.end,
-                        file_offset: m.offset,
-                        filename,
-                        build_id,
-                        build_id_kind,
+                *mapping_ids
+                    .entry((info.map_or(std::ptr::null(), |p| p as *const _), i))
+                    .or_insert_with(|| {
+                        let filename = batch.strings.intern_str(&m.path);
+                        let (build_id, build_id_kind) = match &m.build_id {
+                            Some(b) => (batch.strings.intern_str(&b.id), b.kind),
+                            None => (0, BuildIdKind::None),
+                        };
+                        batch.mappings.intern(Mapping {
+                            memory_start: m.start,
+                            memory_limit: m.end,
+                            file_offset: m.offset,
+                            filename,
+                            build_id,
+                            build_id_kind,
+                        })
                     })
-                })
             });
             locations.push(batch.locations.intern(Location {
                 mapping,
@@ -814,12 +816,34 @@ mod tests {
             ],
             kernel_stacks: [(2, vec![0xffff_ffff_8100_0000])].into(),
             user_stacks: [(7, user_stack(&[here, here + 1], 1))].into(),
-            // A walk finished in user space: one sample with its own stacks.
-            deferred: vec![FinishedSample {
-                key: key(me, 0, -1),
-                kernel: vec![0xffff_ffff_8100_0010],
-                user: user_stack(&[here], 0),
-            }],
+            // Walks finished in user space: one sample each, with its own
+            // stacks; the second with the image it was sampled in (before
+            // an exec), whose mappings name its frames.
+            deferred: vec![
+                FinishedSample {
+                    key: key(me, 0, -1),
+                    process: None,
+                    kernel: vec![0xffff_ffff_8100_0010],
+                    user: user_stack(&[here], 0),
+                },
+                FinishedSample {
+                    key: key(me, 0, -1),
+                    process: Some(Arc::new(ProcessInfo {
+                        comm: "before-exec".into(),
+                        mappings: vec![process::ExecutableMapping {
+                            start: here - 0x10,
+                            end: here + 0x10,
+                            offset: 0,
+                            path: "/old/image".into(),
+                            inode: 1,
+                            build_id: None,
+                        }],
+                        ..ProcessInfo::default()
+                    })),
+                    kernel: Vec::new(),
+                    user: user_stack(&[here], 0),
+                },
+            ],
             window: 0,
         };
         let mut tracker = ProcessTracker::new("/proc");
@@ -838,7 +862,7 @@ mod tests {
             ProfileType::cpu_samples(19),
             (1, 2),
         );
-        assert_eq!(b.total_value(), 9);
+        assert_eq!(b.total_value(), 10);
         let samples = b.resolved_samples();
         // Kernel frames first, then user frames in their mapping (this test binary).
         let first = &samples[0];
@@ -870,5 +894,15 @@ mod tests {
         assert_eq!(finished.frames[0].address, 0xffff_ffff_8100_0010);
         assert_eq!(finished.frames[1].address, here);
         assert_eq!(finished.attributes.get("unwind_status"), Some("complete"));
+        assert_eq!(
+            finished.frames[1].mapping.as_ref().unwrap().filename,
+            exe.to_string_lossy()
+        );
+        let before_exec = &samples[4];
+        assert_eq!(before_exec.frames.len(), 1);
+        assert_eq!(
+            before_exec.frames[0].mapping.as_ref().unwrap().filename,
+            "/old/image"
+        );
     }
 }

@@ -129,6 +129,11 @@ impl ProcessTracker {
         self.processes.get(&pid).map(|p| &**p)
     }
 
+    /// What is known of `pid`, shared.
+    pub fn get_shared(&self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        self.processes.get(&pid).cloned()
+    }
+
     /// What is known of `pid`, read first if it is not known yet.
     pub fn shared(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
         self.ensure(pid);
@@ -143,8 +148,12 @@ impl ProcessTracker {
             self.vanished += 1;
             return false;
         };
-        if maps.is_empty() && self.processes.contains_key(&pid) {
-            // Exiting: its memory is gone already; what was read stays.
+        if maps.is_empty() {
+            // Exiting (its memory is gone already; what was read stays) or a
+            // kernel thread (no user stacks): nothing to know.
+            if !self.processes.contains_key(&pid) {
+                self.vanished += 1;
+            }
             return false;
         }
         let comm = std::fs::read_to_string(dir.join("comm"))

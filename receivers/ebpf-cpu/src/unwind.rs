@@ -186,6 +186,8 @@ impl UnwindTables {
         let mut entry = ProcessUnwindInfo {
             written_ns: crate::bpf::monotonic_ns(),
             mapping_count: all.len() as u32,
+            // Unknown: never matches, so the BPF walker defers to user space.
+            generation: info.generation.unwrap_or(u32::MAX),
             ..ProcessUnwindInfo::default()
         };
         entry.mappings[..all.len()].copy_from_slice(&all);
@@ -244,10 +246,11 @@ impl UnwindTables {
         (all, objects)
     }
 
-    /// How often `pid` exec'd since the BPF program first saw it; `None`
-    /// once it exited (or was never seen).
+    /// How often `pid` exec'd since the BPF program first saw it (whether
+    /// or not it has exited since); `None` when it was never seen.
     pub fn generation(&self, pid: u32) -> Option<u32> {
-        self.maps.generations.get(&pid, 0).ok()
+        let generation = self.maps.generations.get(&pid, 0).ok()?;
+        Some(generation & !crate::bpf::GENERATION_EXITED)
     }
 
     /// Finishes the walk BPF handed over in `sample`, for a process whose
@@ -265,6 +268,17 @@ impl UnwindTables {
             .collect();
         let (mut mappings, _) = self.unwind_mappings(info, keys);
         mappings.truncate(MAX_UNWIND_MAPPINGS);
+        self.walk_deferred(sample, &mappings, mode)
+    }
+
+    /// Goes on with `sample`'s walk with `mappings`: none when the process's
+    /// mappings are not known (frame pointers only, as BPF would).
+    pub fn walk_deferred(
+        &self,
+        sample: &DeferredSample,
+        mappings: &[UnwindMapping],
+        mode: UnwindMode,
+    ) -> UserStack {
         let mut stack = sample.user;
         let mut views = TableViews {
             tables: &self.loaded,
@@ -274,7 +288,7 @@ impl UnwindTables {
             &mut stack,
             Registers::of(sample),
             &StackCopy::of(sample),
-            &mappings,
+            mappings,
             mode,
             &mut views,
         );
