@@ -263,64 +263,61 @@ fn plt_expressions_are_recognised_exactly() {
 
 #[test]
 fn the_entry_point_ends_the_stack_where_no_cfi_covers_it() {
-    let row = |pc: u32, kind: RowKind| UnwindRow {
-        pc,
-        kind: kind as u8,
-        rbp_offset: 0,
-        cfa_offset: if kind == RowKind::CfaRsp { 8 } else { 0 },
+    use RowKind::{CfaRsp, End, None as Gap};
+    let rows = |kinds: &[(u32, RowKind)]| -> Vec<UnwindRow> {
+        kinds
+            .iter()
+            .map(|&(pc, kind)| UnwindRow {
+                pc,
+                kind: kind as u8,
+                rbp_offset: 0,
+                cfa_offset: if kind == CfaRsp { 8 } else { 0 },
+            })
+            .collect()
     };
-    let kinds = |rows: &[UnwindRow]| -> Vec<(u32, RowKind)> {
-        rows.iter().map(|r| (r.pc, r.kind())).collect()
-    };
-    // ld.so: a gap from 0x100 on, _start at 0x180, the next function at 0x1c0.
-    let mut rows = vec![
-        row(0x10, RowKind::CfaRsp),
-        row(0x100, RowKind::None),
-        row(0x1c0, RowKind::CfaRsp),
+    /// (pc, kind) of each row.
+    type Rows<'a> = &'a [(u32, RowKind)];
+    // (rows, entry point, rows after marking it)
+    let cases: [(Rows, u64, Rows); 5] = [
+        // ld.so: a gap from 0x100 on, _start at 0x180, the next function at 0x1c0.
+        (
+            &[(0x10, CfaRsp), (0x100, Gap), (0x1c0, CfaRsp)],
+            0x180,
+            &[(0x10, CfaRsp), (0x100, Gap), (0x180, End), (0x1c0, CfaRsp)],
+        ),
+        // Far from the next row: only ENTRY_CODE_BYTES are the entry code.
+        (
+            &[(0x10, CfaRsp), (0x100, Gap)],
+            0x100,
+            &[(0x10, CfaRsp), (0x100, End), (0x200, Gap)],
+        ),
+        (
+            &[(0x10, CfaRsp), (0x100, Gap), (0x1000, CfaRsp)],
+            0x800,
+            &[
+                (0x10, CfaRsp),
+                (0x100, Gap),
+                (0x800, End),
+                (0x900, Gap),
+                (0x1000, CfaRsp),
+            ],
+        ),
+        // Covered by call frame information (a program's _start): unchanged.
+        (
+            &[(0x10, CfaRsp), (0x100, Gap)],
+            0x20,
+            &[(0x10, CfaRsp), (0x100, Gap)],
+        ),
+        // No entry point (a shared library): unchanged.
+        (
+            &[(0x10, CfaRsp), (0x100, Gap)],
+            0,
+            &[(0x10, CfaRsp), (0x100, Gap)],
+        ),
     ];
-    super::mark_entry_point(&mut rows, 0x180);
-    assert_eq!(
-        kinds(&rows),
-        [
-            (0x10, RowKind::CfaRsp),
-            (0x100, RowKind::None),
-            (0x180, RowKind::End),
-            (0x1c0, RowKind::CfaRsp)
-        ]
-    );
-    // Far from the next row: only ENTRY_CODE_BYTES are the entry code.
-    let mut rows = vec![row(0x10, RowKind::CfaRsp), row(0x100, RowKind::None)];
-    super::mark_entry_point(&mut rows, 0x100);
-    assert_eq!(
-        kinds(&rows),
-        [
-            (0x10, RowKind::CfaRsp),
-            (0x100, RowKind::End),
-            (0x200, RowKind::None)
-        ]
-    );
-    let mut rows = vec![
-        row(0x10, RowKind::CfaRsp),
-        row(0x100, RowKind::None),
-        row(0x1000, RowKind::CfaRsp),
-    ];
-    super::mark_entry_point(&mut rows, 0x800);
-    assert_eq!(
-        kinds(&rows),
-        [
-            (0x10, RowKind::CfaRsp),
-            (0x100, RowKind::None),
-            (0x800, RowKind::End),
-            (0x900, RowKind::None),
-            (0x1000, RowKind::CfaRsp)
-        ]
-    );
-    // Covered by call frame information (a program's _start): unchanged.
-    let covered = vec![row(0x10, RowKind::CfaRsp), row(0x100, RowKind::None)];
-    let mut rows = covered.clone();
-    super::mark_entry_point(&mut rows, 0x20);
-    assert_eq!(rows, covered);
-    // No entry point (a shared library): unchanged.
-    super::mark_entry_point(&mut rows, 0);
-    assert_eq!(rows, covered);
+    for (before, entry, after) in cases {
+        let mut marked = rows(before);
+        super::mark_entry_point(&mut marked, entry);
+        assert_eq!(marked, rows(after), "entry point {entry:#x} in {before:?}");
+    }
 }

@@ -172,12 +172,9 @@ impl EventHandler {
                 .get(sample.pid)
                 .filter(|p| p.generation == Some(sample.generation))
         }
-        let covers = |p: &ProcessInfo, pc: u64| {
-            p.mapping_of(pc).is_some() || p.anonymous.iter().any(|&(s, e)| (s..e).contains(&pc))
-        };
         let mut read = false;
         if self.pending.remove(&pid)
-            || !current(tracker, sample).is_some_and(|p| covers(p, sample.pc))
+            || !current(tracker, sample).is_some_and(|p| p.covers(sample.pc))
         {
             observe(tracker, tables, pid);
             read = true;

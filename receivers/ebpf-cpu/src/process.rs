@@ -42,6 +42,15 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// `address` lies in one of its executable mappings (file or anonymous).
+    pub fn covers(&self, address: u64) -> bool {
+        self.mapping_of(address).is_some()
+            || self
+                .anonymous
+                .iter()
+                .any(|&(s, e)| (s..e).contains(&address))
+    }
+
     /// The mapping holding `address`.
     pub fn mapping_of(&self, address: u64) -> Option<(usize, &ExecutableMapping)> {
         let i = self.mappings.partition_point(|m| m.start <= address);
