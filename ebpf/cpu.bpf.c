@@ -12,7 +12,9 @@
  * the mapping's .eh_frame when there is one, with frame pointers otherwise.
  * A walk that reaches code whose table is not in the kernel yet (a new
  * process, a library just mapped) is handed to user space with a copy of
- * the stack instead of being cut short (struct deferred_sample). */
+ * the stack instead of being cut short (struct deferred_sample). Where a
+ * frame lies in an interpreter's loop (CPython's _PyEval_EvalFrameDefault),
+ * the interpreter's own frames are emitted in its place (runtimes/). */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
 #include <asm/ptrace.h>
@@ -114,7 +116,22 @@ struct unwind_state {
 	__u32 trusted_pc;      /* pc came from registers or a table row, not a frame pointer */
 	__u32 lo;              /* binary search bounds */
 	__u32 hi;
+	__u32 tid;
+	__u32 len_before;      /* stack.len before the last frame (restored when deferring) */
+	__u32 interp_state;    /* enum interp_walk */
+	__u32 run_frames;      /* interpreter frames emitted for the loop frame at pc */
+	__u64 interp_frame;    /* the next interpreter frame to emit; 0: none left */
 	struct user_stack stack;
+	__u8 frame_buf[PY_READ_MAX + 8]; /* a frame or code object being read */
+	__u8 code_buf[PY_READ_MAX + 8];
+};
+
+/* Where a walk stands with the interpreter's frames. */
+enum interp_walk {
+	INTERP_UNSTARTED = 0,  /* no interpreter loop frame reached yet */
+	INTERP_ACTIVE = 1,     /* interp_frame is the next frame to emit */
+	INTERP_IN_RUN = 2,     /* emitting the frames of the loop frame at pc */
+	INTERP_DONE = 3,       /* no more frames (or a read failed) */
 };
 
 struct {
@@ -132,6 +149,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } known_processes SEC(".maps");
+
+/* Interpreter frame objects announced to user space (struct interp_code_event). */
+struct interp_code_key {
+	__u32 pid;
+	__u32 validation;
+	__u64 object;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct interp_code_key);
+	__type(value, __u8);
+} interp_code_seen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -151,6 +182,7 @@ struct process_event process_event_layout;
 struct unwind_row unwind_row_layout;
 struct unwind_mapping unwind_mapping_layout;
 struct deferred_sample deferred_sample_layout;
+struct interp_code_event interp_code_event_layout;
 
 static __always_inline void count(__u32 index)
 {
@@ -322,15 +354,94 @@ static __always_inline int request_refresh(struct process_unwind_info *proc, __u
 }
 
 /* Ends the walk at st->pc (not recorded) so user space finishes it; 1. */
-static __always_inline long defer_walk(struct unwind_state *st, __u32 len)
+static __always_inline long defer_walk(struct unwind_state *st)
 {
-	st->stack.len = len;
+	st->stack.len = st->len_before;
 	st->hash = st->hash_before;
 	st->stack.status = STACK_DEFERRED;
 	return 1;
 }
 
-/* bpf_loop callback: records st->pc and steps to the caller. */
+/* Appends a word to the stack (the caller checked there is room). */
+static __always_inline void push_word(struct unwind_state *st, __u64 word)
+{
+	__u32 len = st->stack.len;
+	if (len >= MAX_STACK_DEPTH)
+		return;
+	st->stack.frames[len] = word;
+	st->stack.len = len + 1;
+	st->hash = (st->hash ^ word) * 0x100000001b3ULL;
+}
+
+/* A field of a frame or code object read into buf (offsets come from user
+ * space; the mask keeps every access inside the buffer). */
+#define FIELD(buf, type, offset) (*(type *)((buf) + ((offset) & (PY_READ_MAX - 1))))
+
+/* Reads `size` bytes (at most PY_READ_MAX) of user memory into buf; 0 on success. */
+static __always_inline long read_object(__u8 *buf, __u16 size, __u64 address)
+{
+	__u32 n = size;
+	if (n == 0 || n > PY_READ_MAX)
+		return -1;
+	return bpf_probe_read_user(buf, n, (const void *)address);
+}
+
+/* Tells user space about an interpreter object first seen in a sample of
+ * pid, so it names it while the object most likely still lives. */
+static __always_inline void announce_object(__u32 pid, __u32 kind, __u32 validation, __u64 object)
+{
+	struct interp_code_key key = {.pid = pid, .validation = validation, .object = object};
+	__u8 one = 1;
+	/* Looked up first: an LRU update takes a free node (evicting to get
+	 * one) before it finds the key exists. */
+	if (bpf_map_lookup_elem(&interp_code_seen, &key) ||
+	    bpf_map_update_elem(&interp_code_seen, &key, &one, BPF_NOEXIST) != 0)
+		return; /* announced already */
+	struct interp_code_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_EVENTS_LOST);
+		bpf_map_delete_elem(&interp_code_seen, &key);
+		return;
+	}
+	e->kind = PROCESS_INTERP_CODE;
+	e->pid = pid;
+	e->interp = kind;
+	e->validation = validation;
+	e->object = object;
+	bpf_ringbuf_submit(e, 0);
+}
+
+#include "runtimes/python.h"
+
+/* At a frame of the interpreter loop: emits the interpreter frames it runs,
+ * one per call; 0 while there are more (pc stays), 1 when the run is over
+ * and the loop frame itself is to be stepped over. */
+static __always_inline long interpreter_step(struct unwind_state *st, struct interp_info *interp)
+{
+	struct python_layout *py = &interp->python;
+	if (st->interp_state == INTERP_UNSTARTED) {
+		st->interp_frame = python_current_frame(st, py);
+		st->interp_state = INTERP_ACTIVE;
+		if (!st->interp_frame) {
+			count(STAT_INTERP_NO_THREAD);
+			st->interp_state = INTERP_DONE;
+			return 1;
+		}
+	}
+	if (st->interp_state == INTERP_ACTIVE) {
+		st->interp_state = INTERP_IN_RUN;
+		st->run_frames = 0;
+	}
+	if (st->interp_state != INTERP_IN_RUN || !st->interp_frame)
+		return 1;
+	long ended = python_frame(st, py);
+	if (ended && st->interp_state == INTERP_IN_RUN)
+		st->interp_state = INTERP_ACTIVE;
+	return ended;
+}
+
+/* bpf_loop callback: records st->pc (or the interpreter frames run there)
+ * and steps to the caller. */
 static long unwind_frame(__u32 index, void *unused)
 {
 	__u32 zero = 0;
@@ -345,26 +456,46 @@ static long unwind_frame(__u32 index, void *unused)
 		st->stack.status = STACK_COMPLETE;
 		return 1;
 	}
-	st->stack.frames[len] = pc;
-	st->stack.len = len + 1;
-	st->hash_before = st->hash;
-	st->hash = (st->hash ^ pc) * 0x100000001b3ULL;
-
+	if (pc > USER_ADDRESS_MAX) {
+		/* Not code: a broken frame chain (a tag word must never be taken for a pc). */
+		st->stack.status = st->trusted_pc ? STACK_READ_FAILED : STACK_FRAME_POINTER_FAILED;
+		return 1;
+	}
 	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
 	if (proc && proc->generation != st->generation)
 		proc = 0; /* another image's mappings (an exec raced with their read) */
+
+	st->len_before = len;
+	st->hash_before = st->hash;
+	int loop_frame = proc && proc->interp.kind == INTERP_CPYTHON && st->interp_state != INTERP_DONE &&
+			 ((pc >= proc->interp.loop_start && pc < proc->interp.loop_end) ||
+			  (pc >= proc->interp.cold_start && pc < proc->interp.cold_end));
+	if (loop_frame) {
+		if (len + 2 > MAX_STACK_DEPTH)
+			return 1; /* status stays STACK_TRUNCATED */
+		if (!interpreter_step(st, &proc->interp))
+			return 0; /* more interpreter frames at this pc */
+		/* The loop frame's own pc stands for nothing its frames do not
+		 * say, unless it ran none. */
+		if (st->run_frames == 0)
+			push_word(st, pc);
+	} else {
+		push_word(st, pc);
+	}
+
 	if (!proc) {
 		/* User space has not read this process (this image of it) yet. */
 		if (st->can_defer)
-			return defer_walk(st, len);
+			return defer_walk(st);
 		return frame_pointer_step(st, STACK_NO_TABLE);
 	}
 	struct unwind_mapping *m = find_mapping(st, proc, pc);
 	if (!m) {
 		/* New code since user space read the mappings (dlopen, JIT); an
 		 * address from a broken frame pointer chain proves nothing. */
-		if (st->trusted_pc && request_refresh(proc, st->pid) && st->can_defer)
-			return defer_walk(st, len);
+		/* Never from a loop frame: its interpreter frames are out already. */
+		if (st->trusted_pc && request_refresh(proc, st->pid) && st->can_defer && !loop_frame)
+			return defer_walk(st);
 		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
 	}
 	if (m->table_id == TABLE_ANONYMOUS)
@@ -478,14 +609,19 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	st->bp = regs.rbp;
 	st->hash = 0xcbf29ce484222325ULL;
 	st->pid = sample->pid;
+	st->tid = sample->tid;
 	st->generation = generation;
+	st->interp_state = INTERP_UNSTARTED;
+	st->interp_frame = 0;
+	st->run_frames = 0;
 	st->mode = mode;
 	st->can_defer = mode != UNWIND_FRAME_POINTERS;
 	st->exact_pc = 1;
 	st->trusted_pc = 1;
 	st->stack.len = 0;
 	st->stack.status = STACK_TRUNCATED;
-	bpf_loop(MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
+	/* Interpreter runs take an extra step each (the loop frame's own). */
+	bpf_loop(2 * MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
 	if (st->stack.status == STACK_DEFERRED) {
 		if (send_deferred(ctx, st, sample, window, generation)) {
 			count(STAT_WALKS_DEFERRED);
@@ -495,7 +631,7 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 		count(STAT_DEFER_RING_FULL);
 		st->can_defer = 0;
 		st->stack.status = STACK_TRUNCATED;
-		bpf_loop(MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
+		bpf_loop(2 * MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
 	}
 	__u64 key = (st->hash ^ st->stack.status) * 0x100000001b3ULL;
 	if (key == 0 || key == USER_STACK_DEFERRED)

@@ -48,6 +48,22 @@ enum stack_status {
 	STACK_COPY_EXHAUSTED = 9,       /* finished in user space: the walk needed stack past the copy */
 };
 
+/* An interpreter's frame takes two words of a user stack, leaf first: a
+ * tag word (top byte INTERP_FRAME_TAG | enum interp_kind, then a 24-bit
+ * instruction offset, then a 32-bit validation value) and the address of
+ * the object user space names it by (CPython: the code object). A user
+ * address never has its top bits set, so a tag word is never a pc. */
+#define INTERP_FRAME_TAG 0xc0
+/* The instruction offset is not known (or does not fit). */
+#define INTERP_OFFSET_UNKNOWN 0xffffff
+/* The highest user-space address (x86-64, 4-level or 5-level paging). */
+#define USER_ADDRESS_MAX 0x00ffffffffffffffULL
+
+enum interp_kind {
+	INTERP_NONE = 0,
+	INTERP_CPYTHON = 1,
+};
+
 /* A user stack, leaf first. */
 struct user_stack {
 	__u32 len;
@@ -93,12 +109,63 @@ struct unwind_mapping {
 	__u32 rows;            /* rows in that table */
 };
 
+/* How a CPython frame chain marks where one run of the eval loop (one
+ * native _PyEval_EvalFrameDefault activation) begins. */
+enum python_entry_rule {
+	PY_ENTRY_EACH_FRAME = 0, /* <= 3.10: a run is one frame */
+	PY_ENTRY_FLAG = 1,       /* 3.11: the run's first frame has is_entry set */
+	PY_ENTRY_SHIM = 2,       /* 3.12+: a shim frame (owner == entry_shim) lies below the run */
+};
+
+/* Read no more than this of a frame or a code object. */
+#define PY_READ_MAX 256
+
+/* Where one CPython version keeps what the walker reads (offsets in bytes;
+ * user space fills it from its per-version table). */
+struct python_layout {
+	__u64 interp_head;      /* address of the pointer to the first PyInterpreterState */
+	__u64 code_type;        /* address of PyCode_Type */
+	__u16 interp_threads;   /* PyInterpreterState: its first PyThreadState */
+	__u16 tstate_next;
+	__u16 tstate_thread_id; /* pthread_self(): the thread's fs base */
+	__u16 tstate_frame;     /* the current frame, or the _PyCFrame holding it */
+	__u16 cframe_frame;     /* _PyCFrame: the current frame; 0xffff: no _PyCFrame */
+	__u16 frame_back;
+	__u16 frame_code;
+	__u16 frame_instr;      /* f_lasti (an int), or prev_instr / instr_ptr (a pointer) */
+	__u16 frame_entry;      /* is_entry or owner (a byte) */
+	__u16 frame_size;       /* bytes read of a frame (past every field above) */
+	__u16 code_name;
+	__u16 code_firstlineno;
+	__u16 code_argcount;
+	__u16 code_bytecode;    /* where the bytecode starts in the code object (pointer instrs) */
+	__u16 code_size;        /* bytes read of a code object */
+	__u16 code_filename;    /* co_filename */
+	__u16 code_identity;    /* a word set once per code object: ob_size (3.11+) or co_code */
+	__u8 instr_is_pointer;
+	__u8 entry_rule;        /* enum python_entry_rule */
+	__u8 entry_shim;        /* owner value of a shim frame */
+	__u8 reserved[3];
+};
+
+/* The interpreter a process runs, found by user space in its mappings. */
+struct interp_info {
+	__u32 kind;             /* enum interp_kind; INTERP_NONE: none */
+	__u32 version;          /* major << 8 | minor */
+	__u64 loop_start;       /* the interpreter loop's code: [loop_start, loop_end) */
+	__u64 loop_end;
+	__u64 cold_start;       /* and its part moved out of line (.cold), if known */
+	__u64 cold_end;
+	struct python_layout python;
+};
+
 /* A process's executable mappings, sorted by start. */
 struct process_unwind_info {
 	__u64 refresh_requested_ns; /* when the unwinder last asked for a re-read */
 	__u64 written_ns;           /* when user space wrote this entry (bpf_ktime_get_ns clock) */
 	__u32 mapping_count;
 	__u32 generation;           /* the exec generation these mappings are of (known_processes) */
+	struct interp_info interp;
 	struct unwind_mapping mappings[MAX_UNWIND_MAPPINGS];
 };
 
@@ -109,12 +176,23 @@ enum process_event_kind {
 	PROCESS_MAPPINGS_CHANGED = 4, /* a sampled address is in no known mapping */
 	PROCESS_MMAP_EXEC = 5,        /* a known process mapped a file executable */
 	PROCESS_DEFERRED_SAMPLE = 6,  /* a struct deferred_sample */
+	PROCESS_INTERP_CODE = 7,      /* a struct interp_code_event */
 };
 
 /* Sent through the `events` ring buffer. */
 struct process_event {
 	__u32 kind;            /* enum process_event_kind */
 	__u32 pid;
+};
+
+/* An interpreter frame object first seen in a sample (per pid, object and
+ * validation value): user space names it while it most likely lives. */
+struct interp_code_event {
+	__u32 kind;            /* PROCESS_INTERP_CODE */
+	__u32 pid;
+	__u32 interp;          /* enum interp_kind */
+	__u32 validation;
+	__u64 object;
 };
 
 /* Indices into the per-CPU `stats` array. */
@@ -127,7 +205,11 @@ enum stat_index {
 	STAT_EVENTS_LOST = 5,
 	STAT_WALKS_DEFERRED = 6,      /* user stack walks handed to user space */
 	STAT_DEFER_RING_FULL = 7,     /* walks that stayed in BPF: no room in the ring buffer */
-	STAT_COUNT = 8,
+	STAT_INTERP_FRAMES = 8,       /* interpreter frames emitted */
+	STAT_INTERP_NO_THREAD = 9,    /* the thread's interpreter state was not found */
+	STAT_INTERP_READ_FAILED = 10, /* an interpreter frame or object was unreadable */
+	STAT_INTERP_NOT_CODE = 11,    /* a frame's code was not a code object */
+	STAT_COUNT = 12,
 };
 
 /* Bytes of user stack a deferred walk copies, from the stack pointer up. */

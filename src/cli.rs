@@ -404,8 +404,8 @@ pub const FLAGS: &[FlagSpec] = &[
         "python-unwinding-disable",
         Bool,
         None,
-        "Parca Agent's Python unwinder; this agent has none.",
-        Owner::NoEffect("this agent has no Python unwinder to disable"),
+        "Do not unwind Python frames: CPython processes show the interpreter's native frames only.",
+        Owner::Sets(&[receiver("ebpf_cpu", "python_unwinding_disable")]),
     ),
     flag(
         "ruby-unwinding-disable",

@@ -130,6 +130,8 @@ pub enum FrameType {
     Kernel,
     /// Code generated at run time (JIT), named by perf maps.
     Jit,
+    /// A CPython function, named by the interpreter's code object.
+    CPython,
 }
 
 impl FrameType {
@@ -140,6 +142,7 @@ impl FrameType {
             FrameType::Native => Some("native"),
             FrameType::Kernel => Some("kernel"),
             FrameType::Jit => Some("jit"),
+            FrameType::CPython => Some("cpython"),
         }
     }
 
@@ -149,6 +152,7 @@ impl FrameType {
             "native" => FrameType::Native,
             "kernel" => FrameType::Kernel,
             "jit" => FrameType::Jit,
+            "cpython" => FrameType::CPython,
             _ => FrameType::Unknown,
         }
     }

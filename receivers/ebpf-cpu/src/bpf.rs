@@ -156,6 +156,111 @@ pub struct UnwindMapping {
     pub rows: u32,
 }
 
+/// `enum interp_kind` of ebpf/cpu.h.
+pub mod interp_kind {
+    /// No interpreter.
+    pub const NONE: u32 = 0;
+    /// CPython.
+    pub const CPYTHON: u32 = 1;
+}
+
+/// `INTERP_FRAME_TAG` of ebpf/cpu.h: the top byte of an interpreter frame's
+/// tag word is this or'ed with its `interp_kind`.
+pub const INTERP_FRAME_TAG: u8 = 0xc0;
+/// `USER_ADDRESS_MAX` of ebpf/cpu.h: no code address is above it.
+pub const USER_ADDRESS_MAX: u64 = 0x00ff_ffff_ffff_ffff;
+/// `INTERP_OFFSET_UNKNOWN`: the frame's instruction offset is not known.
+pub const INTERP_OFFSET_UNKNOWN: u32 = 0xff_ffff;
+
+/// `struct python_layout` of ebpf/cpu.h: where one CPython version keeps
+/// what the walker reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonLayout {
+    /// Address of the pointer to the first `PyInterpreterState`.
+    pub interp_head: u64,
+    /// Address of `PyCode_Type`.
+    pub code_type: u64,
+    /// `PyInterpreterState`: its first thread state.
+    pub interp_threads: u16,
+    /// `PyThreadState.next`.
+    pub tstate_next: u16,
+    /// `PyThreadState.thread_id` (`pthread_self()`).
+    pub tstate_thread_id: u16,
+    /// `PyThreadState`: the current frame, or the `_PyCFrame` holding it.
+    pub tstate_frame: u16,
+    /// `_PyCFrame.current_frame`; `0xffff`: no `_PyCFrame`.
+    pub cframe_frame: u16,
+    /// The frame's caller.
+    pub frame_back: u16,
+    /// The frame's code object.
+    pub frame_code: u16,
+    /// `f_lasti` (an int) or `prev_instr` / `instr_ptr` (a pointer).
+    pub frame_instr: u16,
+    /// `is_entry` or `owner` (a byte).
+    pub frame_entry: u16,
+    /// Bytes read of a frame.
+    pub frame_size: u16,
+    /// `co_name`.
+    pub code_name: u16,
+    /// `co_firstlineno`.
+    pub code_firstlineno: u16,
+    /// `co_argcount`.
+    pub code_argcount: u16,
+    /// Where the bytecode starts in the code object.
+    pub code_bytecode: u16,
+    /// Bytes read of a code object.
+    pub code_size: u16,
+    /// `co_filename`.
+    pub code_filename: u16,
+    /// A word set once per code object (`ob_size` on 3.11+, `co_code` before).
+    pub code_identity: u16,
+    /// `frame_instr` is a pointer.
+    pub instr_is_pointer: u8,
+    /// `enum python_entry_rule`.
+    pub entry_rule: u8,
+    /// The owner value of a shim frame.
+    pub entry_shim: u8,
+    /// Padding.
+    pub reserved: [u8; 3],
+}
+
+/// `struct interp_info` of ebpf/cpu.h: the interpreter a process runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterpInfo {
+    /// `enum interp_kind`.
+    pub kind: u32,
+    /// `major << 8 | minor`.
+    pub version: u32,
+    /// The interpreter loop's code: `[loop_start, loop_end)`.
+    pub loop_start: u64,
+    /// See `loop_start`.
+    pub loop_end: u64,
+    /// The loop's part moved out of line (`.cold`), if known: `[cold_start, cold_end)`.
+    pub cold_start: u64,
+    /// See `cold_start`.
+    pub cold_end: u64,
+    /// CPython's layout.
+    pub python: PythonLayout,
+}
+
+/// `struct interp_code_event` of ebpf/cpu.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InterpCodeEvent {
+    /// [`PROCESS_INTERP_CODE`].
+    pub kind: u32,
+    /// Process id.
+    pub pid: u32,
+    /// `enum interp_kind`.
+    pub interp: u32,
+    /// The validation value BPF computed.
+    pub validation: u32,
+    /// The object's address.
+    pub object: u64,
+}
+
 /// `struct process_unwind_info` of ebpf/cpu.h.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -168,6 +273,8 @@ pub struct ProcessUnwindInfo {
     pub mapping_count: u32,
     /// The exec generation the mappings are of.
     pub generation: u32,
+    /// The interpreter the process runs.
+    pub interp: InterpInfo,
     /// Sorted by start.
     pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
@@ -179,6 +286,7 @@ impl Default for ProcessUnwindInfo {
             written_ns: 0,
             mapping_count: 0,
             generation: 0,
+            interp: InterpInfo::default(),
             mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         }
     }
@@ -205,6 +313,8 @@ pub const PROCESS_MAPPINGS_CHANGED: u32 = 4;
 pub const PROCESS_MMAP_EXEC: u32 = 5;
 /// A [`DeferredSample`].
 pub const PROCESS_DEFERRED_SAMPLE: u32 = 6;
+/// An [`InterpCodeEvent`].
+pub const PROCESS_INTERP_CODE: u32 = 7;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -279,7 +389,7 @@ impl DeferredSample {
 }
 
 /// Number of `enum stat_index` counters.
-pub const STAT_COUNT: usize = 8;
+pub const STAT_COUNT: usize = 12;
 
 /// `enum stat_index`, in order.
 pub const STAT_NAMES: [&str; STAT_COUNT] = [
@@ -291,6 +401,10 @@ pub const STAT_NAMES: [&str; STAT_COUNT] = [
     "events_lost",
     "walks_deferred",
     "defer_ring_full",
+    "interp_frames",
+    "interp_no_thread",
+    "interp_read_failed",
+    "interp_not_code",
 ];
 /// Capacity of each counts map (`MAX_SAMPLE_KEYS`).
 pub const MAX_SAMPLE_KEYS: usize = 16384;
@@ -818,7 +932,70 @@ mod tests {
                     offset_of!(ProcessUnwindInfo, mapping_count),
                 ),
                 ("generation", offset_of!(ProcessUnwindInfo, generation)),
+                ("interp", offset_of!(ProcessUnwindInfo, interp)),
                 ("mappings", offset_of!(ProcessUnwindInfo, mappings)),
+            ],
+        );
+        check(
+            "interp_info",
+            size_of::<InterpInfo>(),
+            &[
+                ("kind", offset_of!(InterpInfo, kind)),
+                ("version", offset_of!(InterpInfo, version)),
+                ("loop_start", offset_of!(InterpInfo, loop_start)),
+                ("loop_end", offset_of!(InterpInfo, loop_end)),
+                ("cold_start", offset_of!(InterpInfo, cold_start)),
+                ("cold_end", offset_of!(InterpInfo, cold_end)),
+                ("python", offset_of!(InterpInfo, python)),
+            ],
+        );
+        check(
+            "python_layout",
+            size_of::<PythonLayout>(),
+            &[
+                ("interp_head", offset_of!(PythonLayout, interp_head)),
+                ("code_type", offset_of!(PythonLayout, code_type)),
+                ("interp_threads", offset_of!(PythonLayout, interp_threads)),
+                ("tstate_next", offset_of!(PythonLayout, tstate_next)),
+                (
+                    "tstate_thread_id",
+                    offset_of!(PythonLayout, tstate_thread_id),
+                ),
+                ("tstate_frame", offset_of!(PythonLayout, tstate_frame)),
+                ("cframe_frame", offset_of!(PythonLayout, cframe_frame)),
+                ("frame_back", offset_of!(PythonLayout, frame_back)),
+                ("frame_code", offset_of!(PythonLayout, frame_code)),
+                ("frame_instr", offset_of!(PythonLayout, frame_instr)),
+                ("frame_entry", offset_of!(PythonLayout, frame_entry)),
+                ("frame_size", offset_of!(PythonLayout, frame_size)),
+                ("code_name", offset_of!(PythonLayout, code_name)),
+                (
+                    "code_firstlineno",
+                    offset_of!(PythonLayout, code_firstlineno),
+                ),
+                ("code_argcount", offset_of!(PythonLayout, code_argcount)),
+                ("code_bytecode", offset_of!(PythonLayout, code_bytecode)),
+                ("code_size", offset_of!(PythonLayout, code_size)),
+                ("code_filename", offset_of!(PythonLayout, code_filename)),
+                ("code_identity", offset_of!(PythonLayout, code_identity)),
+                (
+                    "instr_is_pointer",
+                    offset_of!(PythonLayout, instr_is_pointer),
+                ),
+                ("entry_rule", offset_of!(PythonLayout, entry_rule)),
+                ("entry_shim", offset_of!(PythonLayout, entry_shim)),
+                ("reserved", offset_of!(PythonLayout, reserved)),
+            ],
+        );
+        check(
+            "interp_code_event",
+            size_of::<InterpCodeEvent>(),
+            &[
+                ("kind", offset_of!(InterpCodeEvent, kind)),
+                ("pid", offset_of!(InterpCodeEvent, pid)),
+                ("interp", offset_of!(InterpCodeEvent, interp)),
+                ("validation", offset_of!(InterpCodeEvent, validation)),
+                ("object", offset_of!(InterpCodeEvent, object)),
             ],
         );
         use agent_unwind_table::UnwindRow;

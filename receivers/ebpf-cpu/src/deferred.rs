@@ -10,7 +10,7 @@ use agent_unwind_table::{RowKind, UnwindRow};
 
 use crate::bpf::{
     stack_status, DeferredSample, SampleKey, UnwindMapping, UnwindMode, UserStack, MAX_STACK_DEPTH,
-    TABLE_ANONYMOUS, TABLE_NONE,
+    TABLE_ANONYMOUS, TABLE_NONE, USER_ADDRESS_MAX,
 };
 
 /// A sample whose user stack walk was finished here.
@@ -218,6 +218,12 @@ pub fn finish_walk(
         }
         if regs.pc == 0 {
             stack.status = stack_status::COMPLETE;
+            return;
+        }
+        if regs.pc > USER_ADDRESS_MAX {
+            // Not code: a broken frame chain (and never to be taken for an
+            // interpreter frame's tag word), as the BPF walker decides.
+            stack.status = stack_status::FRAME_POINTER_FAILED;
             return;
         }
         stack.frames[len] = regs.pc;

@@ -10,9 +10,10 @@ use std::time::Instant;
 use aya::maps::{MapData, RingBuf};
 use tracing::debug;
 
-use crate::bpf::{self, DeferredSample, ProcessEvent, SampleKey, UnwindMode};
+use crate::bpf::{self, DeferredSample, InterpCodeEvent, ProcessEvent, SampleKey, UnwindMode};
 use crate::deferred::FinishedSample;
 use crate::process::{ProcessInfo, ProcessTracker};
+use crate::runtimes::{CodeKey, CodeNames};
 use crate::unwind::UnwindTables;
 
 /// What the event thread and the window thread share (behind one lock).
@@ -68,6 +69,8 @@ pub struct EventHandler {
     finished: Vec<(u32, FinishedSample)>,
     /// Deferred walks since the metrics were last updated.
     pub results: DeferredResults,
+    /// Interpreter frames' names, found as BPF first reports their objects.
+    pub names: CodeNames,
 }
 
 impl EventHandler {
@@ -78,6 +81,7 @@ impl EventHandler {
             pending: HashSet::new(),
             finished: Vec::new(),
             results: DeferredResults::default(),
+            names: CodeNames::default(),
         }
     }
 
@@ -140,6 +144,24 @@ impl EventHandler {
                     // Gone before it could be read: nothing waits for it.
                     tables.remove_process(event.pid);
                 }
+            }
+            bpf::PROCESS_INTERP_CODE if record.len() >= std::mem::size_of::<InterpCodeEvent>() => {
+                // SAFETY: a `struct interp_code_event` (kind says so, length checked); read unaligned.
+                let code: InterpCodeEvent =
+                    unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+                // Named now, while the object most likely lives; the
+                // process is read first if that is pending.
+                if self.pending.remove(&code.pid) {
+                    observe(tracker, tables, code.pid);
+                }
+                let runtime = tracker.get(code.pid).and_then(|p| p.runtime.as_ref());
+                let key = CodeKey {
+                    pid: code.pid,
+                    object: code.object,
+                    validation: code.validation,
+                };
+                self.names.resolve(key, runtime);
+                return false;
             }
             bpf::PROCESS_DEFERRED_SAMPLE
                 if record.len() >= std::mem::size_of::<DeferredSample>() =>

@@ -15,6 +15,7 @@ pub mod bpf;
 pub mod deferred;
 pub mod events;
 pub mod process;
+pub mod runtimes;
 pub mod unwind;
 
 use std::collections::HashMap;
@@ -28,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agent_core::telemetry::{ComponentTelemetry, Counter, Gauge};
 use agent_core::{
     BatchSink, BuildContext, BuildIdKind, ComponentConfig, ComponentError, Factory, FieldError,
-    FrameType, LabelSet, Location, Mapping, ProfileBatch, ProfileType, Receiver, Sample, Shutdown,
-    Stability,
+    FrameType, Function, LabelSet, Line, Location, Mapping, ProfileBatch, ProfileType, Receiver,
+    Sample, Shutdown, Stability,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -37,6 +38,7 @@ use tracing::{debug, info, warn};
 use bpf::{Drained, LoadOptions, Sampler, UnwindMode};
 use events::{DeferredResults, EventHandler, Shared};
 use process::{ProcessInfo, ProcessTracker};
+use runtimes::{CodeInfo, CodeKey, CodeNames, InterpFrame, UserFrame};
 use unwind::UnwindTables;
 
 /// Config of the `ebpf_cpu` receiver.
@@ -67,6 +69,9 @@ pub struct EbpfCpuConfig {
     /// Most bytes of unwind tables in the kernel; least recently used
     /// executables' tables are evicted beyond it.
     pub unwind_table_memory_limit: u64,
+    /// No Python frames: CPython processes show the interpreter's native
+    /// frames only (`--python-unwinding-disable`).
+    pub python_unwinding_disable: bool,
 }
 
 impl Default for EbpfCpuConfig {
@@ -82,6 +87,7 @@ impl Default for EbpfCpuConfig {
             dwarf_unwinding_disable: false,
             dwarf_unwinding_mixed: false,
             unwind_table_memory_limit: 256 << 20,
+            python_unwinding_disable: false,
         }
     }
 }
@@ -241,6 +247,13 @@ struct Counters {
     last_tables: unwind::TableCounts,
     table_bytes: Gauge,
     tables_loaded: Gauge,
+    /// Interpreter processes by runtime (`cpython 3.11`), made as found.
+    interp_processes: HashMap<String, Gauge>,
+    /// Interpreter objects named, and not named.
+    interp_names: [Counter; 2],
+    last_names: (u64, u64),
+    interp_unnamed: Counter,
+    telemetry: ComponentTelemetry,
 }
 
 impl Counters {
@@ -254,6 +267,10 @@ impl Counters {
             "Process events lost because the ring buffer was full.",
             "User stack walks handed to user space with a copy of the stack (tables not loaded yet).",
             "User stack walks finished in BPF because the ring buffer had no room for a deferred walk.",
+            "Interpreter frames (Python) emitted by the BPF walker.",
+            "Interpreter walks ended early: the sampled thread's interpreter state was not found.",
+            "Interpreter walks ended early: a frame or code object was unreadable.",
+            "Interpreter walks ended early: a frame's code was not a code object.",
         ];
         let deferred_counter = |result: &str| {
             t.counter(
@@ -327,7 +344,45 @@ impl Counters {
                 "Executables whose unwind table is in the kernel.",
                 &[],
             ),
+            interp_processes: HashMap::new(),
+            interp_names: ["resolved", "failed"].map(|result| {
+                t.counter(
+                    "ebpf_interpreter_names",
+                    "Interpreter code objects named from process memory (resolved), or not (failed: freed, reused or unreadable).",
+                    &[("result", result)],
+                )
+            }),
+            last_names: (0, 0),
+            interp_unnamed: t.counter(
+                "ebpf_interpreter_frames_unnamed",
+                "Sampled interpreter frames left unnamed (their code object could not be read in time).",
+                &[],
+            ),
+            telemetry: t.clone(),
         }
+    }
+
+    fn update_interp(&mut self, tracker: &ProcessTracker, names: &CodeNames, unnamed: u64) {
+        let found = tracker.runtimes();
+        for (runtime, gauge) in &self.interp_processes {
+            if !found.contains_key(runtime) {
+                gauge.set(0);
+            }
+        }
+        for (runtime, n) in found {
+            let gauge = self.interp_processes.entry(runtime).or_insert_with_key(|runtime| {
+                self.telemetry.gauge(
+                    "ebpf_interpreter_processes",
+                    "Processes tracked whose interpreter the unwinder walks, by runtime and version.",
+                    &[("runtime", runtime)],
+                )
+            });
+            gauge.set(n as i64);
+        }
+        self.interp_names[0].inc_by(names.resolved - self.last_names.0);
+        self.interp_names[1].inc_by(names.failed - self.last_names.1);
+        self.last_names = (names.resolved, names.failed);
+        self.interp_unnamed.inc_by(unnamed);
     }
 
     fn update_tables(&mut self, tables: &UnwindTables) {
@@ -421,8 +476,8 @@ fn comm_text(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// A stack's addresses as pprof wants them: the first is where the sample
-/// hit, the others are return addresses, moved back into their call
+/// A kernel stack's addresses as pprof wants them: the first is where the
+/// sample hit, the others are return addresses, moved back into their call
 /// instruction so symbolizers name the calling line, not the next one.
 fn call_sites(frames: &[u64]) -> impl Iterator<Item = u64> + '_ {
     frames
@@ -431,10 +486,79 @@ fn call_sites(frames: &[u64]) -> impl Iterator<Item = u64> + '_ {
         .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
 }
 
+/// The location of an interpreter frame: named (function, file, line) when
+/// its object could be read, else unnamed, keeping the object's address.
+fn interp_location(
+    batch: &mut ProfileBatch,
+    frame: &InterpFrame,
+    name: Option<&Arc<CodeInfo>>,
+) -> Location {
+    let frame_type = FrameType::CPython;
+    let Some(info) = name else {
+        return Location {
+            mapping: None,
+            address: frame.object,
+            lines: Vec::new(),
+            frame_type,
+        };
+    };
+    let name = batch.strings.intern_str(&info.name);
+    let function = batch.functions.intern(Function {
+        name,
+        system_name: name,
+        filename: batch.strings.intern_str(&info.filename),
+        start_line: i64::from(info.first_line),
+    });
+    Location {
+        mapping: None,
+        address: 0,
+        lines: vec![Line {
+            function,
+            line: i64::from(info.line(frame.offset)),
+            column: 0,
+        }],
+        frame_type,
+    }
+}
+
+/// The names of the interpreter frames in a drained window's stacks (read
+/// now if BPF's announcement was missed), and how many frames stay unnamed.
+fn interp_names(
+    drained: &Drained,
+    tracker: &ProcessTracker,
+    names: &mut CodeNames,
+) -> (HashMap<CodeKey, Arc<CodeInfo>>, u64) {
+    let counted = drained.counts.iter().filter_map(|(key, count)| {
+        Some((key.pid, drained.user_stacks.get(&key.user_stack)?, *count))
+    });
+    let finished = drained.deferred.iter().map(|f| (f.key.pid, &f.user, 1));
+    let (mut found, mut unnamed) = (HashMap::new(), 0);
+    for (pid, stack, count) in counted.chain(finished) {
+        for frame in runtimes::user_frames(stack.frames()) {
+            let UserFrame::Interp(f) = frame else {
+                continue;
+            };
+            let key = f.key(pid);
+            if found.contains_key(&key) {
+                continue;
+            }
+            let runtime = tracker.get(pid).and_then(|p| p.runtime.as_ref());
+            match names.resolve(key, runtime) {
+                Some(info) => {
+                    found.insert(key, info);
+                }
+                None => unnamed += count,
+            }
+        }
+    }
+    (found, unnamed)
+}
+
 /// Turns one drained window into a batch.
 fn build_batch(
     drained: &Drained,
     processes: &HashMap<u32, Arc<ProcessInfo>>,
+    names: &HashMap<CodeKey, Arc<CodeInfo>>,
     kernel: &KernelImage,
     profile_type: ProfileType,
     window: (u64, u64),
@@ -489,7 +613,18 @@ fn build_batch(
                 frame_type: FrameType::Kernel,
             }));
         }
-        for address in call_sites(user_stack.map_or(&[], |s| s.frames())) {
+        let words = user_stack.map_or(&[][..], |s| s.frames());
+        for (i, frame) in runtimes::user_frames(words).enumerate() {
+            let address = match frame {
+                // As call_sites does.
+                UserFrame::Native(a) if i == 0 => a,
+                UserFrame::Native(a) => a.saturating_sub(1),
+                UserFrame::Interp(f) => {
+                    let location = interp_location(&mut batch, &f, names.get(&f.key(key.pid)));
+                    locations.push(batch.locations.intern(location));
+                    continue;
+                }
+            };
             let mapping = info.and_then(|p| p.mapping_of(address)).map(|(i, m)| {
                 *mapping_ids
                     .entry((info.map_or(std::ptr::null(), |p| p as *const _), i))
@@ -572,7 +707,8 @@ impl EbpfCpuReceiver {
         let shared = Arc::new(Mutex::new(Shared {
             ring,
             events: EventHandler::new(self.config.unwind_mode()),
-            tracker: ProcessTracker::new("/proc"),
+            tracker: ProcessTracker::new("/proc")
+                .with_python(!self.config.python_unwinding_disable),
             tables: self.tables,
         }));
         let event_thread = {
@@ -609,7 +745,7 @@ impl EbpfCpuReceiver {
                 Ok(stats) => stats,
                 Err(e) => break Err(e),
             };
-            let processes = {
+            let (processes, names) = {
                 let mut shared = lock(&shared);
                 // Events and deferred walks sent before the flip belong to this window.
                 shared.read_events();
@@ -621,13 +757,17 @@ impl EbpfCpuReceiver {
                 } = &mut *shared;
                 drained.deferred = events.take_finished(drained.window);
                 let processes = sampled_processes(&drained, tracker, tables);
+                let (names, unnamed) = interp_names(&drained, tracker, &mut events.names);
                 self.counters.update(stats, tracker, drained.counts.len());
                 self.counters.update_deferred(&mut events.results);
                 self.counters.update_tables(tables);
-                for pid in tracker.forget_exited() {
+                self.counters.update_interp(tracker, &events.names, unnamed);
+                let gone = tracker.forget_exited();
+                for &pid in &gone {
                     tables.remove_process(pid);
                 }
-                processes
+                events.names.next_window(&gone);
+                (processes, names)
             };
             self.counters.update_stacks(&drained);
             let window = (
@@ -635,7 +775,14 @@ impl EbpfCpuReceiver {
                 now.duration_since(window_start)
                     .map_or(0, |d| d.as_nanos() as u64),
             );
-            let batch = build_batch(&drained, &processes, &kernel, profile_type.clone(), window);
+            let batch = build_batch(
+                &drained,
+                &processes,
+                &names,
+                &kernel,
+                profile_type.clone(),
+                window,
+            );
             debug!(
                 samples = batch.samples.len(),
                 total = batch.total_value(),
@@ -804,6 +951,75 @@ mod tests {
     }
 
     #[test]
+    fn python_frames_become_named_locations_in_place_and_unnamed_ones_stay() {
+        use runtimes::python::{LineFormat, LineTable};
+        let tag = |offset: u64, validation: u64| {
+            u64::from(bpf::INTERP_FRAME_TAG | bpf::interp_kind::CPYTHON as u8) << 56
+                | offset << 32
+                | validation
+        };
+        // Leaf first: native leaf, a named Python frame, an unnamed one, native root.
+        let words = [
+            0x1000,
+            tag(6, 7),
+            0x7f00_0000_2000,
+            tag(0, 9),
+            0x7f00_0000_3000,
+            0x2000,
+        ];
+        let drained = Drained {
+            counts: vec![(key(42, 5, -1), 3)],
+            user_stacks: HashMap::from([(5, user_stack(&words, 0))]),
+            ..Drained::default()
+        };
+        let named = CodeInfo {
+            name: "Worker.run".into(),
+            filename: "/srv/app.py".into(),
+            first_line: 10,
+            // Bytes 0..6: line 11; 6..: line 13.
+            lines: LineTable::new(LineFormat::Lnotab, 10, vec![0, 1, 6, 2]),
+        };
+        let names = HashMap::from([(
+            CodeKey {
+                pid: 42,
+                object: 0x7f00_0000_2000,
+                validation: 7,
+            },
+            Arc::new(named),
+        )]);
+        let kernel = KernelImage { build_id: None };
+        let b = build_batch(
+            &drained,
+            &HashMap::new(),
+            &names,
+            &kernel,
+            ProfileType::cpu_samples(19),
+            (1, 2),
+        );
+        let sample = &b.resolved_samples()[0];
+        assert_eq!(sample.value, 3);
+        let frames = &sample.frames;
+        assert_eq!(frames.len(), 4, "{frames:?}");
+        assert_eq!(frames[0].address, 0x1000);
+        let line = &frames[1].lines[0];
+        assert_eq!(
+            (line.function.as_str(), line.filename.as_str(), line.line),
+            ("Worker.run", "/srv/app.py", 13)
+        );
+        assert!(frames[2].lines.is_empty());
+        assert_eq!(frames[2].address, 0x7f00_0000_3000);
+        // The root is a return address: moved back into its call.
+        assert_eq!(frames[3].address, 0x1fff);
+        let kinds: Vec<FrameType> = b
+            .stacks
+            .get(b.samples[0].stack)
+            .iter()
+            .map(|&l| b.locations.get(l).frame_type)
+            .collect();
+        assert_eq!(kinds[1..3], [FrameType::CPython, FrameType::CPython]);
+    }
+
+    #[test]
     fn a_window_becomes_series_with_mapped_user_frames_and_kernel_frames() {
         let me = std::process::id();
         let here = a_window_becomes_series_with_mapped_user_frames_and_kernel_frames as fn()
@@ -858,6 +1074,7 @@ mod tests {
         let b = build_batch(
             &drained,
             &processes,
+            &HashMap::new(),
             &kernel,
             ProfileType::cpu_samples(19),
             (1, 2),

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agent_core::file_id::{build_id_of, BuildId};
+use tracing::{debug, info};
+
+use crate::runtimes::python::{version_of_path, DetectError, PythonBinary, PythonProcess};
+use crate::runtimes::Runtime;
 
 /// One executable mapping of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +43,8 @@ pub struct ProcessInfo {
     /// How often the process had exec'd (as the BPF program counts) when
     /// these mappings were read; `None` when that is not known for sure.
     pub generation: Option<u32>,
+    /// The interpreter it runs, if the unwinder knows it.
+    pub runtime: Option<Runtime>,
 }
 
 impl ProcessInfo {
@@ -108,6 +114,10 @@ pub struct ProcessTracker {
     processes: HashMap<u32, Arc<ProcessInfo>>,
     /// Keyed by (device, inode): one read per file however many processes map it.
     build_ids: HashMap<(String, u64), Option<BuildId>>,
+    /// Interpreter binaries, keyed like `build_ids`; `None`: not usable.
+    runtimes: HashMap<(String, u64), Option<PythonBinary>>,
+    /// Look for Python interpreters.
+    python: bool,
     /// Processes that vanished before they could be read.
     pub vanished: u64,
 }
@@ -119,8 +129,27 @@ impl ProcessTracker {
             proc_root: proc_root.into(),
             processes: HashMap::new(),
             build_ids: HashMap::new(),
+            runtimes: HashMap::new(),
+            python: true,
             vanished: 0,
         }
+    }
+
+    /// Looks for Python interpreters (or not).
+    pub fn with_python(mut self, python: bool) -> Self {
+        self.python = python;
+        self
+    }
+
+    /// Processes running each interpreter (e.g. `cpython 3.11`).
+    pub fn runtimes(&self) -> HashMap<String, usize> {
+        let mut found = HashMap::new();
+        for p in self.processes.values().filter(|p| !p.exited) {
+            if let Some(r) = &p.runtime {
+                *found.entry(r.describe()).or_default() += 1;
+            }
+        }
+        found
     }
 
     /// Number of processes tracked.
@@ -170,6 +199,7 @@ impl ProcessTracker {
             .unwrap_or_default();
         let mut mappings = Vec::new();
         let mut anonymous = Vec::new();
+        let mut runtime = None;
         for line in maps.lines() {
             let Some(m) = parse_maps_line(line) else {
                 continue;
@@ -197,6 +227,9 @@ impl ProcessTracker {
                 }
                 self.build_ids[&key].clone()
             };
+            if runtime.is_none() && m.inode != 0 && self.python {
+                runtime = self.python_runtime(pid, &m);
+            }
             mappings.push(ExecutableMapping {
                 start: m.start,
                 end: m.end,
@@ -215,9 +248,51 @@ impl ProcessTracker {
                 anonymous,
                 exited: false,
                 generation: None,
+                runtime,
             }),
         );
         true
+    }
+
+    /// The CPython interpreter in mapping `m` of `pid`, if it holds one
+    /// (each file read once).
+    fn python_runtime(&mut self, pid: u32, m: &MapsLine<'_>) -> Option<Runtime> {
+        let version = version_of_path(m.path)?;
+        let key = (m.device.to_owned(), m.inode);
+        if !self.runtimes.contains_key(&key) {
+            let dir = self.proc_dir(pid);
+            let via_map_files = dir
+                .join("map_files")
+                .join(format!("{:x}-{:x}", m.start, m.end));
+            let file = std::fs::File::open(&via_map_files).or_else(|_| {
+                std::fs::File::open(dir.join("root").join(m.path.trim_start_matches('/')))
+            });
+            let binary = match file {
+                // SAFETY: a read-only private mapping of a file a live
+                // process maps (see object-files' read_elf).
+                Ok(file) => match unsafe { memmap2::Mmap::map(&file) } {
+                    Ok(data) => PythonBinary::read(&data, version),
+                    Err(e) => Err(DetectError::Unreadable(e.to_string())),
+                },
+                // The process is gone: no verdict on the file.
+                Err(_) => return None,
+            };
+            match &binary {
+                Ok(b) => info!(path = m.path, version = ?b.version, "CPython interpreter found"),
+                Err(DetectError::NoInterpreter) => {
+                    debug!(path = m.path, "no CPython interpreter loop in this file")
+                }
+                Err(e) => {
+                    info!(path = m.path, error = %e, "CPython interpreter not usable: Python frames are not unwound")
+                }
+            }
+            self.runtimes.insert(key.clone(), binary.ok());
+        }
+        let binary = self.runtimes[&key].as_ref()?;
+        let bias = binary.bias(m.start, m.offset)?;
+        let process = PythonProcess::new(binary, bias)?;
+        debug!(pid, version = ?process.version, "CPython process");
+        Some(Runtime::Python(std::sync::Arc::new(process)))
     }
 
     /// Reads `pid` unless it is known.

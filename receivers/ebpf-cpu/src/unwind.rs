@@ -188,6 +188,11 @@ impl UnwindTables {
             mapping_count: all.len() as u32,
             // Unknown: never matches, so the BPF walker defers to user space.
             generation: info.generation.unwrap_or(u32::MAX),
+            interp: info
+                .runtime
+                .as_ref()
+                .map(|r| r.interp_info())
+                .unwrap_or_default(),
             ..ProcessUnwindInfo::default()
         };
         entry.mappings[..all.len()].copy_from_slice(&all);

@@ -1,0 +1,302 @@
+//! Interpreters whose frames the BPF walker emits (ebpf/cpu.bpf.c): each
+//! runtime module recognizes its interpreter in a process's mappings, gives
+//! the walker a per-process record (`struct interp_info`) and names the
+//! frames it emitted, reading the process's memory soon after the sample.
+//!
+//! An interpreter frame is two words of a user stack (see
+//! `INTERP_FRAME_TAG` in ebpf/cpu.h): what user space needs to name it.
+
+pub mod python;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::bpf::{self, INTERP_FRAME_TAG, INTERP_OFFSET_UNKNOWN};
+
+/// One frame of a user stack as the BPF walker wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserFrame {
+    /// A native code address.
+    Native(u64),
+    /// An interpreter frame.
+    Interp(InterpFrame),
+}
+
+/// An interpreter frame: enough to name it later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InterpFrame {
+    /// `enum interp_kind`.
+    pub kind: u32,
+    /// The object that names it (CPython: the code object).
+    pub object: u64,
+    /// Checked against the object when it is read.
+    pub validation: u32,
+    /// Instruction offset; `None` when not known.
+    pub offset: Option<u32>,
+}
+
+impl InterpFrame {
+    /// The object's identity in a process: (object, validation).
+    pub fn key(&self, pid: u32) -> CodeKey {
+        CodeKey {
+            pid,
+            object: self.object,
+            validation: self.validation,
+        }
+    }
+}
+
+/// Splits a user stack's words into frames, leaf first (an interpreter
+/// frame is a tag word followed by its object's address).
+pub fn user_frames(words: &[u64]) -> impl Iterator<Item = UserFrame> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let word = *words.get(i)?;
+        let tag = (word >> 56) as u8;
+        if tag & 0xf0 == INTERP_FRAME_TAG {
+            let object = *words.get(i + 1)?;
+            i += 2;
+            let offset = ((word >> 32) & 0xff_ffff) as u32;
+            return Some(UserFrame::Interp(InterpFrame {
+                kind: u32::from(tag & 0x0f),
+                object,
+                validation: word as u32,
+                offset: (offset != INTERP_OFFSET_UNKNOWN).then_some(offset),
+            }));
+        }
+        i += 1;
+        Some(UserFrame::Native(word))
+    })
+}
+
+/// The interpreter a process runs, as found in its mappings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// CPython.
+    Python(Arc<python::PythonProcess>),
+}
+
+impl Runtime {
+    /// The record the BPF walker reads.
+    pub fn interp_info(&self) -> bpf::InterpInfo {
+        match self {
+            Runtime::Python(p) => p.interp_info(),
+        }
+    }
+
+    /// A short description for logs and metrics, e.g. `cpython 3.11`.
+    pub fn describe(&self) -> String {
+        match self {
+            Runtime::Python(p) => format!("cpython {}.{}", p.version.0, p.version.1),
+        }
+    }
+}
+
+/// An interpreter object in a process, as a frame refers to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CodeKey {
+    /// Process.
+    pub pid: u32,
+    /// The object's address.
+    pub object: u64,
+    /// Its validation value.
+    pub validation: u32,
+}
+
+/// What names an interpreter frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeInfo {
+    /// Function name (qualified where the runtime knows it).
+    pub name: String,
+    /// Source file.
+    pub filename: String,
+    /// Line where the function starts.
+    pub first_line: u32,
+    /// Turns an instruction offset into a line.
+    pub lines: python::LineTable,
+}
+
+impl CodeInfo {
+    /// The line of the instruction at `offset` (the first line when unknown).
+    pub fn line(&self, offset: Option<u32>) -> u32 {
+        offset
+            .and_then(|o| self.lines.line(o))
+            .unwrap_or(self.first_line)
+    }
+}
+
+/// Names found so far, by object, with counts of what could not be named;
+/// within a byte budget.
+#[derive(Default)]
+pub struct CodeNames {
+    names: HashMap<CodeKey, Entry>,
+    /// Bytes of names and line tables held.
+    bytes: usize,
+    /// Objects named.
+    pub resolved: u64,
+    /// Objects that could not be named (freed, reused, unreadable).
+    pub failed: u64,
+    window: u64,
+}
+
+struct Entry {
+    /// `None`: tried and failed (not tried again).
+    info: Option<Arc<CodeInfo>>,
+    /// The window it was last used in.
+    used: u64,
+}
+
+impl Entry {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<(CodeKey, Entry)>()
+            + self.info.as_ref().map_or(0, |i| {
+                std::mem::size_of::<CodeInfo>() + i.name.len() + i.filename.len() + i.lines.len()
+            })
+    }
+}
+
+/// Bytes of names held at most; past it, those unused in the last two
+/// windows go at the window's end.
+const NAMES_BUDGET_BYTES: usize = 16 << 20;
+
+impl CodeNames {
+    /// Names `key` now unless it is known (or failed before), reading the
+    /// memory of the process `runtime` runs in.
+    pub fn resolve(&mut self, key: CodeKey, runtime: Option<&Runtime>) -> Option<Arc<CodeInfo>> {
+        let window = self.window;
+        if let Some(entry) = self.names.get_mut(&key) {
+            entry.used = window;
+            return entry.info.clone();
+        }
+        // Without the process's interpreter nothing is tried (nor remembered).
+        let runtime = runtime?;
+        let info = match runtime {
+            Runtime::Python(p) => p.name_code(key.pid, key.object, key.validation),
+        };
+        let info = match info {
+            Ok(info) => {
+                self.resolved += 1;
+                Some(Arc::new(info))
+            }
+            Err(e) => {
+                tracing::trace!(pid = key.pid, object = key.object, error = %e, "cannot name an interpreter frame");
+                self.failed += 1;
+                None
+            }
+        };
+        let entry = Entry {
+            info: info.clone(),
+            used: window,
+        };
+        self.bytes += entry.bytes();
+        self.names.insert(key, entry);
+        info
+    }
+
+    /// After a window: forgets the objects of processes gone, and if over
+    /// budget those not used in the last two windows.
+    pub fn next_window(&mut self, gone: &[u32]) {
+        if !gone.is_empty() {
+            self.names.retain(|k, _| !gone.contains(&k.pid));
+        }
+        if self.bytes > NAMES_BUDGET_BYTES {
+            let window = self.window;
+            self.names.retain(|_, e| e.used + 2 > window);
+        }
+        self.bytes = self.names.values().map(Entry::bytes).sum();
+        self.window += 1;
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Reads `buf.len()` bytes at `address` of process `pid`.
+pub fn read_memory(pid: u32, address: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: one local iovec over `buf`, which outlives the call; the
+    // remote side is only read by the kernel.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n as usize != buf.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "short read of process memory",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpreter_frames_are_two_words_and_native_frames_one() {
+        let tag = |offset: u64, validation: u64| {
+            (u64::from(INTERP_FRAME_TAG | bpf::interp_kind::CPYTHON as u8) << 56)
+                | (offset << 32)
+                | validation
+        };
+        let words = [
+            0x5555_0000_1000,
+            tag(42, 0xdead_beef),
+            0x7f00_0000_2000,
+            tag(u64::from(INTERP_OFFSET_UNKNOWN), 7),
+            0x7f00_0000_3000,
+            0x5555_0000_0100,
+        ];
+        let frames: Vec<UserFrame> = user_frames(&words).collect();
+        assert_eq!(
+            frames,
+            [
+                UserFrame::Native(0x5555_0000_1000),
+                UserFrame::Interp(InterpFrame {
+                    kind: bpf::interp_kind::CPYTHON,
+                    object: 0x7f00_0000_2000,
+                    validation: 0xdead_beef,
+                    offset: Some(42),
+                }),
+                UserFrame::Interp(InterpFrame {
+                    kind: bpf::interp_kind::CPYTHON,
+                    object: 0x7f00_0000_3000,
+                    validation: 7,
+                    offset: None,
+                }),
+                UserFrame::Native(0x5555_0000_0100),
+            ]
+        );
+        // A tag word cut off from its object (a truncated stack) ends the frames.
+        assert_eq!(user_frames(&words[..2]).count(), 1);
+    }
+
+    #[test]
+    fn reads_its_own_memory() {
+        let value: u64 = 0x1122_3344_5566_7788;
+        let mut buf = [0u8; 8];
+        read_memory(std::process::id(), &value as *const u64 as u64, &mut buf).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), value);
+        assert!(read_memory(std::process::id(), 8, &mut buf).is_err());
+    }
+}
