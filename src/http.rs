@@ -99,6 +99,17 @@ fn select(view: &View, params: &QueryParams) -> Result<(String, ProfileBatch), V
         Selector::parse(&params.query).map_err(|e| ViewError(StatusCode::BAD_REQUEST, e))?;
     let latest = view.latest.snapshot();
     let not_found = |what: String| ViewError(StatusCode::NOT_FOUND, what);
+    if let Some(p) = params
+        .pipeline
+        .as_ref()
+        .filter(|p| !view.pipelines.contains_key(*p))
+    {
+        let known: Vec<&str> = view.pipelines.keys().map(String::as_str).collect();
+        return Err(not_found(format!(
+            "no pipeline `{p}` (pipelines: {})",
+            known.join(", ")
+        )));
+    }
     let (pipeline, types) = match &params.pipeline {
         Some(p) => latest.get_key_value(p),
         None => latest.iter().next(),

@@ -223,7 +223,20 @@ fn metrics_health_query_and_flamegraph() {
         get(a, &format!("/query?query={}", enc("{comm=nginx}"))).0,
         400
     );
-    assert_eq!(get(a, "/query?pipeline=profiles/none").0, 404);
+    let (status, body) = get(a, "/query?pipeline=profiles/none");
+    assert_eq!(status, 404);
+    assert!(
+        text(&body).starts_with("no pipeline `profiles/none` (pipelines: "),
+        "{}",
+        text(&body)
+    );
+    let (status, body) = get(a, "/query?type=wall/nanoseconds");
+    assert_eq!(status, 404);
+    assert!(
+        text(&body).contains("no `wall/nanoseconds` profile"),
+        "{}",
+        text(&body)
+    );
 
     let (status, svg) = get(a, &format!("/flamegraph?query={}", enc(r#"{comm="app"}"#)));
     assert_eq!(status, 200);

@@ -148,6 +148,7 @@ pub struct BatchSink {
     pipelines: Vec<mpsc::Sender<Arc<ProfileBatch>>>,
     batches: Counter,
     samples: Counter,
+    sample_rows: Counter,
     series: Gauge,
 }
 
@@ -159,7 +160,16 @@ impl BatchSink {
         Self {
             pipelines,
             batches: telemetry.counter("receiver_batches", "Batches emitted by a receiver.", &[]),
-            samples: telemetry.counter("receiver_samples", "Samples emitted by a receiver.", &[]),
+            samples: telemetry.counter(
+                "receiver_samples",
+                "Samples emitted by a receiver (the sum of sample values for count profiles, else sample rows).",
+                &[],
+            ),
+            sample_rows: telemetry.counter(
+                "receiver_sample_rows",
+                "Sample rows emitted by a receiver (distinct stack and label combinations per batch).",
+                &[],
+            ),
             series: telemetry.gauge("receiver_series", "Series in a receiver's last batch.", &[]),
         }
     }
@@ -173,7 +183,8 @@ impl BatchSink {
     /// full (pipelines only run processors; exporters have their own queues).
     pub async fn send(&self, batch: ProfileBatch) {
         self.batches.inc();
-        self.samples.inc_by(batch.samples.len() as u64);
+        self.samples.inc_by(batch.sample_count());
+        self.sample_rows.inc_by(batch.samples.len() as u64);
         self.series.set(batch.series_ids().len() as i64);
         let batch = Arc::new(batch);
         for p in &self.pipelines {

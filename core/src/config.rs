@@ -381,6 +381,13 @@ fn expand_str(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(Strin
                 Some((n, d)) => (n, Some(d)),
                 None => (spec, None),
             };
+            if default.is_some_and(|d| d.contains("${")) {
+                // `${env:A:-${env:B:-x}}`: the first `}` ends the outer
+                // reference, so the default would be a mangled literal.
+                return Err(format!(
+                    "`{s}`: a default cannot hold another `${{env:…}}` reference; give a literal default"
+                ));
+            }
             let valid = !name.is_empty()
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -840,6 +847,9 @@ mod tests {
             "${env:1X}",
             "${env:NOPE}",
             "${env:A-B}",
+            // Nested: never a directory named `${env:B:-/x}`.
+            "${env:NOPE:-${env:ALSO_NOPE:-/x}}",
+            "${env:DIR:-${env:PORT}}",
         ] {
             let e = expand(bad).unwrap_err();
             assert_eq!(e[0].path, "x", "{bad}");

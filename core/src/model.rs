@@ -423,6 +423,17 @@ impl ProfileBatch {
         self.samples.iter().map(|s| s.value).sum()
     }
 
+    /// How many samples the batch stands for: the sum of the values when
+    /// they count samples (unit `count`), else the number of sample rows
+    /// (a row with value 3 is three samples taken; one with 30 ms is one).
+    pub fn sample_count(&self) -> u64 {
+        if self.profile_type.sample_type.unit == "count" {
+            self.samples.iter().map(|s| s.value.max(0) as u64).sum()
+        } else {
+            self.samples.len() as u64
+        }
+    }
+
     /// The distinct series ids used by samples, in first-use order.
     pub fn series_ids(&self) -> Vec<LabelSetId> {
         let mut seen = vec![false; self.label_sets.len()];
@@ -749,6 +760,16 @@ pub(crate) mod tests {
             });
         }
         b
+    }
+
+    #[test]
+    fn sample_count_counts_samples_not_rows() {
+        let mut b = two_series_batch();
+        // Three rows standing for 3 + 4 + 5 samples.
+        assert_eq!((b.samples.len(), b.sample_count()), (3, 12));
+        // Values that are not counts: one sample a row.
+        b.profile_type.sample_type = ValueType::new("cpu", "nanoseconds");
+        assert_eq!(b.sample_count(), 3);
     }
 
     #[test]

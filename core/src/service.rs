@@ -97,7 +97,7 @@ impl ExporterQueue {
     /// Queues a batch; a full queue drops it and counts it, unless the
     /// exporter is configured to block.
     async fn offer(&self, batch: Arc<ProfileBatch>, trace: &Context) {
-        let samples = batch.samples.len() as u64;
+        let samples = batch.sample_count();
         // Counted before sending so the exporter's decrement never comes first.
         self.depth.inc();
         let queued = (batch, trace.clone());
@@ -390,7 +390,7 @@ fn process_chain(
 ) -> Result<ProfileBatch, (String, ComponentError, usize)> {
     let tracer = tracer();
     for (id, p) in processors.iter_mut() {
-        let samples = batch.samples.len();
+        let samples = batch.sample_count() as usize;
         let mut span = tracer.start_with_context(format!("process {id}"), trace);
         span.set_attribute(KeyValue::new("samples.in", samples as i64));
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| p.process(batch)));
@@ -523,9 +523,11 @@ async fn run_exporter(mut e: ExporterRuntime) {
     let batches = e
         .telemetry
         .counter("exporter_batches", "Batches an exporter sent.", &[]);
-    let samples = e
-        .telemetry
-        .counter("exporter_samples", "Samples an exporter sent.", &[]);
+    let samples = e.telemetry.counter(
+        "exporter_samples",
+        "Samples an exporter sent (the sum of sample values for count profiles, else sample rows).",
+        &[],
+    );
     let errors = e.telemetry.counter(
         "exporter_errors",
         "Batches an exporter failed to send.",
@@ -545,7 +547,7 @@ async fn run_exporter(mut e: ExporterRuntime) {
     while let Some((batch, trace)) = e.queue.recv().await {
         e.depth.dec();
         let started = Instant::now();
-        let n = batch.samples.len() as u64;
+        let n = batch.sample_count();
         let series_count = batch.series_ids().len() as i64;
         let mut span = tracer.start_with_context(format!("export {}", e.id), &trace);
         span.set_attribute(KeyValue::new("samples", n as i64));

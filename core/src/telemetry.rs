@@ -46,6 +46,48 @@ impl Default for Telemetry {
     }
 }
 
+/// The `process_*` metrics, with `process_cpu_seconds_total` to the
+/// microsecond: prometheus' collector counts whole seconds, so a young or
+/// quiet agent reads 0 and a busy one lags by up to a second.
+struct ProcessMetrics(prometheus::process_collector::ProcessCollector);
+
+impl Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.0.collect();
+        let Some(seconds) = cpu_seconds() else {
+            return families;
+        };
+        for family in &mut families {
+            if family.name() == "process_cpu_seconds_total" {
+                for metric in family.mut_metric() {
+                    let mut counter = prometheus::proto::Counter::default();
+                    counter.set_value(seconds);
+                    metric.set_counter(counter);
+                }
+            }
+        }
+        families
+    }
+}
+
+/// User and system CPU time of this process (every thread, finished ones
+/// included), in seconds.
+fn cpu_seconds() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one struct rusage into `usage`.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialized by the successful call above.
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
 fn names<'a>(labels: &[(&'a str, &'a str)]) -> Vec<&'a str> {
     labels.iter().map(|(k, _)| *k).collect()
 }
@@ -58,7 +100,7 @@ impl Telemetry {
     /// This process's CPU seconds, memory and file descriptors
     /// (`process_*`), added to the registry.
     pub fn with_process_metrics(self) -> Self {
-        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        let collector = ProcessMetrics(prometheus::process_collector::ProcessCollector::for_self());
         // Registering twice is the only error; a fresh registry has neither.
         let _ = self.0.registry.register(Box::new(collector));
         self
@@ -241,5 +283,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("agent_latency_seconds_count 1"), "{text}");
+    }
+
+    #[test]
+    fn process_cpu_seconds_have_sub_second_precision() {
+        let t = Telemetry::default().with_process_metrics();
+        // A young test process has used well under a second, often 0.0x s.
+        let busy_until = std::time::Instant::now() + std::time::Duration::from_millis(30);
+        while std::time::Instant::now() < busy_until {}
+        let text = t.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("process_cpu_seconds_total "))
+            .unwrap_or_else(|| panic!("{text}"));
+        let seconds: f64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(seconds >= 0.03, "{line}");
+        assert!(seconds.fract() != 0.0, "whole seconds: {line}");
     }
 }

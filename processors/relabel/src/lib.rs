@@ -442,7 +442,8 @@ struct RelabelProcessor {
 impl Processor for RelabelProcessor {
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
         let relabeler = &self.relabeler;
-        let dropped = if self.per_sample {
+        let before = batch.sample_count();
+        if self.per_sample {
             batch.map_series_by_attributes(|series, attributes| {
                 let mut labels = series.clone();
                 for (meta, attribute) in SAMPLE_META_LABELS {
@@ -455,7 +456,8 @@ impl Processor for RelabelProcessor {
         } else {
             batch.map_series(|labels| relabeler.process_labels(labels))
         };
-        self.dropped.inc_by(dropped as u64);
+        self.dropped
+            .inc_by(before.saturating_sub(batch.sample_count()));
         Ok(batch)
     }
 }

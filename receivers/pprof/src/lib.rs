@@ -193,7 +193,11 @@ fn scan(
         seen.insert(file.clone(), stamp);
         let parsed = std::fs::read(&file)
             .map_err(|e| e.to_string())
-            .and_then(|data| from_pprof(&data).map_err(|e| e.to_string()));
+            .and_then(|data| match data.is_empty() {
+                // An empty message would decode as a profile with no samples.
+                true => Err("empty file (0 bytes)".to_owned()),
+                false => from_pprof(&data).map_err(|e| e.to_string()),
+            });
         match parsed {
             Ok(mut read) => {
                 counters.files_read.inc();
@@ -386,6 +390,25 @@ mod tests {
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].total_value(), 8);
         assert_eq!(batches[0].samples.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_file_is_counted_unreadable_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.pb.gz"), b"").unwrap();
+        std::fs::write(dir.path().join("full.pb.gz"), pprof_bytes(2, "x")).unwrap();
+        let counters = Counters::new(&agent_core::telemetry::Telemetry::default().scoped(&[]));
+        let (_, batches) = scan(
+            dir.path().into(),
+            Seen::default(),
+            BTreeMap::new(),
+            counters.clone(),
+        );
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            (counters.files_read.get(), counters.files_unreadable.get()),
+            (1, 1)
+        );
     }
 
     #[test]
