@@ -31,6 +31,18 @@ pub struct View {
     pub latest: LatestWindows,
     /// The pipelines, for the status page.
     pub pipelines: Arc<BTreeMap<String, PipelineConfig>>,
+    /// When the agent started.
+    pub started: std::time::Instant,
+}
+
+impl View {
+    /// Why there is nothing to show yet.
+    fn no_window_yet(&self) -> String {
+        format!(
+            "no window has been exported yet: the agent started {} s ago, and a window is exported when it ends (`profiling_duration`, 10 s by default)",
+            self.started.elapsed().as_secs()
+        )
+    }
 }
 
 /// Serves every route until the process exits.
@@ -114,7 +126,7 @@ fn select(view: &View, params: &QueryParams) -> Result<(String, ProfileBatch), V
         Some(p) => latest.get_key_value(p),
         None => latest.iter().next(),
     }
-    .ok_or_else(|| not_found("no window has been exported yet".into()))?;
+    .ok_or_else(|| not_found(view.no_window_yet()))?;
     let batch = match &params.sample_type {
         Some(t) => types
             .get(t)
@@ -122,7 +134,7 @@ fn select(view: &View, params: &QueryParams) -> Result<(String, ProfileBatch), V
         None => types
             .get("samples/count")
             .or_else(|| types.values().next())
-            .ok_or_else(|| not_found("no window has been exported yet".into()))?,
+            .ok_or_else(|| not_found(view.no_window_yet()))?,
     };
     let mut batch = (**batch).clone();
     batch.map_series(|labels| selector.matches(labels).then(|| labels.clone()));
@@ -291,6 +303,15 @@ async fn self_profile_route(Query(params): Query<ProfileParams>) -> Response {
     }
 }
 
+/// `s` with its first letter upper-cased (a reason, as a sentence).
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -424,7 +445,11 @@ async fn status_page(State(view): State<View>) -> Html<String> {
     html.push_str("</table><h2>Processes in the last window</h2>");
     let latest = view.latest.snapshot();
     if latest.is_empty() {
-        html.push_str("<p id=processes>No window has been exported yet.</p>");
+        let _ = write!(
+            html,
+            "<p id=processes>{}.</p>",
+            esc(&capitalized(&view.no_window_yet()))
+        );
     }
     for (pipeline, types) in &latest {
         let Some((sample_type, batch)) = types

@@ -141,6 +141,7 @@ async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
         telemetry: telemetry.clone(),
         latest: service.latest_windows(),
         pipelines: std::sync::Arc::new(config.service.pipelines.clone()),
+        started: std::time::Instant::now(),
     };
     tokio::spawn(async move {
         if let Err(e) = http::serve(listener, view).await {

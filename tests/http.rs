@@ -31,10 +31,18 @@ impl Drop for Agent {
 /// Starts an agent watching a directory holding the fixture; returns once
 /// the fixture's window has been exported.
 fn start() -> Agent {
+    start_with(true)
+}
+
+/// Starts an agent watching a directory, with the fixture in it or empty
+/// (then it returns once the pipelines run: no window is ever exported).
+fn start_with(fixture: bool) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let watch = dir.path().join("in");
     std::fs::create_dir(&watch).unwrap();
-    std::fs::copy(FIXTURE, watch.join("cpu.pb.gz")).unwrap();
+    if fixture {
+        std::fs::copy(FIXTURE, watch.join("cpu.pb.gz")).unwrap();
+    }
     let config = dir.path().join("pipeline.yaml");
     std::fs::write(
         &config,
@@ -58,7 +66,8 @@ fn start() -> Agent {
     let mut written = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut line = String::new();
-    while written < 2 {
+    let mut started = false;
+    while if fixture { written < 2 } else { !started } {
         line.clear();
         assert!(log.read_line(&mut line).unwrap() > 0, "agent exited");
         if line.contains("HTTP server listening") {
@@ -68,6 +77,7 @@ fn start() -> Agent {
         if line.contains("profile written") {
             written += 1;
         }
+        started |= line.contains("pipelines started");
         assert!(
             Instant::now() < deadline,
             "agent did not export the fixture"
@@ -76,8 +86,9 @@ fn start() -> Agent {
     std::thread::spawn(move || for _ in log.lines() {});
     let address = address.expect("address logged");
     // Counters move right after the write that logged.
-    while !text(&get(&address, "/metrics").1)
-        .contains("agent_exporter_batches_total{exporter=\"file\"} 2")
+    while fixture
+        && !text(&get(&address, "/metrics").1)
+            .contains("agent_exporter_batches_total{exporter=\"file\"} 2")
     {
         assert!(Instant::now() < deadline, "export not counted");
         std::thread::sleep(Duration::from_millis(20));
@@ -219,10 +230,17 @@ fn metrics_health_query_and_flamegraph() {
         "{debug}"
     );
 
-    assert_eq!(
-        get(a, &format!("/query?query={}", enc("{comm=nginx}"))).0,
-        400
+    // A 400 says which parameter and what was expected.
+    let (status, body) = get(a, &format!("/query?query={}", enc("{comm=nginx}")));
+    assert_eq!(status, 400);
+    let reason = text(&body);
+    assert!(
+        reason.contains("nginx") && reason.lines().count() == 1,
+        "{reason}"
     );
+    let (status, body) = get(a, "/query?debug=yes");
+    assert_eq!(status, 400);
+    assert!(text(&body).contains("debug"), "{}", text(&body));
     let (status, body) = get(a, "/query?pipeline=profiles/none");
     assert_eq!(status, 404);
     assert!(
@@ -278,11 +296,26 @@ fn self_profile_is_a_valid_pprof() {
     assert_eq!(get(&agent.address, "/debug/pprof/profile?seconds=0").0, 400);
 }
 
-fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+/// Chromium for the browser tests; outside CI its absence skips them, loudly.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .map(PathBuf::from)
-        .find(|p| p.exists())
+        .find(|p| p.exists());
+    if found.is_none() {
+        if in_ci() {
+            panic!("chromium is needed in CI for the browser test");
+        }
+        eprintln!("SKIPPED: no chromium");
+    }
+    found
+}
+
+/// Where the browser tests leave their screenshots.
+fn screenshots() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&out).unwrap();
+    out
 }
 
 /// Headless Chromium: console messages at INFO and above go to stderr.
@@ -327,16 +360,11 @@ fn console_errors(log: &str) -> Vec<&str> {
 
 #[test]
 fn status_page_and_flamegraph_in_a_browser() {
-    let Some(browser) = chromium() else {
-        if in_ci() {
-            panic!("chromium is needed in CI for the browser test");
-        }
-        eprintln!("SKIPPED: no chromium");
+    let Some(browser) = chromium_or_skip() else {
         return;
     };
     let agent = start();
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = screenshots();
     let profile = tempfile::tempdir().unwrap();
 
     let (dom, console) = browse(
@@ -366,4 +394,70 @@ fn status_page_and_flamegraph_in_a_browser() {
     assert!(console_errors(&console).is_empty(), "{console}");
     assert!(std::fs::metadata(out.join("flamegraph.png")).unwrap().len() > 1000);
     eprintln!("screenshots in {}", out.display());
+}
+
+/// Before the first window: the status page renders and says why it has
+/// no processes yet; the profile routes answer 404 with that reason.
+#[test]
+fn before_the_first_window_the_view_says_so() {
+    let agent = start_with(false);
+    let (status, body) = get(&agent.address, "/query");
+    assert_eq!(status, 404);
+    assert!(
+        text(&body).starts_with("no window has been exported yet: the agent started "),
+        "{}",
+        text(&body)
+    );
+    let (status, page) = get(&agent.address, "/");
+    assert_eq!(status, 200);
+    assert!(
+        text(&page).contains("No window has been exported yet: the agent started"),
+        "{}",
+        text(&page)
+    );
+    let Some(browser) = chromium_or_skip() else {
+        return;
+    };
+    let out = screenshots();
+    let profile = tempfile::tempdir().unwrap();
+    let (dom, console) = browse(
+        &browser,
+        profile.path(),
+        &format!("http://{}/", agent.address),
+        &out.join("status-before-first-window.png"),
+    );
+    assert!(
+        dom.contains("Pipelines") && dom.contains("No window has been exported yet"),
+        "{dom}"
+    );
+    assert!(console_errors(&console).is_empty(), "{console}");
+}
+
+/// The README's curl examples of the HTTP view work as pasted (pointed at
+/// this agent), in the README's words.
+#[test]
+fn readme_http_examples_work_as_written() {
+    let readme = include_str!("../README.md");
+    let examples: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("curl ") && l.contains("http://127.0.0.1:7071/"))
+        .collect();
+    assert!(examples.len() >= 2, "README lost its HTTP view examples");
+    let agent = start();
+    let dir = tempfile::tempdir().unwrap();
+    for example in examples {
+        let command = example.replace("127.0.0.1:7071", &agent.address);
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(dir.path())
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{command}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
 }

@@ -17,8 +17,11 @@ fn agent() -> Command {
 }
 
 fn output_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
+    // The exporter creates the directory when the agent starts.
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".pb.gz"))
         .collect();
@@ -49,6 +52,28 @@ fn by_type(batches: &[ProfileBatch]) -> Vec<(String, Vec<ResolvedSample>)> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// A pipeline config under `dir`: a pprof receiver watching `dir/incoming`
+/// with windows of `window`, a file exporter writing to `dir/out`; returns
+/// (incoming, out, config file).
+fn watching_pipeline(dir: &Path, window: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let watch = dir.join("incoming");
+    let out_dir = dir.join("out");
+    std::fs::create_dir(&watch).unwrap();
+    let config = dir.join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers: {{pprof: {{path: {}, watch: true, poll_interval: 50ms, window: {window}}}}}\n\
+             exporters: {{file: {{directory: {}}}}}\n\
+             service: {{pipelines: {{profiles: {{receivers: [pprof], exporters: [file]}}}}}}\n",
+            watch.display(),
+            out_dir.display()
+        ),
+    )
+    .unwrap();
+    (watch, out_dir, config)
 }
 
 fn decode_all(files: &[PathBuf]) -> Vec<ProfileBatch> {
@@ -117,21 +142,7 @@ fn pprof_to_file_keeps_samples_totals_and_stacks() {
 #[test]
 fn sigterm_mid_window_flushes_the_window() {
     let dir = tempfile::tempdir().unwrap();
-    let watch = dir.path().join("incoming");
-    let out_dir = dir.path().join("out");
-    std::fs::create_dir(&watch).unwrap();
-    let config = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "receivers: {{pprof: {{path: {}, watch: true, poll_interval: 50ms, window: 1h}}}}\n\
-             exporters: {{file: {{directory: {}}}}}\n\
-             service: {{pipelines: {{profiles: {{receivers: [pprof], exporters: [file]}}}}}}\n",
-            watch.display(),
-            out_dir.display()
-        ),
-    )
-    .unwrap();
+    let (watch, out_dir, config) = watching_pipeline(dir.path(), "1h");
     let mut child = agent()
         .args([
             "--config",
@@ -294,4 +305,137 @@ fn container_names_reach_the_output_through_the_embedded_rules() {
         }
     }
     assert_eq!(seen, ["100", "101", "200"].map(String::from).into());
+}
+
+/// What a user sees at the default log level: the first window, where it
+/// went, and no line per window after it; the sample counters count the
+/// samples written (values, not rows).
+#[test]
+fn progress_at_info_level_is_the_first_window_only_and_counters_count_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let (watch, out_dir, config) = watching_pipeline(dir.path(), "300ms");
+    let mut child = agent()
+        .args(["--config", config.to_str().unwrap(), "--log-format=json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let pid = child.id();
+    // Not left running if an assertion fails.
+    let _kill = KillOnDrop(pid);
+    let mut lines = Vec::new();
+    let mut next_line = || {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "agent exited early: {lines:?}"
+        );
+        lines.push(line.clone());
+        line
+    };
+    let http = loop {
+        let line = next_line();
+        if let Some(at) = line.find("\"address\":\"") {
+            break line[at + 11..].split('"').next().unwrap().to_owned();
+        }
+    };
+    // Two windows, a file each.
+    std::fs::copy(FIXTURE, watch.join("a.pb.gz")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while output_files(&out_dir).is_empty() {
+        assert!(Instant::now() < deadline, "first window never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::copy(FIXTURE, watch.join("b.pb.gz")).unwrap();
+    while output_files(&out_dir).len() < 2 {
+        assert!(Instant::now() < deadline, "second window never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700)); // a few empty windows too
+    let metrics = http_get(&http, "/metrics");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let rest: Vec<String> = log.lines().map(Result::unwrap).collect();
+
+    let all: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .chain(rest.iter().map(String::as_str))
+        .collect();
+    let first: Vec<&&str> = all
+        .iter()
+        .filter(|l| l.contains("first window exported"))
+        .collect();
+    assert_eq!(first.len(), 1, "{all:#?}");
+    assert!(
+        first[0].contains(&format!("\"destination\":\"{}\"", out_dir.display())),
+        "{}",
+        first[0]
+    );
+    // Between start-up and the stop request, nothing else at info level.
+    let running: Vec<&&str> = all
+        .iter()
+        .skip_while(|l| !l.contains("pipelines started"))
+        .skip(1)
+        .take_while(|l| !l.contains("stop requested"))
+        .filter(|l| !l.contains("first window exported"))
+        .collect();
+    assert!(running.is_empty(), "{running:#?}");
+
+    let written: i64 = decode_all(&output_files(&out_dir))
+        .iter()
+        .filter(|b| b.profile_type.sample_type.unit == "count")
+        .map(ProfileBatch::total_value)
+        .sum();
+    assert!(written > 0);
+    let counter = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+    };
+    // Count samples of the count profile; rows of the other (nanoseconds) one.
+    let rows: i64 = decode_all(&output_files(&out_dir))
+        .iter()
+        .filter(|b| b.profile_type.sample_type.unit != "count")
+        .map(|b| b.samples.len() as i64)
+        .sum();
+    for name in [
+        "agent_receiver_samples_total",
+        "agent_exporter_samples_total",
+    ] {
+        assert_eq!(counter(name), written + rows, "{name}: {metrics}");
+    }
+    assert_eq!(counter("agent_receiver_sample_rows_total"), {
+        let all = decode_all(&output_files(&out_dir));
+        all.iter().map(|b| b.samples.len() as i64).sum::<i64>()
+    });
+}
+
+/// Kills a process when a failing assertion unwinds past it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

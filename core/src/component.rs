@@ -223,6 +223,11 @@ pub trait Exporter: Send {
     async fn shutdown(&mut self) -> Result<(), ComponentError> {
         Ok(())
     }
+
+    /// Where batches go (a directory, an endpoint), for the progress log.
+    fn destination(&self) -> String {
+        String::new()
+    }
 }
 
 /// A built component of any kind.

@@ -544,6 +544,7 @@ async fn run_exporter(mut e: ExporterRuntime) {
         &[],
     );
     let tracer = tracer();
+    let mut progress = Progress::new(&e.id, e.exporter.destination());
     while let Some((batch, trace)) = e.queue.recv().await {
         e.depth.dec();
         let started = Instant::now();
@@ -556,11 +557,13 @@ async fn run_exporter(mut e: ExporterRuntime) {
                 batches.inc();
                 samples.inc_by(n);
                 series.set(series_count);
+                progress.exported(n, series_count);
             }
             Err(error) => {
                 errors.inc();
                 span.set_status(Status::error(error.to_string()));
                 warn!(exporter = %e.id, %error, "export failed");
+                progress.failed();
             }
         }
         span.end();
@@ -568,6 +571,76 @@ async fn run_exporter(mut e: ExporterRuntime) {
     }
     if let Err(error) = e.exporter.shutdown().await {
         warn!(exporter = %e.id, %error, "exporter failed to flush at shutdown");
+    }
+}
+
+/// How often an exporter's progress is summed up at info level.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What an exporter says at info level, so a user sees the agent work
+/// without a line per window: the first window, a summary at most once a
+/// minute, and a recovery after failures.
+struct Progress<'a> {
+    exporter: &'a str,
+    destination: String,
+    first_done: bool,
+    since: Instant,
+    windows: u64,
+    samples: u64,
+    failures: u64,
+    /// Failures since the last success.
+    failing: u64,
+}
+
+impl<'a> Progress<'a> {
+    fn new(exporter: &'a str, destination: String) -> Self {
+        Self {
+            exporter,
+            destination,
+            first_done: false,
+            since: Instant::now(),
+            windows: 0,
+            samples: 0,
+            failures: 0,
+            failing: 0,
+        }
+    }
+
+    fn exported(&mut self, samples: u64, series: i64) {
+        if !self.first_done {
+            self.first_done = true;
+            self.since = Instant::now();
+            info!(exporter = %self.exporter, destination = %self.destination, samples, series, "first window exported");
+            return;
+        }
+        if self.failing > 0 {
+            info!(exporter = %self.exporter, failures = self.failing, "exporting again");
+            self.failing = 0;
+        }
+        self.windows += 1;
+        self.samples += samples;
+        self.summarize();
+    }
+
+    fn failed(&mut self) {
+        self.failures += 1;
+        self.failing += 1;
+        self.summarize();
+    }
+
+    fn summarize(&mut self) {
+        if self.since.elapsed() < PROGRESS_INTERVAL {
+            return;
+        }
+        info!(
+            exporter = %self.exporter,
+            windows = self.windows,
+            samples = self.samples,
+            failures = self.failures,
+            "exported in the last minute"
+        );
+        (self.windows, self.samples, self.failures) = (0, 0, 0);
+        self.since = Instant::now();
     }
 }
 

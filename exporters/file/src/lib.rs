@@ -109,6 +109,7 @@ impl Factory for FileExporterFactory {
         std::fs::create_dir_all(&config.directory).map_err(dir_error)?;
         let kept = existing_files(&config.directory).map_err(dir_error)?;
         Ok(Box::new(FileExporter {
+            directory: config.directory.clone(),
             store: Arc::new(Mutex::new(Store {
                 config,
                 kept,
@@ -216,10 +217,15 @@ fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> std::io::Result<()>
 struct FileExporter {
     /// Shared with the blocking task that writes; a panic there leaves it usable.
     store: Arc<Mutex<Store>>,
+    directory: PathBuf,
 }
 
 #[agent_core::async_trait]
 impl Exporter for FileExporter {
+    fn destination(&self) -> String {
+        self.directory.display().to_string()
+    }
+
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {

@@ -127,6 +127,10 @@ impl OtlpProfiles {
 
 #[async_trait::async_trait]
 impl Exporter for OtlpProfiles {
+    fn destination(&self) -> String {
+        self.config.endpoint.clone()
+    }
+
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
         if batch.samples.is_empty() {
             return Ok(());

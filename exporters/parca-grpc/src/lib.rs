@@ -125,6 +125,7 @@ impl Factory for ParcaGrpcFactory {
             &[],
         );
         Ok(Box::new(ParcaGrpcExporter {
+            address: config.address.clone(),
             buffer,
             infos: ExecutableInfos::new(locator, unreadable),
             uploads,
@@ -136,6 +137,8 @@ impl Factory for ParcaGrpcFactory {
 
 /// The exporter: encodes each window into the buffer; a task writes it.
 pub struct ParcaGrpcExporter {
+    /// The Parca server.
+    address: String,
     buffer: Arc<Mutex<Buffer>>,
     infos: ExecutableInfos,
     uploads: Option<mpsc::Sender<DebuginfoCandidate>>,
@@ -145,6 +148,10 @@ pub struct ParcaGrpcExporter {
 
 #[async_trait::async_trait]
 impl Exporter for ParcaGrpcExporter {
+    fn destination(&self) -> String {
+        self.address.clone()
+    }
+
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
         let (series, candidates) = encode_batch(&batch, &mut self.infos);
         debug!(series = series.len(), "parca_grpc: window buffered");
