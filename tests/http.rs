@@ -364,14 +364,10 @@ fn status_page_and_flamegraph_in_a_browser() {
         return;
     };
     let agent = start();
-    let out = screenshots();
-    let profile = tempfile::tempdir().unwrap();
-
-    let (dom, console) = browse(
+    let dom = render(
         &browser,
-        profile.path(),
         &format!("http://{}/", agent.address),
-        &out.join("status.png"),
+        "status.png",
     );
     assert!(
         dom.contains("Pipelines") && dom.contains("exporter file"),
@@ -381,19 +377,28 @@ fn status_page_and_flamegraph_in_a_browser() {
         dom.contains("comm=\"app\"") || dom.contains("comm=&quot;app&quot;"),
         "{dom}"
     );
-    assert!(console_errors(&console).is_empty(), "{console}");
-    assert!(std::fs::metadata(out.join("status.png")).unwrap().len() > 1000);
-
     let url = format!(
         "http://{}/flamegraph?query={}",
         agent.address,
         enc(r#"{comm="app"}"#)
     );
-    let (dom, console) = browse(&browser, profile.path(), &url, &out.join("flamegraph.png"));
+    let dom = render(&browser, &url, "flamegraph.png");
     assert!(dom.contains("compute") && dom.contains("square"), "{dom}");
-    assert!(console_errors(&console).is_empty(), "{console}");
-    assert!(std::fs::metadata(out.join("flamegraph.png")).unwrap().len() > 1000);
-    eprintln!("screenshots in {}", out.display());
+    eprintln!("screenshots in {}", screenshots().display());
+}
+
+/// Renders `url` in headless Chromium: checks the page logged nothing and
+/// left a screenshot `shot` (in [`screenshots`]); returns its DOM.
+fn render(browser: &Path, url: &str, shot: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let screenshot = screenshots().join(shot);
+    let (dom, console) = browse(browser, profile.path(), url, &screenshot);
+    assert!(console_errors(&console).is_empty(), "{url}: {console}");
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 1000,
+        "{url}"
+    );
+    dom
 }
 
 /// Before the first window: the status page renders and says why it has
@@ -418,19 +423,15 @@ fn before_the_first_window_the_view_says_so() {
     let Some(browser) = chromium_or_skip() else {
         return;
     };
-    let out = screenshots();
-    let profile = tempfile::tempdir().unwrap();
-    let (dom, console) = browse(
+    let dom = render(
         &browser,
-        profile.path(),
         &format!("http://{}/", agent.address),
-        &out.join("status-before-first-window.png"),
+        "status-before-first-window.png",
     );
     assert!(
         dom.contains("Pipelines") && dom.contains("No window has been exported yet"),
         "{dom}"
     );
-    assert!(console_errors(&console).is_empty(), "{console}");
 }
 
 /// The README's curl examples of the HTTP view work as pasted (pointed at

@@ -409,6 +409,18 @@ pub const STAT_NAMES: [&str; STAT_COUNT] = [
 /// Capacity of each counts map (`MAX_SAMPLE_KEYS`).
 pub const MAX_SAMPLE_KEYS: usize = 16384;
 
+impl Drained {
+    /// Every user stack of the window with its process and sample count:
+    /// the counted ones, then each walk finished in user space (one sample).
+    pub fn user_stacks_counted(&self) -> impl Iterator<Item = (u32, &UserStack, u64)> {
+        let counted = self.counts.iter().filter_map(|(key, count)| {
+            Some((key.pid, self.user_stacks.get(&key.user_stack)?, *count))
+        });
+        let finished = self.deferred.iter().map(|f| (f.key.pid, &f.user, 1));
+        counted.chain(finished)
+    }
+}
+
 /// What one window held.
 #[derive(Default)]
 pub struct Drained {

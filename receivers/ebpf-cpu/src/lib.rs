@@ -404,12 +404,7 @@ impl Counters {
     }
 
     fn update_stacks(&mut self, drained: &Drained) {
-        let counted = drained
-            .counts
-            .iter()
-            .filter_map(|(key, count)| Some((drained.user_stacks.get(&key.user_stack)?, *count)));
-        let finished = drained.deferred.iter().map(|f| (&f.user, 1));
-        for (stack, count) in counted.chain(finished) {
+        for (_, stack, count) in drained.user_stacks_counted() {
             if let Some(counter) = self.stack_status.get(stack.status as usize) {
                 counter.inc_by(count);
             }
@@ -528,12 +523,8 @@ fn interp_names(
     tracker: &ProcessTracker,
     names: &mut CodeNames,
 ) -> (HashMap<CodeKey, Arc<CodeInfo>>, u64) {
-    let counted = drained.counts.iter().filter_map(|(key, count)| {
-        Some((key.pid, drained.user_stacks.get(&key.user_stack)?, *count))
-    });
-    let finished = drained.deferred.iter().map(|f| (f.key.pid, &f.user, 1));
     let (mut found, mut unnamed) = (HashMap::new(), 0);
-    for (pid, stack, count) in counted.chain(finished) {
+    for (pid, stack, count) in drained.user_stacks_counted() {
         for frame in runtimes::user_frames(stack.frames()) {
             let UserFrame::Interp(f) = frame else {
                 continue;
@@ -953,11 +944,7 @@ mod tests {
     #[test]
     fn python_frames_become_named_locations_in_place_and_unnamed_ones_stay() {
         use runtimes::python::{LineFormat, LineTable};
-        let tag = |offset: u64, validation: u64| {
-            u64::from(bpf::INTERP_FRAME_TAG | bpf::interp_kind::CPYTHON as u8) << 56
-                | offset << 32
-                | validation
-        };
+        let tag = runtimes::cpython_tag_word;
         // Leaf first: native leaf, a named Python frame, an unnamed one, native root.
         let words = [
             0x1000,

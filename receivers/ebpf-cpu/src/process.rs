@@ -3,7 +3,7 @@
 //! execs, kept until the window after it exits.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agent_core::file_id::{build_id_of, BuildId};
@@ -81,8 +81,22 @@ pub struct MapsLine<'a> {
     pub device: &'a str,
     /// Inode.
     pub inode: u64,
-    /// Path or pseudo-name; empty for anonymous memory.
+    /// Path or pseudo-name; empty for anonymous memory. A file replaced
+    /// on disk since it was mapped loses its ` (deleted)` mark here.
     pub path: &'a str,
+}
+
+impl MapsLine<'_> {
+    /// Where the mapped file can be opened from `dir` (`/proc/PID`):
+    /// `map_files` reaches the very file mapped, even inside a container
+    /// or replaced on disk; the process's root by path is the fallback.
+    pub fn file_paths(&self, dir: &Path) -> [PathBuf; 2] {
+        [
+            dir.join("map_files")
+                .join(format!("{:x}-{:x}", self.start, self.end)),
+            dir.join("root").join(self.path.trim_start_matches('/')),
+        ]
+    }
 }
 
 /// Parses one /proc/PID/maps line.
@@ -93,7 +107,11 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
     let offset = fields.next()?;
     let device = fields.next()?;
     let inode = fields.next()?;
-    let path = fields.next().unwrap_or("").trim_start();
+    let path = fields
+        .next()
+        .unwrap_or("")
+        .trim_start()
+        .trim_end_matches(" (deleted)");
     let (start, end) = range.split_once('-')?;
     Some(MapsLine {
         start: u64::from_str_radix(start, 16).ok()?,
@@ -216,13 +234,7 @@ impl ProcessTracker {
             } else {
                 let key = (m.device.to_owned(), m.inode);
                 if !self.build_ids.contains_key(&key) {
-                    // map_files reaches the very file mapped, even inside a container.
-                    let via_map_files = dir
-                        .join("map_files")
-                        .join(format!("{:x}-{:x}", m.start, m.end));
-                    let id = build_id_of(&via_map_files).or_else(|| {
-                        build_id_of(&dir.join("root").join(m.path.trim_start_matches('/')))
-                    });
+                    let id = m.file_paths(&dir).iter().find_map(|p| build_id_of(p));
                     self.build_ids.insert(key.clone(), id);
                 }
                 self.build_ids[&key].clone()
@@ -234,7 +246,7 @@ impl ProcessTracker {
                 start: m.start,
                 end: m.end,
                 offset: m.offset,
-                path: m.path.trim_end_matches(" (deleted)").to_owned(),
+                path: m.path.to_owned(),
                 inode: m.inode,
                 build_id,
             });
@@ -260,22 +272,19 @@ impl ProcessTracker {
         let version = version_of_path(m.path)?;
         let key = (m.device.to_owned(), m.inode);
         if !self.runtimes.contains_key(&key) {
-            let dir = self.proc_dir(pid);
-            let via_map_files = dir
-                .join("map_files")
-                .join(format!("{:x}-{:x}", m.start, m.end));
-            let file = std::fs::File::open(&via_map_files).or_else(|_| {
-                std::fs::File::open(dir.join("root").join(m.path.trim_start_matches('/')))
-            });
+            let file = m
+                .file_paths(&self.proc_dir(pid))
+                .iter()
+                .find_map(|p| std::fs::File::open(p).ok());
             let binary = match file {
                 // SAFETY: a read-only private mapping of a file a live
                 // process maps (see object-files' read_elf).
-                Ok(file) => match unsafe { memmap2::Mmap::map(&file) } {
+                Some(file) => match unsafe { memmap2::Mmap::map(&file) } {
                     Ok(data) => PythonBinary::read(&data, version),
                     Err(e) => Err(DetectError::Unreadable(e.to_string())),
                 },
                 // The process is gone: no verdict on the file.
-                Err(_) => return None,
+                None => return None,
             };
             match &binary {
                 Ok(b) => info!(path = m.path, version = ?b.version, "CPython interpreter found"),
@@ -356,6 +365,12 @@ mod tests {
         let anon = parse_maps_line("7ffd1c9f0000-7ffd1ca11000 rw-p 00000000 00:00 0 ").unwrap();
         assert!(!anon.executable);
         assert_eq!(anon.path, "");
+        // A file replaced on disk (a package upgrade) still runs under its name.
+        let deleted = parse_maps_line(
+            "55d0c0a00000-55d0c0c00000 r-xp 00000000 fd:01 42 /usr/bin/python3.11 (deleted)",
+        )
+        .unwrap();
+        assert_eq!(deleted.path, "/usr/bin/python3.11");
         assert!(parse_maps_line("garbage").is_none());
     }
 

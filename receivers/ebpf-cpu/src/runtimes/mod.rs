@@ -69,6 +69,15 @@ pub fn user_frames(words: &[u64]) -> impl Iterator<Item = UserFrame> + '_ {
     })
 }
 
+/// The tag word BPF writes for a CPython frame (`python_frame` in
+/// ebpf/runtimes/python.h), for tests.
+#[cfg(test)]
+pub(crate) fn cpython_tag_word(offset: u64, validation: u32) -> u64 {
+    (u64::from(INTERP_FRAME_TAG | bpf::interp_kind::CPYTHON as u8) << 56)
+        | (offset << 32)
+        | u64::from(validation)
+}
+
 /// The interpreter a process runs, as found in its mappings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Runtime {
@@ -254,11 +263,7 @@ mod tests {
 
     #[test]
     fn interpreter_frames_are_two_words_and_native_frames_one() {
-        let tag = |offset: u64, validation: u64| {
-            (u64::from(INTERP_FRAME_TAG | bpf::interp_kind::CPYTHON as u8) << 56)
-                | (offset << 32)
-                | validation
-        };
+        let tag = cpython_tag_word;
         let words = [
             0x5555_0000_1000,
             tag(42, 0xdead_beef),

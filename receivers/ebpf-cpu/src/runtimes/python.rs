@@ -170,8 +170,6 @@ pub fn offsets(minor: u8) -> Option<&'static Offsets> {
 /// The CPython version a file's name says it holds (`python3.11`,
 /// `libpython3.11.so.1.0`, `libpython3.7m.so`).
 pub fn version_of_path(path: &str) -> Option<(u8, u8)> {
-    // A file replaced on disk (a package upgrade) still runs.
-    let path = path.trim_end_matches(" (deleted)");
     let name = Path::new(path).file_name()?.to_str()?;
     let rest = name
         .strip_prefix("libpython3.")
@@ -720,7 +718,6 @@ mod tests {
     fn versions_come_from_file_names() {
         let cases = [
             ("/usr/bin/python3.11", Some((3, 11))),
-            ("/usr/bin/python3.11 (deleted)", Some((3, 11))),
             (
                 "/root/.pyenv/versions/3.13.0/lib/libpython3.13.so.1.0",
                 Some((3, 13)),
