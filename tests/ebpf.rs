@@ -435,9 +435,14 @@ fn kernel_frames_of_a_syscall_heavy_workload() {
         "relabel_configs:\n- {source_labels: [__meta_thread_comm], target_label: thread}\n",
     )
     .unwrap();
+    // 97 Hz: enough samples even when a loaded machine gives the workload
+    // a fraction of a CPU (samples follow CPU time, not wall time).
     let agent = Agent::start_with(
         &dir.path().join("out"),
-        &[&format!("--config-path={}", parca_config.display())],
+        &[
+            &format!("--config-path={}", parca_config.display()),
+            "--profiling-cpu-sampling-frequency=97",
+        ],
     );
     let workload = Command::new(&binary).arg("4").spawn().unwrap();
     let pid = workload.id();
@@ -529,7 +534,11 @@ fn jit_frames_of_node_are_named_from_its_perf_map() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&dir.path().join("out"));
+    // 97 Hz, as above: samples follow CPU time, which a loaded machine shares.
+    let agent = Agent::start_with(
+        &dir.path().join("out"),
+        &["--profiling-cpu-sampling-frequency=97"],
+    );
     let script = "function hotJsFunction(n) { let s = 0; \
         for (let i = 0; i < n; i++) { s += Math.sqrt(i) * Math.sin(i); } return s; } \
         const end = Date.now() + 4000; let t = 0; \
