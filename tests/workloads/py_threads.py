@@ -16,7 +16,10 @@ def {family}_fresh_{i}(deadline):
 
 
 def churn(family, seconds, ready):
-    print(family, threading.get_native_id(), flush=True)
+    # One write per line: print() writes its pieces separately, and the
+    # two threads' lines would interleave.
+    sys.stdout.write(f"{family} {threading.get_native_id()}\n")
+    sys.stdout.flush()
     ready.wait()
     end = time.monotonic() + seconds
     i = 0
