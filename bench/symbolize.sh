@@ -15,22 +15,7 @@ count=${2:-100000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cargo build --release -q -p agent-processor-symbolize --example symbolize_file
-nm --defined-only -S "$file" 2>/dev/null | python3 -c '
-import random, sys
-count = int(sys.argv[1])
-funcs = []
-for line in sys.stdin:
-    f = line.split()
-    if len(f) >= 4 and f[2] in "tTwW" and int(f[1], 16) > 0:
-        funcs.append((int(f[0], 16), int(f[1], 16)))
-rng = random.Random(42)
-picked = set()
-while len(picked) < count:
-    start, size = rng.choice(funcs)
-    picked.add(start + rng.randrange(size))
-for a in sorted(picked):
-    print(hex(a))
-' "$count" > "$work/addresses"
+bench/pick_addresses.py "$file" "$count" > "$work/addresses"
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 

@@ -17,7 +17,9 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 #[path = "support/stack_chain.rs"]
 mod stack_chain;
-use stack_chain::{complete_down_to_main, outside_the_workload};
+use stack_chain::{complete_down_to, complete_down_to_main, outside_the_workload};
+#[path = "support/go_workload.rs"]
+mod go_workload;
 
 /// The tests measure CPU shares: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -775,6 +777,93 @@ fn code_without_frame_pointers_is_unwound_with_eh_frame_tables() {
             complete * 100.0
         );
     }
+}
+
+/// Go code has no frame pointer in its leaf functions' prologues and no
+/// .eh_frame: stripped (`-s -w`) and unstripped builds by Go 1.19 and a
+/// current Go keep their whole chain down to `runtime.goexit`, unwound with
+/// rows from `.gopclntab` and named from it (the inlined helper included)
+/// in at least 98 % of their samples.
+#[test]
+fn go_binaries_stripped_or_not_are_unwound_and_named_from_gopclntab() {
+    const CHAIN: [&str; 7] = [
+        "main.goLeaf",
+        "main.inlinedHelper",
+        "main.goMid",
+        "main.goOuter",
+        "main.main",
+        "runtime.main",
+        "runtime.goexit",
+    ];
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let binaries: Vec<PathBuf> = go_workload::go_toolchains()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, go)| {
+            [
+                go_workload::build_go_chain(go, dir.path(), &format!("go_chain_{i}"), ""),
+                go_workload::build_go_chain(go, dir.path(), &format!("go_stripped_{i}"), "-s -w"),
+            ]
+        })
+        .collect();
+    if binaries.is_empty() {
+        return;
+    }
+    let agent = Agent::start_with(
+        &dir.path().join("out"),
+        &["--profiling-cpu-sampling-frequency=97"],
+    );
+    let children: Vec<Child> = binaries
+        .iter()
+        .map(|b| Command::new(b).arg("5").spawn().unwrap())
+        .collect();
+    let pids: Vec<u32> = children
+        .into_iter()
+        .map(|mut child| {
+            let pid = child.id();
+            assert!(child.wait().unwrap().success());
+            pid
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let batches = agent.stop();
+    let mut failures = Vec::new();
+    for (binary, pid) in binaries.iter().zip(pids) {
+        // The runtime's own threads (GC, sysmon) are whole walks without
+        // the chain: left out like the loader's.
+        let mine: Vec<_> = samples_of(&batches, pid)
+            .into_iter()
+            .filter(|s| !outside_the_workload(s, &CHAIN))
+            .collect();
+        let name = binary.file_name().unwrap().to_string_lossy();
+        let total: i64 = mine.iter().map(|s| s.value).sum();
+        let complete = share(&mine, |s| complete_down_to(s, &CHAIN, "runtime.goexit"));
+        let inlined = share(&mine, |s| agent_names(s).contains(&"main.inlinedHelper"));
+        eprintln!(
+            "{name}: whole and named in {:.1}% of {total} samples, inlined helper in {:.1}%",
+            complete * 100.0,
+            inlined * 100.0
+        );
+        for s in mine
+            .iter()
+            .filter(|s| !complete_down_to(s, &CHAIN, "runtime.goexit"))
+            .take(3)
+        {
+            eprintln!(
+                "  incomplete ({:?}): {:?}",
+                s.series.get("unwind_status"),
+                agent_names(s)
+            );
+        }
+        if total < 100 || complete < 0.98 || inlined < 0.5 {
+            failures.push(format!("{name}: {:.1}% of {total}", complete * 100.0));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 /// Short-lived processes are mostly start-up: 50 runs of ~100 ms of the C

@@ -48,6 +48,28 @@ pub struct Segment {
     pub vaddr: u64,
     /// `PF_X` is set.
     pub executable: bool,
+    /// `PF_W` is set.
+    pub writable: bool,
+}
+
+/// The PT_LOAD segments of an object, in file order.
+pub fn load_segments<'d>(obj: &impl object::Object<'d>) -> Vec<Segment> {
+    obj.segments()
+        .map(|s| {
+            let (file_offset, file_size) = s.file_range();
+            let flags = match s.flags() {
+                object::SegmentFlags::Elf { p_flags, .. } => p_flags.0,
+                _ => 0,
+            };
+            Segment {
+                file_offset,
+                file_size,
+                vaddr: s.address(),
+                executable: flags & object::elf::PF_X.0 != 0,
+                writable: flags & object::elf::PF_W.0 != 0,
+            }
+        })
+        .collect()
 }
 
 /// What an ELF file says about itself.
@@ -109,22 +131,7 @@ pub fn elf_info(data: &[u8]) -> Result<ElfInfo, String> {
         }
         _ => return Err("not an ELF file".to_owned()),
     };
-    let segments = obj
-        .segments()
-        .map(|s| {
-            let (file_offset, file_size) = s.file_range();
-            let executable = matches!(
-                s.flags(),
-                object::SegmentFlags::Elf { p_flags, .. } if p_flags.0 & object::elf::PF_X.0 != 0
-            );
-            Segment {
-                file_offset,
-                file_size,
-                vaddr: s.address(),
-                executable,
-            }
-        })
-        .collect();
+    let segments = load_segments(&obj);
     let has_dwarf = [".debug_info", ".zdebug_info"]
         .iter()
         .any(|n| obj.section_by_name(n).is_some_and(|s| s.size() > 0));

@@ -28,6 +28,12 @@ pub fn outside_the_workload(sample: &ResolvedSample, chain: &[&str]) -> bool {
 /// is on the stack, and the chain's functions on it (names without C++
 /// parameters) are, in order, the tail of `chain` (leaf first, `main` last).
 pub fn complete_down_to_main(sample: &ResolvedSample, chain: &[&str]) -> bool {
+    complete_down_to(sample, chain, "main")
+}
+
+/// [`complete_down_to_main`] for a stack whose outermost function is `root`
+/// (`runtime.goexit` for a goroutine).
+pub fn complete_down_to(sample: &ResolvedSample, chain: &[&str], root: &str) -> bool {
     let names: Vec<&str> = sample
         .frames
         .iter()
@@ -36,6 +42,6 @@ pub fn complete_down_to_main(sample: &ResolvedSample, chain: &[&str]) -> bool {
         .filter(|n| chain.contains(n))
         .collect();
     sample.series.get("unwind_status") == Some("complete")
-        && names.last() == Some(&"main")
+        && names.last() == Some(&root)
         && chain.ends_with(&names)
 }

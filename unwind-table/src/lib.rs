@@ -1,7 +1,8 @@
 //! Compiles the call frame information of an x86_64 ELF object (`.eh_frame`,
 //! found through `PT_GNU_EH_FRAME` when section headers are gone, or
-//! `.debug_frame`) into a table of 8-byte rows sorted by address, the form
-//! the BPF unwinder binary-searches (`struct unwind_row` in ebpf/cpu.h).
+//! `.debug_frame`; for Go code the stack-pointer deltas of `.gopclntab`)
+//! into a table of 8-byte rows sorted by address, the form the BPF unwinder
+//! binary-searches (`struct unwind_row` in ebpf/cpu.h).
 //!
 //! A row says, from its address until the next row's, how to find the
 //! canonical frame address (CFA: `rsp` or `rbp` plus an offset, or the PLT
@@ -84,17 +85,7 @@ impl UnwindRow {
 }
 
 /// A `PT_LOAD` segment: how file offsets map to the addresses rows use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LoadSegment {
-    /// `p_offset`.
-    pub file_offset: u64,
-    /// `p_vaddr`.
-    pub vaddr: u64,
-    /// `p_filesz`.
-    pub file_size: u64,
-    /// `PF_X` is set.
-    pub executable: bool,
-}
+pub use agent_object_files::Segment as LoadSegment;
 
 /// Where the rows came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +96,8 @@ pub enum Source {
     EhFrameHdr,
     /// The `.debug_frame` section.
     DebugFrame,
+    /// Go's function table alone (a Go binary without C code).
+    GoPclntab,
 }
 
 /// What compiling found, for metrics and notes.
@@ -120,6 +113,8 @@ pub struct CompileStats {
     pub signal_rows: u64,
     /// FDEs skipped: above 4 GiB or unparsable.
     pub skipped_functions: u64,
+    /// Go functions whose rows come from `.gopclntab`.
+    pub go_functions: u64,
 }
 
 /// The compiled table of one object.
@@ -200,26 +195,22 @@ pub fn compile(data: &[u8]) -> Result<UnwindTable, UnwindTableError> {
         return Err(UnwindTableError::Architecture(machine.0));
     }
     let headers = file.elf_program_headers();
-    let segments: Vec<LoadSegment> = headers
-        .iter()
-        .filter(|p| p.p_type(endian) == elf::PT_LOAD)
-        .map(|p| LoadSegment {
-            file_offset: p.p_offset(endian),
-            vaddr: p.p_vaddr(endian),
-            file_size: p.p_filesz(endian),
-            executable: p.p_flags(endian).0 & elf::PF_X.0 != 0,
-        })
-        .collect();
+    let segments = agent_object_files::load_segments(&file);
 
     let mut builder = RowBuilder::default();
     // Section headers, when present, are the truth; a stale PT_GNU_EH_FRAME
     // may outlive a removed .eh_frame.
     let has_sections = file.sections().next().is_some();
+    // Go code has no call frame information but exact stack-pointer deltas;
+    // C code linked into a Go binary (cgo) has .eh_frame.
+    let go_functions = go::rows(data, &mut builder);
     let source = if let Some(section) = file.section_by_name(".eh_frame") {
         let bases = bases_for(&file).set_eh_frame(section.address());
         let eh_frame = EhFrame::new(section.data().unwrap_or(&[]), LittleEndian);
         builder.read(&eh_frame, &bases)?;
         Source::EhFrame
+    } else if go_functions > 0 {
+        Source::GoPclntab
     } else if let Some(section) = file.section_by_name(".debug_frame") {
         let mut debug_frame = DebugFrame::new(section.data().unwrap_or(&[]), LittleEndian);
         debug_frame.set_address_size(8);
@@ -235,7 +226,8 @@ pub fn compile(data: &[u8]) -> Result<UnwindTable, UnwindTableError> {
     } else {
         return Err(UnwindTableError::NoFrameInfo);
     };
-    let (mut rows, stats) = builder.finish();
+    let (mut rows, mut stats) = builder.finish();
+    stats.go_functions = go_functions;
     mark_entry_point(&mut rows, file.elf_header().e_entry(endian));
     Ok(UnwindTable {
         rows,
@@ -366,14 +358,19 @@ impl RowBuilder {
                     self.push(row.start_address(), rule);
                 }
             }
-            self.rows
-                .push((UnwindRow::rule(RowKind::None, 0, 0).at(end), true));
+            self.end_function(end);
         }
         Ok(())
     }
 
     fn push(&mut self, pc: u64, rule: UnwindRow) {
         self.rows.push((rule.at(pc), false));
+    }
+
+    /// Ends the function whose rows were pushed last at `end`.
+    fn end_function(&mut self, end: u64) {
+        self.rows
+            .push((UnwindRow::rule(RowKind::None, 0, 0).at(end), true));
     }
 
     fn rule_of<R, S>(&mut self, section: &S, row: &gimli::UnwindTableRow<usize>) -> UnwindRow
@@ -484,5 +481,6 @@ impl UnwindTable {
     }
 }
 
+mod go;
 #[cfg(test)]
 mod tests;

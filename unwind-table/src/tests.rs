@@ -321,3 +321,44 @@ fn the_entry_point_ends_the_stack_where_no_cfi_covers_it() {
         assert_eq!(marked, rows(after), "entry point {entry:#x} in {before:?}");
     }
 }
+
+#[path = "../../tests/support/go_workload.rs"]
+mod go_workload;
+
+/// Go's linker writes `.debug_frame` from the same stack-pointer deltas:
+/// every CFA it states is the one our rows (from `.gopclntab`) give.
+#[test]
+fn go_rows_agree_with_the_go_linkers_debug_frame() {
+    for go in go_workload::go_toolchains() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = go_workload::build_go_chain(&go, dir.path(), "go_chain", "");
+        let table = compile_file(&binary).unwrap();
+        assert_eq!(table.source, Source::GoPclntab, "{}", go.display());
+        assert!(table.stats.go_functions > 1000, "{:?}", table.stats);
+        let (mut compared, mut differences) = (0, Vec::new());
+        for row in readelf_rows(&binary) {
+            let Some(cfa) = row.cfa.strip_prefix("rsp+") else {
+                continue;
+            };
+            let ours = table.row_for(row.pc).copied();
+            match ours.map(|r| (r.kind(), r.cfa_offset)) {
+                // Top frames end the stack; stack switches use frame pointers.
+                Some((RowKind::End, _)) | None => continue,
+                Some((RowKind::CfaRsp, offset)) if offset.to_string() == cfa => {}
+                // Frames of 64 KiB and more do not fit a row, and a
+                // stack pointer above the return address is no frame
+                // (assembly that pops it): both counted as unsupported.
+                Some((RowKind::Unsupported, _))
+                    if cfa.parse::<u64>().is_ok_and(|c| !(8..=0xffff).contains(&c)) => {}
+                _ => differences.push(format!("{:#x}: readelf rsp+{cfa}, ours {ours:?}", row.pc)),
+            }
+            compared += 1;
+        }
+        eprintln!(
+            "{}: {compared} rows compared, {} differ",
+            go.display(),
+            differences.len()
+        );
+        assert!(compared > 1000 && differences.is_empty(), "{differences:?}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Native frames: ELF symbol tables and DWARF lines with inlined functions
 //! (addr2line), from the process's own file or a separate debug file found
-//! by build id or `.gnu_debuglink`.
+//! by build id or `.gnu_debuglink`; Go code without DWARF (stripped Go
+//! binaries) from Go's own function table, inlined calls included.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent_gopclntab::GoTable;
 use agent_object_files::{fd_path, read_elf, ElfInfo, FoundObject};
 pub use agent_object_files::{DebugSource, ObjectLocator as Locator, ObjectRef};
 
@@ -112,11 +114,21 @@ fn open_with(
     })?;
     Ok(ObjectSymbolizer {
         loader,
+        go: binary.as_ref().and_then(|b| go_table(&b.file)),
         info: info.clone(),
         source,
         memo: HashMap::new(),
         names: Names::default(),
     })
+}
+
+/// Go's function table of a binary, when it is a Go binary.
+fn go_table(file: &File) -> Option<GoTable<memmap2::Mmap>> {
+    // SAFETY: read-only, and read through bounds-checked slices; a file
+    // truncated meanwhile raises SIGBUS, the exposure addr2line's own map
+    // of the same file already has.
+    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
+    GoTable::new(map).ok()
 }
 
 /// Most addresses remembered per object; the memo is cleared when full.
@@ -164,6 +176,8 @@ impl Names {
 /// Symbolizes addresses of one object file.
 pub struct ObjectSymbolizer {
     loader: addr2line::Loader,
+    /// Go's function table: names Go code DWARF does not cover.
+    go: Option<GoTable<memmap2::Mmap>>,
     info: ElfInfo,
     source: DebugSource,
     memo: HashMap<u64, Frames>,
@@ -225,6 +239,9 @@ impl ObjectSymbolizer {
             }
         }
         if frames.last().is_none_or(|f| f.name.is_empty()) {
+            if let Some(go) = go_frames(self.go.as_ref(), vaddr, names) {
+                return go;
+            }
             if let Some(symbol) = self.loader.find_symbol(vaddr) {
                 let (name, system_name) = names.function(symbol);
                 match frames.last_mut() {
@@ -244,6 +261,45 @@ impl ObjectSymbolizer {
         }
         frames
     }
+}
+
+/// The frames of Go code at `vaddr` from Go's function table, inlined calls
+/// first; `None` outside Go code. A damaged inline tree still names the
+/// function.
+fn go_frames(
+    go: Option<&GoTable<memmap2::Mmap>>,
+    vaddr: u64,
+    names: &mut Names,
+) -> Option<Vec<Frame>> {
+    let go = go?;
+    let frames = match go.frames(vaddr) {
+        Ok(frames) => frames,
+        Err(_) => {
+            let f = go.find(vaddr)?;
+            let (file, line) = go.position(&f, vaddr).unwrap_or(("", 0));
+            let function = go.name(&f).ok()?;
+            vec![agent_gopclntab::Frame {
+                function,
+                file,
+                line,
+            }]
+        }
+    };
+    Some(
+        frames
+            .into_iter()
+            .map(|f| {
+                let (name, system_name) = names.function(f.function);
+                Frame {
+                    name,
+                    system_name,
+                    file: names.file(f.file),
+                    line: f.line,
+                    column: 0,
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Which open object file to close when the pool is full.

@@ -450,3 +450,41 @@ fn running_stripped_binary_finds_its_debug_file_by_debuglink() {
         "a debug file with the wrong CRC was used"
     );
 }
+
+#[path = "../../../tests/support/go_workload.rs"]
+mod go_workload;
+
+/// A stripped Go binary is named from its function table exactly as DWARF
+/// names the unstripped one: functions, files, lines and inlined calls.
+#[test]
+fn stripped_go_binaries_are_named_like_their_dwarf() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, go) in go_workload::go_toolchains().iter().enumerate() {
+        let unstripped = go_workload::build_go_chain(go, dir.path(), &format!("go_chain{i}"), "");
+        let stripped =
+            go_workload::build_go_chain(go, dir.path(), &format!("go_chain_stripped{i}"), "-s -w");
+        // Every byte: the workload's inlined code is a few instructions.
+        let addresses: Vec<u64> = addresses_of(&unstripped, |name| name.starts_with("main."))
+            .into_iter()
+            .flat_map(|a| [a, a + 1])
+            .collect();
+        let named = |binary: &Path| {
+            let mut batch = batch_for(binary, &addresses);
+            symbolizer(vec![]).symbolize(&mut batch);
+            chains_of(&batch)
+        };
+        let (dwarf, table) = (named(&unstripped), named(&stripped));
+        assert_chains_match(&stripped, &addresses, &table, &dwarf);
+        let inlined = table.iter().filter(|chain| {
+            chain.len() == 2 && chain[0].0 == "main.inlinedHelper" && chain[1].0 == "main.goMid"
+        });
+        assert!(
+            inlined.count() > 0,
+            "{}: no inlined helper frame",
+            stripped.display()
+        );
+        assert!(table
+            .iter()
+            .all(|chain| chain.last().is_some_and(|f| f.0.starts_with("main."))));
+    }
+}
