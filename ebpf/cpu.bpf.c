@@ -411,7 +411,17 @@ static __always_inline void announce_object(__u32 pid, __u32 kind, __u32 validat
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* Just the fields read of the kernel's structs, relocated by CO-RE: the
+ * thread's fs base, where language runtimes keep their thread state. */
+struct thread_struct___agent {
+	unsigned long fsbase;
+} __attribute__((preserve_access_index));
+struct task_struct___agent {
+	struct thread_struct___agent thread;
+} __attribute__((preserve_access_index));
+
 #include "runtimes/python.h"
+#include "runtimes/go.h"
 
 /* At a frame of the interpreter loop: emits the interpreter frames it runs,
  * one per call; 0 while there are more (pc stays), 1 when the run is over
@@ -575,6 +585,7 @@ static __always_inline int send_deferred(struct bpf_perf_event_data *ctx, struct
 	d->window = window;
 	d->generation = generation;
 	d->time_ns = bpf_ktime_get_ns();
+	d->go_labels = key->go_labels;
 	d->pc = st->pc;
 	d->sp = st->sp;
 	d->bp = st->bp;
@@ -649,6 +660,9 @@ static __always_inline void record(struct bpf_perf_event_data *ctx, void *counts
 				   __u32 mode, __u32 generation)
 {
 	if (key->pid != 0) {
+		struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &key->pid);
+		if (proc && proc->go.labels_kind != GO_LABELS_NONE)
+			key->go_labels = go_current_labels(&proc->go);
 		key->user_stack = unwind_user(ctx, user_stacks, key, window, mode, generation);
 		if (key->user_stack == USER_STACK_DEFERRED)
 			return;

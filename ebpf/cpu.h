@@ -18,6 +18,7 @@ struct sample_key {
 	__u32 cpu;
 	__s32 kernel_stack_id; /* < 0: no kernel stack (the error code) */
 	__u64 user_stack;      /* key in the window's user_stacks map; 0: no user stack */
+	__u64 go_labels;       /* key in the go_labels map; 0: no goroutine labels */
 	char comm[COMM_LEN];   /* thread name */
 };
 
@@ -159,6 +160,40 @@ struct interp_info {
 	struct python_layout python;
 };
 
+/* How a Go program's goroutine labels (runtime/pprof.Do) are kept. */
+enum go_labels_kind {
+	GO_LABELS_NONE = 0,  /* not a Go program, or its layout is unknown */
+	GO_LABELS_MAP = 1,   /* *map[string]string (Go 1.9-1.23) */
+	GO_LABELS_SLICE = 2, /* *[]struct{key, value string}, sorted (Go 1.24+) */
+};
+
+/* Where the sampled thread's goroutine and its labels are, per Go binary. */
+struct go_layout {
+	__s64 tls_g;        /* the current g, from the thread's fs base */
+	__u32 labels_kind;  /* enum go_labels_kind */
+	__u16 g_m;          /* offsetof(g, m) */
+	__u16 m_curg;       /* offsetof(m, curg): the user goroutine, also on g0 */
+	__u16 g_labels;     /* offsetof(g, labels) */
+	__u16 reserved[3];
+};
+
+/* Goroutine labels of a sample, at most GO_MAX_LABELS of bounded length
+ * (longer keys and values are cut). */
+#define GO_MAX_LABELS 8
+#define GO_LABEL_KEY_LEN 32
+#define GO_LABEL_VALUE_LEN 64
+struct go_label {
+	__u8 key_len;
+	__u8 value_len;
+	char key[GO_LABEL_KEY_LEN];
+	char value[GO_LABEL_VALUE_LEN];
+};
+struct go_labels {
+	__u32 count;
+	__u32 truncated; /* labels beyond GO_MAX_LABELS, not read */
+	struct go_label labels[GO_MAX_LABELS];
+};
+
 /* A process's executable mappings, sorted by start. */
 struct process_unwind_info {
 	__u64 refresh_requested_ns; /* when the unwinder last asked for a re-read */
@@ -166,6 +201,7 @@ struct process_unwind_info {
 	__u32 mapping_count;
 	__u32 generation;           /* the exec generation these mappings are of (known_processes) */
 	struct interp_info interp;
+	struct go_layout go;
 	struct unwind_mapping mappings[MAX_UNWIND_MAPPINGS];
 };
 
@@ -209,7 +245,9 @@ enum stat_index {
 	STAT_INTERP_NO_THREAD = 9,    /* the thread's interpreter state was not found */
 	STAT_INTERP_READ_FAILED = 10, /* an interpreter frame or object was unreadable */
 	STAT_INTERP_NOT_CODE = 11,    /* a frame's code was not a code object */
-	STAT_COUNT = 12,
+	STAT_GO_LABELS = 12,          /* samples that carry goroutine labels */
+	STAT_GO_LABELS_FAILED = 13,   /* a goroutine's labels were unreadable */
+	STAT_COUNT = 14,
 };
 
 /* Bytes of user stack a deferred walk copies, from the stack pointer up. */
@@ -229,6 +267,7 @@ struct deferred_sample {
 	__u32 window;          /* the sequence number of the window it belongs to */
 	__u32 generation;      /* the process's exec count when sampled */
 	__u64 time_ns;         /* bpf_ktime_get_ns() when sampled */
+	__u64 go_labels;       /* key in the go_labels map; 0: none */
 	__u64 pc;              /* the frame where the walk stopped (not in user.frames) */
 	__u64 sp;
 	__u64 bp;

@@ -181,6 +181,10 @@ pub fn is_label_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Sample labels carrying a Go goroutine's pprof labels (`ebpf_cpu`):
+/// this prefix, then the label's name made a valid label name.
+pub const GO_LABEL_PREFIX: &str = "__meta_go_label_";
+
 /// A label set: `(name, value)` pairs sorted by name, names unique.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct LabelSet(Vec<(String, String)>);
@@ -464,6 +468,18 @@ impl ProfileBatch {
                 _ => false,
             });
         before - self.samples.len()
+    }
+
+    /// Keeps the sample attribute labels `keep` accepts (by name).
+    pub fn retain_attribute_labels(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let mut new_ids: HashMap<LabelSetId, LabelSetId> = HashMap::new();
+        for s in &mut self.samples {
+            s.attributes = *new_ids.entry(s.attributes).or_insert_with(|| {
+                let mut set = self.label_sets.get(s.attributes).clone();
+                set.retain(|k, _| keep(k));
+                self.label_sets.intern(set)
+            });
+        }
     }
 
     /// [`ProfileBatch::map_series`] for rules that also read sample labels:

@@ -38,14 +38,6 @@ static __always_inline __u32 python_validation(__u64 name_hash, __u32 firstlinen
 
 #define PY_MAX_THREADS 256
 
-/* Just the fields read of the kernel's structs, relocated by CO-RE. */
-struct thread_struct___agent {
-	unsigned long fsbase;
-} __attribute__((preserve_access_index));
-struct task_struct___agent {
-	struct thread_struct___agent thread;
-} __attribute__((preserve_access_index));
-
 /* The frame the sampled thread's CPython thread state is at; 0 if none. */
 static __always_inline __u64 python_current_frame(struct unwind_state *st, struct python_layout *py)
 {

@@ -333,6 +333,12 @@ impl<D: AsRef<[u8]>> GoTable<D> {
         self.func(lo).ok()
     }
 
+    /// The function's machine code, as the file holds it.
+    pub fn code(&self, f: &Func) -> Option<&[u8]> {
+        let len = usize::try_from(f.end - f.entry).ok()?;
+        self.image.bytes_at(self.data.as_ref(), f.entry)?.get(..len)
+    }
+
     /// The function's name.
     pub fn name(&self, f: &Func) -> Result<&str, Error> {
         let name_off = self.field(f, 1)?;

@@ -18,14 +18,24 @@ pub fn go_toolchains() -> Vec<PathBuf> {
     found
 }
 
-/// Builds the workload with `go` into `dir` as `name`, with `ldflags`
-/// (e.g. `-s -w`) and a GNU build id made from `name`.
-pub fn build_go_chain(go: &Path, dir: &Path, name: &str, ldflags: &str) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// tests/workloads/go_chain.
+pub fn go_chain_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .map(|p| p.join("tests/workloads/go_chain"))
         .find(|p| p.exists())
-        .expect("tests/workloads/go_chain");
+        .expect("tests/workloads/go_chain")
+}
+
+/// Builds the workload with `go` into `dir` as `name`, with `ldflags`
+/// (e.g. `-s -w`) and a GNU build id made from `name`.
+pub fn build_go_chain(go: &Path, dir: &Path, name: &str, ldflags: &str) -> PathBuf {
+    build_go(go, &go_chain_source(), dir, name, ldflags)
+}
+
+/// Builds the Go package in `source` with `go` into `dir` as `name` (see
+/// [`build_go_chain`]).
+pub fn build_go(go: &Path, source: &Path, dir: &Path, name: &str, ldflags: &str) -> PathBuf {
     let out = dir.join(name);
     let build_id: String = name.bytes().map(|b| format!("{b:02x}")).collect();
     let output = Command::new(go)

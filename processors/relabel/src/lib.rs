@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use agent_core::model::GO_LABEL_PREFIX;
 use agent_core::telemetry::Counter;
 use agent_core::{
     is_label_name, BuildContext, ComponentConfig, ComponentError, Factory, FieldError, LabelSet,
@@ -311,11 +312,20 @@ impl Relabeler {
     /// True when a rule can read a sample-level meta label
     /// ([`SAMPLE_META_LABELS`]): as a source label, or through `labelmap`.
     pub fn reads_sample_labels(&self) -> bool {
+        // A goroutine label as a rule would see one.
+        let go_label = format!("{GO_LABEL_PREFIX}name");
         self.rules.iter().any(|rule| {
-            SAMPLE_META_LABELS.iter().any(|(meta, _)| {
-                rule.config.source_labels.iter().any(|l| l == meta)
-                    || (rule.config.action == Action::LabelMap && rule.regex.is_match(meta))
-            })
+            SAMPLE_META_LABELS
+                .iter()
+                .map(|(meta, _)| *meta)
+                .chain([go_label.as_str()])
+                .any(|meta| {
+                    rule.config
+                        .source_labels
+                        .iter()
+                        .any(|l| l == meta || l.starts_with(GO_LABEL_PREFIX))
+                        || (rule.config.action == Action::LabelMap && rule.regex.is_match(meta))
+                })
         })
     }
 
@@ -451,11 +461,18 @@ impl Processor for RelabelProcessor {
                         labels.set(meta, value);
                     }
                 }
+                for (name, value) in attributes.pairs() {
+                    if name.starts_with(GO_LABEL_PREFIX) {
+                        labels.set(name, value);
+                    }
+                }
                 relabeler.process_labels(&labels)
             })
         } else {
             batch.map_series(|labels| relabeler.process_labels(labels))
         };
+        // Sample labels starting with __ are internal, as series labels are.
+        batch.retain_attribute_labels(|name| !name.starts_with("__"));
         self.dropped
             .inc_by(before.saturating_sub(batch.sample_count()));
         Ok(batch)

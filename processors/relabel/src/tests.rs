@@ -277,6 +277,66 @@ fn a_parca_agent_config_file_feeds_the_rules() {
     );
 }
 
+fn push_sample(b: &mut ProfileBatch, stack: u32, series: u32, attributes: u32, value: i64) {
+    b.samples.push(agent_core::Sample {
+        stack,
+        series,
+        attributes,
+        value,
+        timestamp_unix_nanos: None,
+    });
+}
+
+/// Goroutine labels arrive as `__meta_go_label_*` sample labels: a
+/// labelmap rule names them (a sample without them keeps its series), and
+/// no `__` sample label leaves the processor.
+#[test]
+fn goroutine_labels_reach_series_through_labelmap() {
+    let ctx = BuildContext::for_test("relabel");
+    let config = RelabelProcessorConfig {
+        relabel_configs: rules(
+            "- {action: labelmap, regex: '__meta_go_label_(.+)', replacement: '$1'}\n",
+        ),
+        relabel_configs_file: None,
+    };
+    let mut p = RelabelFactory.create(config, &ctx).unwrap();
+    let mut b = ProfileBatch::new(agent_core::ProfileType::cpu_samples(19), 0, 1);
+    let stack = b.stacks.intern(vec![]);
+    let series = b
+        .label_sets
+        .intern(labels(&[("comm", "api"), ("pid", "9")]));
+    let with = b.label_sets.intern(labels(&[
+        ("__meta_go_label_handler", "checkout"),
+        ("cpu", "0"),
+    ]));
+    let without = b.label_sets.intern(labels(&[("cpu", "1")]));
+    for (attributes, value) in [(with, 3), (without, 5)] {
+        push_sample(&mut b, stack, series, attributes, value);
+    }
+    let out = p.process(b).unwrap();
+    let mut got: Vec<(LabelSet, LabelSet, i64)> = out
+        .samples
+        .iter()
+        .map(|s| {
+            (
+                out.labels(s.series).clone(),
+                out.labels(s.attributes).clone(),
+                s.value,
+            )
+        })
+        .collect();
+    got.sort();
+    let api = labels(&[("comm", "api"), ("pid", "9")]);
+    let checkout = labels(&[("comm", "api"), ("handler", "checkout"), ("pid", "9")]);
+    assert_eq!(
+        got,
+        vec![
+            (checkout, labels(&[("cpu", "0")]), 3),
+            (api, labels(&[("cpu", "1")]), 5),
+        ]
+    );
+}
+
 #[test]
 fn thread_and_cpu_meta_labels_come_from_sample_attributes() {
     let ctx = BuildContext::for_test("relabel");
@@ -306,13 +366,7 @@ fn thread_and_cpu_meta_labels_come_from_sample_attributes() {
             ("thread_id", "7"),
             ("cpu", cpu),
         ]));
-        b.samples.push(agent_core::Sample {
-            stack,
-            series,
-            attributes,
-            value,
-            timestamp_unix_nanos: None,
-        });
+        push_sample(&mut b, stack, series, attributes, value);
     }
     let out = p.process(b).unwrap();
     // The gc thread's sample is dropped; the others split by CPU.

@@ -28,6 +28,8 @@ pub struct SampleKey {
     pub kernel_stack_id: i32,
     /// Key in the window's user stack map; 0: no user stack.
     pub user_stack: u64,
+    /// Key in the `go_labels` map; 0: no goroutine labels.
+    pub go_labels: u64,
     /// Thread name, NUL-padded.
     pub comm: [u8; 16],
 }
@@ -245,6 +247,84 @@ pub struct InterpInfo {
     pub python: PythonLayout,
 }
 
+/// `enum go_labels_kind` of ebpf/cpu.h.
+pub mod go_labels_kind {
+    /// Not a Go program, or its layout is unknown.
+    pub const NONE: u32 = 0;
+    /// `*map[string]string` (Go 1.9–1.23).
+    pub const MAP: u32 = 1;
+    /// `*[]struct{key, value string}`, sorted (Go 1.24+).
+    pub const SLICE: u32 = 2;
+}
+
+/// `struct go_layout` of ebpf/cpu.h: where a Go program's goroutine labels are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoLayout {
+    /// The current `g`, from the thread's fs base.
+    pub tls_g: i64,
+    /// [`go_labels_kind`].
+    pub labels_kind: u32,
+    /// `offsetof(g, m)`.
+    pub g_m: u16,
+    /// `offsetof(m, curg)`.
+    pub m_curg: u16,
+    /// `offsetof(g, labels)`.
+    pub g_labels: u16,
+    /// Padding.
+    pub reserved: [u16; 3],
+}
+
+/// `GO_MAX_LABELS`, `GO_LABEL_KEY_LEN`, `GO_LABEL_VALUE_LEN` of ebpf/cpu.h.
+pub const GO_MAX_LABELS: usize = 8;
+/// See [`GO_MAX_LABELS`].
+pub const GO_LABEL_KEY_LEN: usize = 32;
+/// See [`GO_MAX_LABELS`].
+pub const GO_LABEL_VALUE_LEN: usize = 64;
+
+/// `struct go_label` of ebpf/cpu.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoLabel {
+    /// Bytes of `key` used.
+    pub key_len: u8,
+    /// Bytes of `value` used.
+    pub value_len: u8,
+    /// The key, cut to [`GO_LABEL_KEY_LEN`].
+    pub key: [u8; GO_LABEL_KEY_LEN],
+    /// The value, cut to [`GO_LABEL_VALUE_LEN`].
+    pub value: [u8; GO_LABEL_VALUE_LEN],
+}
+
+/// `struct go_labels` of ebpf/cpu.h: one goroutine's labels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoLabels {
+    /// Labels used.
+    pub count: u32,
+    /// Labels beyond [`GO_MAX_LABELS`], not read.
+    pub truncated: u32,
+    /// The labels.
+    pub labels: [GoLabel; GO_MAX_LABELS],
+}
+
+impl GoLabels {
+    /// (key, value) pairs, as text (invalid UTF-8 replaced).
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.labels[..(self.count as usize).min(GO_MAX_LABELS)]
+            .iter()
+            .map(|l| {
+                let key = &l.key[..usize::from(l.key_len).min(GO_LABEL_KEY_LEN)];
+                let value = &l.value[..usize::from(l.value_len).min(GO_LABEL_VALUE_LEN)];
+                (
+                    String::from_utf8_lossy(key).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// `struct interp_code_event` of ebpf/cpu.h.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -275,6 +355,8 @@ pub struct ProcessUnwindInfo {
     pub generation: u32,
     /// The interpreter the process runs.
     pub interp: InterpInfo,
+    /// Where its goroutine labels are, for a Go program.
+    pub go: GoLayout,
     /// Sorted by start.
     pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
@@ -287,6 +369,7 @@ impl Default for ProcessUnwindInfo {
             mapping_count: 0,
             generation: 0,
             interp: InterpInfo::default(),
+            go: GoLayout::default(),
             mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         }
     }
@@ -300,6 +383,8 @@ unsafe impl aya::Pod for SamplerConfig {}
 unsafe impl aya::Pod for UserStack {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ProcessUnwindInfo {}
+// SAFETY: as above (bytes and u32s, no padding).
+unsafe impl aya::Pod for GoLabels {}
 
 /// `enum process_event_kind`.
 pub const PROCESS_FIRST_SEEN: u32 = 1;
@@ -352,6 +437,8 @@ pub struct DeferredSample {
     pub generation: u32,
     /// `CLOCK_MONOTONIC` nanoseconds when sampled.
     pub time_ns: u64,
+    /// Key in the `go_labels` map; 0: none.
+    pub go_labels: u64,
     /// The frame where the BPF walk stopped (not in `user`).
     pub pc: u64,
     /// Its stack pointer.
@@ -389,7 +476,7 @@ impl DeferredSample {
 }
 
 /// Number of `enum stat_index` counters.
-pub const STAT_COUNT: usize = 12;
+pub const STAT_COUNT: usize = 14;
 
 /// `enum stat_index`, in order.
 pub const STAT_NAMES: [&str; STAT_COUNT] = [
@@ -405,6 +492,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT] = [
     "interp_no_thread",
     "interp_read_failed",
     "interp_not_code",
+    "go_labels",
+    "go_labels_failed",
 ];
 /// Capacity of each counts map (`MAX_SAMPLE_KEYS`).
 pub const MAX_SAMPLE_KEYS: usize = 16384;
@@ -434,6 +523,8 @@ pub struct Drained {
     pub user_stacks: HashMap<u64, UserStack>,
     /// Samples whose walks user space finished (one sample each).
     pub deferred: Vec<crate::deferred::FinishedSample>,
+    /// Goroutine labels by key (`go_labels` of the sample keys).
+    pub go_labels: HashMap<u64, Vec<(String, String)>>,
 }
 
 /// The maps user space fills for the unwinder.
@@ -778,6 +869,31 @@ impl Sampler {
         Ok(drained)
     }
 
+    /// Reads the goroutine labels the samples of `drained` refer to (after
+    /// its deferred samples are in). Sets evicted meanwhile from the LRU map
+    /// (4096 distinct sets in flight) are missing: those samples go without.
+    pub fn read_go_labels(&self, drained: &mut Drained) -> Result<(), EbpfCpuError> {
+        let map = self
+            .ebpf
+            .map("go_labels")
+            .ok_or_else(|| map_error("object", "go_labels"))?;
+        let labels: BpfHashMap<&MapData, u64, GoLabels> =
+            BpfHashMap::try_from(map).map_err(|e| map_error("go_labels", e))?;
+        let ids = drained
+            .counts
+            .iter()
+            .map(|(key, _)| key.go_labels)
+            .chain(drained.deferred.iter().map(|f| f.key.go_labels));
+        for id in ids {
+            if id != 0 && !drained.go_labels.contains_key(&id) {
+                if let Ok(set) = labels.get(&id, 0) {
+                    drained.go_labels.insert(id, set.pairs());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The sampler's counters, summed over CPUs, in [`STAT_NAMES`] order.
     pub fn stats(&self) -> Result<[u64; STAT_COUNT], EbpfCpuError> {
         let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
@@ -898,6 +1014,7 @@ mod tests {
                 ("cpu", offset_of!(SampleKey, cpu)),
                 ("kernel_stack_id", offset_of!(SampleKey, kernel_stack_id)),
                 ("user_stack", offset_of!(SampleKey, user_stack)),
+                ("go_labels", offset_of!(SampleKey, go_labels)),
                 ("comm", offset_of!(SampleKey, comm)),
             ],
         );
@@ -945,6 +1062,7 @@ mod tests {
                 ),
                 ("generation", offset_of!(ProcessUnwindInfo, generation)),
                 ("interp", offset_of!(ProcessUnwindInfo, interp)),
+                ("go", offset_of!(ProcessUnwindInfo, go)),
                 ("mappings", offset_of!(ProcessUnwindInfo, mappings)),
             ],
         );
@@ -1032,6 +1150,7 @@ mod tests {
                 ("window", offset_of!(DeferredSample, window)),
                 ("generation", offset_of!(DeferredSample, generation)),
                 ("time_ns", offset_of!(DeferredSample, time_ns)),
+                ("go_labels", offset_of!(DeferredSample, go_labels)),
                 ("pc", offset_of!(DeferredSample, pc)),
                 ("sp", offset_of!(DeferredSample, sp)),
                 ("bp", offset_of!(DeferredSample, bp)),
@@ -1043,6 +1162,37 @@ mod tests {
                 ("kernel", offset_of!(DeferredSample, kernel)),
                 ("user", offset_of!(DeferredSample, user)),
                 ("stack", offset_of!(DeferredSample, stack)),
+            ],
+        );
+        check(
+            "go_layout",
+            size_of::<GoLayout>(),
+            &[
+                ("tls_g", offset_of!(GoLayout, tls_g)),
+                ("labels_kind", offset_of!(GoLayout, labels_kind)),
+                ("g_m", offset_of!(GoLayout, g_m)),
+                ("m_curg", offset_of!(GoLayout, m_curg)),
+                ("g_labels", offset_of!(GoLayout, g_labels)),
+                ("reserved", offset_of!(GoLayout, reserved)),
+            ],
+        );
+        check(
+            "go_labels",
+            size_of::<GoLabels>(),
+            &[
+                ("count", offset_of!(GoLabels, count)),
+                ("truncated", offset_of!(GoLabels, truncated)),
+                ("labels", offset_of!(GoLabels, labels)),
+            ],
+        );
+        check(
+            "go_label",
+            size_of::<GoLabel>(),
+            &[
+                ("key_len", offset_of!(GoLabel, key_len)),
+                ("value_len", offset_of!(GoLabel, value_len)),
+                ("key", offset_of!(GoLabel, key)),
+                ("value", offset_of!(GoLabel, value)),
             ],
         );
         check(

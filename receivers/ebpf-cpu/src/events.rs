@@ -243,6 +243,7 @@ impl EventHandler {
             cpu: sample.cpu,
             kernel_stack_id: -1,
             user_stack: 0,
+            go_labels: sample.go_labels,
             comm: sample.comm,
         };
         let process = current(tracker, sample).and_then(|_| tracker.get_shared(pid));

@@ -14,6 +14,9 @@
 pub mod bpf;
 pub mod deferred;
 pub mod events;
+#[cfg(test)]
+#[path = "../../../tests/support/go_workload.rs"]
+mod go_workload;
 pub mod process;
 pub mod runtimes;
 pub mod unwind;
@@ -271,6 +274,8 @@ impl Counters {
             "Interpreter walks ended early: the sampled thread's interpreter state was not found.",
             "Interpreter walks ended early: a frame or code object was unreadable.",
             "Interpreter walks ended early: a frame's code was not a code object.",
+            "Samples of Go programs that carry their goroutine's pprof labels.",
+            "Samples of Go programs whose goroutine labels were unreadable (taken without).",
         ];
         let deferred_counter = |result: &str| {
             t.counter(
@@ -659,12 +664,18 @@ fn build_batch(
             ]))
         });
         let mut attributes = vec![
-            ("thread_id", key.tid.to_string()),
-            ("thread_comm", thread_comm),
-            ("cpu", key.cpu.to_string()),
+            ("thread_id".to_owned(), key.tid.to_string()),
+            ("thread_comm".to_owned(), thread_comm),
+            ("cpu".to_owned(), key.cpu.to_string()),
         ];
         if let Some(stack) = user_stack {
-            attributes.push(("unwind_status", bpf::stack_status_name(stack.status).into()));
+            attributes.push((
+                "unwind_status".to_owned(),
+                bpf::stack_status_name(stack.status).into(),
+            ));
+        }
+        for (name, value) in drained.go_labels.get(&key.go_labels).into_iter().flatten() {
+            attributes.push((go_label_name(name), value.clone()));
         }
         let attributes = batch.label_sets.intern(LabelSet::new(attributes));
         batch.samples.push(Sample {
@@ -676,6 +687,24 @@ fn build_batch(
         });
     }
     batch
+}
+
+/// The sample label a goroutine label `name` becomes: `__meta_go_label_`
+/// and the name with every character Prometheus does not allow in a label
+/// name replaced by `_`. Relabeling decides what leaves the pipeline (the
+/// embedded one keeps them under their own names).
+pub fn go_label_name(name: &str) -> String {
+    let sanitized: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}{sanitized}", agent_core::model::GO_LABEL_PREFIX)
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
@@ -747,6 +776,9 @@ impl EbpfCpuReceiver {
                     ..
                 } = &mut *shared;
                 drained.deferred = events.take_finished(drained.window);
+                if let Err(e) = self.sampler.read_go_labels(&mut drained) {
+                    warn!(error = %e, "cannot read goroutine labels");
+                }
                 let processes = sampled_processes(&drained, tracker, tables);
                 let (names, unnamed) = interp_names(&drained, tracker, &mut events.names);
                 self.counters.update(stats, tracker, drained.counts.len());
@@ -927,6 +959,7 @@ mod tests {
             cpu: 1,
             kernel_stack_id: kernel,
             user_stack,
+            go_labels: 0,
             comm,
         }
     }
@@ -1011,12 +1044,17 @@ mod tests {
         let me = std::process::id();
         let here = a_window_becomes_series_with_mapped_user_frames_and_kernel_frames as fn()
             as usize as u64;
+        let labelled = SampleKey {
+            go_labels: 77,
+            ..key(me, 7, -14)
+        };
         let drained = Drained {
             counts: vec![
                 (key(me, 7, 2), 5),
-                (key(me, 7, -14), 2),
+                (labelled, 2),
                 (key(u32::MAX - 1, 0, 2), 1),
             ],
+            go_labels: [(77, vec![("http.route".into(), "/cart".into())])].into(),
             kernel_stacks: [(2, vec![0xffff_ffff_8100_0000])].into(),
             user_stacks: [(7, user_stack(&[here, here + 1], 1))].into(),
             // Walks finished in user space: one sample each, with its own
@@ -1086,8 +1124,14 @@ mod tests {
         assert_eq!(first.attributes.get("thread_comm"), Some("worker"));
         assert_eq!(first.attributes.get("cpu"), Some("1"));
         assert_eq!(first.attributes.get("unwind_status"), Some("truncated"));
+        assert_eq!(first.attributes.len(), 4, "no goroutine labels");
         // No kernel stack: user frames only.
         assert_eq!(samples[1].frames.len(), 2);
+        // Goroutine labels, their names made label names.
+        assert_eq!(
+            samples[1].attributes.get("__meta_go_label_http_route"),
+            Some("/cart")
+        );
         // A process gone before it was read keeps its samples, named by its thread.
         assert_eq!(samples[2].series.get("comm"), Some("worker"));
         assert_eq!(samples[2].frames.len(), 1);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use agent_core::file_id::{build_id_of, BuildId};
 use tracing::{debug, info};
 
+use crate::runtimes::go::{GoBinary, GoDetectError};
 use crate::runtimes::python::{version_of_path, DetectError, PythonBinary, PythonProcess};
 use crate::runtimes::Runtime;
 
@@ -45,6 +46,8 @@ pub struct ProcessInfo {
     pub generation: Option<u32>,
     /// The interpreter it runs, if the unwinder knows it.
     pub runtime: Option<Runtime>,
+    /// A Go program: where its goroutine labels are.
+    pub go: Option<GoBinary>,
 }
 
 impl ProcessInfo {
@@ -134,6 +137,8 @@ pub struct ProcessTracker {
     build_ids: HashMap<(String, u64), Option<BuildId>>,
     /// Interpreter binaries, keyed like `build_ids`; `None`: not usable.
     runtimes: HashMap<(String, u64), Option<PythonBinary>>,
+    /// Go binaries, keyed like `build_ids`; `None`: not Go, or no labels.
+    go_binaries: HashMap<(String, u64), Option<GoBinary>>,
     /// Look for Python interpreters.
     python: bool,
     /// Processes that vanished before they could be read.
@@ -148,6 +153,7 @@ impl ProcessTracker {
             processes: HashMap::new(),
             build_ids: HashMap::new(),
             runtimes: HashMap::new(),
+            go_binaries: HashMap::new(),
             python: true,
             vanished: 0,
         }
@@ -218,6 +224,7 @@ impl ProcessTracker {
         let mut mappings = Vec::new();
         let mut anonymous = Vec::new();
         let mut runtime = None;
+        let mut go = None;
         for line in maps.lines() {
             let Some(m) = parse_maps_line(line) else {
                 continue;
@@ -242,6 +249,10 @@ impl ProcessTracker {
             if runtime.is_none() && m.inode != 0 && self.python {
                 runtime = self.python_runtime(pid, &m);
             }
+            // The executable's own code comes first in the maps.
+            if go.is_none() && mappings.is_empty() && m.inode != 0 {
+                go = self.go_binary(pid, &m);
+            }
             mappings.push(ExecutableMapping {
                 start: m.start,
                 end: m.end,
@@ -261,6 +272,7 @@ impl ProcessTracker {
                 exited: false,
                 generation: None,
                 runtime,
+                go,
             }),
         );
         true
@@ -302,6 +314,32 @@ impl ProcessTracker {
         let process = PythonProcess::new(binary, bias)?;
         debug!(pid, version = ?process.version, "CPython process");
         Some(Runtime::Python(std::sync::Arc::new(process)))
+    }
+
+    /// The Go program in mapping `m` of `pid`, if it is one whose labels
+    /// can be read (each file read once).
+    fn go_binary(&mut self, pid: u32, m: &MapsLine<'_>) -> Option<GoBinary> {
+        let key = (m.device.to_owned(), m.inode);
+        if !self.go_binaries.contains_key(&key) {
+            let file = m
+                .file_paths(&self.proc_dir(pid))
+                .iter()
+                .find_map(|p| std::fs::File::open(p).ok())?;
+            // SAFETY: as in python_runtime.
+            let found = match unsafe { memmap2::Mmap::map(&file) } {
+                Ok(data) => GoBinary::read(&data),
+                Err(_) => Err(GoDetectError::NotGo),
+            };
+            match &found {
+                Ok(go) => debug!(path = m.path, version = ?go.version, "Go program found"),
+                Err(GoDetectError::NotGo) => {}
+                Err(e) => {
+                    info!(path = m.path, error = %e, "Go program: goroutine labels are not read")
+                }
+            }
+            self.go_binaries.insert(key.clone(), found.ok());
+        }
+        self.go_binaries[&key]
     }
 
     /// Reads `pid` unless it is known.

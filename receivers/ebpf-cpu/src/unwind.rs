@@ -193,6 +193,7 @@ impl UnwindTables {
                 .as_ref()
                 .map(|r| r.interp_info())
                 .unwrap_or_default(),
+            go: info.go.map(|g| g.layout).unwrap_or_default(),
             ..ProcessUnwindInfo::default()
         };
         entry.mappings[..all.len()].copy_from_slice(&all);

@@ -6,6 +6,7 @@
 //! An interpreter frame is two words of a user stack (see
 //! `INTERP_FRAME_TAG` in ebpf/cpu.h): what user space needs to name it.
 
+pub mod go;
 pub mod python;
 
 use std::collections::HashMap;
