@@ -17,59 +17,8 @@ agent=./target/release/agent
 for tool in bpftrace clang "$python"; do
   command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
 done
-work=$(mktemp -d)
-pids=()
-stop_all() { [ ${#pids[@]} -gt 0 ] || return 0; kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
-agent_pid= bpftrace_pid=
-stats_before=$(sysctl -n kernel.bpf_stats_enabled)
-cleanup() {
-  stop_all
-  kill -INT $agent_pid $bpftrace_pid 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-  sysctl -q kernel.bpf_stats_enabled="$stats_before"
-}
-trap cleanup EXIT
-clang -O2 -fno-omit-frame-pointer -fno-optimize-sibling-calls -o "$work/busy" tests/workloads/fp_chain.c
-sysctl -q kernel.bpf_stats_enabled=1
-
-# "run_time_ns run_cnt" of the perf_event programs (prog_type 7) a process holds.
-perf_prog_stats() {
-  { grep -hE '^(prog_type|prog_id|run_time_ns|run_cnt):' /proc/"$1"/fdinfo/* 2>/dev/null || true; } |
-    awk '/prog_type/ {type = $2} /prog_id/ {id = $2} /run_time_ns/ {t[id] = $2; ty[id] = type}
-         /run_cnt/ {c[id] = $2} END {for (i in t) if (ty[i] == 7) {s += t[i]; n += c[i]} print s + 0, n + 0}'
-}
-# User + system CPU of a process, threads that exited included, in ms.
-cpu_ms() { awk -v tck="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000 / tck}' /proc/"$1"/stat; }
-
-start_agent() { # extra agent flags
-  "$agent" --local-store-directory="$work/profiles" --http-address=127.0.0.1:0 --log-level=warn "$@" &
-  agent_pid=$!
-  sleep 5 # loaded and attached
-}
-bpftrace -e 'profile:hz:19 { @[ustack, kstack, comm] = count(); }' >/dev/null 2>&1 &
-bpftrace_pid=$!
-start_agent
-
-phase() { # name, then the workload command (run twice)
-  local name=$1; shift
-  for _ in 1 2; do "$@" >/dev/null 2>&1 & pids+=($!); done
-  sleep 3 # their start-up (and the agent reading them) is not steady state
-  read -r at0 ac0 < <(perf_prog_stats $agent_pid)
-  read -r bt0 bc0 < <(perf_prog_stats $bpftrace_pid)
-  sleep "$seconds"
-  read -r at1 ac1 < <(perf_prog_stats $agent_pid)
-  read -r bt1 bc1 < <(perf_prog_stats $bpftrace_pid)
-  stop_all
-  python3 - "$name" "$at0" "$ac0" "$at1" "$ac1" "$bt0" "$bc0" "$bt1" "$bc1" <<'PY'
-import sys
-name, at0, ac0, at1, ac1, bt0, bc0, bt1, bc1 = sys.argv[1], *map(int, sys.argv[2:])
-agent = (at1 - at0) / max(ac1 - ac0, 1) / 1000
-bpftrace = (bt1 - bt0) / max(bc1 - bc0, 1) / 1000
-print(f"{name:22} agent {agent:6.1f} us/sample ({ac1 - ac0} samples)   "
-      f"bpftrace {bpftrace:6.1f} us/sample ({bc1 - bc0})   ratio {agent / bpftrace:4.2f}")
-PY
-}
+# shellcheck source=bench/bpf_cost.sh
+source bench/bpf_cost.sh
 echo "kernel $(uname -r), $(nproc) CPUs, 19 Hz, ${seconds}s per phase, $("$python" --version)"
 busy_python() { exec "$python" tests/workloads/py_chain.py 100000; }
 many_python() { # 20 Python processes, each busy a quarter of the time

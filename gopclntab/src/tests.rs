@@ -17,43 +17,42 @@ fn reference_go() -> Option<PathBuf> {
 }
 
 /// Go binaries of every table format found on this machine, with the
-/// format each must have.
+/// format each must have: the Go toolchains' own `go` and `gofmt`, and
+/// esbuild releases built with older Go.
 fn go_binaries() -> Vec<(PathBuf, Format)> {
-    let mut found = Vec::new();
-    for (path, format) in [
-        ("/usr/lib/go-1.19/bin/gofmt", Format::Go118),
-        ("esbuild/0.7.22/package/bin/esbuild", Format::Go12),
-        ("esbuild/0.8.57/package/bin/esbuild", Format::Go116),
-        ("esbuild/0.12.29/package/bin/esbuild", Format::Go116),
-        ("esbuild/0.14.54/package/bin/esbuild", Format::Go118),
-        ("venv/bin/go", Format::Go120),
+    let current = current_toolchain_bin();
+    let mut candidates: Vec<(PathBuf, Format)> = vec![
+        ("/usr/lib/go-1.19/bin/go".into(), Format::Go118),
+        ("/usr/lib/go-1.19/bin/gofmt".into(), Format::Go118),
+    ];
+    for (release, format) in [
+        ("0.7.22", Format::Go12),
+        ("0.8.57", Format::Go116),
+        ("0.12.29", Format::Go116),
+        ("0.14.54", Format::Go118),
     ] {
-        let path = Path::new(GO_ROOT).join(path);
-        // venv/bin/go is a launcher script: the real binary is in the package.
-        let path = if path.ends_with("venv/bin/go") {
-            match glob_go_binary() {
-                Some(p) => p,
-                None => continue,
-            }
-        } else {
-            path
-        };
-        if path.exists() {
-            found.push((path, format));
-        }
+        let esbuild = format!("esbuild/{release}/package/bin/esbuild");
+        candidates.push((Path::new(GO_ROOT).join(esbuild), format));
     }
+    if let Some(bin) = current {
+        candidates.push((bin.join("go"), Format::Go120));
+        candidates.push((bin.join("gofmt"), Format::Go120));
+    }
+    let found: Vec<(PathBuf, Format)> =
+        candidates.into_iter().filter(|(p, _)| p.exists()).collect();
     if std::env::var_os("CI").is_some() {
-        assert_eq!(found.len(), 6, "CI installs every Go binary: {found:?}");
+        assert_eq!(found.len(), 8, "CI installs every Go binary: {found:?}");
     }
     found
 }
 
-/// `<venv>/lib/python3.N/site-packages/go/bin/gofmt` of the current toolchain.
-fn glob_go_binary() -> Option<PathBuf> {
+/// `<venv>/lib/python3.N/site-packages/go/bin` of the current toolchain
+/// (`venv/bin/go` is a launcher script).
+fn current_toolchain_bin() -> Option<PathBuf> {
     let lib = Path::new(GO_ROOT).join("venv/lib");
     std::fs::read_dir(lib).ok()?.flatten().find_map(|d| {
-        let p = d.path().join("site-packages/go/bin/gofmt");
-        p.exists().then_some(p)
+        let bin = d.path().join("site-packages/go/bin");
+        bin.join("go").exists().then_some(bin)
     })
 }
 
@@ -105,7 +104,7 @@ fn names_files_and_lines_agree_with_go_tool_addr2line() {
         let pcs = sample_pcs(&table, (table.len() / 2000).max(1));
         let expected = addr2line(&go, &binary, &pcs);
         assert_eq!(expected.len(), pcs.len());
-        let mut differences = Vec::new();
+        let (mut differences, mut unknown) = (Vec::new(), 0);
         for (pc, (function, position)) in pcs.iter().zip(&expected) {
             let frames = table.frames(*pc).unwrap();
             // addr2line names the function holding the pc and the
@@ -121,12 +120,24 @@ fn names_files_and_lines_agree_with_go_tool_addr2line() {
                 Some((file, line)) if line.starts_with('-') => format!("{file}:0"),
                 _ => position.clone(),
             };
-            if ours != (function.clone(), position.clone()) {
+            if ours == (function.clone(), position.clone()) {
+                continue;
+            }
+            // C code linked in by cgo has no line table: Go reads one at
+            // offset 0 anyway and prints whatever it finds; we say unknown.
+            if ours.1 == ":0" && &ours.0 == function {
+                unknown += 1;
+            } else {
                 differences.push(format!("{pc:#x}: ours {ours:?}, go {function} {position}"));
             }
         }
+        assert!(
+            unknown * 50 < pcs.len(),
+            "{}: {unknown} positions unknown",
+            binary.display()
+        );
         eprintln!(
-            "{}: {:?}, {} functions, {} pcs compared, {} differ",
+            "{}: {:?}, {} functions, {} pcs compared, {} differ, {unknown} in C code without lines",
             binary.display(),
             format,
             table.len(),
