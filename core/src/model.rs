@@ -181,6 +181,12 @@ pub fn is_label_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Labels starting with `__` (but `__name__`) are internal, as in
+/// Prometheus: for relabeling rules, never sent anywhere.
+pub fn is_internal_label(name: &str) -> bool {
+    name.starts_with("__") && name != "__name__"
+}
+
 /// Sample labels carrying a Go goroutine's pprof labels (`ebpf_cpu`):
 /// this prefix, then the label's name made a valid label name.
 pub const GO_LABEL_PREFIX: &str = "__meta_go_label_";
@@ -468,6 +474,35 @@ impl ProfileBatch {
                 _ => false,
             });
         before - self.samples.len()
+    }
+
+    /// Whether a series or sample label of the batch's samples is internal
+    /// ([`is_internal_label`]).
+    pub fn has_internal_labels(&self) -> bool {
+        let mut ids: Vec<LabelSetId> = self
+            .samples
+            .iter()
+            .flat_map(|s| [s.series, s.attributes])
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().any(|id| {
+            self.label_sets
+                .get(id)
+                .pairs()
+                .iter()
+                .any(|(name, _)| is_internal_label(name))
+        })
+    }
+
+    /// Removes internal labels from every series and sample.
+    pub fn drop_internal_labels(&mut self) {
+        self.map_series(|labels| {
+            let mut labels = labels.clone();
+            labels.retain(|name, _| !is_internal_label(name));
+            Some(labels)
+        });
+        self.retain_attribute_labels(|name| !is_internal_label(name));
     }
 
     /// Keeps the sample attribute labels `keep` accepts (by name).

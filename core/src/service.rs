@@ -503,6 +503,15 @@ async fn run_pipeline(mut p: PipelineRuntime) {
             debug!(pipeline = %p.id, "empty batch not exported");
             continue;
         }
+        // Internal labels (`__meta_process_cmdline`, goroutine labels
+        // before relabeling) never leave, whatever the pipeline.
+        let batch = if batch.has_internal_labels() {
+            let mut owned = Arc::unwrap_or_clone(batch);
+            owned.drop_internal_labels();
+            Arc::new(owned)
+        } else {
+            batch
+        };
         p.latest.set(&p.id, batch.clone());
         for e in &p.exporters {
             e.offer(batch.clone(), &trace).await;
@@ -650,17 +659,25 @@ mod tests {
     use crate::config::load;
     use crate::model::{LabelSet, ProfileType, Sample};
     use serde::{Deserialize, Serialize};
+    use std::collections::BTreeSet;
     use std::sync::Mutex;
     use tokio::sync::Notify;
 
     fn batch(n: i64) -> ProfileBatch {
         let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
         let stack = b.stacks.intern(vec![]);
-        let series = b.label_sets.intern(LabelSet::new([("n", n.to_string())]));
+        let series = b.label_sets.intern(LabelSet::new([
+            ("n", n.to_string()),
+            ("__meta_process_cmdline", "app --token s3cret".into()),
+        ]));
+        let attributes = b.label_sets.intern(LabelSet::new([
+            ("thread_id", "7"),
+            ("__meta_go_label_handler", "checkout"),
+        ]));
         b.samples.push(Sample {
             stack,
             series,
-            attributes: 0,
+            attributes,
             value: n,
             timestamp_unix_nanos: None,
         });
@@ -739,10 +756,12 @@ mod tests {
         }
     }
 
-    /// Records values; a `gate` exporter waits for the notify before each batch.
+    /// Records values and label names; a `gate` exporter waits for the
+    /// notify before each batch.
     #[derive(Clone, Default)]
     struct Sink {
         values: Arc<Mutex<Vec<i64>>>,
+        label_names: Arc<Mutex<BTreeSet<String>>>,
         gate: Option<Arc<Notify>>,
     }
     #[async_trait::async_trait]
@@ -752,6 +771,11 @@ mod tests {
                 gate.notified().await;
             }
             self.values.lock().unwrap().push(b.samples[0].value);
+            let sample = &b.samples[0];
+            for id in [sample.series, sample.attributes] {
+                let names = b.labels(id).pairs().iter().map(|(k, _)| k.clone());
+                self.label_names.lock().unwrap().extend(names);
+            }
             Ok(())
         }
     }
@@ -924,6 +948,9 @@ service: {pipelines: {profiles: {receivers: [counting], exporters: [sink]}}}
             .await
             .unwrap();
         assert_eq!(sorted(&out), vec![1, 2, 1000]);
+        // No relabel in this pipeline: internal labels are dropped anyway.
+        let names: Vec<String> = out.label_names.lock().unwrap().iter().cloned().collect();
+        assert_eq!(names, ["n", "thread_id"]);
     }
 
     #[test]

@@ -471,8 +471,6 @@ impl Processor for RelabelProcessor {
         } else {
             batch.map_series(|labels| relabeler.process_labels(labels))
         };
-        // Sample labels starting with __ are internal, as series labels are.
-        batch.retain_attribute_labels(|name| !name.starts_with("__"));
         self.dropped
             .inc_by(before.saturating_sub(batch.sample_count()));
         Ok(batch)

