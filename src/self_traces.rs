@@ -28,7 +28,7 @@ pub fn install(config: &TracesConfig, node: &str) -> anyhow::Result<Option<SelfT
     if endpoint.is_empty() {
         return Ok(None);
     }
-    let context = || format!("service::traces::endpoint `{endpoint}`");
+    let context = || format!("service::traces::endpoint `{}`", config.endpoint);
     let exporter = match config.protocol {
         TraceProtocol::Grpc => {
             // host:port is plaintext, like Parca Agent's OTLP client.

@@ -377,3 +377,41 @@ fn version_names_the_revision() {
         "{stdout}"
     );
 }
+
+/// A password in an endpoint URL never shows: not in `print-config`, not in
+/// a validation error.
+#[test]
+fn passwords_in_endpoints_are_redacted() {
+    let out = agent(
+        &[
+            "print-config",
+            "--remote-store-address=https://parca:hunter2@parca.example:443",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("https://parca:<redacted>@parca.example:443"),
+        "{stdout}"
+    );
+    let out = agent(
+        &[
+            "validate",
+            "--remote-store-address=parca:hunter2@parca.example",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(
+        stderr.contains("exporters::parca_grpc::address"),
+        "{stderr}"
+    );
+}

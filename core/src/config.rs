@@ -187,8 +187,9 @@ pub enum TraceProtocol {
 #[serde(deny_unknown_fields, default)]
 pub struct TracesConfig {
     /// Where spans go (`--otlp-address`): `host:port` (plaintext) or an
-    /// `http(s)://` URL; empty: no traces.
-    pub endpoint: String,
+    /// `http(s)://` URL; empty: no traces. A password in it is shown
+    /// redacted.
+    pub endpoint: crate::Endpoint,
     /// `grpc` or `http` (`--otlp-exporter`).
     pub protocol: TraceProtocol,
 }

@@ -20,5 +20,5 @@ pub use async_trait::async_trait;
 pub use component::*;
 pub use model::*;
 pub use registry::Registry;
-pub use secret::Secret;
+pub use secret::{Endpoint, Secret};
 pub use telemetry::Telemetry;

@@ -7,10 +7,11 @@
 #define AGENT_RUNTIMES_GO_H
 
 /* Labels by content hash, so each distinct set is stored once and samples
- * carry 8 bytes. User space reads them when the window is drained. */
+ * carry 8 bytes. User space reads them when the window is drained. A node's
+ * distinct label sets per window are few: 1024 (0.8 MB) is ample. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 1024);
 	__type(key, __u64);
 	__type(value, struct go_labels);
 } go_labels SEC(".maps");

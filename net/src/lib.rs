@@ -29,6 +29,8 @@ pub struct Target {
 
 impl Target {
     /// Parses `host:port` (TLS unless `insecure`) or an `http(s)://` URL.
+    /// Errors do not repeat the address (it may hold a password): callers
+    /// name the key it came from.
     pub fn parse(address: &str, insecure: bool) -> Result<Self, String> {
         let address = address.trim();
         let (tls, rest) = if let Some(rest) = address.strip_prefix("https://") {
@@ -36,21 +38,19 @@ impl Target {
         } else if let Some(rest) = address.strip_prefix("http://") {
             (false, rest)
         } else if address.contains("://") {
-            return Err(format!(
-                "{address}: only host:port, http:// and https:// are understood"
-            ));
+            return Err("only host:port, http:// and https:// are understood".to_owned());
         } else {
             (!insecure, address)
         };
         let scheme = if tls { "https" } else { "http" };
         let uri: Uri = format!("{scheme}://{}", rest.trim_end_matches('/'))
             .parse()
-            .map_err(|e| format!("{address}: {e}"))?;
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
         if uri.host().is_none_or(str::is_empty) {
-            return Err(format!("{address}: no host"));
+            return Err("no host".to_owned());
         }
         if uri.port_u16().is_none() && !address.contains("://") {
-            return Err(format!("{address}: no port (host:port)"));
+            return Err("no port (host:port)".to_owned());
         }
         Ok(Self { uri, tls })
     }

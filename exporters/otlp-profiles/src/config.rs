@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use agent_core::{ComponentConfig, FieldError, Secret};
+use agent_core::{ComponentConfig, Endpoint, FieldError, Secret};
 use serde::{Deserialize, Serialize};
 
 /// The OTLP transport.
@@ -62,8 +62,9 @@ impl Default for RetryConfig {
 pub struct OtlpProfilesConfig {
     /// gRPC: `host:port` (TLS unless `insecure`) or an `http(s)://` URL;
     /// HTTP: an `http(s)://` base URL (`/v1development/profiles` is added
-    /// unless the URL already ends with it).
-    pub endpoint: String,
+    /// unless the URL already ends with it). A password in it is shown
+    /// redacted.
+    pub endpoint: Endpoint,
     /// `grpc` or `http`.
     pub protocol: Protocol,
     /// `gzip` or `none`.
@@ -88,7 +89,7 @@ pub struct OtlpProfilesConfig {
 impl Default for OtlpProfilesConfig {
     fn default() -> Self {
         Self {
-            endpoint: String::new(),
+            endpoint: Endpoint::default(),
             protocol: Protocol::Grpc,
             compression: Compression::Gzip,
             headers: BTreeMap::new(),
@@ -136,12 +137,14 @@ pub const INTEGER_KEYS: &[&str] = &[
 pub const HTTP_PATH: &str = "/v1development/profiles";
 
 impl OtlpProfilesConfig {
-    /// The URL requests are posted to (HTTP).
+    /// The URL requests are posted to (HTTP). Errors show the endpoint
+    /// with its password redacted.
     pub fn http_url(&self) -> Result<http::Uri, String> {
+        let shown = self.endpoint.redacted();
         let base = self.endpoint.trim().trim_end_matches('/');
         if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(format!(
-                "{base}: the http protocol needs an http:// or https:// URL"
+                "{shown}: the http protocol needs an http:// or https:// URL"
             ));
         }
         let url = if base.ends_with(HTTP_PATH) {
@@ -149,9 +152,9 @@ impl OtlpProfilesConfig {
         } else {
             format!("{base}{HTTP_PATH}")
         };
-        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let uri: http::Uri = url.parse().map_err(|e| format!("{shown}: {e}"))?;
         if uri.host().is_none_or(str::is_empty) {
-            return Err(format!("{url}: no host"));
+            return Err(format!("{shown}: no host"));
         }
         Ok(uri)
     }
@@ -167,7 +170,9 @@ impl ComponentConfig for OtlpProfilesConfig {
             ));
         } else {
             let parsed = match self.protocol {
-                Protocol::Grpc => agent_net::Target::parse(&self.endpoint, self.insecure).map(drop),
+                Protocol::Grpc => agent_net::Target::parse(&self.endpoint, self.insecure)
+                    .map(drop)
+                    .map_err(|e| format!("{}: {e}", self.endpoint)),
                 Protocol::Http => self.http_url().map(drop),
             };
             if let Err(e) = parsed {

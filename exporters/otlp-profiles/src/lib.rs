@@ -51,7 +51,7 @@ impl Factory for OtlpProfilesFactory {
     ) -> Result<Self::Output, ComponentError> {
         ctx.runtime()?;
         let sender = Sender::new(&config).map_err(|reason| agent_net::SetupError {
-            target: config.endpoint.clone(),
+            target: config.endpoint.redacted(),
             reason,
         })?;
         let mut renames = config::default_attribute_keys();
@@ -119,7 +119,7 @@ struct OtlpProfiles {
 impl OtlpProfiles {
     fn not_delivered(&self, reason: String) -> ComponentError {
         Box::new(OtlpProfilesError::NotDelivered {
-            endpoint: self.config.endpoint.clone(),
+            endpoint: self.config.endpoint.redacted(),
             reason,
         })
     }
@@ -128,7 +128,7 @@ impl OtlpProfiles {
 #[async_trait::async_trait]
 impl Exporter for OtlpProfiles {
     fn destination(&self) -> String {
-        self.config.endpoint.clone()
+        self.config.endpoint.redacted()
     }
 
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {

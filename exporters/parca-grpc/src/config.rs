@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent_core::{ComponentConfig, FieldError};
+use agent_core::{ComponentConfig, Endpoint, FieldError};
 use serde::{Deserialize, Serialize};
 
 pub use agent_core::Secret;
@@ -14,8 +14,8 @@ pub use agent_core::Secret;
 #[serde(deny_unknown_fields, default)]
 pub struct ParcaGrpcConfig {
     /// `host:port` of the Parca server, or an `http://` / `https://` URL
-    /// (`--remote-store-address`).
-    pub address: String,
+    /// (`--remote-store-address`). A password in it is shown redacted.
+    pub address: Endpoint,
     /// Bearer token (`--remote-store-bearer-token`; else `$PARCA_BEARER_TOKEN`).
     pub bearer_token: Secret,
     /// File holding the bearer token, re-read when it changes
@@ -73,7 +73,7 @@ pub struct ParcaGrpcConfig {
 impl Default for ParcaGrpcConfig {
     fn default() -> Self {
         Self {
-            address: String::new(),
+            address: Endpoint::default(),
             bearer_token: Secret::default(),
             bearer_token_file: None,
             insecure: false,
@@ -108,7 +108,7 @@ impl ComponentConfig for ParcaGrpcConfig {
                 "is required (the Parca server's host:port; --remote-store-address)",
             ));
         } else if let Err(e) = agent_net::Target::parse(&self.address, self.insecure) {
-            errors.push(FieldError::new("address", e));
+            errors.push(FieldError::new("address", format!("{}: {e}", self.address)));
         }
         if !self.bearer_token.is_empty() && self.bearer_token_file.is_some() {
             errors.push(FieldError::new(

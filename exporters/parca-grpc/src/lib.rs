@@ -72,7 +72,7 @@ impl Factory for ParcaGrpcFactory {
     ) -> Result<Self::Output, ComponentError> {
         ctx.runtime()?;
         let clients = ParcaClients::new(&config).map_err(|reason| agent_net::SetupError {
-            target: config.address.clone(),
+            target: config.address.redacted(),
             reason,
         })?;
         let metrics = WriterMetrics::new(&ctx.telemetry);
@@ -125,7 +125,7 @@ impl Factory for ParcaGrpcFactory {
             &[],
         );
         Ok(Box::new(ParcaGrpcExporter {
-            address: config.address.clone(),
+            address: config.address.redacted(),
             buffer,
             infos: ExecutableInfos::new(locator, unreadable),
             uploads,
@@ -137,7 +137,7 @@ impl Factory for ParcaGrpcFactory {
 
 /// The exporter: encodes each window into the buffer; a task writes it.
 pub struct ParcaGrpcExporter {
-    /// The Parca server.
+    /// The Parca server, as shown (a password redacted).
     address: String,
     buffer: Arc<Mutex<Buffer>>,
     infos: ExecutableInfos,

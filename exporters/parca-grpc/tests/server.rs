@@ -308,7 +308,7 @@ fn batch(samples: usize, window: u64) -> ProfileBatch {
 
 fn config(address: SocketAddr, temp: &std::path::Path) -> ParcaGrpcConfig {
     ParcaGrpcConfig {
-        address: format!("http://{address}"),
+        address: agent_core::Endpoint(format!("http://{address}")),
         batch_write_interval: Duration::from_millis(200),
         debuginfo_temp_dir: temp.to_owned(),
         debuginfo_directories: vec![],

@@ -871,7 +871,7 @@ impl Sampler {
 
     /// Reads the goroutine labels the samples of `drained` refer to (after
     /// its deferred samples are in). Sets evicted meanwhile from the LRU map
-    /// (4096 distinct sets in flight) are missing: those samples go without.
+    /// (1024 distinct sets in flight) are missing: those samples go without.
     pub fn read_go_labels(&self, drained: &mut Drained) -> Result<(), EbpfCpuError> {
         let map = self
             .ebpf
