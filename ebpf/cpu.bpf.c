@@ -107,7 +107,6 @@ struct unwind_state {
 	__u64 sp;
 	__u64 bp;
 	__u64 hash;
-	__u64 hash_before;     /* the hash before the last frame (undone when deferring) */
 	__u32 pid;
 	__u32 generation;      /* the process's exec generation */
 	__u32 mode;
@@ -117,7 +116,7 @@ struct unwind_state {
 	__u32 lo;              /* binary search bounds */
 	__u32 hi;
 	__u32 tid;
-	__u32 len_before;      /* stack.len before the last frame (restored when deferring) */
+	__u32 pc_recorded;     /* pc's frame is in the stack already: only step from it */
 	__u32 interp_state;    /* enum interp_walk */
 	__u32 run_frames;      /* interpreter frames emitted for the loop frame at pc */
 	__u64 interp_frame;    /* the next interpreter frame to emit; 0: none left */
@@ -353,11 +352,11 @@ static __always_inline int request_refresh(struct process_unwind_info *proc, __u
 	return 1;
 }
 
-/* Ends the walk at st->pc (not recorded) so user space finishes it; 1. */
+/* Ends the walk at st->pc (recorded, not stepped from) so user space
+ * finishes it; 1. */
 static __always_inline long defer_walk(struct unwind_state *st)
 {
-	st->stack.len = st->len_before;
-	st->hash = st->hash_before;
+	st->pc_recorded = 1;
 	st->stack.status = STACK_DEFERRED;
 	return 1;
 }
@@ -423,6 +422,13 @@ struct task_struct___agent {
 #include "runtimes/python.h"
 #include "runtimes/go.h"
 
+/* Whether pc lies in the interpreter's loop (a frame that runs interpreter frames). */
+static __always_inline int in_interp_loop(struct interp_info *interp, __u64 pc)
+{
+	return (pc >= interp->loop_start && pc < interp->loop_end) ||
+	       (pc >= interp->cold_start && pc < interp->cold_end);
+}
+
 /* At a frame of the interpreter loop: emits the interpreter frames it runs,
  * one per call; 0 while there are more (pc stays), 1 when the run is over
  * and the loop frame itself is to be stepped over. */
@@ -474,12 +480,15 @@ static long unwind_frame(__u32 index, void *unused)
 	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
 	if (proc && proc->generation != st->generation)
 		proc = 0; /* another image's mappings (an exec raced with their read) */
+	/* Else the compiler tests the generations again for the null check,
+	 * which the verifier cannot follow. */
+	barrier_var(proc);
 
-	st->len_before = len;
-	st->hash_before = st->hash;
-	int loop_frame = proc && proc->interp.kind == INTERP_CPYTHON && st->interp_state != INTERP_DONE &&
-			 ((pc >= proc->interp.loop_start && pc < proc->interp.loop_end) ||
-			  (pc >= proc->interp.cold_start && pc < proc->interp.cold_end));
+	/* A walk going on in BPF after a deferral failed: pc is out already. */
+	int recorded = st->pc_recorded;
+	st->pc_recorded = 0;
+	int loop_frame = !recorded && proc && proc->interp.kind == INTERP_CPYTHON &&
+			 st->interp_state != INTERP_DONE && in_interp_loop(&proc->interp, pc);
 	if (loop_frame) {
 		if (len + 2 > MAX_STACK_DEPTH)
 			return 1; /* status stays STACK_TRUNCATED */
@@ -489,7 +498,7 @@ static long unwind_frame(__u32 index, void *unused)
 		 * say, unless it ran none. */
 		if (st->run_frames == 0)
 			push_word(st, pc);
-	} else {
+	} else if (!recorded) {
 		push_word(st, pc);
 	}
 
@@ -503,13 +512,17 @@ static long unwind_frame(__u32 index, void *unused)
 	if (!m) {
 		/* New code since user space read the mappings (dlopen, JIT); an
 		 * address from a broken frame pointer chain proves nothing. */
-		/* Never from a loop frame: its interpreter frames are out already. */
-		if (st->trusted_pc && request_refresh(proc, st->pid) && st->can_defer && !loop_frame)
+		if (st->trusted_pc && request_refresh(proc, st->pid) && st->can_defer)
 			return defer_walk(st);
 		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
 	}
 	if (m->table_id == TABLE_ANONYMOUS)
 		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
+	if (m->table_id == TABLE_PENDING) {
+		if (st->can_defer)
+			return defer_walk(st);
+		return frame_pointer_step(st, STACK_NO_TABLE);
+	}
 	if (m->table_id == TABLE_NONE || st->mode == UNWIND_FRAME_POINTERS)
 		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);
 	__u32 table_id = m->table_id;
@@ -527,6 +540,24 @@ static long unwind_frame(__u32 index, void *unused)
 		return 1;
 	}
 	return table_step(st, row);
+}
+
+/* bpf_loop callback, for a walk being deferred: appends the interpreter
+ * frames of the loop frames it has not reached to the stack, run by run,
+ * each closed by INTERP_RUN_END (user space places them as it meets the
+ * loop frames; the frames are gone by then). */
+static long collect_interp_frame(__u32 index, void *unused)
+{
+	__u32 zero = 0;
+	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	if (!st || st->interp_state == INTERP_DONE || st->stack.len + 3 > MAX_STACK_DEPTH)
+		return 1;
+	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
+	if (!proc || proc->generation != st->generation || proc->interp.kind != INTERP_CPYTHON)
+		return 1;
+	if (interpreter_step(st, &proc->interp))
+		push_word(st, INTERP_RUN_END);
+	return st->interp_state == INTERP_DONE || !st->interp_frame;
 }
 
 /* The user registers at the sample: the sample's own when it hit user mode,
@@ -569,7 +600,8 @@ static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp)
 /* Sends the walk st stopped for user space to finish; 0 when the ring
  * buffer is too full (half of it stays free for process events). */
 static __always_inline int send_deferred(struct bpf_perf_event_data *ctx, struct unwind_state *st,
-					 struct sample_key *key, __u32 window, __u32 generation)
+					 struct sample_key *key, __u32 window, __u32 generation,
+					 __u32 interp_words)
 {
 	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
 	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
@@ -595,6 +627,8 @@ static __always_inline int send_deferred(struct bpf_perf_event_data *ctx, struct
 	long kernel = bpf_get_stack(ctx, d->kernel, sizeof(d->kernel), 0);
 	d->kernel_len = kernel > 0 ? (__u64)kernel / 8 : 0;
 	bpf_probe_read_kernel(&d->user, sizeof(d->user), &st->stack);
+	d->interp_words = interp_words;
+	d->reserved = 0;
 	d->stack_bytes = copy_user_stack(d->stack, st->sp);
 	bpf_ringbuf_submit(d, BPF_RB_FORCE_WAKEUP);
 	return 1;
@@ -625,6 +659,7 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	st->interp_state = INTERP_UNSTARTED;
 	st->interp_frame = 0;
 	st->run_frames = 0;
+	st->pc_recorded = 0;
 	st->mode = mode;
 	st->can_defer = mode != UNWIND_FRAME_POINTERS;
 	st->exact_pc = 1;
@@ -634,10 +669,22 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	/* Interpreter runs take an extra step each (the loop frame's own). */
 	bpf_loop(2 * MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
 	if (st->stack.status == STACK_DEFERRED) {
-		if (send_deferred(ctx, st, sample, window, generation)) {
+		/* Past the walked frames, kept only in the sample sent. */
+		__u32 len = st->stack.len;
+		__u64 hash = st->hash, interp_frame = st->interp_frame;
+		__u32 interp_state = st->interp_state, run_frames = st->run_frames;
+		bpf_loop(MAX_STACK_DEPTH, collect_interp_frame, 0, 0);
+		__u32 interp_words = st->stack.len - len;
+		st->stack.len = len;
+		int sent = send_deferred(ctx, st, sample, window, generation, interp_words);
+		if (sent) {
 			count(STAT_WALKS_DEFERRED);
 			return USER_STACK_DEFERRED;
 		}
+		st->hash = hash;
+		st->interp_frame = interp_frame;
+		st->interp_state = interp_state;
+		st->run_frames = run_frames;
 		/* No room: finish here, with frame pointers where tables are missing. */
 		count(STAT_DEFER_RING_FULL);
 		st->can_defer = 0;

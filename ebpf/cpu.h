@@ -57,6 +57,9 @@ enum stack_status {
 #define INTERP_FRAME_TAG 0xc0
 /* The instruction offset is not known (or does not fit). */
 #define INTERP_OFFSET_UNKNOWN 0xffffff
+/* Closes one run of interpreter frames in a deferred sample (a tag word
+ * of no interpreter). */
+#define INTERP_RUN_END ((__u64)INTERP_FRAME_TAG << 56)
 /* The highest user-space address (x86-64, 4-level or 5-level paging). */
 #define USER_ADDRESS_MAX 0x00ffffffffffffffULL
 
@@ -100,13 +103,16 @@ struct unwind_row {
 #define TABLE_NONE 0
 /* table_id of anonymous executable memory (JIT code). */
 #define TABLE_ANONYMOUS 0xffffffff
+/* table_id of a mapping whose table user space is compiling: walks
+ * reaching it are deferred (when they may be). */
+#define TABLE_PENDING 0xfffffffe
 
 /* One executable mapping of a process. */
 struct unwind_mapping {
 	__u64 start;
 	__u64 end;
 	__u64 bias;            /* address - bias = the ELF virtual address rows use */
-	__u32 table_id;        /* key in unwind_tables, or TABLE_NONE / TABLE_ANONYMOUS */
+	__u32 table_id;        /* key in unwind_tables, or TABLE_NONE / TABLE_ANONYMOUS / TABLE_PENDING */
 	__u32 rows;            /* rows in that table */
 };
 
@@ -268,16 +274,22 @@ struct deferred_sample {
 	__u32 generation;      /* the process's exec count when sampled */
 	__u64 time_ns;         /* bpf_ktime_get_ns() when sampled */
 	__u64 go_labels;       /* key in the go_labels map; 0: none */
-	__u64 pc;              /* the frame where the walk stopped (not in user.frames) */
+	__u64 pc;              /* the frame where the walk stopped (the last of user.frames) */
 	__u64 sp;
 	__u64 bp;
 	__u32 exact_pc;        /* pc is where execution is, not a return address */
 	__u32 trusted_pc;      /* pc came from registers or a table row */
 	__u32 stack_bytes;     /* bytes of `stack` copied from sp */
 	__u32 kernel_len;      /* frames in `kernel` */
+	__u32 interp_words;    /* words of user.frames past user.len: see below */
+	__u32 reserved;
 	char comm[COMM_LEN];
 	__u64 kernel[MAX_STACK_DEPTH]; /* kernel frames, leaf first */
-	struct user_stack user;        /* frames walked in BPF, leaf first */
+	/* Frames walked in BPF, leaf first; then the interpreter frames of the
+	 * loop frames the walk did not reach, read at the sample (they are
+	 * gone by the time user space walks): run by run, leaf first, each
+	 * closed by INTERP_RUN_END. */
+	struct user_stack user;
 	__u8 stack[DEFERRED_STACK_BYTES];
 };
 

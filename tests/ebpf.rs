@@ -1237,10 +1237,12 @@ fn python_stacks_are_whole_and_named_like_py_spy_names_them() {
     for (minor, pid, raw) in runs {
         // py-spy attaches once the workload runs: the interpreter's own
         // start-up (exec, the loader, Py_Initialize) is the agent's alone.
+        // (3.6 and 3.7 name it _Py_InitializeEx_Private, _Py_InitializeCore…)
         let start_up = [
             "do_execveat_common",
             "_dl_start",
             "Py_InitializeFromConfig",
+            "_Py_Initialize",
             "pymain_init",
         ];
         let mine: Vec<_> = samples_of(&batches, pid)

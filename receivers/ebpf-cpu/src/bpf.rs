@@ -141,6 +141,8 @@ pub const MAX_UNWIND_MAPPINGS: usize = 512;
 pub const TABLE_NONE: u32 = 0;
 /// `TABLE_ANONYMOUS`: anonymous executable memory.
 pub const TABLE_ANONYMOUS: u32 = u32::MAX;
+/// `TABLE_PENDING`: a table being compiled (walks reaching it are deferred).
+pub const TABLE_PENDING: u32 = u32::MAX - 1;
 
 /// `struct unwind_mapping` of ebpf/cpu.h.
 #[repr(C)]
@@ -152,7 +154,7 @@ pub struct UnwindMapping {
     pub end: u64,
     /// `address - bias` is the ELF virtual address the table's rows use.
     pub bias: u64,
-    /// Key in `unwind_tables`, or [`TABLE_NONE`] / [`TABLE_ANONYMOUS`].
+    /// Key in `unwind_tables`, or [`TABLE_NONE`] / [`TABLE_ANONYMOUS`] / [`TABLE_PENDING`].
     pub table_id: u32,
     /// Rows in the table.
     pub rows: u32,
@@ -173,6 +175,8 @@ pub const INTERP_FRAME_TAG: u8 = 0xc0;
 pub const USER_ADDRESS_MAX: u64 = 0x00ff_ffff_ffff_ffff;
 /// `INTERP_OFFSET_UNKNOWN`: the frame's instruction offset is not known.
 pub const INTERP_OFFSET_UNKNOWN: u32 = 0xff_ffff;
+/// `INTERP_RUN_END`: closes a run of interpreter frames in a deferred sample.
+pub const INTERP_RUN_END: u64 = (INTERP_FRAME_TAG as u64) << 56;
 
 /// `struct python_layout` of ebpf/cpu.h: where one CPython version keeps
 /// what the walker reads.
@@ -439,7 +443,7 @@ pub struct DeferredSample {
     pub time_ns: u64,
     /// Key in the `go_labels` map; 0: none.
     pub go_labels: u64,
-    /// The frame where the BPF walk stopped (not in `user`).
+    /// The frame where the BPF walk stopped (the last of `user`'s frames).
     pub pc: u64,
     /// Its stack pointer.
     pub sp: u64,
@@ -453,6 +457,12 @@ pub struct DeferredSample {
     pub stack_bytes: u32,
     /// Frames in `kernel`.
     pub kernel_len: u32,
+    /// Words of `user.frames` past `user.len`: the interpreter frames of
+    /// the loop frames the BPF walk did not reach, run by run, leaf first,
+    /// each closed by [`INTERP_RUN_END`].
+    pub interp_words: u32,
+    /// Zero.
+    pub reserved: u32,
     /// Thread name, NUL-padded.
     pub comm: [u8; 16],
     /// Kernel frames, leaf first.
@@ -472,6 +482,16 @@ impl DeferredSample {
     /// The stack bytes copied.
     pub fn stack_copy(&self) -> &[u8] {
         &self.stack[..(self.stack_bytes as usize).min(DEFERRED_STACK_BYTES)]
+    }
+
+    /// The interpreter frames read at the sample for the loop frames the
+    /// BPF walk did not reach (see [`Self::interp_words`]).
+    pub fn interp_runs(&self) -> &[u64] {
+        let start = (self.user.len as usize).min(MAX_STACK_DEPTH);
+        let end = start
+            .saturating_add(self.interp_words as usize)
+            .min(MAX_STACK_DEPTH);
+        &self.user.frames[start..end]
     }
 }
 
@@ -596,6 +616,12 @@ fn permission_hint(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
+/// Whether a program load failed for want of privileges: the verifier
+/// refuses a program with EACCES too, but only after it ran, so with a log.
+fn load_not_permitted(e: &std::io::Error, verifier_log: &str) -> bool {
+    permission_hint(e) && verifier_log.trim().is_empty()
+}
+
 /// Turns a program load error into one line that says what to do.
 fn program_error(program: &str, e: ProgramError, verbose: bool) -> EbpfCpuError {
     match e {
@@ -603,10 +629,10 @@ fn program_error(program: &str, e: ProgramError, verbose: bool) -> EbpfCpuError 
             io_error,
             verifier_log,
         } => {
-            if permission_hint(&io_error) {
+            let log = verifier_log.to_string();
+            if load_not_permitted(&io_error, &log) {
                 return EbpfCpuError::NotPermitted(io_error.to_string());
             }
-            let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().collect();
             let shown = if verbose {
                 &lines[..]
@@ -949,6 +975,24 @@ mod tests {
     use std::mem::{offset_of, size_of};
     use std::process::Command;
 
+    #[test]
+    fn a_program_the_verifier_refused_is_not_blamed_on_privileges() {
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(load_not_permitted(&denied, ""));
+        assert!(load_not_permitted(
+            &std::io::Error::from_raw_os_error(libc::EPERM),
+            "\n"
+        ));
+        assert!(!load_not_permitted(
+            &denied,
+            "2165: (61) r4 = *(u32 *)(r9 +24)\nR9 invalid mem access 'scalar'"
+        ));
+        assert!(!load_not_permitted(
+            &std::io::Error::from_raw_os_error(libc::EINVAL),
+            ""
+        ));
+    }
+
     /// `(size, [(member, byte offset)])` of a struct in the object's BTF, via bpftool.
     fn btf_struct(dump: &str, name: &str) -> (usize, Vec<(String, usize)>) {
         let header = format!("STRUCT '{name}' size=");
@@ -1158,6 +1202,8 @@ mod tests {
                 ("trusted_pc", offset_of!(DeferredSample, trusted_pc)),
                 ("stack_bytes", offset_of!(DeferredSample, stack_bytes)),
                 ("kernel_len", offset_of!(DeferredSample, kernel_len)),
+                ("interp_words", offset_of!(DeferredSample, interp_words)),
+                ("reserved", offset_of!(DeferredSample, reserved)),
                 ("comm", offset_of!(DeferredSample, comm)),
                 ("kernel", offset_of!(DeferredSample, kernel)),
                 ("user", offset_of!(DeferredSample, user)),

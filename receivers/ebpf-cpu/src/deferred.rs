@@ -4,13 +4,17 @@
 //! mapped) and sends the registers of that frame and a copy of the stack
 //! above it. Once the tables exist, [`finish_walk`] goes on from there with
 //! the same rules the BPF walker follows (`unwind_frame` in ebpf/cpu.bpf.c),
-//! reading the copy instead of the process.
+//! reading the copy instead of the process. Interpreter frames cannot be
+//! read after the fact (the interpreter has moved on), so BPF reads those
+//! the walk has not reached at the sample and sends them along
+//! ([`InterpRuns`]); they are placed as the walk meets their loop frames.
 
 use agent_unwind_table::{RowKind, UnwindRow};
 
 use crate::bpf::{
-    stack_status, DeferredSample, SampleKey, UnwindMapping, UnwindMode, UserStack, MAX_STACK_DEPTH,
-    TABLE_ANONYMOUS, TABLE_NONE, USER_ADDRESS_MAX,
+    interp_kind, stack_status, DeferredSample, InterpInfo, SampleKey, UnwindMapping, UnwindMode,
+    UserStack, INTERP_RUN_END, MAX_STACK_DEPTH, TABLE_ANONYMOUS, TABLE_NONE, TABLE_PENDING,
+    USER_ADDRESS_MAX,
 };
 
 /// A sample whose user stack walk was finished here.
@@ -90,6 +94,50 @@ impl<'a> StackCopy<'a> {
         } else {
             Err(stack_status::READ_FAILED)
         }
+    }
+}
+
+/// The interpreter frames BPF read at the sample for the loop frames its
+/// walk had not reached, handed out run by run as the walk meets those
+/// frames (each loop frame stands for one run, as in the BPF walker).
+#[derive(Clone, Debug, Default)]
+pub struct InterpRuns<'a> {
+    /// The interpreter loop's code: `[start, end)` ranges.
+    loops: Vec<(u64, u64)>,
+    /// The runs left, leaf first, each closed by [`INTERP_RUN_END`].
+    words: &'a [u64],
+}
+
+impl<'a> InterpRuns<'a> {
+    /// `words` (see [`DeferredSample::interp_runs`]) for a process running
+    /// the interpreter `interp`; none when it runs none.
+    pub fn new(interp: Option<&InterpInfo>, words: &'a [u64]) -> Self {
+        let Some(interp) = interp.filter(|i| i.kind != interp_kind::NONE) else {
+            return Self::default();
+        };
+        Self {
+            loops: vec![
+                (interp.loop_start, interp.loop_end),
+                (interp.cold_start, interp.cold_end),
+            ],
+            words,
+        }
+    }
+
+    /// The frames (two words each) to emit in place of the frame at `pc`:
+    /// `None` when it is no loop frame or no runs are left.
+    fn take(&mut self, pc: u64) -> Option<&'a [u64]> {
+        if self.words.is_empty() || !self.loops.iter().any(|&(s, e)| s <= pc && pc < e) {
+            return None;
+        }
+        let end = self
+            .words
+            .iter()
+            .position(|&w| w == INTERP_RUN_END)
+            .unwrap_or(self.words.len());
+        let run = &self.words[..end];
+        self.words = self.words.get(end + 1..).unwrap_or(&[]);
+        Some(run)
     }
 }
 
@@ -198,10 +246,11 @@ fn table_step(regs: &mut Registers, copy: &StackCopy, row: &UnwindRow) -> Step {
     None
 }
 
-/// Goes on with `stack` (the frames BPF walked) from `regs`, reading
-/// `copy`, with `mappings` (what the BPF walker would see for the process
-/// now) and their tables from `rows`; sets the frames and how the walk ended.
-/// Complete only when the walk reached the outermost frame.
+/// Goes on with `stack` (the frames BPF walked, the last of them at
+/// `regs`) from `regs`'s caller, reading `copy`, with `mappings` (what the
+/// BPF walker would see for the process now) and their tables from `rows`,
+/// placing `interp`'s runs at the loop frames; sets the frames and how the
+/// walk ended. Complete only when the walk reached the outermost frame.
 pub fn finish_walk(
     stack: &mut UserStack,
     mut regs: Registers,
@@ -209,25 +258,17 @@ pub fn finish_walk(
     mappings: &[UnwindMapping],
     mode: UnwindMode,
     rows: &mut impl RowSource,
+    interp: &mut InterpRuns,
 ) {
+    let mut recorded = true;
     loop {
-        let len = (stack.len as usize).min(MAX_STACK_DEPTH);
-        if len >= MAX_STACK_DEPTH {
-            stack.status = stack_status::TRUNCATED;
-            return;
+        if !recorded {
+            if let Some(status) = record(stack, regs.pc, interp) {
+                stack.status = status;
+                return;
+            }
         }
-        if regs.pc == 0 {
-            stack.status = stack_status::COMPLETE;
-            return;
-        }
-        if regs.pc > USER_ADDRESS_MAX {
-            // Not code: a broken frame chain (and never to be taken for an
-            // interpreter frame's tag word), as the BPF walker decides.
-            stack.status = stack_status::FRAME_POINTER_FAILED;
-            return;
-        }
-        stack.frames[len] = regs.pc;
-        stack.len = len as u32 + 1;
+        recorded = false;
         let step = match find_mapping(mappings, regs.pc) {
             None => frame_pointer_step(&mut regs, copy, stack_status::UNKNOWN_CODE),
             Some(m) if m.table_id == TABLE_ANONYMOUS => {
@@ -235,6 +276,9 @@ pub fn finish_walk(
             }
             Some(m) if m.table_id == TABLE_NONE || mode == UnwindMode::FramePointers => {
                 frame_pointer_step(&mut regs, copy, stack_status::FRAME_POINTER_FAILED)
+            }
+            Some(m) if m.table_id == TABLE_PENDING => {
+                frame_pointer_step(&mut regs, copy, stack_status::NO_TABLE)
             }
             Some(m) => {
                 // A return address may be one past a call that ends its function.
@@ -263,6 +307,38 @@ pub fn finish_walk(
             return;
         }
     }
+}
+
+/// Appends the frame at `pc` to `stack` (the interpreter frames of its run
+/// when it is a loop frame), or the status the walk ends with.
+fn record(stack: &mut UserStack, pc: u64, interp: &mut InterpRuns) -> Option<u32> {
+    let len = (stack.len as usize).min(MAX_STACK_DEPTH);
+    if len >= MAX_STACK_DEPTH {
+        return Some(stack_status::TRUNCATED);
+    }
+    if pc == 0 {
+        return Some(stack_status::COMPLETE);
+    }
+    if pc > USER_ADDRESS_MAX {
+        // Not code: a broken frame chain (and never to be taken for an
+        // interpreter frame's tag word), as the BPF walker decides.
+        return Some(stack_status::FRAME_POINTER_FAILED);
+    }
+    let frames = match interp.take(pc) {
+        // A loop frame's own pc stands for nothing its frames do not say.
+        Some(run) if !run.is_empty() => run,
+        _ => std::slice::from_ref(&pc),
+    };
+    // Whole interpreter frames only, as the BPF walker emits them.
+    for frame in frames.chunks(2) {
+        let len = stack.len as usize;
+        if len + frame.len() > MAX_STACK_DEPTH {
+            return Some(stack_status::TRUNCATED);
+        }
+        stack.frames[len..len + frame.len()].copy_from_slice(frame);
+        stack.len = (len + frame.len()) as u32;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -335,14 +411,26 @@ mod tests {
         }
     }
 
-    /// Goes on from `regs` after the frames `walked`, over a copy of
-    /// `words` at [`SP`] (`cut`: it stopped at its size limit).
+    /// Goes on from `regs` after the frames `walked` and `regs.pc`'s, over
+    /// a copy of `words` at [`SP`] (`cut`: it stopped at its size limit).
     fn walk(
         walked: &[u64],
         regs: Registers,
         words: &[u64],
         cut: bool,
         rows: &mut Rows,
+    ) -> UserStack {
+        walk_interp(walked, regs, words, cut, rows, &mut InterpRuns::default())
+    }
+
+    /// [`walk`], with interpreter runs read at the sample.
+    fn walk_interp(
+        walked: &[u64],
+        regs: Registers,
+        words: &[u64],
+        cut: bool,
+        rows: &mut Rows,
+        interp: &mut InterpRuns,
     ) -> UserStack {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         let copy = StackCopy {
@@ -351,11 +439,12 @@ mod tests {
             cut,
         };
         let mut stack = UserStack {
-            len: walked.len() as u32,
+            len: walked.len() as u32 + 1,
             status: stack_status::DEFERRED,
             frames: [0; MAX_STACK_DEPTH],
         };
         stack.frames[..walked.len()].copy_from_slice(walked);
+        stack.frames[walked.len()] = regs.pc;
         finish_walk(
             &mut stack,
             regs,
@@ -363,6 +452,7 @@ mod tests {
             &mappings(),
             UnwindMode::Tables,
             rows,
+            interp,
         );
         stack
     }
@@ -469,6 +559,13 @@ mod tests {
                 status: stack_status::DEFERRED,
                 frames: [0; MAX_STACK_DEPTH],
             };
+            let runs = [pick(next()), pick(next()), INTERP_RUN_END, pick(next())];
+            let interp = InterpInfo {
+                kind: interp_kind::CPYTHON,
+                loop_start: pick(next()),
+                loop_end: pick(next()),
+                ..InterpInfo::default()
+            };
             finish_walk(
                 &mut stack,
                 regs,
@@ -476,6 +573,7 @@ mod tests {
                 &mappings(),
                 UnwindMode::Mixed,
                 &mut rows(),
+                &mut InterpRuns::new(Some(&interp), &runs),
             );
             assert!((stack.len as usize) <= MAX_STACK_DEPTH);
             assert_ne!(stack.status, stack_status::DEFERRED);
@@ -491,5 +589,112 @@ mod tests {
         let stack = walk(&[], at(0x9000_0100, SP), &words, false, &mut rows());
         assert_eq!(stack.status, stack_status::TRUNCATED);
         assert_eq!(stack.len as usize, MAX_STACK_DEPTH);
+    }
+
+    /// A loop-frame chain: leaf 0x40_1010 → loop frames 0x40_2010 and
+    /// 0x40_2020 → main 0x40_3020, and the interpreter loop's range.
+    fn two_loop_frames() -> (Vec<u64>, InterpInfo) {
+        let words = vec![0xaa, 0xbb, 0x40_2010, 0x11, 0x40_2020, 0x22, 0x40_3020];
+        let interp = InterpInfo {
+            kind: interp_kind::CPYTHON,
+            loop_start: 0x40_2000,
+            loop_end: 0x40_3000,
+            ..InterpInfo::default()
+        };
+        (words, interp)
+    }
+
+    const TAG: u64 = 0xc1 << 56;
+
+    #[test]
+    fn interpreter_runs_read_at_the_sample_take_their_loop_frames_places() {
+        let (words, interp) = two_loop_frames();
+        // Two runs: two frames, then one.
+        let runs = [
+            TAG | 1,
+            0x100,
+            TAG | 2,
+            0x200,
+            INTERP_RUN_END,
+            TAG | 3,
+            0x300,
+            INTERP_RUN_END,
+        ];
+        let mut interp_runs = InterpRuns::new(Some(&interp), &runs);
+        let stack = walk_interp(
+            &[],
+            at(0x40_1010, 7),
+            &words,
+            false,
+            &mut rows(),
+            &mut interp_runs,
+        );
+        assert_eq!(stack.status, stack_status::COMPLETE);
+        assert_eq!(
+            stack.frames(),
+            &[
+                0x40_1010,
+                TAG | 1,
+                0x100,
+                TAG | 2,
+                0x200,
+                TAG | 3,
+                0x300,
+                0x40_3020
+            ]
+        );
+        // An empty run, or none left: the loop frame keeps its own pc.
+        for runs in [
+            &[TAG | 1, 0x100, INTERP_RUN_END, INTERP_RUN_END][..],
+            &[TAG | 1, 0x100, INTERP_RUN_END],
+        ] {
+            let mut interp_runs = InterpRuns::new(Some(&interp), runs);
+            let stack = walk_interp(
+                &[],
+                at(0x40_1010, 7),
+                &words,
+                false,
+                &mut rows(),
+                &mut interp_runs,
+            );
+            assert_eq!(
+                stack.frames(),
+                &[0x40_1010, TAG | 1, 0x100, 0x40_2020, 0x40_3020]
+            );
+        }
+        // A process without an interpreter: the words are never placed.
+        let mut interp_runs = InterpRuns::new(None, &runs);
+        let stack = walk_interp(
+            &[],
+            at(0x40_1010, 7),
+            &words,
+            false,
+            &mut rows(),
+            &mut interp_runs,
+        );
+        assert_eq!(
+            stack.frames(),
+            &[0x40_1010, 0x40_2010, 0x40_2020, 0x40_3020]
+        );
+    }
+
+    #[test]
+    fn interpreter_frames_past_the_depth_limit_truncate_whole() {
+        let (words, interp) = two_loop_frames();
+        let mut runs: Vec<u64> = (0..100u64).flat_map(|i| [TAG | i, 0x1000 + i]).collect();
+        runs.push(INTERP_RUN_END);
+        let mut interp_runs = InterpRuns::new(Some(&interp), &runs);
+        let stack = walk_interp(
+            &[],
+            at(0x40_1010, 7),
+            &words,
+            false,
+            &mut rows(),
+            &mut interp_runs,
+        );
+        assert_eq!(stack.status, stack_status::TRUNCATED);
+        // The leaf, then as many whole frames as fit.
+        assert_eq!(stack.len as usize, 1 + (MAX_STACK_DEPTH - 1) / 2 * 2);
+        assert_eq!(stack.frames()[stack.len as usize - 2] >> 56, 0xc1);
     }
 }

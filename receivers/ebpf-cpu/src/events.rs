@@ -11,7 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use tracing::debug;
 
 use crate::bpf::{self, DeferredSample, InterpCodeEvent, ProcessEvent, SampleKey, UnwindMode};
-use crate::deferred::FinishedSample;
+use crate::deferred::{FinishedSample, InterpRuns};
 use crate::process::{ProcessInfo, ProcessTracker};
 use crate::runtimes::{CodeKey, CodeNames};
 use crate::unwind::UnwindTables;
@@ -216,7 +216,7 @@ impl EventHandler {
         let user = user.unwrap_or_else(|| {
             // Gone before it was read, or exec'd since: its mappings are not
             // known, so frame pointers only, as the BPF walker would have.
-            let mut user = tables.walk_deferred(sample, &[], self.mode);
+            let mut user = tables.walk_deferred(sample, &[], self.mode, &mut InterpRuns::default());
             if user.status == bpf::stack_status::UNKNOWN_CODE {
                 user.status = bpf::stack_status::NO_TABLE;
             }

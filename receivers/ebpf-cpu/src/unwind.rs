@@ -3,7 +3,7 @@
 //! through mmap, inside a memory budget with least-recently-used eviction,
 //! and per process the sorted list of its executable mappings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
@@ -13,9 +13,9 @@ use tracing::{debug, warn};
 
 use crate::bpf::{
     DeferredSample, ProcessUnwindInfo, UnwindMapping, UnwindMaps, UnwindMode, UserStack,
-    MAX_UNWIND_MAPPINGS, TABLE_ANONYMOUS, TABLE_NONE,
+    MAX_UNWIND_MAPPINGS, TABLE_ANONYMOUS, TABLE_NONE, TABLE_PENDING,
 };
-use crate::deferred::{self, Registers, RowSource, StackCopy};
+use crate::deferred::{self, InterpRuns, Registers, RowSource, StackCopy};
 use crate::process::{ExecutableMapping, ProcessInfo};
 
 /// Inner maps may differ in size from the template (kernel 5.10+).
@@ -121,22 +121,32 @@ impl UnwindTables {
 
     /// Writes `pid`'s mappings and loads the tables they need.
     pub fn update_process(&mut self, pid: u32, info: &ProcessInfo, proc_dir: &Path) {
-        // Compile what is missing, then register it all with one write (one
-        // RCU grace period per process, not per table).
-        let mut pending: Vec<(ObjectKey, UnwindTable, MapData)> = Vec::new();
         let keys: Vec<Option<ObjectKey>> = info
             .mappings
             .iter()
             .map(|m| object_key(m).filter(|_| self.load_tables))
             .collect();
+        // Touched first, so making room for this process's new tables
+        // never evicts one it uses.
+        let mut to_compile = HashSet::new();
+        for key in keys.iter().flatten() {
+            if !self.touch(key) && !self.unusable.contains_key(key) {
+                to_compile.insert(key.clone());
+            }
+        }
+        if !to_compile.is_empty() {
+            // Written before compiling (tens of milliseconds a table): the
+            // walker then knows the process — its interpreter, so deferred
+            // walks carry its frames — and defers walks into code whose
+            // table is on its way instead of guessing with frame pointers.
+            self.write_entry(pid, info, keys.clone(), &to_compile);
+        }
+        // Compile what is missing, then register it all with one write (one
+        // RCU grace period per process, not per table).
+        let mut pending: Vec<(ObjectKey, UnwindTable, MapData)> = Vec::new();
         for (m, key) in info.mappings.iter().zip(&keys) {
             let Some(key) = key else { continue };
-            // Touched first, so making room for this process's new tables
-            // never evicts one it uses.
-            if self.touch(key)
-                || self.unusable.contains_key(key)
-                || pending.iter().any(|(k, _, _)| k == key)
-            {
+            if !to_compile.contains(key) || pending.iter().any(|(k, _, _)| k == key) {
                 continue;
             }
             let compiled = compile_object(key, m, proc_dir, self.vdso.as_deref());
@@ -177,8 +187,19 @@ impl UnwindTables {
             }
         }
         self.register(pending);
+        self.write_entry(pid, info, keys, &HashSet::new());
+    }
 
-        let (mut all, objects) = self.unwind_mappings(info, keys);
+    /// Writes `pid`'s entry: its mappings with the tables loaded now, and
+    /// [`TABLE_PENDING`] for those of `compiling`.
+    fn write_entry(
+        &mut self,
+        pid: u32,
+        info: &ProcessInfo,
+        keys: Vec<Option<ObjectKey>>,
+        compiling: &HashSet<ObjectKey>,
+    ) {
+        let (mut all, objects) = self.unwind_mappings(info, keys, compiling);
         if all.len() > MAX_UNWIND_MAPPINGS {
             self.counts.mappings_dropped += (all.len() - MAX_UNWIND_MAPPINGS) as u64;
             all.truncate(MAX_UNWIND_MAPPINGS);
@@ -216,15 +237,27 @@ impl UnwindTables {
 
     /// What the BPF walker sees of a process with `info`'s mappings (sorted;
     /// the first [`MAX_UNWIND_MAPPINGS`] are kept), with the tables loaded
-    /// now (`keys`: each mapping's object), and the objects whose tables it uses.
+    /// now (`keys`: each mapping's object) or being compiled (`compiling`),
+    /// and the objects whose tables it uses.
     fn unwind_mappings(
         &self,
         info: &ProcessInfo,
         keys: Vec<Option<ObjectKey>>,
+        compiling: &HashSet<ObjectKey>,
     ) -> (Vec<UnwindMapping>, Vec<ObjectKey>) {
         let mut all: Vec<UnwindMapping> = Vec::with_capacity(info.mappings.len());
         let mut objects = Vec::new();
         for (m, key) in info.mappings.iter().zip(keys) {
+            if key.as_ref().is_some_and(|k| compiling.contains(k)) {
+                all.push(UnwindMapping {
+                    start: m.start,
+                    end: m.end,
+                    bias: 0,
+                    table_id: TABLE_PENDING,
+                    rows: 0,
+                });
+                continue;
+            }
             let table = key.and_then(|key| {
                 let id = *self.ids.get(&key)?;
                 let rows = self.loaded.get(&id)?.rows;
@@ -272,18 +305,22 @@ impl UnwindTables {
             .iter()
             .map(|m| object_key(m).filter(|_| self.load_tables))
             .collect();
-        let (mut mappings, _) = self.unwind_mappings(info, keys);
+        let (mut mappings, _) = self.unwind_mappings(info, keys, &HashSet::new());
         mappings.truncate(MAX_UNWIND_MAPPINGS);
-        self.walk_deferred(sample, &mappings, mode)
+        let interp = info.runtime.as_ref().map(|r| r.interp_info());
+        let mut runs = InterpRuns::new(interp.as_ref(), sample.interp_runs());
+        self.walk_deferred(sample, &mappings, mode, &mut runs)
     }
 
-    /// Goes on with `sample`'s walk with `mappings`: none when the process's
-    /// mappings are not known (frame pointers only, as BPF would).
+    /// Goes on with `sample`'s walk with `mappings` (none when the process's
+    /// mappings are not known: frame pointers only, as BPF would), placing
+    /// `interp`'s runs at the interpreter's loop frames.
     pub fn walk_deferred(
         &self,
         sample: &DeferredSample,
         mappings: &[UnwindMapping],
         mode: UnwindMode,
+        interp: &mut InterpRuns,
     ) -> UserStack {
         let mut stack = sample.user;
         let mut views = TableViews {
@@ -297,6 +334,7 @@ impl UnwindTables {
             mappings,
             mode,
             &mut views,
+            interp,
         );
         stack
     }
