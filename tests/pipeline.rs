@@ -439,3 +439,124 @@ fn http_get(address: &str, path: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+/// Peak resident memory of `pid` in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// A 1 GiB gzip bomb and a 0-byte file are refused, counted by reason,
+/// with the agent's memory under 100 MB; a profile whose mapping ends
+/// before it starts is read, repaired (no end) and counted, so what is
+/// written passes pprof's validation rules.
+#[test]
+fn a_gzip_bomb_is_refused_in_bounded_memory_and_a_bad_mapping_repaired() {
+    use agent_core::pprof::proto;
+    use prost::Message;
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (watch, out_dir, config) = watching_pipeline(dir.path(), "300ms");
+    // Written aside, then moved in whole.
+    let bomb = dir.path().join("bomb.pb.gz");
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 1G /dev/zero | gzip -1 > {}",
+            bomb.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 8 << 20);
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(FIXTURE).unwrap())
+        .read_to_end(&mut raw)
+        .unwrap();
+    let mut profile = proto::Profile::decode(&*raw).unwrap();
+    assert!(!profile.mapping.is_empty());
+    profile.mapping[0].memory_start = 0x7000_0000;
+    profile.mapping[0].memory_limit = 0x1000;
+    let mut bad_mapping = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    bad_mapping.write_all(&profile.encode_to_vec()).unwrap();
+
+    let mut child = agent()
+        .args(["--config", config.to_str().unwrap(), "--log-format=json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(child.id());
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let http = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "agent exited early");
+        if let Some(at) = line.find("\"address\":\"") {
+            break line[at + 11..].split('"').next().unwrap().to_owned();
+        }
+    };
+    // The log is read on, so the agent never blocks writing it.
+    let logged = std::thread::spawn(move || log.lines().map(Result::unwrap).collect::<Vec<_>>());
+    std::fs::rename(&bomb, watch.join("bomb.pb.gz")).unwrap();
+    std::fs::write(watch.join("empty.pb.gz"), b"").unwrap();
+    std::fs::write(watch.join("mapping.pb.gz"), bad_mapping.finish().unwrap()).unwrap();
+
+    let counted = |metrics: &str, needle: &str| {
+        metrics
+            .lines()
+            .any(|l| l.contains(needle) && l.ends_with(" 1"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = http_get(&http, "/metrics");
+        if counted(&metrics, "reason=\"too_large\"")
+            && counted(&metrics, "reason=\"empty\"")
+            && counted(&metrics, "agent_pprof_mappings_repaired_total")
+            && !output_files(&out_dir).is_empty()
+        {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "not counted: {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let peak = peak_rss(child.id());
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let logged = logged.join().unwrap();
+    assert!(peak < 100 << 20, "peak RSS {} MiB", peak >> 20);
+    assert!(
+        counted(&metrics, "agent_pprof_files_read_total"),
+        "only the repaired profile is read: {metrics}"
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("bomb.pb.gz") && l.contains("too_large")),
+        "{logged:#?}"
+    );
+
+    // Every mapping written has an end at or above its start, or none.
+    for file in output_files(&out_dir) {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&file).unwrap())
+            .read_to_end(&mut raw)
+            .unwrap();
+        for m in proto::Profile::decode(&*raw).unwrap().mapping {
+            assert!(
+                m.memory_limit == 0 || m.memory_limit >= m.memory_start,
+                "{m:?} in {}",
+                file.display()
+            );
+        }
+    }
+    eprintln!("peak RSS with a 1 GiB gzip bomb: {} MiB", peak >> 20);
+}

@@ -165,6 +165,49 @@ pub enum PprofError {
     /// A reference to an id or string that does not exist.
     #[error("malformed pprof: {0}")]
     Malformed(String),
+    /// Larger (decompressed) than [`PprofLimits::max_bytes`].
+    #[error("larger than {limit} bytes decompressed (the limit)")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// More samples than [`PprofLimits::max_samples`].
+    #[error("{count} samples, more than the limit of {limit}")]
+    TooManySamples {
+        /// Samples in the profile.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// What decoding one pprof may take: checked before the message is
+/// decoded (decoded, a profile takes ~17 times its encoded size), so a
+/// gzip bomb or a giant profile is refused without the memory it asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PprofLimits {
+    /// Bytes of the message, after decompression.
+    pub max_bytes: u64,
+    /// Samples in the message.
+    pub max_samples: u64,
+}
+
+impl PprofLimits {
+    /// No limit (profiles the agent wrote itself).
+    pub const NONE: Self = Self {
+        max_bytes: u64::MAX,
+        max_samples: u64::MAX,
+    };
+}
+
+/// A decoded pprof, with what had to be repaired to keep it valid.
+#[derive(Debug)]
+pub struct DecodedPprof {
+    /// One batch per sample type.
+    pub batches: Vec<ProfileBatch>,
+    /// Mappings whose `memory_limit` lay below their `memory_start`: the
+    /// limit is dropped (unknown), as pprof's validation would refuse it.
+    pub repaired_mappings: usize,
 }
 
 /// How [`to_pprof`] splits a batch into profiles.
@@ -491,15 +534,64 @@ pub fn build_series_profiles(
         .collect()
 }
 
-/// Decompresses `data` if it is gzipped.
-pub fn maybe_gunzip(data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, std::io::Error> {
-    if data.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(data.len() * 4);
-        GzDecoder::new(data).read_to_end(&mut out)?;
-        Ok(out.into())
-    } else {
-        Ok(data.into())
+/// Decompresses `data` if it is gzipped; at most `max_bytes` of it.
+fn gunzip_bounded(data: &[u8], max_bytes: u64) -> Result<std::borrow::Cow<'_, [u8]>, PprofError> {
+    let too_large = PprofError::TooLarge { limit: max_bytes };
+    if !data.starts_with(&[0x1f, 0x8b]) {
+        return match data.len() as u64 > max_bytes {
+            true => Err(too_large),
+            false => Ok(data.into()),
+        };
     }
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(max_bytes as usize));
+    GzDecoder::new(data)
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut out)?;
+    match out.len() as u64 > max_bytes {
+        true => Err(too_large),
+        false => Ok(out.into()),
+    }
+}
+
+/// The number of samples (field 2) in an encoded `Profile`, read from the
+/// top-level field keys and lengths only (nothing is allocated).
+fn count_samples(mut buf: &[u8]) -> Result<u64, PprofError> {
+    fn varint(buf: &mut &[u8]) -> Result<u64, PprofError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = buf
+                .split_first()
+                .ok_or_else(|| PprofError::Malformed("truncated message".into()))?;
+            *buf = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(PprofError::Malformed("invalid varint".into()))
+    }
+    let mut samples = 0;
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let skip = match key & 7 {
+            0 => {
+                varint(&mut buf)?;
+                0
+            }
+            1 => 8,
+            2 => {
+                samples += u64::from(key >> 3 == 2);
+                varint(&mut buf)?
+            }
+            5 => 4,
+            wire => return Err(PprofError::Malformed(format!("wire type {wire}"))),
+        };
+        buf = usize::try_from(skip)
+            .ok()
+            .and_then(|n| buf.get(n..))
+            .ok_or_else(|| PprofError::Malformed("truncated message".into()))?;
+    }
+    Ok(samples)
 }
 
 /// Decodes a pprof (plain or gzipped) into one batch per sample type.
@@ -508,13 +600,27 @@ pub fn maybe_gunzip(data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, std::io::
 /// values are written in decimal. Locations in a mapping named
 /// `[kernel.kallsyms]` are kernel frames, other mapped ones native.
 pub fn from_pprof(data: &[u8]) -> Result<Vec<ProfileBatch>, PprofError> {
-    let raw = maybe_gunzip(data)?;
+    Ok(decode_pprof(data, PprofLimits::NONE)?.batches)
+}
+
+/// [`from_pprof`] within `limits`, saying what it repaired.
+pub fn decode_pprof(data: &[u8], limits: PprofLimits) -> Result<DecodedPprof, PprofError> {
+    let raw = gunzip_bounded(data, limits.max_bytes)?;
+    if limits.max_samples != u64::MAX {
+        let count = count_samples(&raw)?;
+        if count > limits.max_samples {
+            return Err(PprofError::TooManySamples {
+                count,
+                limit: limits.max_samples,
+            });
+        }
+    }
     let p = proto::Profile::decode(&*raw)?;
     from_pprof_message(&p)
 }
 
 /// Converts a decoded pprof message into one batch per sample type.
-pub fn from_pprof_message(p: &proto::Profile) -> Result<Vec<ProfileBatch>, PprofError> {
+pub fn from_pprof_message(p: &proto::Profile) -> Result<DecodedPprof, PprofError> {
     let st = |i: i64| -> Result<&str, PprofError> {
         usize::try_from(i)
             .ok()
@@ -551,12 +657,15 @@ pub fn from_pprof_message(p: &proto::Profile) -> Result<Vec<ProfileBatch>, Pprof
         Ok(strings[i as usize])
     };
     let mut mappings = HashMap::new();
+    let mut repaired_mappings = 0;
     for m in &p.mapping {
         let filename = s(m.filename)?;
         let build_id = s(m.build_id)?;
+        let limit_valid = m.memory_limit == 0 || m.memory_limit >= m.memory_start;
+        repaired_mappings += usize::from(!limit_valid);
         let id = template.mappings.intern(Mapping {
             memory_start: m.memory_start,
-            memory_limit: m.memory_limit,
+            memory_limit: if limit_valid { m.memory_limit } else { 0 },
             file_offset: m.file_offset,
             filename,
             build_id,
@@ -666,7 +775,10 @@ pub fn from_pprof_message(p: &proto::Profile) -> Result<Vec<ProfileBatch>, Pprof
             .collect();
         batches.push(batch);
     }
-    Ok(batches)
+    Ok(DecodedPprof {
+        batches,
+        repaired_mappings,
+    })
 }
 
 #[cfg(test)]
@@ -675,7 +787,7 @@ mod tests {
     use crate::model::tests::two_series_batch;
 
     fn decode(gz: &[u8]) -> proto::Profile {
-        proto::Profile::decode(&*maybe_gunzip(gz).unwrap()).unwrap()
+        proto::Profile::decode(&*gunzip_bounded(gz, u64::MAX).unwrap()).unwrap()
     }
 
     #[test]
@@ -770,7 +882,7 @@ mod tests {
                 .to_vec(),
             ..Default::default()
         };
-        let batches = from_pprof_message(&p).unwrap();
+        let batches = from_pprof_message(&p).unwrap().batches;
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[1].profile_type.sample_type.kind, "cpu");
         assert_eq!(batches[1].total_value(), 20_000_000);
@@ -802,5 +914,89 @@ mod tests {
         assert!(from_pprof_message(&bad_string).is_err());
         assert!(from_pprof(b"\x1f\x8bnot really gzip").is_err());
         assert!(from_pprof(b"\xff\xff\xff").is_err());
+    }
+
+    /// `batch` as gzipped pprof bytes.
+    fn gzipped(batch: &ProfileBatch) -> Vec<u8> {
+        to_pprof(batch, PprofGrouping::Batch).remove(0).gzipped
+    }
+
+    #[test]
+    fn limits_refuse_a_gzip_bomb_and_too_many_samples_before_decoding() {
+        // 4 MiB of zeros in 4 KiB: refused after the limit's worth.
+        let mut bomb = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..4 {
+            bomb.write_all(&zeros).unwrap();
+        }
+        let bomb = bomb.finish().unwrap();
+        let limits = PprofLimits {
+            max_bytes: 1 << 20,
+            max_samples: 10,
+        };
+        let err = decode_pprof(&bomb, limits).unwrap_err();
+        assert!(
+            matches!(err, PprofError::TooLarge { limit } if limit == 1 << 20),
+            "{err}"
+        );
+        // Plain bytes over the limit, too.
+        let plain = vec![0u8; (1 << 20) + 1];
+        assert!(matches!(
+            decode_pprof(&plain, limits),
+            Err(PprofError::TooLarge { .. })
+        ));
+
+        let b = two_series_batch();
+        let samples = b.samples.len() as u64;
+        let exact = PprofLimits {
+            max_bytes: u64::MAX,
+            max_samples: samples,
+        };
+        assert_eq!(
+            decode_pprof(&gzipped(&b), exact).unwrap().batches[0].total_value(),
+            b.total_value()
+        );
+        let fewer = PprofLimits {
+            max_samples: samples - 1,
+            ..exact
+        };
+        let err = decode_pprof(&gzipped(&b), fewer).unwrap_err();
+        assert!(
+            matches!(err, PprofError::TooManySamples { count, limit } if count == samples && limit == samples - 1),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sample_counting_reads_keys_only_and_refuses_what_is_cut() {
+        let b = two_series_batch();
+        let raw = gunzip_bounded(&gzipped(&b), u64::MAX).unwrap().into_owned();
+        assert_eq!(count_samples(&raw).unwrap(), b.samples.len() as u64);
+        for cut in 1..raw.len().min(64) {
+            // A cut message is an error or fewer samples, never a panic.
+            if let Ok(n) = count_samples(&raw[..raw.len() - cut]) {
+                assert!(n <= b.samples.len() as u64);
+            }
+        }
+        assert!(count_samples(&[0x0f]).is_err()); // wire type 7
+        assert!(count_samples(&[0x12, 0x05, 0x00]).is_err()); // length past the end
+    }
+
+    #[test]
+    fn a_mapping_ending_before_it_starts_loses_its_limit_and_is_counted() {
+        let mut b = two_series_batch();
+        let mut p =
+            proto::Profile::decode(&*gunzip_bounded(&gzipped(&b), u64::MAX).unwrap()).unwrap();
+        assert!(!p.mapping.is_empty());
+        p.mapping[0].memory_start = 0x2000;
+        p.mapping[0].memory_limit = 0x1000;
+        let decoded = from_pprof_message(&p).unwrap();
+        assert_eq!(decoded.repaired_mappings, 1);
+        let m = decoded.batches[0].mappings.get(0);
+        assert_eq!((m.memory_start, m.memory_limit), (0x2000, 0));
+        // Valid ones are kept as they are.
+        b = two_series_batch();
+        let fine = decode_pprof(&gzipped(&b), PprofLimits::NONE).unwrap();
+        assert_eq!(fine.repaired_mappings, 0);
     }
 }

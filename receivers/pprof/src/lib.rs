@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use agent_core::pprof::from_pprof;
+use agent_core::pprof::{decode_pprof, PprofError, PprofLimits};
 use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_core::{
     BatchSink, BuildContext, ComponentConfig, ComponentError, Factory, FieldError, ProfileBatch,
@@ -18,22 +18,40 @@ use agent_core::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+/// Why a file was skipped: the `reason` label of `pprof_files_unreadable`.
+const UNREADABLE_REASONS: [&str; 5] = ["io", "empty", "too_large", "too_many_samples", "malformed"];
+
 /// The receiver's counters.
 #[derive(Clone)]
 struct Counters {
     files_read: Counter,
-    files_unreadable: Counter,
+    /// By [`UNREADABLE_REASONS`].
+    files_unreadable: [Counter; 5],
+    mappings_repaired: Counter,
 }
 
 impl Counters {
     fn new(t: &ComponentTelemetry) -> Self {
         Self {
             files_read: t.counter("pprof_files_read", "pprof files read.", &[]),
-            files_unreadable: t.counter(
-                "pprof_files_unreadable",
-                "Files skipped because they are not readable pprof.",
+            files_unreadable: UNREADABLE_REASONS.map(|reason| {
+                t.counter(
+                    "pprof_files_unreadable",
+                    "Files skipped, by reason: io (cannot be read), empty (0 bytes), too_large (over max_decompressed_bytes), too_many_samples (over max_samples), malformed (not a valid pprof).",
+                    &[("reason", reason)],
+                )
+            }),
+            mappings_repaired: t.counter(
+                "pprof_mappings_repaired",
+                "Mappings read whose memory_limit lay below their memory_start: the limit was dropped (unknown), as pprof's validation refuses such a range.",
                 &[],
             ),
+        }
+    }
+
+    fn unreadable(&self, reason: &str) {
+        if let Some(i) = UNREADABLE_REASONS.iter().position(|r| *r == reason) {
+            self.files_unreadable[i].inc();
         }
     }
 }
@@ -56,6 +74,21 @@ pub struct PprofReceiverConfig {
     pub window: Duration,
     /// Labels added to every series; a file's own sample labels win.
     pub labels: BTreeMap<String, String>,
+    /// Files larger than this once decompressed are skipped (counted): a
+    /// gzip bomb costs at most this much memory.
+    pub max_decompressed_bytes: u64,
+    /// Files with more samples than this are skipped (counted): decoded, a
+    /// profile takes ~17 times its encoded size.
+    pub max_samples: u64,
+}
+
+impl PprofReceiverConfig {
+    fn limits(&self) -> PprofLimits {
+        PprofLimits {
+            max_bytes: self.max_decompressed_bytes,
+            max_samples: self.max_samples,
+        }
+    }
 }
 
 impl Default for PprofReceiverConfig {
@@ -66,6 +99,8 @@ impl Default for PprofReceiverConfig {
             poll_interval: Duration::from_secs(1),
             window: Duration::ZERO,
             labels: BTreeMap::new(),
+            max_decompressed_bytes: 32 << 20,
+            max_samples: 500_000,
         }
     }
 }
@@ -84,6 +119,12 @@ impl ComponentConfig for PprofReceiverConfig {
                 "poll_interval",
                 "must be above 0s when watching",
             ));
+        }
+        if self.max_decompressed_bytes == 0 {
+            errors.push(FieldError::new("max_decompressed_bytes", "must be above 0"));
+        }
+        if self.max_samples == 0 {
+            errors.push(FieldError::new("max_samples", "must be above 0"));
         }
         errors
     }
@@ -174,11 +215,43 @@ fn new_files(path: &Path, seen: &Seen) -> std::io::Result<Vec<(PathBuf, Stamp)>>
     Ok(out)
 }
 
+/// Reads `file` within `limits`: its batches and repaired mappings, or
+/// why not and the reason label it is counted under.
+fn read_file(
+    file: &Path,
+    limits: PprofLimits,
+) -> Result<agent_core::pprof::DecodedPprof, (String, &'static str)> {
+    let io = |e: std::io::Error| (e.to_string(), "io");
+    let size = std::fs::metadata(file).map_err(io)?.len();
+    // Compressed data is never (much) larger than what it expands to: a
+    // file above the limit is refused without reading it.
+    if size > limits.max_bytes {
+        let e = PprofError::TooLarge {
+            limit: limits.max_bytes,
+        };
+        return Err((format!("{size} bytes on disk, {e}"), "too_large"));
+    }
+    let data = std::fs::read(file).map_err(io)?;
+    if data.is_empty() {
+        // An empty message would decode as a profile with no samples.
+        return Err(("empty file (0 bytes)".to_owned(), "empty"));
+    }
+    decode_pprof(&data, limits).map_err(|e| {
+        let reason = match e {
+            PprofError::TooLarge { .. } => "too_large",
+            PprofError::TooManySamples { .. } => "too_many_samples",
+            _ => "malformed",
+        };
+        (e.to_string(), reason)
+    })
+}
+
 /// Reads every new file; unreadable ones are counted and skipped.
 fn scan(
     path: PathBuf,
     mut seen: Seen,
     labels: BTreeMap<String, String>,
+    limits: PprofLimits,
     counters: Counters,
 ) -> (Seen, Vec<ProfileBatch>) {
     let files = match new_files(&path, &seen) {
@@ -191,16 +264,16 @@ fn scan(
     let mut batches = Vec::new();
     for (file, stamp) in files {
         seen.insert(file.clone(), stamp);
-        let parsed = std::fs::read(&file)
-            .map_err(|e| e.to_string())
-            .and_then(|data| match data.is_empty() {
-                // An empty message would decode as a profile with no samples.
-                true => Err("empty file (0 bytes)".to_owned()),
-                false => from_pprof(&data).map_err(|e| e.to_string()),
-            });
-        match parsed {
-            Ok(mut read) => {
+        match read_file(&file, limits) {
+            Ok(decoded) => {
                 counters.files_read.inc();
+                if decoded.repaired_mappings > 0 {
+                    counters
+                        .mappings_repaired
+                        .inc_by(decoded.repaired_mappings as u64);
+                    warn!(file = %file.display(), mappings = decoded.repaired_mappings, "mappings ending before they start: their end is dropped");
+                }
+                let mut read = decoded.batches;
                 for b in &mut read {
                     b.map_series(|set| {
                         let mut out = set.clone();
@@ -216,9 +289,9 @@ fn scan(
                 debug!(file = %file.display(), samples, "pprof file read");
                 batches.extend(read);
             }
-            Err(error) => {
-                counters.files_unreadable.inc();
-                warn!(file = %file.display(), %error, "skipping unreadable pprof file");
+            Err((error, reason)) => {
+                counters.unreadable(reason);
+                warn!(file = %file.display(), %error, reason, "skipping unreadable pprof file");
             }
         }
     }
@@ -227,12 +300,13 @@ fn scan(
 
 impl PprofReceiver {
     async fn scan(&self, seen: Seen) -> (Seen, Vec<ProfileBatch>) {
-        let (path, labels, counters) = (
+        let (path, labels, limits, counters) = (
             self.config.path.clone(),
             self.config.labels.clone(),
+            self.config.limits(),
             self.counters.clone(),
         );
-        tokio::task::spawn_blocking(move || scan(path, seen, labels, counters))
+        tokio::task::spawn_blocking(move || scan(path, seen, labels, limits, counters))
             .await
             .expect("scan does not panic")
     }
@@ -397,17 +471,62 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("empty.pb.gz"), b"").unwrap();
         std::fs::write(dir.path().join("full.pb.gz"), pprof_bytes(2, "x")).unwrap();
+        let counters = scan_counts(dir.path(), PprofReceiverConfig::default().limits());
+        assert_eq!(counters.files_read.get(), 1);
+        assert_eq!(unreadable(&counters), [("empty", 1)]);
+    }
+
+    /// Scans `dir` once within `limits`; the counters.
+    fn scan_counts(dir: &Path, limits: PprofLimits) -> Counters {
         let counters = Counters::new(&agent_core::telemetry::Telemetry::default().scoped(&[]));
-        let (_, batches) = scan(
-            dir.path().into(),
+        scan(
+            dir.into(),
             Seen::default(),
             BTreeMap::new(),
+            limits,
             counters.clone(),
         );
-        assert_eq!(batches.len(), 1);
+        counters
+    }
+
+    /// The non-zero unreadable counts, by reason.
+    fn unreadable(counters: &Counters) -> Vec<(&'static str, u64)> {
+        UNREADABLE_REASONS
+            .iter()
+            .zip(&counters.files_unreadable)
+            .map(|(r, c)| (*r, c.get()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    #[test]
+    fn files_over_the_limits_are_skipped_and_counted_by_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = pprof_bytes(2, "x");
+        std::fs::write(dir.path().join("a.pb.gz"), &small).unwrap();
+        // Larger decompressed than the limit, smaller on disk.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut bomb, &vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(dir.path().join("b.pb.gz"), bomb.finish().unwrap()).unwrap();
+        // Larger on disk than the limit.
+        std::fs::write(dir.path().join("c.pb"), vec![0u8; 300 << 10]).unwrap();
+        let limits = PprofLimits {
+            max_bytes: 256 << 10,
+            max_samples: 1,
+        };
+        let counters = scan_counts(dir.path(), limits);
+        assert_eq!(counters.files_read.get(), 1);
+        assert_eq!(unreadable(&counters), [("too_large", 2)]);
+        let counters = scan_counts(
+            dir.path(),
+            PprofLimits {
+                max_samples: 0,
+                ..limits
+            },
+        );
         assert_eq!(
-            (counters.files_read.get(), counters.files_unreadable.get()),
-            (1, 1)
+            unreadable(&counters),
+            [("too_large", 2), ("too_many_samples", 1)]
         );
     }
 
