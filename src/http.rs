@@ -1,10 +1,17 @@
 //! The local HTTP view: status page, metrics, health, the latest window's
 //! profiles as pprof or flame graphs, and the agent profiling itself.
 //! Read-only: it serves local data and accepts no writes.
+//!
+//! Any local user can reach it, so it must never take the pipeline down:
+//! connections are capped (each holds a file descriptor the pipeline may
+//! need) and time out, request heads are small, and the heavy answers
+//! (`/query`, `/flamegraph`) run one at a time, off the runtime's threads,
+//! within a time budget.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_core::config::PipelineConfig;
 use agent_core::pprof::{to_pprof, PprofGrouping};
@@ -17,8 +24,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::warn;
 
 use crate::self_profile;
 
@@ -33,9 +44,27 @@ pub struct View {
     pub pipelines: Arc<BTreeMap<String, PipelineConfig>>,
     /// When the agent started.
     pub started: std::time::Instant,
+    /// Held by the heavy answer being computed ([`Self::heavy_slot`]).
+    pub heavy: Arc<Semaphore>,
 }
 
+/// Connections served at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 64;
+/// A request head must arrive within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed (after its request in flight) this long after it opened.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest request head read (the minimum hyper takes).
+const MAX_REQUEST_HEAD: usize = 16 << 10;
+/// How long a heavy answer may take.
+const HEAVY_BUDGET: Duration = Duration::from_secs(10);
+
 impl View {
+    /// One heavy answer at a time.
+    pub fn heavy_slot() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(1))
+    }
+
     /// Why there is nothing to show yet.
     fn no_window_yet(&self) -> String {
         format!(
@@ -47,7 +76,51 @@ impl View {
 
 /// Serves every route until the process exits.
 pub async fn serve(listener: TcpListener, view: View) -> std::io::Result<()> {
-    let app = Router::new()
+    let refused = view.telemetry.counter(
+        "http_connections_refused",
+        "HTTP view connections closed unserved: more than 64 were open.",
+        &[],
+    );
+    let app = router(view);
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors (or a connection reset before
+                // it was taken): accepting again at once would spin.
+                warn!(error = %e, "HTTP view cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            refused.inc();
+            continue; // dropped: closed
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEAVY_BUDGET, connection).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn router(view: View) -> Router {
+    Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/healthy", get(|| async { "ok\n" }))
@@ -55,8 +128,45 @@ pub async fn serve(listener: TcpListener, view: View) -> std::io::Result<()> {
         .route("/query", get(query))
         .route("/flamegraph", get(flamegraph))
         .route("/debug/pprof/profile", get(self_profile_route))
-        .with_state(view);
-    axum::serve(listener, app).await
+        .with_state(view)
+}
+
+/// Computes a heavy answer off the runtime's threads, if no other is being
+/// computed and within [`HEAVY_BUDGET`]; 503 with the reason otherwise.
+async fn heavy(view: &View, work: impl FnOnce() -> Response + Send + 'static) -> Response {
+    let busy = || {
+        ViewError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another query or flame graph is being computed; retry in a moment".into(),
+        )
+        .into_response()
+    };
+    let Ok(permit) = view.heavy.clone().try_acquire_owned() else {
+        return busy();
+    };
+    // The permit goes with the work: one computation at a time, even past
+    // the budget.
+    let task = tokio::task::spawn_blocking(move || {
+        let answer = work();
+        drop(permit);
+        answer
+    });
+    match tokio::time::timeout(HEAVY_BUDGET, task).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => ViewError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer failed".into(),
+        )
+        .into_response(),
+        Err(_) => ViewError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the answer took longer than {} s; narrow the selector",
+                HEAVY_BUDGET.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn metrics(State(view): State<View>) -> impl IntoResponse {
@@ -142,7 +252,12 @@ fn select(view: &View, params: &QueryParams) -> Result<(String, ProfileBatch), V
 }
 
 async fn query(State(view): State<View>, Query(params): Query<QueryParams>) -> Response {
-    let (pipeline, batch) = match select(&view, &params) {
+    let computing = view.clone();
+    heavy(&view, move || query_answer(&computing, &params)).await
+}
+
+fn query_answer(view: &View, params: &QueryParams) -> Response {
+    let (pipeline, batch) = match select(view, params) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -243,7 +358,12 @@ fn folded(batch: &ProfileBatch) -> Vec<String> {
 }
 
 async fn flamegraph(State(view): State<View>, Query(params): Query<QueryParams>) -> Response {
-    let (pipeline, batch) = match select(&view, &params) {
+    let computing = view.clone();
+    heavy(&view, move || flamegraph_answer(&computing, &params)).await
+}
+
+fn flamegraph_answer(view: &View, params: &QueryParams) -> Response {
+    let (pipeline, batch) = match select(view, params) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };

@@ -142,6 +142,7 @@ async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
         latest: service.latest_windows(),
         pipelines: std::sync::Arc::new(config.service.pipelines.clone()),
         started: std::time::Instant::now(),
+        heavy: http::View::heavy_slot(),
     };
     tokio::spawn(async move {
         if let Err(e) = http::serve(listener, view).await {

@@ -560,3 +560,79 @@ fn a_gzip_bomb_is_refused_in_bounded_memory_and_a_bad_mapping_repaired() {
     }
     eprintln!("peak RSS with a 1 GiB gzip bomb: {} MiB", peak >> 20);
 }
+
+/// 20,000 idle connections to the HTTP view (from two helper processes; a
+/// process may hold 20,000 descriptors here) do not stop a window from
+/// being exported on time: the view closes what it cannot serve, and its
+/// file descriptors stay few.
+#[test]
+fn idle_connections_to_the_view_do_not_stop_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (watch, out_dir, config) = watching_pipeline(dir.path(), "300ms");
+    let mut child = agent()
+        .args(["--config", config.to_str().unwrap(), "--log-format=json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(child.id());
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let http = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "agent exited early");
+        if let Some(at) = line.find("\"address\":\"") {
+            break line[at + 11..].split('"').next().unwrap().to_owned();
+        }
+    };
+    let drain = std::thread::spawn(move || log.lines().count());
+    let flood = "import socket, sys, time\n\
+                 host, port = sys.argv[1].rsplit(':', 1)\n\
+                 held = [socket.create_connection((host, int(port))) for _ in range(10000)]\n\
+                 print('ready', flush=True)\n\
+                 time.sleep(600)\n";
+    let mut floods: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            Command::new("python3")
+                .args(["-c", flood, &http])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for f in &mut floods {
+        let mut line = String::new();
+        BufReader::new(f.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the flood could not connect");
+    }
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .count();
+    let asked = Instant::now();
+    std::fs::copy(FIXTURE, watch.join("a.pb.gz")).unwrap();
+    while output_files(&out_dir).is_empty() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "no window within 5 s of its input, 20,000 connections open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exported = asked.elapsed();
+    for mut f in floods {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
+    assert!(http_get(&http, "/healthy").contains("200 OK"));
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    drain.join().unwrap();
+    assert!(fds < 200, "{fds} descriptors open with 20,000 connections");
+    eprintln!(
+        "20,000 idle connections: the agent held {fds} descriptors; window written {} ms after its input",
+        exported.as_millis()
+    );
+}

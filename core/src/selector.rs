@@ -1,6 +1,6 @@
 //! Prometheus-style series selectors: `{comm="nginx",pid!="1",exe=~"py.*"}`.
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 
 use crate::model::LabelSet;
 
@@ -39,6 +39,14 @@ impl Matcher {
     }
 }
 
+/// The longest selector parsed, in bytes.
+pub const MAX_SELECTOR_BYTES: usize = 4096;
+/// The most matchers in one selector.
+pub const MAX_MATCHERS: usize = 32;
+/// Memory one compiled regex (and its lazy DFA) may take: a selector from
+/// a stranger (the HTTP view) must not cost gigabytes.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// A parsed selector: every matcher must hold.
 #[derive(Clone, Debug, Default)]
 pub struct Selector(pub Vec<Matcher>);
@@ -54,6 +62,12 @@ impl Selector {
         let text = text.trim();
         if text.is_empty() {
             return Ok(Self::default());
+        }
+        if text.len() > MAX_SELECTOR_BYTES {
+            return Err(format!(
+                "the selector is {} bytes long, more than the limit of {MAX_SELECTOR_BYTES}",
+                text.len()
+            ));
         }
         let inner = text
             .strip_prefix('{')
@@ -76,7 +90,10 @@ impl Selector {
                 .ok_or_else(|| format!("expected =, !=, =~ or !~ after `{name}`"))?;
             let (value, after) = quoted(after.trim_start())?;
             let anchored = || {
-                Regex::new(&format!("^(?:{value})$"))
+                RegexBuilder::new(&format!("^(?:{value})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
                     .map_err(|e| format!("bad regex for `{name}`: {e}"))
             };
             let op = match op {
@@ -85,6 +102,9 @@ impl Selector {
                 "=~" => MatchOp::Regex(anchored()?),
                 _ => MatchOp::NotRegex(anchored()?),
             };
+            if matchers.len() == MAX_MATCHERS {
+                return Err(format!("more than {MAX_MATCHERS} matchers"));
+            }
             matchers.push(Matcher {
                 name: name.to_owned(),
                 op,
@@ -160,5 +180,20 @@ mod tests {
         ] {
             assert!(Selector::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn selectors_from_strangers_are_bounded() {
+        // Nested repetitions compile to more than the regex size limit.
+        let huge = Selector::parse(r#"{comm=~"((a{100}){100}){100}"}"#).unwrap_err();
+        assert!(huge.contains("bad regex for `comm`"), "{huge}");
+        let many: Vec<String> = (0..=MAX_MATCHERS).map(|i| format!("l{i}=\"x\"")).collect();
+        let err = Selector::parse(&format!("{{{}}}", many.join(","))).unwrap_err();
+        assert!(err.contains("more than 32 matchers"), "{err}");
+        assert!(Selector::parse(&format!("{{{}}}", many[..MAX_MATCHERS].join(","))).is_ok());
+        let long = format!("{{comm=\"{}\"}}", "x".repeat(MAX_SELECTOR_BYTES));
+        assert!(Selector::parse(&long)
+            .unwrap_err()
+            .contains("limit of 4096"));
     }
 }
