@@ -12,10 +12,11 @@ cd "$(dirname "$0")"
 seconds=${1:-60}
 shift || true
 targets=("$@")
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo +nightly fuzz list)
+  [ ${#targets[@]} -gt 0 ] || { echo "no fuzz targets listed"; exit 1; }
 fi
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # Safe Rust: panics, overflow (debug assertions), timeouts and memory are
 # what is looked for; no sanitizer, so a build is minutes, not tens.
 flags=(--sanitizer none --debug-assertions)
@@ -26,7 +27,7 @@ for t in "${targets[@]}"; do
   log=$(mktemp)
   if ! cargo +nightly fuzz run "${flags[@]}" "$t" "corpus/$t" "seeds/$t" -- \
       -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
-    tail -40 "$log"
+    grep -m5 -A3 -E 'panicked|ERROR: libFuzzer|SUMMARY' "$log" || tail -40 "$log"
     echo "fuzz target $t failed; the input is under fuzz/artifacts/$t"
     exit 1
   fi

@@ -54,7 +54,10 @@ const MAX_CONNECTIONS: usize = 64;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection is closed (after its request in flight) this long after it opened.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// The longest request head read (the minimum hyper takes).
+/// How long a request in flight may go on past the lifetime: the longest
+/// answer, a 60 s self-profile, finishes.
+const CONNECTION_GRACE: Duration = Duration::from_secs(75);
+/// The longest request head read (hyper's buffer for it; 8 KiB at least).
 const MAX_REQUEST_HEAD: usize = 16 << 10;
 /// How long a heavy answer may take.
 const HEAVY_BUDGET: Duration = Duration::from_secs(10);
@@ -96,7 +99,11 @@ pub async fn serve(listener: TcpListener, view: View) -> std::io::Result<()> {
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
             refused.inc();
-            continue; // dropped: closed
+            // Said if the socket takes it at once, then closed.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 29\r\n\r\ntoo many connections; retry\r\n",
+            );
+            continue;
         };
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
@@ -111,7 +118,7 @@ pub async fn serve(listener: TcpListener, view: View) -> std::io::Result<()> {
                 _ = connection.as_mut() => {}
                 _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
                     connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(HEAVY_BUDGET, connection).await;
+                    let _ = tokio::time::timeout(CONNECTION_GRACE, connection).await;
                 }
             }
             drop(permit);
@@ -131,18 +138,19 @@ fn router(view: View) -> Router {
         .with_state(view)
 }
 
-/// Computes a heavy answer off the runtime's threads, if no other is being
-/// computed and within [`HEAVY_BUDGET`]; 503 with the reason otherwise.
+/// Computes a heavy answer off the runtime's threads, one at a time (a
+/// request waits for the one before), within [`HEAVY_BUDGET`] from its
+/// arrival; 503 with the reason otherwise.
 async fn heavy(view: &View, work: impl FnOnce() -> Response + Send + 'static) -> Response {
-    let busy = || {
-        ViewError(
+    let arrived = tokio::time::Instant::now();
+    let Ok(Ok(permit)) =
+        tokio::time::timeout(HEAVY_BUDGET, view.heavy.clone().acquire_owned()).await
+    else {
+        return ViewError(
             StatusCode::SERVICE_UNAVAILABLE,
-            "another query or flame graph is being computed; retry in a moment".into(),
+            "other queries or flame graphs kept the view busy; retry in a moment".into(),
         )
-        .into_response()
-    };
-    let Ok(permit) = view.heavy.clone().try_acquire_owned() else {
-        return busy();
+        .into_response();
     };
     // The permit goes with the work: one computation at a time, even past
     // the budget.
@@ -151,7 +159,7 @@ async fn heavy(view: &View, work: impl FnOnce() -> Response + Send + 'static) ->
         drop(permit);
         answer
     });
-    match tokio::time::timeout(HEAVY_BUDGET, task).await {
+    match tokio::time::timeout_at(arrived + HEAVY_BUDGET, task).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => ViewError(
             StatusCode::INTERNAL_SERVER_ERROR,

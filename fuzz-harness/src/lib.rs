@@ -167,6 +167,7 @@ pub fn symbolize_elf(data: &[u8]) {
         }
         let _ = object.symbolize(0x40_1000);
     }
+    let _ = std::fs::remove_file(&path);
 }
 
 /// What a target does with one input.

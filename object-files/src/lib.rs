@@ -94,7 +94,8 @@ impl ElfInfo {
         self.segments
             .iter()
             .find(|s| file_offset >= s.file_offset && file_offset - s.file_offset < s.file_size)
-            .map(|s| file_offset - s.file_offset + s.vaddr)
+            // A segment's address comes from the file: any value (fuzzed).
+            .and_then(|s| (file_offset - s.file_offset).checked_add(s.vaddr))
     }
 
     /// The first executable PT_LOAD segment (where code is).
@@ -300,6 +301,26 @@ impl ObjectLocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_address_near_the_top_is_no_address_not_a_panic() {
+        // Found by fuzzing (fuzz/regressions/symbolize_elf).
+        let info = ElfInfo {
+            elf_type: object::elf::ET_DYN.0,
+            segments: vec![Segment {
+                file_offset: 0x1000,
+                file_size: 0x1000,
+                vaddr: u64::MAX - 0x10,
+                executable: true,
+                writable: false,
+            }],
+            build_id: None,
+            debuglink: None,
+            has_dwarf: false,
+        };
+        assert_eq!(info.virtual_address(0x1008), Some(u64::MAX - 8));
+        assert_eq!(info.virtual_address(0x1100), None);
+    }
 
     #[test]
     fn a_distribution_binary_is_described() {

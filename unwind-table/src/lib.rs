@@ -469,7 +469,7 @@ impl UnwindTable {
         let s = segments.iter().find(|s| {
             s.executable
                 && offset >= s.file_offset & !(PAGE - 1)
-                && offset < s.file_offset + s.file_size
+                && offset < s.file_offset.saturating_add(s.file_size)
         })?;
         // p_vaddr and p_offset agree modulo the page size.
         Some(s.vaddr.wrapping_sub(s.file_offset.wrapping_sub(offset)))

@@ -134,12 +134,15 @@ impl UnwindTables {
                 to_compile.insert(key.clone());
             }
         }
+        // What the walker saw before this update (the pending entry below
+        // is compared with nothing).
+        let old = self.maps.processes.get(&pid, 0).ok();
         if !to_compile.is_empty() {
             // Written before compiling (tens of milliseconds a table): the
             // walker then knows the process — its interpreter, so deferred
             // walks carry its frames — and defers walks into code whose
             // table is on its way instead of guessing with frame pointers.
-            self.write_entry(pid, info, keys.clone(), &to_compile);
+            self.write_entry(pid, info, keys.clone(), &to_compile, old.as_ref());
         }
         // Compile what is missing, then register it all with one write (one
         // RCU grace period per process, not per table).
@@ -187,21 +190,26 @@ impl UnwindTables {
             }
         }
         self.register(pending);
-        self.write_entry(pid, info, keys, &HashSet::new());
+        self.write_entry(pid, info, keys, &HashSet::new(), old.as_ref());
     }
 
     /// Writes `pid`'s entry: its mappings with the tables loaded now, and
-    /// [`TABLE_PENDING`] for those of `compiling`.
+    /// [`TABLE_PENDING`] for those of `compiling` (a pending entry, replaced
+    /// once they are); `old` is the entry before this update.
     fn write_entry(
         &mut self,
         pid: u32,
         info: &ProcessInfo,
         keys: Vec<Option<ObjectKey>>,
         compiling: &HashSet<ObjectKey>,
+        old: Option<&ProcessUnwindInfo>,
     ) {
+        let pending = !compiling.is_empty();
         let (mut all, objects) = self.unwind_mappings(info, keys, compiling);
         if all.len() > MAX_UNWIND_MAPPINGS {
-            self.counts.mappings_dropped += (all.len() - MAX_UNWIND_MAPPINGS) as u64;
+            if !pending {
+                self.counts.mappings_dropped += (all.len() - MAX_UNWIND_MAPPINGS) as u64;
+            }
             all.truncate(MAX_UNWIND_MAPPINGS);
         }
         let mut entry = ProcessUnwindInfo {
@@ -221,10 +229,11 @@ impl UnwindTables {
         // The unwinder asks for a re-read at most once a second per process,
         // and defers walks into unknown code while the entry is young. When
         // the mappings did change (a loader at work), both start again; when
-        // they did not (JIT code, odd addresses) the limits hold.
-        if let Ok(old) = self.maps.processes.get(&pid, 0) {
+        // they did not (JIT code, odd addresses, a table that cannot be
+        // compiled) the limits hold — and a pending entry never resets them.
+        if let Some(old) = old {
             let count = (old.mapping_count as usize).min(MAX_UNWIND_MAPPINGS);
-            if old.mappings[..count] == entry.mappings[..all.len()] {
+            if pending || old.mappings[..count] == entry.mappings[..all.len()] {
                 entry.refresh_requested_ns = old.refresh_requested_ns;
                 entry.written_ns = old.written_ns;
             }

@@ -6,6 +6,7 @@
 //! `pprof`, other agents) through a pipeline.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -231,7 +232,14 @@ fn read_file(
         };
         return Err((format!("{size} bytes on disk, {e}"), "too_large"));
     }
-    let data = std::fs::read(file).map_err(io)?;
+    // Read within the limit, should the file grow meanwhile.
+    let mut data = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| {
+            f.take(limits.max_bytes.saturating_add(1))
+                .read_to_end(&mut data)
+        })
+        .map_err(io)?;
     if data.is_empty() {
         // An empty message would decode as a profile with no samples.
         return Err(("empty file (0 bytes)".to_owned(), "empty"));
