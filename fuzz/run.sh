@@ -6,7 +6,7 @@
 # fuzz/regressions/TARGET: the stable test suite replays seeds and
 # regressions through the same code (fuzz-harness/tests/seeds.rs).
 # Usage: fuzz/run.sh [SECONDS=60] [TARGET...]   (default: every target)
-# Figures (executions, coverage) are printed per target at the end.
+# Figures (executions, coverage) are printed as each target ends.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-60}
@@ -21,7 +21,6 @@ fi
 # what is looked for; no sanitizer, so a build is minutes, not tens.
 flags=(--sanitizer none --debug-assertions)
 cargo +nightly fuzz build "${flags[@]}"
-summary=()
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "seeds/$t"
   log=$(mktemp)
@@ -33,7 +32,6 @@ for t in "${targets[@]}"; do
   fi
   runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
-  summary+=("$(printf '%-14s %5ss  %10s runs  %s' "$t" "$seconds" "$runs" "$cov")")
+  printf '%-14s %5ss  %10s runs  %s\n' "$t" "$seconds" "$runs" "$cov"
   rm -f "$log"
 done
-printf '%s\n' "${summary[@]}"

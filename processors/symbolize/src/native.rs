@@ -216,6 +216,11 @@ impl ObjectSymbolizer {
     }
 
     fn lookup(&mut self, vaddr: u64) -> Vec<Frame> {
+        // No instruction starts at the last byte of the address space, and
+        // addr2line probes [vaddr, vaddr + 1): an overflow (found by fuzzing).
+        if vaddr == u64::MAX {
+            return Vec::new();
+        }
         let names = &mut self.names;
         let empty: Arc<str> = Arc::from("");
         let mut frames = Vec::new();
