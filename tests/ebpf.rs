@@ -20,6 +20,8 @@ mod stack_chain;
 use stack_chain::{complete_down_to, complete_down_to_main, outside_the_workload};
 #[path = "support/go_workload.rs"]
 mod go_workload;
+#[path = "support/sinks.rs"]
+mod sinks;
 
 /// The tests measure CPU shares: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -77,6 +79,15 @@ impl Agent {
 
     /// [`Agent::start`] with extra flags.
     fn start_with(out: &Path, flags: &[&str]) -> Agent {
+        let store = format!("--local-store-directory={}", out.display());
+        let mut args = vec![store.as_str()];
+        args.extend(flags);
+        Self::launch(out, &args)
+    }
+
+    /// Starts the agent with `args`; returns once it is warm, with `out`
+    /// the directory its (first) file exporter writes to.
+    fn launch(out: &Path, args: &[&str]) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
             .args([
                 "--http-address",
@@ -84,8 +95,7 @@ impl Agent {
                 "--profiling-duration=1s",
                 "--log-format=json",
             ])
-            .arg(format!("--local-store-directory={}", out.display()))
-            .args(flags)
+            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -140,20 +150,21 @@ impl Agent {
 
     /// The receiver's metrics whose names contain `part`, as `/metrics` shows them.
     fn metrics(&self, part: &str) -> Vec<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.http).unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.http
-        )
-        .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        body.lines()
+        self.get("/metrics")
+            .lines()
             .filter(|l| !l.starts_with('#') && l.contains(part))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The HTTP view's answer to `GET path`, head and body.
+    fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.http).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.http).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        String::from_utf8_lossy(&response).into_owned()
     }
 
     /// Stops the agent (SIGTERM), checks it exits 0, returns every batch it wrote.
@@ -172,12 +183,16 @@ impl Agent {
             .success());
         let status = self.child.wait().unwrap();
         assert_eq!(status.code(), Some(0));
-        let batches = profiles_in(&self.out)
-            .iter()
-            .flat_map(|f| from_pprof(&std::fs::read(f).unwrap()).unwrap())
-            .collect();
-        (batches, measured)
+        (batches_in(&self.out), measured)
     }
+}
+
+/// Every batch of the pprof files in `dir`.
+fn batches_in(dir: &Path) -> Vec<ProfileBatch> {
+    profiles_in(dir)
+        .iter()
+        .flat_map(|f| from_pprof(&std::fs::read(f).unwrap()).unwrap())
+        .collect()
 }
 
 /// The pprof files in `dir`, in the order they were written.
@@ -1374,6 +1389,156 @@ fn python_names_stay_right_with_threads_and_fresh_code() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// A secret on a process's command line reaches no output (file, Parca,
+/// OTLP, the HTTP view) of a pipeline without `relabel`; a pipeline whose
+/// rule copies `__meta_process_cmdline` to a label does export it.
+#[test]
+fn command_line_secrets_never_leave_without_a_rule_that_copies_them() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile("fp_chain.c", dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (parca, parca_address) = sinks::ParcaSink::start(&runtime);
+    let (otlp, otlp_endpoint) = sinks::OtlpHttpSink::start(&runtime);
+    let (plain, copied) = (dir.path().join("plain"), dir.path().join("copied"));
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers: {{ebpf_cpu: {{}}}}
+processors:
+  metadata: {{}}
+  symbolize: {{}}
+  relabel/copy:
+    relabel_configs: [{{source_labels: [__meta_process_cmdline], target_label: cmdline}}]
+exporters:
+  file: {{directory: {plain}}}
+  file/copied: {{directory: {copied}}}
+  parca_grpc: {{address: '{parca_address}', insecure: true, batch_write_interval: 1s, debuginfo_upload_disable: true}}
+  otlp_profiles: {{endpoint: '{otlp_endpoint}', protocol: http, compression: none}}
+service:
+  pipelines:
+    profiles:
+      receivers: [ebpf_cpu]
+      processors: [metadata, symbolize]
+      exporters: [file, parca_grpc, otlp_profiles]
+    profiles/copied:
+      receivers: [ebpf_cpu]
+      processors: [metadata, relabel/copy]
+      exporters: [file/copied]
+",
+            plain = plain.display(),
+            copied = copied.display(),
+        ),
+    )
+    .unwrap();
+    let agent = Agent::launch(&plain, &["--config", config.to_str().unwrap()]);
+
+    let secret = format!("s3cret-{}", std::process::id());
+    let mut workload = Command::new(&binary)
+        .args(["4", "--bearer-token", &secret])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = workload.id().to_string();
+    // The view shows the latest window: read it while the workload runs.
+    std::thread::sleep(Duration::from_millis(2500));
+    let view: Vec<(&str, String)> = [
+        "/",
+        "/query?pipeline=profiles&debug=1",
+        "/flamegraph?pipeline=profiles",
+    ]
+    .into_iter()
+    .map(|path| (path, agent.get(path)))
+    .collect();
+    assert!(workload.wait().unwrap().success());
+    // Past the Parca exporter's next write.
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.stop();
+
+    // Each output got the workload's samples, and no secret. The status
+    // page lists both pipelines: the copying one must show it.
+    let (status_page, pages) = view.split_first().unwrap();
+    let section = |pipeline: &str| {
+        status_page
+            .1
+            .split("<h3>")
+            .find(|s| s.starts_with(&format!("{pipeline} — ")))
+            .unwrap_or_else(|| panic!("no {pipeline} on the status page"))
+            .to_owned()
+    };
+    assert!(section("profiles/copied").contains(&secret), "the control");
+    let plain_section = ("/ (pipeline profiles)", section("profiles"));
+    for (path, answer) in pages.iter().chain([&plain_section]) {
+        assert!(
+            answer.contains("fp_chain"),
+            "{path} without the workload: {answer}"
+        );
+        assert!(!answer.contains(&secret), "{path} shows the secret");
+    }
+    let files: Vec<Vec<u8>> = profiles_in(&plain)
+        .iter()
+        .map(|f| sinks::gunzip(&std::fs::read(f).unwrap()))
+        .collect();
+    let parca_series = parca.series();
+    let otlp_bodies = otlp.bodies();
+    let outputs: [(&str, Vec<&[u8]>); 3] = [
+        ("file", files.iter().map(Vec::as_slice).collect()),
+        (
+            "parca_grpc",
+            parca_series
+                .iter()
+                .flat_map(|s| &s.profiles)
+                .map(Vec::as_slice)
+                .collect(),
+        ),
+        (
+            "otlp_profiles",
+            otlp_bodies.iter().map(Vec::as_slice).collect(),
+        ),
+    ];
+    for (name, payloads) in &outputs {
+        assert!(
+            payloads.iter().any(|p| sinks::contains(p, "fp_chain")),
+            "{name}: none of {} payloads has the workload",
+            payloads.len()
+        );
+        assert!(
+            !payloads.iter().any(|p| sinks::contains(p, &secret)),
+            "{name} exported the secret"
+        );
+    }
+    assert!(
+        parca_series
+            .iter()
+            .any(|s| s.labels.contains(&("pid".to_owned(), pid.clone()))),
+        "no Parca series of the workload"
+    );
+    for s in &parca_series {
+        assert!(
+            s.labels
+                .iter()
+                .all(|(n, v)| !agent_core::is_internal_label(n) && !v.contains(&secret)),
+            "{:?}",
+            s.labels
+        );
+    }
+    // The control: copied by a rule, the command line is exported.
+    let cmdlines: Vec<String> = batches_in(&copied)
+        .iter()
+        .flat_map(|b| b.resolved_samples())
+        .filter(|s| s.series.get("pid") == Some(pid.as_str()))
+        .filter_map(|s| s.series.get("cmdline").map(str::to_owned))
+        .collect();
+    assert!(
+        cmdlines.iter().any(|c| c.contains(&secret)),
+        "the rule's copy is missing: {cmdlines:?}"
+    );
 }
 
 /// `--python-unwinding-disable`: the same workload shows the interpreter's

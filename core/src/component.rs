@@ -206,10 +206,35 @@ pub trait Receiver: Send {
     ) -> Result<(), ComponentError>;
 }
 
+/// What a processor does with one label of the batches it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelUse {
+    /// It may read the label (the default: a processor that does not say).
+    Reads,
+    /// It does not read it and leaves it for the processors after it.
+    Passes,
+    /// It does not read it and removes it (`relabel` and internal labels).
+    Ends,
+}
+
 /// A transformation of batches; one instance per pipeline, called in order.
 pub trait Processor: Send {
     /// Transforms one batch. An error drops the batch (it is counted).
     fn process(&mut self, batch: ProfileBatch) -> Result<ProfileBatch, ComponentError>;
+
+    /// What this processor does with label `name`, so the processors before
+    /// it can leave out labels nobody reads. Unknown processors may read any.
+    fn label_use(&self, name: &str) -> LabelUse {
+        let _ = name;
+        LabelUse::Reads
+    }
+
+    /// Called once before the first batch with whether a label this
+    /// processor sets can be read after it: by a later processor of its
+    /// pipeline or, for labels that are not internal, by its exporters.
+    fn read_later(&mut self, read_later: &dyn Fn(&str) -> bool) {
+        let _ = read_later;
+    }
 }
 
 /// A destination of batches; one instance shared by every pipeline naming it.

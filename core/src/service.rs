@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::component::*;
 use crate::config::AgentConfig;
-use crate::model::ProfileBatch;
+use crate::model::{is_internal_label, ProfileBatch};
 use crate::registry::Registry;
 use crate::telemetry::{ComponentTelemetry, Counter, Gauge, Histogram, Telemetry};
 
@@ -252,6 +252,7 @@ impl Service {
                 };
                 processors.push((id.clone(), processor));
             }
+            tell_what_is_read_later(&mut processors);
             let (tx, rx) = mpsc::channel(PIPELINE_INPUT_CAPACITY);
             inputs.insert(pid.clone(), tx);
             pipelines.push(PipelineRuntime {
@@ -516,6 +517,25 @@ async fn run_pipeline(mut p: PipelineRuntime) {
         for e in &p.exporters {
             e.offer(batch.clone(), &trace).await;
         }
+    }
+}
+
+/// Tells each processor of a pipeline which labels can be read after it.
+fn tell_what_is_read_later(processors: &mut [(String, Box<dyn Processor>)]) {
+    for i in 0..processors.len() {
+        let (head, later) = processors.split_at_mut(i + 1);
+        let read_later = |name: &str| {
+            for (_, p) in later.iter() {
+                match p.label_use(name) {
+                    LabelUse::Reads => return true,
+                    LabelUse::Ends => return false,
+                    LabelUse::Passes => {}
+                }
+            }
+            // Internal labels are dropped before the exporters.
+            !is_internal_label(name)
+        };
+        head[i].1.read_later(&read_later);
     }
 }
 
@@ -988,5 +1008,69 @@ service:
         ] {
             assert!(errors.contains(expected), "missing `{expected}` in:\n{errors}");
         }
+    }
+
+    /// Says `Reads`/`Ends` for the labels it lists, else its `rest`; keeps
+    /// what it was told is read later of `__meta_x` and `plain`.
+    struct Uses {
+        listed: Vec<(&'static str, LabelUse)>,
+        rest: LabelUse,
+        told: Arc<Mutex<Vec<(bool, bool)>>>,
+    }
+    impl Processor for Uses {
+        fn process(&mut self, b: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
+            Ok(b)
+        }
+        fn label_use(&self, name: &str) -> LabelUse {
+            self.listed
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(self.rest, |(_, u)| *u)
+        }
+        fn read_later(&mut self, read_later: &dyn Fn(&str) -> bool) {
+            self.told
+                .lock()
+                .unwrap()
+                .push((read_later("__meta_x"), read_later("plain")));
+        }
+    }
+
+    #[test]
+    fn processors_are_told_which_labels_are_read_after_them() {
+        use LabelUse::*;
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let p = |listed: Vec<(&'static str, LabelUse)>, rest| {
+            let processor: Box<dyn Processor> = Box::new(Uses {
+                listed,
+                rest,
+                told: told.clone(),
+            });
+            ("p".to_owned(), processor)
+        };
+        let first_told = |mut chain: Vec<(String, Box<dyn Processor>)>| {
+            told.lock().unwrap().clear();
+            tell_what_is_read_later(&mut chain);
+            told.lock().unwrap()[0]
+        };
+        // Alone: internal labels never reach an exporter, others do.
+        assert_eq!(first_told(vec![p(vec![], Passes)]), (false, true));
+        // A later reader, even past one that passes labels on.
+        let reader = || p(vec![("__meta_x", Reads)], Passes);
+        assert_eq!(
+            first_told(vec![p(vec![], Passes), p(vec![], Passes), reader()]),
+            (true, true)
+        );
+        // Not past one that removes it (relabel with internal labels).
+        let ender = p(vec![("__meta_x", Ends)], Passes);
+        assert_eq!(
+            first_told(vec![p(vec![], Passes), ender, reader()]),
+            (false, true)
+        );
+        // A processor that does not say may read anything.
+        let unknown: Box<dyn Processor> = Box::new(Doubler);
+        assert_eq!(
+            first_told(vec![p(vec![], Passes), ("d".into(), unknown)]),
+            (true, true)
+        );
     }
 }

@@ -5,8 +5,8 @@
 //! It works per distinct location and per distinct stack, never per sample.
 
 use agent_core::{
-    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, Processor, ProfileBatch,
-    Stability, StackId,
+    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, LabelUse, Processor,
+    ProfileBatch, Stability, StackId,
 };
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,12 @@ struct DropFrames {
 }
 
 impl Processor for DropFrames {
+    // It reads frames, no label: earlier processors may leave out labels
+    // nothing else reads (without this, a processor is taken to read all).
+    fn label_use(&self, _name: &str) -> LabelUse {
+        LabelUse::Passes
+    }
+
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
         let drop: Vec<bool> = batch
             .locations

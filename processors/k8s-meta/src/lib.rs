@@ -13,7 +13,8 @@ use std::sync::{Arc, OnceLock};
 
 use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_core::{
-    BuildContext, ComponentConfig, ComponentError, Factory, Processor, ProfileBatch, Stability,
+    BuildContext, ComponentConfig, ComponentError, Factory, LabelUse, Processor, ProfileBatch,
+    Stability,
 };
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -169,18 +170,29 @@ struct K8sMeta {
     unmatched: Counter,
 }
 
+/// The labels the `metadata` processor puts a cgroup path's container id in.
+const CONTAINER_ID_LABELS: [&str; 3] = [
+    "__meta_containerd_container_id",
+    "__meta_crio_container_id",
+    "__meta_docker_container_id",
+];
+
 /// The container id the `metadata` processor found in the cgroup path.
 fn container_id(set: &agent_core::LabelSet) -> Option<&str> {
-    [
-        "__meta_containerd_container_id",
-        "__meta_crio_container_id",
-        "__meta_docker_container_id",
-    ]
-    .into_iter()
-    .find_map(|label| set.get(label))
+    CONTAINER_ID_LABELS
+        .into_iter()
+        .find_map(|label| set.get(label))
 }
 
 impl Processor for K8sMeta {
+    fn label_use(&self, name: &str) -> LabelUse {
+        if CONTAINER_ID_LABELS.contains(&name) {
+            LabelUse::Reads
+        } else {
+            LabelUse::Passes
+        }
+    }
+
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
         let Some(stores) = self.stores.get() else {
             return Ok(batch);

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_core::{
-    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, Processor, ProfileBatch,
-    Stability,
+    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, LabelUse, Processor,
+    ProfileBatch, Stability,
 };
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +119,7 @@ impl Factory for MetadataFactory {
             fixed,
             proc_root: config.proc_root,
             cache: (!config.disable_caching).then(HashMap::new),
+            read_cmdline: true,
             names: config.container_names.then(|| {
                 names::ContainerNames::new(
                     names::NamesConfig {
@@ -166,6 +167,9 @@ struct Metadata {
     cache: Option<HashMap<u32, process::ProcessLabels>>,
     /// Container names; `None` when runtimes are not asked.
     names: Option<names::ContainerNames>,
+    /// Whether `__meta_process_cmdline` is read: only when something after
+    /// this processor can read it (command lines carry secrets).
+    read_cmdline: bool,
 }
 
 /// The container-id label of a label set, as `(label, id)`.
@@ -187,13 +191,13 @@ impl Metadata {
     ) -> Option<Vec<(String, String)>> {
         let exe = process::exe_link(&self.proc_root, pid);
         let read = match &mut self.cache {
-            None => process::read(&self.proc_root, pid, exe)?,
+            None => process::read(&self.proc_root, pid, exe, self.read_cmdline)?,
             Some(cache) => match (cache.get(&pid), exe) {
                 (Some(cached), Some(exe)) if cached.exe == exe => cached.clone(),
                 // Gone: what was read while it ran still describes its samples.
                 (Some(cached), None) => cached.clone(),
                 (_, exe) => {
-                    let read = process::read(&self.proc_root, pid, exe)?;
+                    let read = process::read(&self.proc_root, pid, exe, self.read_cmdline)?;
                     cache.insert(pid, read.clone());
                     read
                 }
@@ -207,6 +211,17 @@ impl Metadata {
 }
 
 impl Processor for Metadata {
+    fn label_use(&self, name: &str) -> LabelUse {
+        match name {
+            "pid" | "comm" => LabelUse::Reads,
+            _ => LabelUse::Passes,
+        }
+    }
+
+    fn read_later(&mut self, read_later: &dyn Fn(&str) -> bool) {
+        self.read_cmdline = read_later(process::CMDLINE_LABEL);
+    }
+
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
         let mut seen = HashSet::new();
         batch.map_series(|set| {
@@ -349,6 +364,34 @@ mod tests {
                     .get("__meta_process_executable_build_id")
                     .is_some_and(|id| id.len() >= 16));
             }
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_read_only_when_read_later() {
+        for read_later in [false, true] {
+            let mut p = MetadataFactory
+                .create(
+                    MetadataConfig::default(),
+                    &BuildContext::for_test("metadata"),
+                )
+                .unwrap();
+            p.read_later(&|name| read_later && name == process::CMDLINE_LABEL);
+            let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
+            let stack = b.stacks.intern(vec![]);
+            let me = std::process::id().to_string();
+            let series = b.label_sets.intern(LabelSet::new([("pid", me.as_str())]));
+            b.samples.push(Sample {
+                stack,
+                series,
+                attributes: 0,
+                value: 1,
+                timestamp_unix_nanos: None,
+            });
+            let b = p.process(b).unwrap();
+            let labels = b.labels(b.samples[0].series);
+            assert_eq!(labels.get("__meta_process_pid"), Some(me.as_str()));
+            assert_eq!(labels.get(process::CMDLINE_LABEL).is_some(), read_later);
         }
     }
 

@@ -103,9 +103,17 @@ pub fn executable_facts(file: &File) -> Option<ExecutableFacts> {
     })
 }
 
-/// Every `__meta_process_*` label of `pid`, given its [`exe_link`];
-/// `None` if the process is gone.
-pub fn read(proc_root: &Path, pid: u32, exe: Option<String>) -> Option<ProcessLabels> {
+/// The label holding a process's command line.
+pub const CMDLINE_LABEL: &str = "__meta_process_cmdline";
+
+/// Every `__meta_process_*` label of `pid`, given its [`exe_link`] (the
+/// command line only if `cmdline`); `None` if the process is gone.
+pub fn read(
+    proc_root: &Path,
+    pid: u32,
+    exe: Option<String>,
+    cmdline: bool,
+) -> Option<ProcessLabels> {
     let dir = proc_root.join(pid.to_string());
     let exe = exe.unwrap_or_default();
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
@@ -113,17 +121,17 @@ pub fn read(proc_root: &Path, pid: u32, exe: Option<String>) -> Option<ProcessLa
         .unwrap_or_default()
         .trim_end()
         .to_owned();
-    let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-    let cmdline = cmdline
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut labels = vec![
-        ("__meta_process_pid".to_owned(), pid.to_string()),
-        ("__meta_process_cmdline".to_owned(), cmdline),
-    ];
+    let mut labels = vec![("__meta_process_pid".to_owned(), pid.to_string())];
+    if cmdline {
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let cmdline = cmdline
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        labels.push((CMDLINE_LABEL.to_owned(), cmdline));
+    }
     if let Some(ppid) = ppid(&stat) {
         labels.push(("__meta_process_ppid".into(), ppid));
     }
@@ -205,7 +213,13 @@ mod tests {
     #[test]
     fn this_process_has_its_labels() {
         let me = std::process::id();
-        let labels = read(Path::new("/proc"), me, exe_link(Path::new("/proc"), me)).unwrap();
+        let labels = read(
+            Path::new("/proc"),
+            me,
+            exe_link(Path::new("/proc"), me),
+            true,
+        )
+        .unwrap();
         let get = |k: &str| {
             labels
                 .labels
@@ -239,6 +253,8 @@ mod tests {
             get("__meta_process_executable_static").as_deref(),
             Some("false")
         );
-        assert!(read(Path::new("/proc"), u32::MAX - 1, None).is_none());
+        assert!(read(Path::new("/proc"), u32::MAX - 1, None, true).is_none());
+        let without = read(Path::new("/proc"), me, None, false).unwrap();
+        assert!(without.labels.iter().all(|(n, _)| n != CMDLINE_LABEL));
     }
 }

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use agent_core::model::GO_LABEL_PREFIX;
 use agent_core::telemetry::Counter;
 use agent_core::{
-    is_label_name, BuildContext, ComponentConfig, ComponentError, Factory, FieldError, LabelSet,
-    Processor, ProfileBatch, Stability,
+    is_internal_label, is_label_name, BuildContext, ComponentConfig, ComponentError, Factory,
+    FieldError, LabelSet, LabelUse, Processor, ProfileBatch, Stability,
 };
 use md5::{Digest, Md5};
 use regex::Regex;
@@ -329,6 +329,18 @@ impl Relabeler {
         })
     }
 
+    /// True when a rule can read label `name`: as a source label, or by
+    /// its name (`labelmap`, `labeldrop`, `labelkeep`).
+    pub fn may_read(&self, name: &str) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.config.source_labels.iter().any(|l| l == name)
+                || (matches!(
+                    rule.config.action,
+                    Action::LabelMap | Action::LabelDrop | Action::LabelKeep
+                ) && rule.regex.is_match(name))
+        })
+    }
+
     /// [`Relabeler::relabel`], then removes labels starting with `__` but `__name__`.
     pub fn process_labels(&self, labels: &LabelSet) -> Option<LabelSet> {
         let mut out = self.relabel(labels)?;
@@ -450,6 +462,16 @@ struct RelabelProcessor {
 }
 
 impl Processor for RelabelProcessor {
+    fn label_use(&self, name: &str) -> LabelUse {
+        if self.relabeler.may_read(name) {
+            LabelUse::Reads
+        } else if is_internal_label(name) {
+            LabelUse::Ends
+        } else {
+            LabelUse::Passes
+        }
+    }
+
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
         let relabeler = &self.relabeler;
         let before = batch.sample_count();

@@ -406,3 +406,29 @@ fn rules_without_sample_labels_run_per_series() {
     let labelmap = Relabeler::new(rules("- {regex: '__meta_(.+)', action: labelmap}\n")).unwrap();
     assert!(labelmap.reads_sample_labels());
 }
+
+#[test]
+fn a_label_is_read_by_its_source_rules_and_by_name_matches() {
+    let relabeler = Relabeler::new(rules(
+        "- {source_labels: [__meta_process_cmdline], target_label: cmdline}
+- {regex: '__meta_go_label_(.+)', action: labelmap}
+- {regex: 'tmp_.*', action: labeldrop}
+",
+    ))
+    .unwrap();
+    for read in ["__meta_process_cmdline", "__meta_go_label_handler", "tmp_x"] {
+        assert!(relabeler.may_read(read), "{read}");
+    }
+    for unread in ["__meta_process_pid", "comm", "cmdline"] {
+        assert!(!relabeler.may_read(unread), "{unread}");
+    }
+    let embedded: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../../../pipeline.yaml")).unwrap();
+    let rules =
+        serde_yaml::from_value(embedded["processors"]["relabel"]["relabel_configs"].clone());
+    let embedded = Relabeler::new(rules.unwrap()).unwrap();
+    assert!(
+        !embedded.may_read("__meta_process_cmdline"),
+        "the embedded pipeline reads no command line"
+    );
+}

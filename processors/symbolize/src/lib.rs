@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use agent_core::telemetry::Counter;
 use agent_core::{
-    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, FrameType, Function, Line,
-    Location, LocationId, MappingId, Processor, ProfileBatch, Stability,
+    BuildContext, ComponentConfig, ComponentError, Factory, FieldError, FrameType, Function,
+    LabelUse, Line, Location, LocationId, MappingId, Processor, ProfileBatch, Stability,
 };
 use serde::{Deserialize, Serialize};
 
@@ -504,6 +504,13 @@ fn set_lines(batch: &mut ProfileBatch, loc: LocationId, frames: &[Frame], frame_
 }
 
 impl Processor for Symbolizer {
+    fn label_use(&self, name: &str) -> LabelUse {
+        match name {
+            "pid" | "__meta_process_pid" => LabelUse::Reads,
+            _ => LabelUse::Passes,
+        }
+    }
+
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
         self.symbolize(&mut batch);
         Ok(batch)
