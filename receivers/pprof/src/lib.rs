@@ -187,8 +187,10 @@ type Stamp = (u64, Option<SystemTime>);
 /// What a scan remembers of each file.
 type Seen = HashMap<PathBuf, Stamp>;
 
-/// Files under `path` not read yet (or changed since a failed read), in name order.
-fn new_files(path: &Path, seen: &Seen) -> std::io::Result<Vec<(PathBuf, Stamp)>> {
+/// Files under `path` not read yet (or changed since a failed read), in
+/// name order; files gone from `path` are forgotten, so a directory whose
+/// files come and go costs memory for what it holds, not what it held.
+fn new_files(path: &Path, seen: &mut Seen) -> std::io::Result<Vec<(PathBuf, Stamp)>> {
     let mut out = Vec::new();
     let entries: Vec<PathBuf> = if path.is_file() {
         vec![path.to_owned()]
@@ -201,6 +203,7 @@ fn new_files(path: &Path, seen: &Seen) -> std::io::Result<Vec<(PathBuf, Stamp)>>
         v.sort();
         v
     };
+    seen.retain(|p, _| entries.binary_search(p).is_ok());
     for p in entries {
         let Ok(meta) = std::fs::metadata(&p) else {
             continue;
@@ -262,7 +265,7 @@ fn scan(
     limits: PprofLimits,
     counters: Counters,
 ) -> (Seen, Vec<ProfileBatch>) {
-    let files = match new_files(&path, &seen) {
+    let files = match new_files(&path, &mut seen) {
         Ok(f) => f,
         Err(e) => {
             warn!(path = %path.display(), error = %e, "cannot list pprof directory");
@@ -536,6 +539,30 @@ mod tests {
             unreadable(&counters),
             [("too_large", 2), ("too_many_samples", 1)]
         );
+    }
+
+    #[test]
+    fn files_gone_from_a_watched_directory_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Counters::new(&agent_core::telemetry::Telemetry::default().scoped(&[]));
+        let limits = PprofReceiverConfig::default().limits();
+        let mut seen = Seen::default();
+        for i in 0..3 {
+            let file = dir.path().join(format!("{i}.pb.gz"));
+            std::fs::write(&file, pprof_bytes(1, "x")).unwrap();
+            let (kept, read) = scan(
+                dir.path().into(),
+                seen,
+                BTreeMap::new(),
+                limits,
+                counters.clone(),
+            );
+            assert_eq!(read.len(), 1, "file {i} read once");
+            assert_eq!(kept.keys().collect::<Vec<_>>(), [&file]);
+            seen = kept;
+            std::fs::remove_file(&file).unwrap();
+        }
+        assert_eq!(counters.files_read.get(), 3);
     }
 
     #[test]
