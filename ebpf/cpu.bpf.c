@@ -190,7 +190,7 @@ static __always_inline void count(__u32 index)
 		*v += 1;
 }
 
-static __always_inline void send_event(__u32 kind, __u32 pid)
+static __always_inline void send_event_flags(__u32 kind, __u32 pid, __u64 flags)
 {
 	struct process_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -199,7 +199,15 @@ static __always_inline void send_event(__u32 kind, __u32 pid)
 	}
 	e->kind = kind;
 	e->pid = pid;
-	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	bpf_ringbuf_submit(e, flags);
+}
+
+/* Wakes the reader at once: it reads a new image's mappings while the
+ * process lives. (Not the ring's default, which wakes only a reader that has
+ * read everything: exits queued without a wakeup would hold these back.) */
+static __always_inline void send_event(__u32 kind, __u32 pid)
+{
+	send_event_flags(kind, pid, BPF_RB_FORCE_WAKEUP);
 }
 
 static __always_inline int read_user(__u64 *value, __u64 address)
@@ -822,7 +830,11 @@ int process_exit(void *ctx)
 		return 0;
 	*known |= GENERATION_EXITED;
 	bpf_map_delete_elem(&unwind_processes, &pid);
-	send_event(PROCESS_EXIT, pid);
+	/* Nothing waits on an exit: it is read with the next record woken
+	 * for, or at the reader's next timeout. A wakeup is an interrupt to
+	 * self, which in a VM exits to the hypervisor: ~15 us an exit under
+	 * process churn, 12 ms/s at 800 processes a second. */
+	send_event_flags(PROCESS_EXIT, pid, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
