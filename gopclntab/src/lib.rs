@@ -87,6 +87,15 @@ const TOP_FRAMES: [&str; 4] = [
     "runtime.mstart0",
 ];
 
+/// `base + stride * i`: where element `i` of a table at `base` starts;
+/// an error where that overflows (a count from a malformed header).
+fn element(base: usize, stride: usize, i: usize) -> Result<usize, Error> {
+    stride
+        .checked_mul(i)
+        .and_then(|o| base.checked_add(o))
+        .ok_or(Error::Malformed("offset"))
+}
+
 /// One function of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Func {
@@ -203,11 +212,14 @@ impl<D: AsRef<[u8]>> GoTable<D> {
         table.go_version = table.image.go_version(table.data.as_ref());
         match format {
             Format::Go12 => {
-                let functab_bytes = (nfunc * 2 + 1)
-                    .checked_mul(8)
+                // nfunc (entry, record) pairs, then the end of text.
+                let functab_end = element(table.functab, 16, nfunc)?
+                    .checked_add(8)
                     .ok_or(Error::Malformed("function count"))?;
-                let filetab_at = table.u32(table.functab + functab_bytes)? as usize;
-                table.filetab = pclntab + filetab_at;
+                let filetab_at = table.u32(functab_end)? as usize;
+                table.filetab = pclntab
+                    .checked_add(filetab_at)
+                    .ok_or(Error::Malformed("file table offset"))?;
                 table.nfiles = table.u32(table.filetab)? as usize;
             }
             Format::Go116 | Format::Go118 | Format::Go120 => {
@@ -229,7 +241,7 @@ impl<D: AsRef<[u8]>> GoTable<D> {
             let word_of = |m: u64, i: u64| {
                 table
                     .image
-                    .word_at(table.data.as_ref(), m + 8 * i)
+                    .word_at(table.data.as_ref(), m.checked_add(8 * i)?)
                     .filter(|&w| w != 0)
             };
             // Go 1.26+ leaves the header's text start 0: the runtime's
@@ -426,7 +438,7 @@ impl<D: AsRef<[u8]>> GoTable<D> {
     fn functab_entry(&self, i: usize) -> Result<(u64, usize), Error> {
         match self.format {
             Format::Go118 | Format::Go120 => {
-                let at = self.functab + 8 * i;
+                let at = element(self.functab, 8, i)?;
                 let entry = self.text_start.wrapping_add(u64::from(self.u32(at)?));
                 let record = if i == self.nfunc {
                     0
@@ -436,7 +448,7 @@ impl<D: AsRef<[u8]>> GoTable<D> {
                 Ok((entry, record as usize))
             }
             Format::Go12 | Format::Go116 => {
-                let at = self.functab + 16 * i;
+                let at = element(self.functab, 16, i)?;
                 let entry = self.u64(at)?;
                 let record = if i == self.nfunc {
                     0
@@ -520,11 +532,16 @@ impl<D: AsRef<[u8]>> GoTable<D> {
         if self.format >= Format::Go118 {
             let offset = self.u32(start + 4 * index as usize)?;
             return Ok((offset != u32::MAX)
-                .then(|| self.gofunc.map(|g| g + u64::from(offset)))
+                .then(|| self.gofunc.and_then(|g| g.checked_add(u64::from(offset))))
                 .flatten());
         }
         // Pointers, aligned to 8 in the loaded image.
-        let vaddr_of = |at: usize| self.image.pclntab.1 + (at - self.pclntab) as u64;
+        let vaddr_of = |at: usize| {
+            self.image
+                .pclntab
+                .1
+                .wrapping_add((at - self.pclntab) as u64)
+        };
         let start = if vaddr_of(start) % 8 != 0 {
             start + 4
         } else {
