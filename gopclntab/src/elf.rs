@@ -114,7 +114,7 @@ impl Image {
                 let i = (skew..bytes.len().saturating_sub(32))
                     .step_by(16)
                     .find(|&i| bytes[i..].starts_with(MAGIC))?;
-                Some(s.vaddr + i as u64)
+                s.vaddr.checked_add(i as u64)
             })
         })?;
         let header = self
@@ -130,7 +130,7 @@ impl Image {
             // A pointer to `runtime.buildVersion`, a string header.
             let header_at = u64::from_le_bytes(header[16..24].try_into().ok()?);
             let string = self.word_at(data, header_at)?;
-            let len = self.word_at(data, header_at + 8)?;
+            let len = self.word_at(data, header_at.checked_add(8)?)?;
             self.bytes_at(data, string)?
                 .get(..usize::try_from(len).ok()?)?
         };
@@ -156,11 +156,11 @@ impl Image {
                 .chunks_exact(8)
                 .enumerate()
                 .filter(|(_, w)| u64::from_le_bytes((*w).try_into().unwrap_or_default()) == table)
-                .map(move |(i, _)| s.vaddr + 8 * i as u64)
+                .filter_map(move |(i, _)| s.vaddr.checked_add(8 * i as u64))
         });
         candidates
             .chain(scanned)
-            .find(|&at| self.word_at(data, at + 8) == Some(funcnametab))
+            .find(|&at| at.checked_add(8).and_then(|a| self.word_at(data, a)) == Some(funcnametab))
     }
 }
 
@@ -183,6 +183,6 @@ fn find_by_magic(data: &[u8], segments: &[Segment]) -> Option<(usize, u64, usize
                     && matches!(h[6], 1 | 2 | 4)
                     && h[7] == 8
             })
-            .map(|i| (start + i, s.vaddr + i as u64, bytes.len() - i))
+            .and_then(|i| Some((start + i, s.vaddr.checked_add(i as u64)?, bytes.len() - i)))
     })
 }

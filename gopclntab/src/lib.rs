@@ -234,7 +234,8 @@ impl<D: AsRef<[u8]>> GoTable<D> {
             }
         }
         if format >= Format::Go118 {
-            let funcnametab_vaddr = vaddr + (table.funcnametab - pclntab) as u64;
+            // A crafted address may wrap: it then matches no module data.
+            let funcnametab_vaddr = vaddr.wrapping_add((table.funcnametab - pclntab) as u64);
             let moduledata = table
                 .image
                 .moduledata(table.data.as_ref(), funcnametab_vaddr);
