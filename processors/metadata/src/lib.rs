@@ -281,6 +281,18 @@ mod tests {
     use super::*;
     use agent_core::{LabelSet, ProfileType, Sample};
 
+    /// Adds one sample of `series` (value 1, empty stack) to `b`.
+    fn push_sample(b: &mut ProfileBatch, series: agent_core::LabelSetId) {
+        let stack = b.stacks.intern(vec![]);
+        b.samples.push(Sample {
+            stack,
+            series,
+            attributes: 0,
+            value: 1,
+            timestamp_unix_nanos: None,
+        });
+    }
+
     #[test]
     fn attaches_node_and_external_labels_without_overriding() {
         let config = MetadataConfig {
@@ -291,15 +303,8 @@ mod tests {
             .create(config, &BuildContext::for_test("metadata"))
             .unwrap();
         let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
-        let stack = b.stacks.intern(vec![]);
         let series = b.label_sets.intern(LabelSet::new([("comm", "nginx")]));
-        b.samples.push(Sample {
-            stack,
-            series,
-            attributes: 0,
-            value: 1,
-            timestamp_unix_nanos: None,
-        });
+        push_sample(&mut b, series);
         let b = p.process(b).unwrap();
         let labels = b.labels(b.samples[0].series);
         assert_eq!(labels.get("node"), Some("test-node"));
@@ -327,7 +332,6 @@ mod tests {
                 .unwrap();
             for _ in 0..2 {
                 let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
-                let stack = b.stacks.intern(vec![]);
                 let me = std::process::id().to_string();
                 let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
                 let series = b.label_sets.intern(LabelSet::new([
@@ -337,20 +341,8 @@ mod tests {
                 let foreign = b
                     .label_sets
                     .intern(LabelSet::new([("pid", me.as_str()), ("comm", "elsewhere")]));
-                b.samples.push(Sample {
-                    stack,
-                    series: foreign,
-                    attributes: 0,
-                    value: 1,
-                    timestamp_unix_nanos: None,
-                });
-                b.samples.push(Sample {
-                    stack,
-                    series,
-                    attributes: 0,
-                    value: 1,
-                    timestamp_unix_nanos: None,
-                });
+                push_sample(&mut b, foreign);
+                push_sample(&mut b, series);
                 let b = p.process(b).unwrap();
                 // A series naming another command is not this process.
                 assert!(b
@@ -378,16 +370,9 @@ mod tests {
                 .unwrap();
             p.read_later(&|name| read_later && name == process::CMDLINE_LABEL);
             let mut b = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
-            let stack = b.stacks.intern(vec![]);
             let me = std::process::id().to_string();
             let series = b.label_sets.intern(LabelSet::new([("pid", me.as_str())]));
-            b.samples.push(Sample {
-                stack,
-                series,
-                attributes: 0,
-                value: 1,
-                timestamp_unix_nanos: None,
-            });
+            push_sample(&mut b, series);
             let b = p.process(b).unwrap();
             let labels = b.labels(b.samples[0].series);
             assert_eq!(labels.get("__meta_process_pid"), Some(me.as_str()));
