@@ -190,7 +190,32 @@ static __always_inline void count(__u32 index)
 		*v += 1;
 }
 
-static __always_inline void send_event_flags(__u32 kind, __u32 pid, __u64 flags)
+/* Non-zero while the event reader waits in poll (it sets it before each
+ * wait; the first record that wakes it clears it). A wakeup is an interrupt
+ * to self, in a VM an exit to the hypervisor (~12 us): under process churn
+ * one per exec cost 10 ms/s at 800 processes a second, and most found the
+ * reader between reads, where a wakeup wakes nobody. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} reader_asleep SEC(".maps");
+
+/* Submit flags for a record the reader must see soon: a wakeup if it
+ * sleeps. Called after the record's reserve: the exchange is a full
+ * barrier, so either it sees the flag or the reader, which sets the flag
+ * before its poll looks at the ring, sees the record. */
+static __always_inline __u64 wakeup_if_asleep(void)
+{
+	__u32 zero = 0;
+	__u64 *asleep = bpf_map_lookup_elem(&reader_asleep, &zero);
+	if (!asleep)
+		return BPF_RB_FORCE_WAKEUP;
+	return __sync_lock_test_and_set(asleep, 0) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void send_event_flags(__u32 kind, __u32 pid, int urgent)
 {
 	struct process_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -199,15 +224,15 @@ static __always_inline void send_event_flags(__u32 kind, __u32 pid, __u64 flags)
 	}
 	e->kind = kind;
 	e->pid = pid;
-	bpf_ringbuf_submit(e, flags);
+	bpf_ringbuf_submit(e, urgent ? wakeup_if_asleep() : BPF_RB_NO_WAKEUP);
 }
 
-/* Wakes the reader at once: it reads a new image's mappings while the
+/* Wakes the reader (if it sleeps): it reads a new image's mappings while the
  * process lives. (Not the ring's default, which wakes only a reader that has
  * read everything: exits queued without a wakeup would hold these back.) */
 static __always_inline void send_event(__u32 kind, __u32 pid)
 {
-	send_event_flags(kind, pid, BPF_RB_FORCE_WAKEUP);
+	send_event_flags(kind, pid, 1);
 }
 
 static __always_inline int read_user(__u64 *value, __u64 address)
@@ -419,13 +444,27 @@ static __always_inline void announce_object(__u32 pid, __u32 kind, __u32 validat
 }
 
 /* Just the fields read of the kernel's structs, relocated by CO-RE: the
- * thread's fs base, where language runtimes keep their thread state. */
+ * thread's fs base, where language runtimes keep their thread state, and
+ * the task's flags. */
 struct thread_struct___agent {
 	unsigned long fsbase;
 } __attribute__((preserve_access_index));
 struct task_struct___agent {
+	unsigned int flags;
 	struct thread_struct___agent thread;
 } __attribute__((preserve_access_index));
+
+#define PF_EXITING 0x00000004
+
+/* Whether the current task is past its exit (sched_process_exit fires
+ * after PF_EXITING is set; the task is sampled on while it tears down). */
+static __always_inline int current_exiting(void)
+{
+	struct task_struct___agent *task = (void *)bpf_get_current_task();
+	unsigned int flags = 0;
+	bpf_probe_read_kernel(&flags, sizeof(flags), &task->flags);
+	return flags & PF_EXITING;
+}
 
 #include "runtimes/python.h"
 #include "runtimes/go.h"
@@ -638,7 +677,7 @@ static __always_inline int send_deferred(struct bpf_perf_event_data *ctx, struct
 	d->interp_words = interp_words;
 	d->reserved = 0;
 	d->stack_bytes = copy_user_stack(d->stack, st->sp);
-	bpf_ringbuf_submit(d, BPF_RB_FORCE_WAKEUP);
+	bpf_ringbuf_submit(d, wakeup_if_asleep());
 	return 1;
 }
 
@@ -766,6 +805,11 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 		__u32 *known = bpf_map_lookup_elem(&known_processes, &key.pid);
 		if (known && !(*known & GENERATION_EXITED)) {
 			generation = *known;
+		} else if (current_exiting()) {
+			/* The exited process itself, not a new one under its
+			 * pid: announced, it would be read in vain and its
+			 * entry never dropped. */
+			generation = known ? *known & ~GENERATION_EXITED : 0;
 		} else {
 			/* New, or a new process under an exited one's pid. */
 			if (known)
@@ -830,11 +874,10 @@ int process_exit(void *ctx)
 		return 0;
 	*known |= GENERATION_EXITED;
 	bpf_map_delete_elem(&unwind_processes, &pid);
-	/* Nothing waits on an exit: it is read with the next record woken
-	 * for, or at the reader's next timeout. A wakeup is an interrupt to
-	 * self, which in a VM exits to the hypervisor: ~15 us an exit under
-	 * process churn, 12 ms/s at 800 processes a second. */
-	send_event_flags(PROCESS_EXIT, pid, BPF_RB_NO_WAKEUP);
+	/* Nothing waits on an exit: it never wakes the reader (see
+	 * reader_asleep), it is read with the next record woken for, or at
+	 * the reader's next timeout. */
+	send_event_flags(PROCESS_EXIT, pid, 0);
 	return 0;
 }
 

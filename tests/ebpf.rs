@@ -4,7 +4,7 @@
 //! They need root (or CAP_BPF + CAP_PERFMON) and clang. Outside CI they are
 //! skipped, loudly, when those are missing; with `CI=true` they fail instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -958,6 +958,70 @@ fn short_lived_processes_are_unwound_from_their_first_millisecond() {
         complete >= 0.99,
         "complete in only {:.1}% of samples",
         complete * 100.0
+    );
+}
+
+/// The pids in the newest BPF map named `name` (the agent under test's:
+/// these tests run one agent at a time).
+fn bpf_map_pids(name: &str) -> HashSet<u32> {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool {args:?} failed");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let id = json(&["map", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == name)
+        .filter_map(|m| m["id"].as_u64())
+        .max()
+        .unwrap_or_else(|| panic!("no BPF map {name}"));
+    json(&["map", "dump", "id", &id.to_string()])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["formatted"]["key"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Under process churn most processes are gone before the agent reads
+/// them: each must still leave nothing behind in the BPF process table
+/// (which BPF keeps for an exited process until told).
+#[test]
+fn exited_processes_leave_nothing_in_the_bpf_process_table() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&dir.path().join("out"));
+    let pids: Vec<u32> = (0..500)
+        .map(|_| {
+            let mut child = Command::new("/bin/true").spawn().unwrap();
+            assert!(child.wait().unwrap().success());
+            child.id()
+        })
+        .collect();
+    // Those read while they lived are forgotten after the window (1 s) they
+    // exited in; the others as soon as their exit is read.
+    std::thread::sleep(Duration::from_millis(2500));
+    let table = bpf_map_pids("known_processes");
+    agent.stop();
+    let left: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|pid| table.contains(pid) && !Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} of {} exited processes are still in known_processes: {left:?}",
+        left.len(),
+        pids.len()
     );
 }
 

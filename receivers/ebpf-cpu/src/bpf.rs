@@ -803,6 +803,17 @@ impl Sampler {
         RingBuf::try_from(map).map_err(|e| map_error("events", e))
     }
 
+    /// Takes the flag the event reader raises before it sleeps (once).
+    pub fn take_reader_asleep(&mut self) -> Result<ReaderAsleep, EbpfCpuError> {
+        let map = self
+            .ebpf
+            .take_map("reader_asleep")
+            .ok_or_else(|| map_error("object", "no map reader_asleep"))?;
+        Ok(ReaderAsleep(
+            Array::try_from(map).map_err(|e| map_error("reader_asleep", e))?,
+        ))
+    }
+
     /// Takes the unwinder's table and process maps (once).
     pub fn take_unwind_maps(&mut self) -> Result<UnwindMaps, EbpfCpuError> {
         let mut take = |name: &str| {
@@ -967,6 +978,18 @@ fn ring_buffer_bytes(events_pages: u32, cpus: u32, frequency: u64, burst: Durati
         .min(MAX_DEFERRED_BYTES);
     let bytes = (events.max(deferred) * 2).next_power_of_two();
     u32::try_from(bytes).unwrap_or(1 << 31)
+}
+
+/// The flag the event reader raises before it sleeps: process events wake
+/// it only while it sleeps (`reader_asleep` in cpu.bpf.c says why).
+pub struct ReaderAsleep(Array<MapData, u64>);
+
+impl ReaderAsleep {
+    /// Raises the flag; false when the kernel refused (then nothing wakes
+    /// the reader, which must not sleep long).
+    pub fn raise(&mut self) -> bool {
+        self.0.set(0, 1, 0).is_ok()
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,8 @@ pub struct EventHandler {
     mode: UnwindMode,
     /// Processes to (re)read before the read ends.
     pending: HashSet<u32>,
+    /// Processes that exited before they were read, forgotten as the read ends.
+    unread_exits: HashSet<u32>,
     /// Finished deferred samples, with the sequence number of their window.
     finished: Vec<(u32, FinishedSample)>,
     /// Deferred walks since the metrics were last updated.
@@ -79,6 +81,7 @@ impl EventHandler {
         Self {
             mode,
             pending: HashSet::new(),
+            unread_exits: HashSet::new(),
             finished: Vec::new(),
             results: DeferredResults::default(),
             names: CodeNames::default(),
@@ -112,6 +115,10 @@ impl EventHandler {
         for pid in std::mem::take(&mut self.pending) {
             observe(tracker, tables, pid);
         }
+        if !self.unread_exits.is_empty() {
+            let pids: Vec<u32> = self.unread_exits.drain().collect();
+            tables.forget_unread(&pids);
+        }
     }
 
     /// Handles one record; true when it was a process event.
@@ -131,18 +138,20 @@ impl EventHandler {
             | bpf::PROCESS_EXEC
             | bpf::PROCESS_MAPPINGS_CHANGED
             | bpf::PROCESS_MMAP_EXEC => {
+                // A new process under a pid that exited in this read.
+                self.unread_exits.remove(&event.pid);
                 self.pending.insert(event.pid);
             }
             bpf::PROCESS_EXIT => {
-                if self.pending.remove(&event.pid) {
-                    observe(tracker, tables, event.pid);
-                }
+                // Its memory is gone by the time this is read: a pending
+                // read would find nothing.
+                self.pending.remove(&event.pid);
                 if tracker.get(event.pid).is_some() {
                     // Forgotten after the window it was sampled in.
                     tracker.exited(event.pid);
                 } else {
                     // Gone before it could be read: nothing waits for it.
-                    tables.remove_process(event.pid);
+                    self.unread_exits.insert(event.pid);
                 }
             }
             bpf::PROCESS_INTERP_CODE if record.len() >= std::mem::size_of::<InterpCodeEvent>() => {

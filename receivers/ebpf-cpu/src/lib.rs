@@ -38,7 +38,7 @@ use agent_core::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use bpf::{Drained, LoadOptions, Sampler, UnwindMode};
+use bpf::{Drained, LoadOptions, ReaderAsleep, Sampler, UnwindMode};
 use events::{DeferredResults, EventHandler, Shared};
 use process::{ProcessInfo, ProcessTracker};
 use runtimes::{CodeInfo, CodeKey, CodeNames, InterpFrame, UserFrame};
@@ -723,6 +723,7 @@ impl EbpfCpuReceiver {
         wake: UnixStream,
     ) -> Result<(), EbpfCpuError> {
         let ring = self.sampler.take_events()?;
+        let mut asleep = self.sampler.take_reader_asleep()?;
         let events_fd = ring.as_raw_fd();
         let shared = Arc::new(Mutex::new(Shared {
             ring,
@@ -737,7 +738,9 @@ impl EbpfCpuReceiver {
             let poll_interval = self.config.event_buffer_poll_interval;
             std::thread::Builder::new()
                 .name("ebpf-cpu-events".into())
-                .spawn(move || handle_events(&shared, events_fd, &wake, &stop, poll_interval))?
+                .spawn(move || {
+                    handle_events(&shared, events_fd, &mut asleep, &wake, &stop, poll_interval)
+                })?
         };
         let kernel = KernelImage::read();
         let profile_type = ProfileType::cpu_samples(self.config.sampling_frequency);
@@ -878,12 +881,20 @@ const MIN_READ_SPACING: Duration = Duration::from_millis(10);
 fn handle_events(
     shared: &Mutex<Shared>,
     events_fd: RawFd,
+    asleep: &mut ReaderAsleep,
     wake: &UnixStream,
     stop: &AtomicBool,
     poll_interval: Duration,
 ) {
     while !stop.load(Ordering::SeqCst) {
-        wait_readable(&[events_fd, wake.as_raw_fd()], Duration::from_secs(1));
+        // Raised, the flag makes the next new process wake us; exits never
+        // do, and are read at the latest when this times out.
+        let timeout = if asleep.raise() {
+            Duration::from_secs(1)
+        } else {
+            MIN_READ_SPACING
+        };
+        wait_readable(&[events_fd, wake.as_raw_fd()], timeout);
         let started = Instant::now();
         let handled = lock(shared).read_events();
         let spacing = match handled {

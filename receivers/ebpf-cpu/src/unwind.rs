@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use agent_unwind_table::{LoadSegment, UnwindRow, UnwindTable, UnwindTableError};
-use aya::maps::MapData;
+use aya::maps::{IterableMap, MapData};
 use tracing::{debug, warn};
 
 use crate::bpf::{
@@ -380,9 +380,11 @@ impl UnwindTables {
             .map(|(_, _, map)| map.fd().as_fd().as_raw_fd() as u32)
             .collect();
         let result = map_batch(BPF_MAP_UPDATE_BATCH, &self.maps.tables, &ids, Some(&fds));
-        for ((key, table, map), id) in pending.into_iter().zip(ids) {
+        // Those before the one the kernel refused are registered.
+        let refused = result.as_ref().err().map(|(done, e)| (*done as usize, e));
+        for (index, ((key, table, map), id)) in pending.into_iter().zip(ids).enumerate() {
             let bytes = table.size_bytes() as u64;
-            if let Err(e) = &result {
+            if let Some((_, e)) = refused.filter(|&(done, _)| index >= done) {
                 warn!(object = %key, error = %e, "cannot register an unwind table");
                 self.counts.failed += 1;
                 self.used_bytes -= bytes;
@@ -415,6 +417,21 @@ impl UnwindTables {
             .fold(false, |missing, key| !self.touch(key) | missing);
         self.process_objects.insert(pid, objects);
         missing
+    }
+
+    /// Forgets processes that exited before they were read: nothing of
+    /// them was written here, and BPF keeps an exited process's generation
+    /// until told. One syscall for all (under process churn most processes
+    /// are gone by the time their exec is read).
+    pub fn forget_unread(&mut self, pids: &[u32]) {
+        let map = IterableMap::map(&self.maps.generations);
+        let mut rest = pids;
+        while !rest.is_empty() {
+            // The kernel stops at a key it does not have (evicted from the
+            // LRU map): skip that one, go on with the others.
+            let (Ok(done) | Err((done, _))) = map_batch(BPF_MAP_DELETE_BATCH, map, rest, None);
+            rest = rest.get(done as usize + 1..).unwrap_or_default();
+        }
     }
 
     /// Forgets a process that exited (its pid is new to the BPF program again).
@@ -639,13 +656,15 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// One `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` of u32 keys (and values).
+/// One `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH` of u32 keys (and
+/// values): how many elements were done, all or (on error) those before the
+/// one that failed.
 fn map_batch(
     cmd: libc::c_long,
     map: &MapData,
     keys: &[u32],
     values: Option<&[u32]>,
-) -> std::io::Result<()> {
+) -> Result<u32, (u32, std::io::Error)> {
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.map_or(0, |v| v.as_ptr() as u64),
@@ -664,9 +683,9 @@ fn map_batch(
         )
     };
     if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err((attr.count, std::io::Error::last_os_error()));
     }
-    Ok(())
+    Ok(attr.count)
 }
 
 /// This process's vDSO image: the kernel maps the same one into every process.
