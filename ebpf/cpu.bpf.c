@@ -22,10 +22,12 @@
 
 #include "cpu.h"
 
+/* Each window's sample keys and user stacks: resized by user space to a
+ * window's samples on this machine (window_map_entries). */
 #define MAX_SAMPLE_KEYS 16384
+#define MAX_USER_STACKS 8192
 #define MAX_STACKS 8192
 #define MAX_PROCESSES 32768
-#define MAX_USER_STACKS 8192
 #define MAX_UNWIND_TABLES 8192
 /* Enough halvings for 2^25 rows and MAX_UNWIND_MAPPINGS mappings. */
 #define ROW_SEARCH_STEPS 25

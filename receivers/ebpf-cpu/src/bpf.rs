@@ -577,6 +577,8 @@ pub struct LoadOptions {
     /// How long the event thread may pause after a burst of process events
     /// (the ring holds the deferred walks of that long, and more).
     pub event_pause: Duration,
+    /// How long a window is: each window's maps hold its samples.
+    pub window: Duration,
 }
 
 /// The loaded and attached sampler.
@@ -696,6 +698,7 @@ impl Sampler {
         set_memlock(opts.memlock_rlimit)?;
         let burst = opts.event_pause + DEFERRED_BURST;
         let ring_bytes = ring_buffer_bytes(opts.events_pages, num_cpus(), opts.frequency, burst);
+        let window_entries = window_map_entries(num_cpus(), opts.frequency, opts.window);
         let level = if opts.verbose {
             VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
         } else {
@@ -704,6 +707,10 @@ impl Sampler {
         let ebpf = EbpfLoader::new()
             .verifier_log_level(level)
             .map_max_entries("events", ring_bytes)
+            .map_max_entries("counts_0", window_entries)
+            .map_max_entries("counts_1", window_entries)
+            .map_max_entries("user_stacks_0", window_entries)
+            .map_max_entries("user_stacks_1", window_entries)
             .load(OBJECT)
             .map_err(|e| load_error(&e))?;
         let mut sampler = Sampler {
@@ -978,6 +985,27 @@ fn ring_buffer_bytes(events_pages: u32, cpus: u32, frequency: u64, burst: Durati
         .min(MAX_DEFERRED_BYTES);
     let bytes = (events.max(deferred) * 2).next_power_of_two();
     u32::try_from(bytes).unwrap_or(1 << 31)
+}
+
+/// Fewest and most entries of each window's sample count and user stack maps.
+const MIN_WINDOW_ENTRIES: u64 = 1024;
+const MAX_WINDOW_ENTRIES: u64 = 1 << 16;
+
+/// Entries of each window's sample count and user stack maps (both
+/// preallocated, a user stack ~1 KiB): every sample of a window on every CPU
+/// may be a new key, twice that since a window's drain can come late,
+/// within [`MIN_WINDOW_ENTRIES`, `MAX_WINDOW_ENTRIES`]. A sample that finds
+/// no room is counted (`counts_full`, `user_stacks_full`).
+fn window_map_entries(cpus: u32, frequency: u64, window: Duration) -> u32 {
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    let samples = frequency
+        .saturating_mul(window_ms)
+        .saturating_mul(u64::from(cpus))
+        / 1000;
+    let entries = samples
+        .saturating_mul(2)
+        .clamp(MIN_WINDOW_ENTRIES, MAX_WINDOW_ENTRIES);
+    u32::try_from(entries).unwrap_or(u32::MAX)
 }
 
 /// The flag the event reader raises before it sleeps: process events wake
@@ -1278,6 +1306,24 @@ mod tests {
 #[cfg(test)]
 mod ring_tests {
     use super::*;
+
+    #[test]
+    fn window_maps_hold_twice_a_window_of_samples_within_bounds() {
+        let ten_s = Duration::from_secs(10);
+        // 2 CPUs at 19 Hz: 380 samples a window, the floor.
+        assert_eq!(window_map_entries(2, 19, ten_s), 1024);
+        // 64 CPUs at 19 Hz: 12,160 a window.
+        assert_eq!(window_map_entries(64, 19, ten_s), 24_320);
+        // 2 CPUs at 997 Hz in 1 s windows (the end-to-end tests).
+        assert_eq!(window_map_entries(2, 997, Duration::from_secs(1)), 3988);
+        for (cpus, frequency, window) in [
+            (1024, 10_000, Duration::from_secs(3600)),
+            (u32::MAX, u64::MAX, Duration::MAX),
+        ] {
+            assert_eq!(window_map_entries(cpus, frequency, window), 1 << 16);
+        }
+        assert_eq!(window_map_entries(1, 1, Duration::from_millis(100)), 1024);
+    }
 
     #[test]
     fn the_ring_buffer_holds_events_and_deferred_walks_of_every_cpu() {

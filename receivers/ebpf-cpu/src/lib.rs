@@ -216,6 +216,7 @@ impl Factory for EbpfCpuFactory {
             events_pages: config.bpf_events_buffer_size,
             unwind_mode: config.unwind_mode(),
             event_pause: config.event_buffer_poll_interval,
+            window: config.profiling_duration,
         })?;
         let tables = UnwindTables::new(
             sampler.take_unwind_maps()?,
@@ -868,10 +869,12 @@ fn sampled_processes(
 }
 
 /// Reads of process events are at least this far apart: under process
-/// churn every read is a wakeup and a context switch (in a VM, exits to the
-/// hypervisor: ~50 us each, 40 ms/s at 800 processes a second), so new
-/// processes are read in batches, each within this of its start.
-const MIN_READ_SPACING: Duration = Duration::from_millis(10);
+/// churn every read is a wakeup, a timed pause and a context switch (in a
+/// VM, exits to the hypervisor), so new processes are read in batches, each
+/// within this of its start (walks that meet them sooner are deferred, with
+/// a copy of the stack). At 800 processes a second, two agents side by
+/// side: 11-22 ms/s of CPU with 10 ms, 3-9 ms/s with 20 ms.
+const MIN_READ_SPACING: Duration = Duration::from_millis(20);
 
 /// The event loop, on its own thread: sleeps until the ring buffer has
 /// records, handles them, until `stop`. New processes are read soon (their
