@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
 
+from measure import CpuAccount, bpf_maps, bpf_ms, status_kb
+
 agent_bin, churn_bin, minutes, rate, work = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = 10  # seconds between samples
@@ -93,61 +95,6 @@ def pipeline_config(backend_port):
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
     return path
-
-
-def bpf_maps():
-    return {m["id"]: m.get("bytes_memlock", 0) for m in json.loads(subprocess.check_output(["bpftool", "-j", "map", "show"]))}
-
-
-class CpuAccount:
-    """Exact CPU time of a process and of every thread it ever had, from a
-    cgroup of its own (per-thread schedstat loses threads that exit between
-    reads; /proc/PID/stat's clock ticks charge whole ticks to whoever runs at
-    one, and the churn's 10 ms pacing wakes the agent right at ticks)."""
-
-    def __init__(self, pid, name):
-        v1 = "/sys/fs/cgroup/cpuacct"
-        if os.path.isdir(v1):
-            self.dir, self.file, self.to_ms = f"{v1}/{name}", "cpuacct.usage", 1e-6
-        else:
-            self.dir, self.file, self.to_ms = f"/sys/fs/cgroup/{name}", "cpu.stat", 1e-3
-        os.makedirs(self.dir, exist_ok=True)
-        with open(f"{self.dir}/cgroup.procs", "w") as f:
-            f.write(str(pid))
-
-    def ms(self):
-        with open(f"{self.dir}/{self.file}") as f:
-            text = f.read()
-        if self.file == "cpu.stat":
-            text = dict(line.split() for line in text.splitlines())["usage_usec"]
-        return int(text) * self.to_ms
-
-    def close(self):
-        """Once the process has exited."""
-        try:
-            os.rmdir(self.dir)
-        except OSError:
-            pass
-
-
-def bpf_ms(pid):
-    """Run time of the BPF programs a process holds (kernel.bpf_stats_enabled)."""
-    runtime = {}
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                info = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if "prog_id" in info and "run_time_ns" in info:
-            runtime[info["prog_id"].strip()] = int(info["run_time_ns"])
-    return sum(runtime.values()) / 1e6
-
-
-def status_kb(pid, *keys):
-    with open(f"/proc/{pid}/status") as f:
-        values = dict(line.split(":", 1) for line in f)
-    return [int(values[k].split()[0]) for k in keys]
 
 
 def lost(http):

@@ -22,18 +22,8 @@ minutes=${1:-30}
 spawns=${2:-800}
 agent=./target/release/agent
 [ -x "$agent" ] || cargo build --release
-for tool in bpftrace bpftool clang python3; do
-  command -v $tool >/dev/null || { echo "needs $tool (apt-get install bpftrace bpftool clang python3-yaml)"; exit 1; }
-done
-work=$(mktemp -d)
-stats_before=$(sysctl -n kernel.bpf_stats_enabled)
+. bench/side_by_side.sh
 # The work directory (agent.log, soak.json with every 10 s row) stays when the run fails.
-cleanup() {
-  local code=$?
-  sysctl -q kernel.bpf_stats_enabled="$stats_before"
-  if [ $code -eq 0 ]; then rm -rf "$work"; else echo "kept $work"; fi
-}
-trap cleanup EXIT
+side_by_side_setup bpftrace bpftool clang python3
 clang -O2 -o "$work/churn" bench/churn.c
-sysctl -q kernel.bpf_stats_enabled=1
 python3 bench/soak.py "$agent" "$work/churn" "$minutes" "$spawns" "$work"

@@ -17,6 +17,11 @@ use tracing::{error, info, warn};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// Counts heap bytes per thread: components that hold memory to a limit
+/// (`symbolize`'s `memory_limit`) measure what they keep with it.
+#[global_allocator]
+static ALLOCATOR: agent_heap_meter::CountingAllocator = agent_heap_meter::CountingAllocator;
 use tracing_subscriber::Layer;
 
 use cli::{Action, Cli, Logging};

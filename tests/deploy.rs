@@ -140,6 +140,12 @@ fn the_shipped_pipeline_and_the_systemd_command_line_are_valid() {
     let docs = documents();
     let cm: ConfigMap = of_kind(&docs, "ConfigMap");
     let pipeline = &cm.data.unwrap()["pipeline.yaml"];
+    let parsed: serde_yaml::Value = serde_yaml::from_str(pipeline).unwrap();
+    assert_eq!(
+        parsed["processors"]["symbolize"]["native"].as_str(),
+        Some("leave"),
+        "the node leaves native frames to Parca, which has the uploaded debuginfo"
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.yaml");
     std::fs::write(&file, pipeline).unwrap();

@@ -2,7 +2,8 @@
 //! from stdin in one object file three times: cold (open and parse, then look
 //! up), warm (look up again, parsed file kept, per-address memo cleared) and
 //! memo (again, as a running agent sees addresses it has named before).
-//! Prints the times to stderr; with `--print`, the frames in the layout of
+//! Prints the times and what the symbolizer keeps (heap, measured) to
+//! stderr; with `--print`, the frames in the layout of
 //! `addr2line -a -f -i -C`.
 //!
 //! `cargo run --release -p agent-processor-symbolize --example symbolize_file -- FILE [--print] < addresses`
@@ -12,6 +13,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use agent_processor_symbolize::{Locator, OpenSymbolizer};
+
+#[global_allocator]
+static ALLOCATOR: agent_heap_meter::CountingAllocator = agent_heap_meter::CountingAllocator;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -50,12 +54,15 @@ fn main() {
     let memo = memo.elapsed();
 
     let named = frames.iter().filter(|f| !f.is_empty()).count();
+    let kept = symbolizer.footprint();
     eprintln!(
-        "{} addresses, {named} named: cold {:.3} s, warm {:.3} s, memo {:.3} s",
+        "{} addresses, {named} named: cold {:.3} s, warm {:.3} s, memo {:.3} s; keeps {:.1} MiB of heap and {:.1} MiB of DWARF units read",
         addresses.len(),
         cold.as_secs_f64(),
         warm.as_secs_f64(),
-        memo.as_secs_f64()
+        memo.as_secs_f64(),
+        kept.heap as f64 / 1048576.0,
+        kept.units as f64 / 1048576.0,
     );
     if print {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -10,6 +10,7 @@
 //! `__meta_process_pid`): put `symbolize` before a relabel step that drops it.
 
 pub mod demangle;
+mod dwarf;
 pub mod jit;
 pub mod kernel;
 pub mod native;
@@ -59,6 +60,11 @@ pub struct SymbolizeConfig {
     pub object_file_pool_eviction_policy: Eviction,
     /// Where processes are read (the host's /proc mounted elsewhere in a container).
     pub proc_root: PathBuf,
+    /// Bytes that open object files may keep between batches: DWARF
+    /// indexes and units read, symbol tables, frames remembered per address.
+    /// Over it, what is cheapest to rebuild is dropped first. File pages
+    /// read during a batch are released after it, so they do not count.
+    pub memory_limit: u64,
 }
 
 impl Default for SymbolizeConfig {
@@ -71,13 +77,21 @@ impl Default for SymbolizeConfig {
             object_file_pool_size: 100,
             object_file_pool_eviction_policy: Eviction::Lru,
             proc_root: PathBuf::from("/proc"),
+            memory_limit: DEFAULT_MEMORY_LIMIT,
         }
     }
 }
 
+/// Default [`SymbolizeConfig::memory_limit`]: 64 MiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+/// Least [`SymbolizeConfig::memory_limit`]: below it, a large file's index
+/// alone would be rebuilt for every batch.
+pub const MIN_MEMORY_LIMIT: u64 = 4 << 20;
+
 impl ComponentConfig for SymbolizeConfig {
     fn validate(&self) -> Vec<FieldError> {
-        self.debuginfo_directories
+        let mut errors: Vec<FieldError> = self
+            .debuginfo_directories
             .iter()
             .enumerate()
             .filter(|(_, d)| !d.is_absolute())
@@ -87,7 +101,14 @@ impl ComponentConfig for SymbolizeConfig {
                     format!("{} is not an absolute path", d.display()),
                 )
             })
-            .collect()
+            .collect();
+        if self.memory_limit < MIN_MEMORY_LIMIT {
+            errors.push(FieldError::new(
+                "memory_limit",
+                format!("must be at least {MIN_MEMORY_LIMIT} bytes (4 MiB)"),
+            ));
+        }
+        errors
     }
 }
 
@@ -129,6 +150,8 @@ pub struct Symbolizer {
     objects_opened: Counter,
     objects_failed: Counter,
     objects_evicted: Counter,
+    memory_shed: Counter,
+    memory: agent_core::telemetry::Gauge,
     reported: native::PoolStats,
 }
 
@@ -190,12 +213,18 @@ impl Symbolizer {
             proc_root: config.proc_root.clone(),
             debug_dirs: config.debuginfo_directories.clone(),
         };
+        if !agent_heap_meter::installed() {
+            tracing::warn!(
+                "symbolize: this binary does not count heap use, so memory_limit bounds only what it can see (install agent_heap_meter::CountingAllocator)"
+            );
+        }
         Self {
             objects: ObjectPool::new(
                 locator,
                 config.object_file_pool_size,
                 config.object_file_pool_eviction_policy,
-            ),
+            )
+            .with_memory_limit(usize::try_from(config.memory_limit).unwrap_or(usize::MAX)),
             kernel: KernelSymbols {
                 path: config.proc_root.join("kallsyms"),
                 table: kernel::Kallsyms::default(),
@@ -209,6 +238,16 @@ impl Symbolizer {
             objects_opened: objects("opened"),
             objects_failed: objects("failed"),
             objects_evicted: objects("evicted"),
+            memory_shed: t.counter(
+                "symbolize_memory_shed",
+                "Times open object files dropped read DWARF units, parsed tables or remembered frames to stay within memory_limit.",
+                &[],
+            ),
+            memory: t.gauge(
+                "symbolize_memory_bytes",
+                "Bytes open object files keep between batches (heap and DWARF units read), held within memory_limit.",
+                &[],
+            ),
             reported: native::PoolStats::default(),
             config,
         }
@@ -234,6 +273,8 @@ impl Symbolizer {
             .inc_by(stats.failed - self.reported.failed);
         self.objects_evicted
             .inc_by(stats.evicted - self.reported.evicted);
+        self.memory_shed.inc_by(stats.shed - self.reported.shed);
+        self.memory.set(self.objects.memory() as i64);
         self.reported = stats;
     }
 
@@ -266,6 +307,7 @@ impl Symbolizer {
                 pids: &job.pids,
                 range: (mapping.memory_start, mapping.memory_limit),
             };
+            let units_budget = self.objects.units_budget();
             let Some(symbolizer) = self.objects.get(&key, &obj) else {
                 self.native.unresolved.inc_by(job.locations.len() as u64);
                 continue;
@@ -277,7 +319,7 @@ impl Symbolizer {
                     .wrapping_add(mapping.file_offset);
                 let frames = symbolizer
                     .virtual_address(file_offset)
-                    .map(|vaddr| symbolizer.symbolize(vaddr))
+                    .map(|vaddr| symbolizer.symbolize_within(vaddr, units_budget))
                     .filter(|f| !f.is_empty());
                 match frames {
                     Some(frames) => {
@@ -287,6 +329,7 @@ impl Symbolizer {
                     None => self.native.unresolved.inc(),
                 }
             }
+            self.objects.settle(&key);
         }
     }
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_gopclntab::GoTable;
-use agent_object_files::{fd_path, read_elf, ElfInfo, FoundObject};
+use agent_object_files::{read_elf, ElfInfo, FoundObject};
+
+use crate::dwarf::{DwarfUnits, MappedFile, Sections};
 pub use agent_object_files::{DebugSource, ObjectLocator as Locator, ObjectRef};
 
 use crate::demangle::demangle;
@@ -108,27 +110,50 @@ fn open_with(
         (None, Some(b)) => (&b.file, DebugSource::Itself, &b.info),
         (None, None) => return Err(OpenError::NotFound(obj.path.to_owned())),
     };
-    let loader = addr2line::Loader::new(fd_path(file)).map_err(|e| OpenError::Invalid {
+    let invalid = |reason: String| OpenError::Invalid {
         path: obj.path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    Ok(ObjectSymbolizer {
-        loader,
-        go: binary.as_ref().and_then(|b| go_table(&b.file)),
-        info: info.clone(),
-        source,
-        memo: HashMap::new(),
-        names: Names::default(),
-    })
+        reason,
+    };
+    let (symbolizer, kept) = agent_heap_meter::measure(|| {
+        let mapped = MappedFile::open(file).map_err(invalid)?;
+        object::File::parse(mapped.data()).map_err(|e| invalid(e.to_string()))?;
+        let go_file = match &binary {
+            Some(b) if std::ptr::eq(file, &b.file) => Some(mapped.clone()),
+            Some(b) => MappedFile::open(&b.file).ok(),
+            None => None,
+        };
+        let go = go_file.as_ref().and_then(go_table);
+        let go_file = go_file.filter(|f| go.is_some() && !Arc::ptr_eq(f, &mapped));
+        Ok(ObjectSymbolizer {
+            parsed: None,
+            file: mapped,
+            go,
+            go_file,
+            info: info.clone(),
+            source,
+            memo: HashMap::new(),
+            names: Names::default(),
+            kept: 0,
+            parses: 0,
+        })
+    });
+    let mut symbolizer: ObjectSymbolizer = symbolizer?;
+    symbolizer.kept = kept;
+    Ok(symbolizer)
+}
+
+/// A file's bytes, shared by the readers of one object.
+struct FileBytes(Arc<MappedFile>);
+
+impl AsRef<[u8]> for FileBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.data()
+    }
 }
 
 /// Go's function table of a binary, when it is a Go binary.
-fn go_table(file: &File) -> Option<GoTable<memmap2::Mmap>> {
-    // SAFETY: read-only, and read through bounds-checked slices; a file
-    // truncated meanwhile raises SIGBUS, the exposure addr2line's own map
-    // of the same file already has.
-    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
-    GoTable::new(map).ok()
+fn go_table(file: &Arc<MappedFile>) -> Option<GoTable<FileBytes>> {
+    GoTable::new(FileBytes(file.clone())).ok()
 }
 
 /// Most addresses remembered per object; the memo is cleared when full.
@@ -173,15 +198,98 @@ impl Names {
     }
 }
 
-/// Symbolizes addresses of one object file.
+/// A symbol table entry: address, size and where its name lies in the file.
+#[derive(Clone, Copy)]
+struct Symbol {
+    address: u64,
+    size: u64,
+    name_at: usize,
+    name_len: u32,
+}
+
+/// What an object keeps parsed between lookups (its DWARF sections
+/// decompressed too), dropped when memory is short and parsed again on the
+/// next address not remembered.
+struct Parsed {
+    dwarf: Option<DwarfUnits>,
+    /// By address, as `object`'s symbol map orders them.
+    symbols: Vec<Symbol>,
+}
+
+impl Parsed {
+    fn new(file: &Arc<MappedFile>) -> Self {
+        let data = file.data();
+        let symbols = object::File::parse(data)
+            .map(|obj| {
+                use object::Object;
+                let base = data.as_ptr() as usize;
+                obj.symbol_map()
+                    .symbols()
+                    .iter()
+                    .map(|s| Symbol {
+                        address: s.address(),
+                        size: s.size(),
+                        name_at: s.name().as_ptr() as usize - base,
+                        name_len: s.name().len() as u32,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let dwarf = Sections::load(file.clone())
+            .ok()
+            .and_then(|s| DwarfUnits::new(Arc::new(s)));
+        Self { dwarf, symbols }
+    }
+
+    /// The name of the symbol holding `vaddr`.
+    fn symbol<'a>(&self, file: &'a MappedFile, vaddr: u64) -> Option<&'a str> {
+        let i = self.symbols.partition_point(|s| s.address <= vaddr);
+        let s = self.symbols.get(i.checked_sub(1)?)?;
+        if s.size != 0 && vaddr.wrapping_sub(s.address) >= s.size {
+            return None;
+        }
+        let bytes = file
+            .data()
+            .get(s.name_at..s.name_at + s.name_len as usize)?;
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+/// Symbolizes addresses of one object file, within the memory it is given:
+/// results are remembered per address; the parsed state behind them is
+/// dropped when memory is short and rebuilt on demand.
 pub struct ObjectSymbolizer {
-    loader: addr2line::Loader,
+    parsed: Option<Parsed>,
     /// Go's function table: names Go code DWARF does not cover.
-    go: Option<GoTable<memmap2::Mmap>>,
+    go: Option<GoTable<FileBytes>>,
+    /// The binary Go's table is read from, when not `file`.
+    go_file: Option<Arc<MappedFile>>,
+    /// The file DWARF and symbols are read from.
+    file: Arc<MappedFile>,
     info: ElfInfo,
     source: DebugSource,
     memo: HashMap<u64, Frames>,
     names: Names,
+    /// Heap this object keeps, measured (see [`agent_heap_meter`]).
+    kept: i64,
+    /// Times its symbol table and DWARF index were parsed.
+    parses: u64,
+}
+
+/// What an object symbolizer keeps, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Heap: parsed DWARF and symbols, remembered frames and names.
+    pub heap: usize,
+    /// Anonymous pages holding the DWARF units being read.
+    pub units: usize,
+}
+
+impl Footprint {
+    /// Everything.
+    pub fn total(&self) -> usize {
+        self.heap + self.units
+    }
 }
 
 impl ObjectSymbolizer {
@@ -192,7 +300,7 @@ impl ObjectSymbolizer {
 
     /// Forgets the addresses symbolized so far (keeps the parsed file).
     pub fn clear_memo(&mut self) {
-        self.memo.clear();
+        self.shed(Shed::Memo);
     }
 
     /// The ELF virtual address of a file offset (what symbol tables and
@@ -201,53 +309,116 @@ impl ObjectSymbolizer {
         self.info.virtual_address(file_offset)
     }
 
+    /// Memory this object holds.
+    pub fn footprint(&self) -> Footprint {
+        let units = self
+            .parsed
+            .as_ref()
+            .and_then(|p| p.dwarf.as_ref())
+            .map_or(0, |d| d.resident_bytes());
+        Footprint {
+            heap: self.kept.max(0) as usize,
+            units,
+        }
+    }
+
+    /// Times the symbol table and DWARF index were parsed.
+    pub fn parses(&self) -> u64 {
+        self.parses
+    }
+
+    /// Drops the file's pages from resident memory (see
+    /// [`MappedFile::release_pages`]).
+    pub fn release_pages(&self) {
+        self.file.release_pages();
+        if let Some(go) = &self.go_file {
+            go.release_pages();
+        }
+    }
+
+    /// Drops what `what` names, counting the memory it frees.
+    pub fn shed(&mut self, what: Shed) {
+        let ((), freed) = agent_heap_meter::measure(|| match what {
+            Shed::Units => {
+                if let Some(d) = self.parsed.as_mut().and_then(|p| p.dwarf.as_mut()) {
+                    d.drop_views();
+                }
+            }
+            Shed::Parsed => self.parsed = None,
+            Shed::Memo => {
+                self.memo = HashMap::new();
+                self.names = Names::default();
+            }
+        });
+        self.kept += freed;
+    }
+
     /// The frames of the code at `vaddr`, innermost first: DWARF where it
     /// covers the address, the symbol table for the outermost name otherwise.
+    /// `units_budget` bounds the DWARF units kept read between lookups.
     pub fn symbolize(&mut self, vaddr: u64) -> Frames {
+        self.symbolize_within(vaddr, usize::MAX)
+    }
+
+    /// [`Self::symbolize`], keeping at most `units_budget` bytes of DWARF
+    /// units read between lookups.
+    pub fn symbolize_within(&mut self, vaddr: u64, units_budget: usize) -> Frames {
         if let Some(frames) = self.memo.get(&vaddr) {
             return frames.clone();
         }
-        let frames: Frames = self.lookup(vaddr).into();
-        if self.memo.len() >= MEMO_LIMIT {
-            self.memo.clear();
-        }
-        self.memo.insert(vaddr, frames.clone());
+        let (frames, kept) = agent_heap_meter::measure(|| {
+            let frames: Frames = self.lookup(vaddr, units_budget).into();
+            if self.memo.len() >= MEMO_LIMIT {
+                self.memo.clear();
+            }
+            self.memo.insert(vaddr, frames.clone());
+            frames
+        });
+        self.kept += kept;
         frames
     }
 
-    fn lookup(&mut self, vaddr: u64) -> Vec<Frame> {
+    fn lookup(&mut self, vaddr: u64, units_budget: usize) -> Vec<Frame> {
         // No instruction starts at the last byte of the address space, and
         // addr2line probes [vaddr, vaddr + 1): an overflow (found by fuzzing).
         if vaddr == u64::MAX {
             return Vec::new();
         }
+        if self.parsed.is_none() {
+            self.parsed = Some(Parsed::new(&self.file));
+            self.parses += 1;
+        }
+        let parsed = self.parsed.as_mut().expect("just parsed");
         let names = &mut self.names;
         let empty: Arc<str> = Arc::from("");
         let mut frames = Vec::new();
-        if let Ok(mut iter) = self.loader.find_frames(vaddr) {
-            while let Ok(Some(frame)) = iter.next() {
-                let raw = frame.function.as_ref().and_then(|f| f.raw_name().ok());
-                let (name, system_name) = match raw {
-                    Some(raw) => names.function(&raw),
-                    None => (empty.clone(), empty.clone()),
-                };
-                let location = frame.location.as_ref();
-                frames.push(Frame {
-                    name,
-                    system_name,
-                    file: location
-                        .and_then(|l| l.file)
-                        .map_or_else(|| empty.clone(), |f| names.file(f)),
-                    line: location.and_then(|l| l.line).unwrap_or(0),
-                    column: location.and_then(|l| l.column).unwrap_or(0),
-                });
-            }
+        if let Some(dwarf) = parsed.dwarf.as_mut() {
+            dwarf.with_frames(vaddr, units_budget, |iter| {
+                let Some(mut iter) = iter else { return };
+                while let Ok(Some(frame)) = iter.next() {
+                    let raw = frame.function.as_ref().and_then(|f| f.raw_name().ok());
+                    let (name, system_name) = match raw {
+                        Some(raw) => names.function(&raw),
+                        None => (empty.clone(), empty.clone()),
+                    };
+                    let location = frame.location.as_ref();
+                    frames.push(Frame {
+                        name,
+                        system_name,
+                        file: location
+                            .and_then(|l| l.file)
+                            .map_or_else(|| empty.clone(), |f| names.file(f)),
+                        line: location.and_then(|l| l.line).unwrap_or(0),
+                        column: location.and_then(|l| l.column).unwrap_or(0),
+                    });
+                }
+            });
         }
         if frames.last().is_none_or(|f| f.name.is_empty()) {
             if let Some(go) = go_frames(self.go.as_ref(), vaddr, names) {
                 return go;
             }
-            if let Some(symbol) = self.loader.find_symbol(vaddr) {
+            if let Some(symbol) = parsed.symbol(&self.file, vaddr) {
                 let (name, system_name) = names.function(symbol);
                 match frames.last_mut() {
                     Some(last) => {
@@ -268,14 +439,22 @@ impl ObjectSymbolizer {
     }
 }
 
+/// What an object symbolizer can give back when memory is short, cheapest
+/// to rebuild first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// The DWARF units read for past lookups.
+    Units,
+    /// The symbol table and DWARF index (parsed again on the next new address).
+    Parsed,
+    /// The frames remembered per address, and names.
+    Memo,
+}
+
 /// The frames of Go code at `vaddr` from Go's function table, inlined calls
 /// first; `None` outside Go code. A damaged inline tree still names the
 /// function.
-fn go_frames(
-    go: Option<&GoTable<memmap2::Mmap>>,
-    vaddr: u64,
-    names: &mut Names,
-) -> Option<Vec<Frame>> {
+fn go_frames(go: Option<&GoTable<FileBytes>>, vaddr: u64, names: &mut Names) -> Option<Vec<Frame>> {
     let go = go?;
     let frames = match go.frames(vaddr) {
         Ok(frames) => frames,
@@ -339,15 +518,20 @@ pub struct PoolStats {
     pub opened: u64,
     /// Object files that could not be found or read.
     pub failed: u64,
-    /// Open object files closed to stay within the pool size.
+    /// Open object files closed to stay within the pool size or memory limit.
     pub evicted: u64,
+    /// Times something was dropped to stay within the memory limit (read
+    /// units, parsed tables, remembered frames, whole files).
+    pub shed: u64,
 }
 
-/// Open object files by key (build id, or pid and path), bounded.
+/// Open object files by key (build id, or pid and path), bounded in number
+/// and in the memory they hold.
 pub struct ObjectPool {
     locator: Locator,
     capacity: usize,
     eviction: Eviction,
+    memory_limit: usize,
     slots: HashMap<String, Slot>,
     clock: u64,
     /// What happened so far.
@@ -355,16 +539,31 @@ pub struct ObjectPool {
 }
 
 impl ObjectPool {
-    /// A pool keeping at most `capacity` files open (0: no limit).
+    /// A pool keeping at most `capacity` files open (0: no limit), and what
+    /// they hold within `memory_limit` bytes (`usize::MAX`: no limit).
     pub fn new(locator: Locator, capacity: usize, eviction: Eviction) -> Self {
         Self {
             locator,
             capacity,
             eviction,
+            memory_limit: usize::MAX,
             slots: HashMap::new(),
             clock: 0,
             stats: PoolStats::default(),
         }
+    }
+
+    /// Holds what open files keep to `bytes`.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// DWARF units read for one object's lookups are kept within this share
+    /// of the limit (they serve only addresses not yet remembered); what is
+    /// left holds indexes, symbol tables and remembered frames.
+    pub fn units_budget(&self) -> usize {
+        self.memory_limit / 8
     }
 
     /// The symbolizer of `obj`, opening it on first use.
@@ -410,30 +609,77 @@ impl ObjectPool {
         }
     }
 
+    fn open_files(&self) -> impl Iterator<Item = (&String, &ObjectSymbolizer, u64, u64)> {
+        self.slots.iter().filter_map(|(key, slot)| match slot {
+            Slot::Open {
+                symbolizer,
+                last_used,
+                uses,
+            } => Some((key, &**symbolizer, *last_used, *uses)),
+            Slot::Missing { .. } => None,
+        })
+    }
+
+    /// Open files, the one to give up first first.
+    fn by_eviction_order(&self) -> Vec<String> {
+        let mut files: Vec<(&String, u64, u64)> = self
+            .open_files()
+            .map(|(key, _, last_used, uses)| (key, last_used, uses))
+            .collect();
+        files.sort_by_key(|&(_, last_used, uses)| match self.eviction {
+            Eviction::Lru => (last_used, 0),
+            Eviction::Lfu => (uses, last_used),
+        });
+        files.into_iter().map(|(key, _, _)| key.clone()).collect()
+    }
+
     fn make_room(&mut self) {
-        let open = self
-            .slots
-            .values()
-            .filter(|s| matches!(s, Slot::Open { .. }))
-            .count();
-        if self.capacity == 0 || open < self.capacity {
+        if self.capacity == 0 || self.open_count() < self.capacity {
             return;
         }
-        let victim = self
-            .slots
-            .iter()
-            .filter_map(|(key, slot)| match slot {
-                Slot::Open {
-                    last_used, uses, ..
-                } => Some((key, *last_used, *uses)),
-                Slot::Missing { .. } => None,
-            })
-            .min_by_key(|&(_, last_used, uses)| match self.eviction {
-                Eviction::Lru => (last_used, 0),
-                Eviction::Lfu => (uses, last_used),
-            })
-            .map(|(key, _, _)| key.clone());
-        if let Some(key) = victim {
+        if let Some(key) = self.by_eviction_order().into_iter().next() {
+            self.slots.remove(&key);
+            self.stats.evicted += 1;
+        }
+    }
+
+    /// Memory the open files hold, in bytes.
+    pub fn memory(&self) -> usize {
+        self.open_files()
+            .map(|(_, s, _, _)| s.footprint().total())
+            .sum()
+    }
+
+    /// Ends a batch's work on the file under `key`: its pages leave resident
+    /// memory, and files give back what they hold, in eviction order and
+    /// cheapest first, until the pool is within its memory limit.
+    pub fn settle(&mut self, key: &str) {
+        if let Some(Slot::Open { symbolizer, .. }) = self.slots.get(key) {
+            symbolizer.release_pages();
+        }
+        if self.memory() <= self.memory_limit {
+            return;
+        }
+        let order = self.by_eviction_order();
+        for what in [Shed::Units, Shed::Parsed, Shed::Memo] {
+            for key in &order {
+                if let Some(Slot::Open { symbolizer, .. }) = self.slots.get_mut(key) {
+                    if symbolizer.footprint().total() == 0 {
+                        continue;
+                    }
+                    symbolizer.shed(what);
+                    self.stats.shed += 1;
+                }
+                if self.memory() <= self.memory_limit {
+                    return;
+                }
+            }
+        }
+        // Only what an open file holds without any use left: close them.
+        for key in order {
+            if self.memory() <= self.memory_limit {
+                return;
+            }
             self.slots.remove(&key);
             self.stats.evicted += 1;
         }
@@ -446,10 +692,7 @@ impl ObjectPool {
 
     /// Object files open now.
     pub fn open_count(&self) -> usize {
-        self.slots
-            .values()
-            .filter(|s| matches!(s, Slot::Open { .. }))
-            .count()
+        self.open_files().count()
     }
 }
 

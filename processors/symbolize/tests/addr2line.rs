@@ -4,18 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use agent_core::{
-    BuildContext, BuildIdKind, FrameType, LabelSet, Location, Mapping, ProfileBatch, ProfileType,
-    Sample,
-};
+use agent_core::{BuildContext, BuildIdKind, LabelSet, Mapping, ProfileBatch, ProfileType};
 use agent_processor_symbolize::demangle::demangle;
 use agent_processor_symbolize::{
     DebugSource, Locator, OpenSymbolizer, SymbolizeConfig, Symbolizer,
 };
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
-/// (function, file, line) per frame, innermost first.
-type Chain = Vec<(String, String, i64)>;
+mod common;
+use common::{batch_for, chains_of, push_sample, Chain};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -80,84 +77,6 @@ fn binutils(binary: &Path, addresses: &[u64]) -> Vec<Chain> {
     }
     assert_eq!(chains.len(), addresses.len());
     chains
-}
-
-const PIE_BASE: u64 = 0x5555_0000_0000;
-
-/// A batch with one sample per address, mapped the way the loader maps the
-/// binary (a PIE at PIE_BASE), with its build id and no process.
-fn batch_for(binary: &Path, addresses: &[u64]) -> ProfileBatch {
-    let data = std::fs::read(binary).unwrap();
-    let obj = object::File::parse(&*data).unwrap();
-    let base = if obj.kind() == object::ObjectKind::Dynamic {
-        PIE_BASE
-    } else {
-        0
-    };
-    let build_id: String = obj
-        .build_id()
-        .unwrap()
-        .expect("fixture has a build id")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mut batch = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
-    let filename = batch.strings.intern_str(binary.to_str().unwrap());
-    let build_id = batch.strings.intern_str(&build_id);
-    let series = batch
-        .label_sets
-        .intern(LabelSet::new([("comm", "fixture")]));
-    for &address in addresses {
-        let segment = obj
-            .segments()
-            .find(|s| (s.address()..s.address() + s.size()).contains(&address))
-            .expect("address in a segment");
-        let page = segment.address() & !0xfff;
-        let mapping = batch.mappings.intern(Mapping {
-            memory_start: base + page,
-            memory_limit: base + segment.address() + segment.size(),
-            file_offset: segment.file_range().0 & !0xfff,
-            filename,
-            build_id,
-            build_id_kind: BuildIdKind::Gnu,
-        });
-        push_sample(&mut batch, series, mapping, base + address);
-    }
-    batch
-}
-
-/// One sample of an unnamed native location at `address` in `mapping`.
-fn push_sample(batch: &mut ProfileBatch, series: u32, mapping: u32, address: u64) {
-    let location = batch.locations.intern(Location {
-        mapping: Some(mapping),
-        address,
-        lines: Vec::new(),
-        frame_type: FrameType::Native,
-    });
-    let stack = batch.stacks.intern(vec![location]);
-    batch.samples.push(Sample {
-        stack,
-        series,
-        attributes: 0,
-        value: 1,
-        timestamp_unix_nanos: None,
-    });
-}
-
-fn chains_of(batch: &ProfileBatch) -> Vec<Chain> {
-    batch
-        .samples
-        .iter()
-        .map(|s| {
-            let loc = batch.stacks.get(s.stack)[0];
-            batch
-                .resolve_location(loc)
-                .lines
-                .into_iter()
-                .map(|l| (l.function, l.filename, l.line))
-                .collect()
-        })
-        .collect()
 }
 
 /// Where the symbolizer found `binary`'s debug information.
@@ -257,6 +176,62 @@ fn c_with_inlined_functions() {
     let binary = c_fixture(dir.path(), "");
     let addresses = addresses_of(&binary, ours_in_c);
     assert_same_as_binutils(&binary, &binary, &addresses, vec![]);
+}
+
+/// addr2line's answer for each address over the whole file at once (what
+/// the symbolizer reads a unit at a time).
+fn whole_file(binary: &Path, addresses: &[u64]) -> Vec<Chain> {
+    let data = std::fs::read(binary).unwrap();
+    let obj = object::File::parse(&*data).unwrap();
+    let dwarf = gimli::Dwarf::load(|id| {
+        let section = obj.section_by_name(id.name());
+        let bytes = section.map_or(&[][..], |s| s.data().unwrap());
+        Ok::<_, gimli::Error>(gimli::EndianSlice::new(bytes, gimli::RunTimeEndian::Little))
+    })
+    .unwrap();
+    let context = addr2line::Context::from_dwarf(dwarf).unwrap();
+    addresses
+        .iter()
+        .map(|&address| {
+            let mut chain = Chain::new();
+            let mut frames = context.find_frames(address).skip_all_loads().unwrap();
+            while let Some(frame) = frames.next().unwrap() {
+                let name = frame.function.as_ref().map(|f| f.raw_name().unwrap());
+                let location = frame.location.as_ref();
+                chain.push((
+                    name.map(|n| demangle(&n).into_owned()).unwrap_or_default(),
+                    location.and_then(|l| l.file).unwrap_or("").to_owned(),
+                    location.and_then(|l| l.line).map_or(0, i64::from),
+                ));
+            }
+            chain
+        })
+        .collect()
+}
+
+/// GCC's link-time optimization puts functions in one unit and their
+/// abstract instances in another (`DW_FORM_ref_addr`): a lookup must read
+/// both units. (Compared with addr2line over the whole file: binutils names
+/// the file of these units' lines `<artificial>`.)
+#[test]
+fn c_with_link_time_optimization_references_across_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = c_fixture(dir.path(), "-flto");
+    let addresses = addresses_of(&binary, ours_in_c);
+    let mut batch = batch_for(&binary, &addresses);
+    symbolizer(vec![]).symbolize(&mut batch);
+    let got = chains_of(&batch);
+    let expected = whole_file(&binary, &addresses);
+    let differing: Vec<String> = addresses
+        .iter()
+        .zip(got.iter().zip(&expected))
+        .filter(|(_, (g, e))| g != e)
+        .map(|(a, (g, e))| format!("{a:#x}: ours {g:?}, whole file {e:?}"))
+        .take(8)
+        .collect();
+    assert!(differing.is_empty(), "{differing:#?}");
+    let inlined = expected.iter().filter(|c| c.len() > 1).count();
+    assert!(inlined > 10, "the fixture should exercise inlining");
 }
 
 #[test]
