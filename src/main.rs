@@ -164,6 +164,7 @@ async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    agent_heap_meter::return_freed_memory();
     let cli = cli::from_matches(&cli::command().get_matches());
     init_logging(&cli.logging);
     for notice in &cli.notices {

@@ -3,6 +3,10 @@
 //! [`CountingAllocator`] as its global allocator; a component wraps the work
 //! whose memory it owns in [`measure`].
 //!
+//! [`return_freed_memory`] sets glibc's malloc up so memory freed after a
+//! burst (a window's batch, a binary's unwind table) goes back to the
+//! system instead of staying resident in per-thread arenas.
+//!
 //! Each thread keeps its own net count (bytes allocated minus bytes freed
 //! on that thread), so measuring costs one thread-local add per allocation
 //! and no shared cache line; a measurement is exact for work done on the
@@ -114,6 +118,28 @@ pub fn measure_peak<T>(f: impl FnOnce() -> T) -> (T, Usage) {
         peak: peak.wrapping_sub(before),
     };
     (out, usage)
+}
+
+/// Has glibc's malloc give freed memory back to the system: at most two
+/// arenas (one per thread by default, each keeping its own free memory),
+/// blocks of 128 KiB and more mapped on their own (unmapped when freed), and
+/// free memory above 128 KiB at the top of a heap returned. Without this a
+/// quiet agent kept 28 MiB resident of which 12 were live. A setting whose
+/// `MALLOC_*_` environment variable is set is left to it. Call it first
+/// thing in `main`, before threads start; a no-op on other C libraries.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (variable, param, value) in [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2),
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 128 << 10),
+        ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 128 << 10),
+    ] {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: mallopt only changes malloc's tunables; it returns 0
+            // for a value it refuses, which leaves the default in place.
+            unsafe { libc::mallopt(param, value) };
+        }
+    }
 }
 
 #[cfg(test)]
