@@ -134,7 +134,6 @@ fn open_with(
             memo: HashMap::new(),
             names: Names::default(),
             kept: 0,
-            parses: 0,
         })
     });
     let mut symbolizer: ObjectSymbolizer = symbolizer?;
@@ -272,8 +271,6 @@ pub struct ObjectSymbolizer {
     names: Names,
     /// Heap this object keeps, measured (see [`agent_heap_meter`]).
     kept: i64,
-    /// Times its symbol table and DWARF index were parsed.
-    parses: u64,
 }
 
 /// What an object symbolizer keeps, in bytes.
@@ -320,11 +317,6 @@ impl ObjectSymbolizer {
             heap: self.kept.max(0) as usize,
             units,
         }
-    }
-
-    /// Times the symbol table and DWARF index were parsed.
-    pub fn parses(&self) -> u64 {
-        self.parses
     }
 
     /// Drops the file's pages from resident memory (see
@@ -386,7 +378,6 @@ impl ObjectSymbolizer {
         }
         if self.parsed.is_none() {
             self.parsed = Some(Parsed::new(&self.file));
-            self.parses += 1;
         }
         let parsed = self.parsed.as_mut().expect("just parsed");
         let names = &mut self.names;
@@ -539,8 +530,8 @@ pub struct ObjectPool {
 }
 
 impl ObjectPool {
-    /// A pool keeping at most `capacity` files open (0: no limit), and what
-    /// they hold within `memory_limit` bytes (`usize::MAX`: no limit).
+    /// A pool keeping at most `capacity` files open (0: no limit), with no
+    /// memory limit until [`Self::with_memory_limit`] sets one.
     pub fn new(locator: Locator, capacity: usize, eviction: Eviction) -> Self {
         Self {
             locator,
