@@ -13,8 +13,9 @@
  * A walk that reaches code whose table is not in the kernel yet (a new
  * process, a library just mapped) is handed to user space with a copy of
  * the stack instead of being cut short (struct deferred_sample). Where a
- * frame lies in an interpreter's loop (CPython's _PyEval_EvalFrameDefault),
- * the interpreter's own frames are emitted in its place (runtimes/). */
+ * frame lies in an interpreter's loop (CPython's _PyEval_EvalFrameDefault,
+ * PHP's execute_ex), the interpreter's own frames are emitted in its place
+ * (runtimes/). */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
 #include <asm/ptrace.h>
@@ -122,9 +123,11 @@ struct unwind_state {
 	__u32 interp_state;    /* enum interp_walk */
 	__u32 run_frames;      /* interpreter frames emitted for the loop frame at pc */
 	__u64 interp_frame;    /* the next interpreter frame to emit; 0: none left */
+	__u64 sample_r14;      /* the sampled user registers a VM may keep its state in */
+	__u64 sample_r15;
 	struct user_stack stack;
-	__u8 frame_buf[PY_READ_MAX + 8]; /* a frame or code object being read */
-	__u8 code_buf[PY_READ_MAX + 8];
+	__u8 frame_buf[INTERP_READ_MAX + 8]; /* a frame or code object being read */
+	__u8 code_buf[INTERP_READ_MAX + 8];
 };
 
 /* Where a walk stands with the interpreter's frames. */
@@ -409,13 +412,13 @@ static __always_inline void push_word(struct unwind_state *st, __u64 word)
 
 /* A field of a frame or code object read into buf (offsets come from user
  * space; the mask keeps every access inside the buffer). */
-#define FIELD(buf, type, offset) (*(type *)((buf) + ((offset) & (PY_READ_MAX - 1))))
+#define FIELD(buf, type, offset) (*(type *)((buf) + ((offset) & (INTERP_READ_MAX - 1))))
 
-/* Reads `size` bytes (at most PY_READ_MAX) of user memory into buf; 0 on success. */
+/* Reads `size` bytes (at most INTERP_READ_MAX) of user memory into buf; 0 on success. */
 static __always_inline long read_object(__u8 *buf, __u16 size, __u64 address)
 {
 	__u32 n = size;
-	if (n == 0 || n > PY_READ_MAX)
+	if (n == 0 || n > INTERP_READ_MAX)
 		return -1;
 	return bpf_probe_read_user(buf, n, (const void *)address);
 }
@@ -469,6 +472,7 @@ static __always_inline int current_exiting(void)
 }
 
 #include "runtimes/python.h"
+#include "runtimes/php.h"
 #include "runtimes/go.h"
 
 /* Whether pc lies in the interpreter's loop (a frame that runs interpreter frames). */
@@ -483,9 +487,9 @@ static __always_inline int in_interp_loop(struct interp_info *interp, __u64 pc)
  * and the loop frame itself is to be stepped over. */
 static __always_inline long interpreter_step(struct unwind_state *st, struct interp_info *interp)
 {
-	struct python_layout *py = &interp->python;
 	if (st->interp_state == INTERP_UNSTARTED) {
-		st->interp_frame = python_current_frame(st, py);
+		st->interp_frame = interp->kind == INTERP_PHP ? php_current_frame(&interp->php)
+							      : python_current_frame(st, &interp->python);
 		st->interp_state = INTERP_ACTIVE;
 		if (!st->interp_frame) {
 			count(STAT_INTERP_NO_THREAD);
@@ -499,7 +503,8 @@ static __always_inline long interpreter_step(struct unwind_state *st, struct int
 	}
 	if (st->interp_state != INTERP_IN_RUN || !st->interp_frame)
 		return 1;
-	long ended = python_frame(st, py);
+	long ended = interp->kind == INTERP_PHP ? php_frame(st, &interp->php)
+						: python_frame(st, &interp->python);
 	if (ended && st->interp_state == INTERP_IN_RUN)
 		st->interp_state = INTERP_ACTIVE;
 	return ended;
@@ -536,7 +541,7 @@ static long unwind_frame(__u32 index, void *unused)
 	/* A walk going on in BPF after a deferral failed: pc is out already. */
 	int recorded = st->pc_recorded;
 	st->pc_recorded = 0;
-	int loop_frame = !recorded && proc && proc->interp.kind == INTERP_CPYTHON &&
+	int loop_frame = !recorded && proc && proc->interp.kind != INTERP_NONE &&
 			 st->interp_state != INTERP_DONE && in_interp_loop(&proc->interp, pc);
 	if (loop_frame) {
 		if (len + 2 > MAX_STACK_DEPTH)
@@ -602,7 +607,7 @@ static long collect_interp_frame(__u32 index, void *unused)
 	if (!st || st->interp_state == INTERP_DONE || st->stack.len + 3 > MAX_STACK_DEPTH)
 		return 1;
 	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
-	if (!proc || proc->generation != st->generation || proc->interp.kind != INTERP_CPYTHON)
+	if (!proc || proc->generation != st->generation || proc->interp.kind == INTERP_NONE)
 		return 1;
 	if (interpreter_step(st, &proc->interp))
 		push_word(st, INTERP_RUN_END);
@@ -701,6 +706,8 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	st->pc = regs.rip;
 	st->sp = regs.rsp;
 	st->bp = regs.rbp;
+	st->sample_r14 = regs.r14;
+	st->sample_r15 = regs.r15;
 	st->hash = 0xcbf29ce484222325ULL;
 	st->pid = sample->pid;
 	st->tid = sample->tid;

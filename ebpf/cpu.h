@@ -66,6 +66,7 @@ enum stack_status {
 enum interp_kind {
 	INTERP_NONE = 0,
 	INTERP_CPYTHON = 1,
+	INTERP_PHP = 2,
 };
 
 /* A user stack, leaf first. */
@@ -124,8 +125,8 @@ enum python_entry_rule {
 	PY_ENTRY_SHIM = 2,       /* 3.12+: a shim frame (owner == entry_shim) lies below the run */
 };
 
-/* Read no more than this of a frame or a code object. */
-#define PY_READ_MAX 256
+/* Interpreter walkers read no more than this of a frame or a code object. */
+#define INTERP_READ_MAX 256
 
 /* Where one CPython version keeps what the walker reads (offsets in bytes;
  * user space fills it from its per-version table). */
@@ -155,6 +156,24 @@ struct python_layout {
 	__u8 reserved[3];
 };
 
+/* Where one PHP version keeps what the walker reads (offsets in bytes;
+ * user space fills it from its per-version table). */
+struct php_layout {
+	__u64 current_execute_data; /* address of EG(current_execute_data) */
+	__u16 data_opline;          /* zend_execute_data */
+	__u16 data_func;
+	__u16 data_call_info;       /* This.u1.type_info: call flags in its top 16 bits */
+	__u16 data_prev;
+	__u16 data_size;            /* bytes read of a zend_execute_data */
+	__u16 func_name;            /* zend_function (common.function_name) */
+	__u16 func_scope;
+	__u16 func_filename;        /* op_array.filename */
+	__u16 func_line_start;      /* op_array.line_start */
+	__u16 func_size;            /* bytes read of a zend_function */
+	__u16 op_lineno;            /* zend_op.lineno */
+	__u16 reserved[5];
+};
+
 /* The interpreter a process runs, found by user space in its mappings. */
 struct interp_info {
 	__u32 kind;             /* enum interp_kind; INTERP_NONE: none */
@@ -163,7 +182,8 @@ struct interp_info {
 	__u64 loop_end;
 	__u64 cold_start;       /* and its part moved out of line (.cold), if known */
 	__u64 cold_end;
-	struct python_layout python;
+	struct python_layout python; /* INTERP_CPYTHON */
+	struct php_layout php;       /* INTERP_PHP */
 };
 
 /* How a Go program's goroutine labels (runtime/pprof.Do) are kept. */

@@ -408,6 +408,13 @@ pub const FLAGS: &[FlagSpec] = &[
         Owner::Sets(&[receiver("ebpf_cpu", "python_unwinding_disable")]),
     ),
     flag(
+        "php-unwinding-disable",
+        Bool,
+        None,
+        "Do not unwind PHP frames: PHP processes show the engine's native frames only (ours: Parca Agent has no PHP switch).",
+        Owner::Sets(&[receiver("ebpf_cpu", "php_unwinding_disable")]),
+    ),
+    flag(
         "ruby-unwinding-disable",
         Bool,
         None,
@@ -857,6 +864,9 @@ mod tests {
         "verbose-bpf-logging",
     ];
 
+    /// Flags of ours, not Parca Agent's (their help says so).
+    const OUR_FLAGS: &[&str] = &["php-unwinding-disable"];
+
     #[test]
     fn every_parca_agent_flag_is_here() {
         for name in PARCA_AGENT_FLAGS {
@@ -865,6 +875,13 @@ mod tests {
                 "missing Parca Agent flag --{name}"
             );
         }
-        assert_eq!(FLAGS.len(), PARCA_AGENT_FLAGS.len());
+        for name in OUR_FLAGS {
+            let ours = FLAGS.iter().find(|f| f.name == *name).unwrap();
+            assert!(
+                ours.help.contains("ours"),
+                "--{name} does not say it is ours"
+            );
+        }
+        assert_eq!(FLAGS.len(), PARCA_AGENT_FLAGS.len() + OUR_FLAGS.len());
     }
 }

@@ -1648,3 +1648,185 @@ fn python_unwinding_can_be_disabled() {
         eval_loop * 100.0
     );
 }
+
+/// PHP, as .ci/run installs it (Debian's `php-cli`); CI must have it.
+fn php() -> Option<PathBuf> {
+    let found = ["/usr/bin/php8.2", "/usr/bin/php"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI must install php-cli (see .ci/run)");
+        }
+        eprintln!("SKIPPED: no PHP found (/usr/bin/php8.2, /usr/bin/php)");
+    }
+    found
+}
+
+/// The named PHP frames of an agent sample, leaf first: (function, file, line).
+fn agent_php_frames(sample: &ResolvedSample) -> Vec<(String, String, i64)> {
+    sample
+        .frames
+        .iter()
+        .filter(|f| f.mapping.is_none())
+        .flat_map(|f| &f.lines)
+        .map(|l| (l.function.clone(), l.filename.clone(), l.line))
+        .collect()
+}
+
+/// The lines of a function of a workload: from its `function NAME(` line
+/// to the first line after it that closes a block at the margin.
+fn function_lines(source: &str, name: &str) -> std::ops::RangeInclusive<i64> {
+    let lines: Vec<&str> = source.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("function {name}(")))
+        .unwrap();
+    let end = start + lines[start..].iter().position(|l| *l == "}").unwrap();
+    (start as i64 + 1)..=(end as i64 + 1)
+}
+
+/// The PHP chain of tests/workloads/php_chain.php, callee first.
+const PHP_CHAIN: [&str; 4] = ["php_leaf", "php_mid", "php_outer", "{main}"];
+
+/// Whether PHP frames (leaf first) hold php_chain.php's whole chain in
+/// order, each in that file at a line of its own function.
+fn carries_php_chain(frames: &[(String, String, i64)], source: &str) -> bool {
+    let mut want = PHP_CHAIN.iter().peekable();
+    for (function, file, line) in frames {
+        let Some(&&next) = want.peek() else { break };
+        if function == next && file.ends_with("php_chain.php") {
+            if next != "{main}" && !function_lines(source, next).contains(line) {
+                return false;
+            }
+            want.next();
+        }
+    }
+    want.peek().is_none()
+}
+
+/// A PHP workload's stacks: php_outer → php_mid → php_leaf named with file
+/// and line in (nearly) every sample, usort (an internal function) between
+/// its comparator and php_mid, in one stack with the engine's native frames.
+#[test]
+fn php_stacks_are_whole_and_named() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let Some(php) = php() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(
+        &dir.path().join("out"),
+        &["--profiling-cpu-sampling-frequency=97"],
+    );
+    let workload = workload_source("php_chain.php");
+    let child = Command::new(&php)
+        .args([workload.as_str(), "4"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let batches = agent.stop();
+
+    let source = std::fs::read_to_string(&workload).unwrap();
+    // The engine's own start-up and shutdown run no PHP code.
+    let outside = [
+        "do_execveat_common",
+        "_dl_start",
+        "php_module_startup",
+        "php_request_shutdown",
+        "php_module_shutdown",
+        "exit_mmap",
+    ];
+    let mine: Vec<_> = samples_of(&batches, pid)
+        .into_iter()
+        .filter(|s| {
+            !agent_names(s)
+                .iter()
+                .any(|n| outside.iter().any(|f| n.starts_with(f)))
+        })
+        .collect();
+    let total: i64 = mine.iter().map(|s| s.value).sum();
+    let whole = share(&mine, |s| carries_php_chain(&agent_php_frames(s), &source));
+    eprintln!(
+        "PHP: whole chain in {:.1}% of {total} samples",
+        whole * 100.0
+    );
+    let mut leaf_lines: std::collections::BTreeMap<i64, i64> = Default::default();
+    for s in &mine {
+        if let Some(f) = agent_php_frames(s).iter().find(|f| f.0 == "php_leaf") {
+            *leaf_lines.entry(f.2).or_default() += s.value;
+        }
+    }
+    eprintln!("  php_leaf's samples by line: {leaf_lines:?}");
+    for s in mine
+        .iter()
+        .filter(|s| !carries_php_chain(&agent_php_frames(s), &source))
+        .take(5)
+    {
+        eprintln!(
+            "  without the chain: {:?} / {:?}",
+            agent_names(s),
+            agent_php_frames(s)
+        );
+    }
+    assert!(total >= 200, "only {total} samples");
+    assert!(whole >= 0.95, "whole chain in {:.1}%", whole * 100.0);
+    // The comparator's samples: {closure} → usort → php_mid, with the
+    // engine's native frames (zif_usort's sort) between the closure and usort.
+    let through_usort = share(&mine, |s| {
+        let names: Vec<String> = agent_php_frames(s).into_iter().map(|f| f.0).collect();
+        let at = |n: &str| names.iter().position(|f| f == n);
+        matches!((at("{closure}"), at("usort"), at("php_mid")), (Some(a), Some(b), Some(c)) if a < b && b < c)
+    });
+    assert!(
+        through_usort > 0.01,
+        "{{closure}} → usort → php_mid in {:.1}%",
+        through_usort * 100.0
+    );
+}
+
+/// `--php-unwinding-disable`: the same workload shows the engine's native
+/// frames only.
+#[test]
+fn php_unwinding_can_be_disabled() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let Some(php) = php() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(
+        &dir.path().join("out"),
+        &[
+            "--profiling-cpu-sampling-frequency=97",
+            "--php-unwinding-disable",
+        ],
+    );
+    let child = Command::new(&php)
+        .args([workload_source("php_chain.php").as_str(), "2"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let batches = agent.stop();
+    let mine = samples_of(&batches, pid);
+    let total: i64 = mine.iter().map(|s| s.value).sum();
+    assert!(total > 50, "only {total} samples");
+    let php_frames = share(&mine, |s| !agent_php_frames(s).is_empty());
+    let engine = share(&mine, |s| {
+        agent_names(s).iter().any(|n| n.starts_with("execute_ex"))
+    });
+    assert_eq!(php_frames, 0.0, "PHP frames despite the flag");
+    assert!(
+        engine > 0.9,
+        "the engine's execute_ex in {:.1}%",
+        engine * 100.0
+    );
+}

@@ -132,6 +132,8 @@ pub enum FrameType {
     Jit,
     /// A CPython function, named by the interpreter's code object.
     CPython,
+    /// A PHP function, named by the engine's `zend_function`.
+    Php,
 }
 
 impl FrameType {
@@ -143,6 +145,7 @@ impl FrameType {
             FrameType::Kernel => Some("kernel"),
             FrameType::Jit => Some("jit"),
             FrameType::CPython => Some("cpython"),
+            FrameType::Php => Some("php"),
         }
     }
 
@@ -153,6 +156,7 @@ impl FrameType {
             "kernel" => FrameType::Kernel,
             "jit" => FrameType::Jit,
             "cpython" => FrameType::CPython,
+            "php" => FrameType::Php,
             _ => FrameType::Unknown,
         }
     }

@@ -166,6 +166,8 @@ pub mod interp_kind {
     pub const NONE: u32 = 0;
     /// CPython.
     pub const CPYTHON: u32 = 1;
+    /// PHP (the Zend engine).
+    pub const PHP: u32 = 2;
 }
 
 /// `INTERP_FRAME_TAG` of ebpf/cpu.h: the top byte of an interpreter frame's
@@ -231,6 +233,39 @@ pub struct PythonLayout {
     pub reserved: [u8; 3],
 }
 
+/// `struct php_layout` of ebpf/cpu.h: where one PHP version keeps what
+/// the walker reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhpLayout {
+    /// Address of `EG(current_execute_data)`.
+    pub current_execute_data: u64,
+    /// `zend_execute_data.opline`.
+    pub data_opline: u16,
+    /// `zend_execute_data.func`.
+    pub data_func: u16,
+    /// `zend_execute_data.This.u1.type_info` (call flags in its top 16 bits).
+    pub data_call_info: u16,
+    /// `zend_execute_data.prev_execute_data`.
+    pub data_prev: u16,
+    /// Bytes read of a `zend_execute_data`.
+    pub data_size: u16,
+    /// `zend_function.common.function_name`.
+    pub func_name: u16,
+    /// `zend_function.common.scope`.
+    pub func_scope: u16,
+    /// `zend_function.op_array.filename`.
+    pub func_filename: u16,
+    /// `zend_function.op_array.line_start`.
+    pub func_line_start: u16,
+    /// Bytes read of a `zend_function`.
+    pub func_size: u16,
+    /// `zend_op.lineno`.
+    pub op_lineno: u16,
+    /// Padding.
+    pub reserved: [u16; 5],
+}
+
 /// `struct interp_info` of ebpf/cpu.h: the interpreter a process runs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -247,8 +282,10 @@ pub struct InterpInfo {
     pub cold_start: u64,
     /// See `cold_start`.
     pub cold_end: u64,
-    /// CPython's layout.
+    /// CPython's layout (`kind` CPYTHON).
     pub python: PythonLayout,
+    /// PHP's layout (`kind` PHP).
+    pub php: PhpLayout,
 }
 
 /// `enum go_labels_kind` of ebpf/cpu.h.
@@ -1172,6 +1209,29 @@ mod tests {
                 ("cold_start", offset_of!(InterpInfo, cold_start)),
                 ("cold_end", offset_of!(InterpInfo, cold_end)),
                 ("python", offset_of!(InterpInfo, python)),
+                ("php", offset_of!(InterpInfo, php)),
+            ],
+        );
+        check(
+            "php_layout",
+            size_of::<PhpLayout>(),
+            &[
+                (
+                    "current_execute_data",
+                    offset_of!(PhpLayout, current_execute_data),
+                ),
+                ("data_opline", offset_of!(PhpLayout, data_opline)),
+                ("data_func", offset_of!(PhpLayout, data_func)),
+                ("data_call_info", offset_of!(PhpLayout, data_call_info)),
+                ("data_prev", offset_of!(PhpLayout, data_prev)),
+                ("data_size", offset_of!(PhpLayout, data_size)),
+                ("func_name", offset_of!(PhpLayout, func_name)),
+                ("func_scope", offset_of!(PhpLayout, func_scope)),
+                ("func_filename", offset_of!(PhpLayout, func_filename)),
+                ("func_line_start", offset_of!(PhpLayout, func_line_start)),
+                ("func_size", offset_of!(PhpLayout, func_size)),
+                ("op_lineno", offset_of!(PhpLayout, op_lineno)),
+                ("reserved", offset_of!(PhpLayout, reserved)),
             ],
         );
         check(

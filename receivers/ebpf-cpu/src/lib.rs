@@ -75,6 +75,9 @@ pub struct EbpfCpuConfig {
     /// No Python frames: CPython processes show the interpreter's native
     /// frames only (`--python-unwinding-disable`).
     pub python_unwinding_disable: bool,
+    /// No PHP frames: PHP processes show the engine's native frames only
+    /// (`--php-unwinding-disable`).
+    pub php_unwinding_disable: bool,
 }
 
 impl Default for EbpfCpuConfig {
@@ -91,6 +94,7 @@ impl Default for EbpfCpuConfig {
             dwarf_unwinding_mixed: false,
             unwind_table_memory_limit: 256 << 20,
             python_unwinding_disable: false,
+            php_unwinding_disable: false,
         }
     }
 }
@@ -271,10 +275,10 @@ impl Counters {
             "Process events lost because the ring buffer was full.",
             "User stack walks handed to user space with a copy of the stack (tables not loaded yet).",
             "User stack walks finished in BPF because the ring buffer had no room for a deferred walk.",
-            "Interpreter frames (Python) emitted by the BPF walker.",
+            "Interpreter frames (Python, PHP) emitted by the BPF walker.",
             "Interpreter walks ended early: the sampled thread's interpreter state was not found.",
             "Interpreter walks ended early: a frame or code object was unreadable.",
-            "Interpreter walks ended early: a frame's code was not a code object.",
+            "Interpreter walks ended early: a Python frame's code was not a code object.",
             "Samples of Go programs that carry their goroutine's pprof labels.",
             "Samples of Go programs whose goroutine labels were unreadable (taken without).",
         ];
@@ -494,7 +498,10 @@ fn interp_location(
     frame: &InterpFrame,
     name: Option<&Arc<CodeInfo>>,
 ) -> Location {
-    let frame_type = FrameType::CPython;
+    let frame_type = match frame.kind {
+        bpf::interp_kind::PHP => FrameType::Php,
+        _ => FrameType::CPython,
+    };
     let Some(info) = name else {
         return Location {
             mapping: None,
@@ -730,7 +737,8 @@ impl EbpfCpuReceiver {
             ring,
             events: EventHandler::new(self.config.unwind_mode()),
             tracker: ProcessTracker::new("/proc")
-                .with_python(!self.config.python_unwinding_disable),
+                .with_python(!self.config.python_unwinding_disable)
+                .with_php(!self.config.php_unwinding_disable),
             tables: self.tables,
         }));
         let event_thread = {
@@ -1023,7 +1031,11 @@ mod tests {
             filename: "/srv/app.py".into(),
             first_line: 10,
             // Bytes 0..6: line 11; 6..: line 13.
-            lines: LineTable::new(LineFormat::Lnotab, 10, vec![0, 1, 6, 2]),
+            lines: runtimes::LineSource::Table(LineTable::new(
+                LineFormat::Lnotab,
+                10,
+                vec![0, 1, 6, 2],
+            )),
         };
         let names = HashMap::from([(
             CodeKey {

@@ -10,7 +10,9 @@ use agent_core::file_id::{build_id_of, BuildId};
 use tracing::{debug, info};
 
 use crate::runtimes::go::{GoBinary, GoDetectError};
-use crate::runtimes::python::{version_of_path, DetectError, PythonBinary, PythonProcess};
+use crate::runtimes::php::{may_be_php, PhpBinary, PhpProcess};
+use crate::runtimes::python::{version_of_path, PythonBinary, PythonProcess};
+use crate::runtimes::DetectError;
 use crate::runtimes::Runtime;
 
 /// One executable mapping of a process.
@@ -127,6 +129,21 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
     })
 }
 
+/// A file holding an interpreter the BPF walker knows.
+enum InterpreterBinary {
+    Python(PythonBinary),
+    Php(PhpBinary),
+}
+
+impl InterpreterBinary {
+    fn version(&self) -> (u8, u8) {
+        match self {
+            InterpreterBinary::Python(b) => b.version,
+            InterpreterBinary::Php(b) => b.version,
+        }
+    }
+}
+
 /// Every process sampled recently, and build ids cached per file.
 pub struct ProcessTracker {
     proc_root: PathBuf,
@@ -136,11 +153,13 @@ pub struct ProcessTracker {
     /// Keyed by (device, inode): one read per file however many processes map it.
     build_ids: HashMap<(String, u64), Option<BuildId>>,
     /// Interpreter binaries, keyed like `build_ids`; `None`: not usable.
-    runtimes: HashMap<(String, u64), Option<PythonBinary>>,
+    runtimes: HashMap<(String, u64), Option<InterpreterBinary>>,
     /// Go binaries, keyed like `build_ids`; `None`: not Go, or no labels.
     go_binaries: HashMap<(String, u64), Option<GoBinary>>,
     /// Look for Python interpreters.
     python: bool,
+    /// Look for PHP interpreters.
+    php: bool,
     /// Processes that vanished before they could be read.
     pub vanished: u64,
 }
@@ -155,6 +174,7 @@ impl ProcessTracker {
             runtimes: HashMap::new(),
             go_binaries: HashMap::new(),
             python: true,
+            php: true,
             vanished: 0,
         }
     }
@@ -162,6 +182,12 @@ impl ProcessTracker {
     /// Looks for Python interpreters (or not).
     pub fn with_python(mut self, python: bool) -> Self {
         self.python = python;
+        self
+    }
+
+    /// Looks for PHP interpreters (or not).
+    pub fn with_php(mut self, php: bool) -> Self {
+        self.php = php;
         self
     }
 
@@ -246,8 +272,8 @@ impl ProcessTracker {
                 }
                 self.build_ids[&key].clone()
             };
-            if runtime.is_none() && m.inode != 0 && self.python {
-                runtime = self.python_runtime(pid, &m);
+            if runtime.is_none() && m.inode != 0 {
+                runtime = self.interpreter(pid, &m);
             }
             // The executable's own code comes first in the maps.
             if go.is_none() && mappings.is_empty() && m.inode != 0 {
@@ -278,42 +304,65 @@ impl ProcessTracker {
         true
     }
 
-    /// The CPython interpreter in mapping `m` of `pid`, if it holds one
-    /// (each file read once).
-    fn python_runtime(&mut self, pid: u32, m: &MapsLine<'_>) -> Option<Runtime> {
-        let version = version_of_path(m.path)?;
+    /// The interpreter (CPython, PHP) in mapping `m` of `pid`, if it holds
+    /// one (each file read once).
+    fn interpreter(&mut self, pid: u32, m: &MapsLine<'_>) -> Option<Runtime> {
+        let python = self.python.then(|| version_of_path(m.path)).flatten();
+        let php = self.php && may_be_php(m.path);
+        if python.is_none() && !php {
+            return None;
+        }
         let key = (m.device.to_owned(), m.inode);
         if !self.runtimes.contains_key(&key) {
             let file = m
                 .file_paths(&self.proc_dir(pid))
                 .iter()
                 .find_map(|p| std::fs::File::open(p).ok());
-            let binary = match file {
-                // SAFETY: a read-only private mapping of a file a live
-                // process maps (see object-files' read_elf).
-                Some(file) => match unsafe { memmap2::Mmap::map(&file) } {
-                    Ok(data) => PythonBinary::read(&data, version),
-                    Err(e) => Err(DetectError::Unreadable(e.to_string())),
-                },
+            // SAFETY: a read-only private mapping of a file a live process
+            // maps (see object-files' read_elf).
+            let data = match file.map(|f| unsafe { memmap2::Mmap::map(&f) }) {
+                Some(Ok(data)) => Ok(data),
+                Some(Err(e)) => Err(DetectError::Unreadable(e.to_string())),
                 // The process is gone: no verdict on the file.
                 None => return None,
             };
+            let (language, binary) = match python {
+                Some(version) => (
+                    "CPython",
+                    data.and_then(|d| PythonBinary::read(&d, version))
+                        .map(InterpreterBinary::Python),
+                ),
+                None => (
+                    "PHP",
+                    data.and_then(|d| PhpBinary::read(&d))
+                        .map(InterpreterBinary::Php),
+                ),
+            };
             match &binary {
-                Ok(b) => info!(path = m.path, version = ?b.version, "CPython interpreter found"),
+                Ok(b) => {
+                    info!(path = m.path, version = ?b.version(), "{language} interpreter found")
+                }
                 Err(DetectError::NoInterpreter) => {
-                    debug!(path = m.path, "no CPython interpreter loop in this file")
+                    debug!(path = m.path, "no {language} interpreter loop in this file")
                 }
                 Err(e) => {
-                    info!(path = m.path, error = %e, "CPython interpreter not usable: Python frames are not unwound")
+                    info!(path = m.path, error = %e, "{language} interpreter not usable: its frames are not unwound")
                 }
             }
             self.runtimes.insert(key.clone(), binary.ok());
         }
-        let binary = self.runtimes[&key].as_ref()?;
-        let bias = binary.bias(m.start, m.offset)?;
-        let process = PythonProcess::new(binary, bias)?;
-        debug!(pid, version = ?process.version, "CPython process");
-        Some(Runtime::Python(std::sync::Arc::new(process)))
+        let runtime = match self.runtimes[&key].as_ref()? {
+            InterpreterBinary::Python(binary) => {
+                let bias = binary.segments.bias(m.start, m.offset)?;
+                Runtime::Python(Arc::new(PythonProcess::new(binary, bias)?))
+            }
+            InterpreterBinary::Php(binary) => {
+                let bias = binary.segments.bias(m.start, m.offset)?;
+                Runtime::Php(Arc::new(PhpProcess::new(binary, bias)?))
+            }
+        };
+        debug!(pid, runtime = runtime.describe(), "interpreter process");
+        Some(runtime)
     }
 
     /// The Go program in mapping `m` of `pid`, if it is one whose labels
@@ -325,7 +374,7 @@ impl ProcessTracker {
                 .file_paths(&self.proc_dir(pid))
                 .iter()
                 .find_map(|p| std::fs::File::open(p).ok())?;
-            // SAFETY: as in python_runtime.
+            // SAFETY: as in interpreter.
             let found = match unsafe { memmap2::Mmap::map(&file) } {
                 Ok(data) => GoBinary::read(&data),
                 Err(_) => Err(GoDetectError::NotGo),

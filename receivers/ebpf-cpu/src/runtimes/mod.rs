@@ -7,10 +7,14 @@
 //! `INTERP_FRAME_TAG` in ebpf/cpu.h): what user space needs to name it.
 
 pub mod go;
+pub mod php;
 pub mod python;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
+
+use object::{Object, ObjectSegment};
 
 use crate::bpf::{self, INTERP_FRAME_TAG, INTERP_OFFSET_UNKNOWN};
 
@@ -84,6 +88,8 @@ pub(crate) fn cpython_tag_word(offset: u64, validation: u32) -> u64 {
 pub enum Runtime {
     /// CPython.
     Python(Arc<python::PythonProcess>),
+    /// PHP.
+    Php(Arc<php::PhpProcess>),
 }
 
 impl Runtime {
@@ -91,6 +97,7 @@ impl Runtime {
     pub fn interp_info(&self) -> bpf::InterpInfo {
         match self {
             Runtime::Python(p) => p.interp_info(),
+            Runtime::Php(p) => p.interp_info(),
         }
     }
 
@@ -98,8 +105,107 @@ impl Runtime {
     pub fn describe(&self) -> String {
         match self {
             Runtime::Python(p) => format!("cpython {}.{}", p.version.0, p.version.1),
+            Runtime::Php(p) => format!("php {}.{}", p.version.0, p.version.1),
         }
     }
+
+    /// Names the object of a frame this runtime's walker emitted, if it
+    /// still is the one BPF saw.
+    fn name(&self, key: CodeKey) -> Result<CodeInfo, NameError> {
+        match self {
+            Runtime::Python(p) => p.name_code(key.pid, key.object, key.validation),
+            Runtime::Php(p) => p.name_function(key.pid, key.object, key.validation),
+        }
+    }
+}
+
+/// A file's PT_LOAD segments: (file offset, file size, virtual address).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Segments(pub Vec<(u64, u64, u64)>);
+
+impl Segments {
+    /// The segments of an ELF file.
+    pub fn of(obj: &object::File<'_>) -> Self {
+        Self(
+            obj.segments()
+                .map(|s| {
+                    let (offset, size) = s.file_range();
+                    (offset, size, s.address())
+                })
+                .collect(),
+        )
+    }
+
+    /// The difference between process addresses and the file's virtual
+    /// addresses, for a mapping of it at `start` from file `offset`.
+    pub fn bias(&self, start: u64, offset: u64) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|&&(o, size, _)| offset >= o && offset - o < size.max(1))
+            .map(|&(o, _, vaddr)| start.wrapping_sub(offset - o + vaddr))
+    }
+}
+
+/// A (start, size) range of a file at `bias`: [start, end) in the process.
+fn process_range((start, size): (u64, u64), bias: u64) -> (u64, u64) {
+    let start = start.wrapping_add(bias);
+    (start, start.wrapping_add(size))
+}
+
+/// Why a file that looks like an interpreter's is not used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DetectError {
+    /// Not an ELF file we can read.
+    Unreadable(String),
+    /// A version the offsets tables do not cover (what it is, and which are).
+    UnsupportedVersion(String),
+    /// A symbol the unwinder needs is missing (a stripped build).
+    MissingSymbol(&'static str),
+    /// The interpreter loop is not in this file (a launcher linked to the
+    /// library where the interpreter is).
+    NoInterpreter,
+}
+
+impl fmt::Display for DetectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DetectError::Unreadable(e) => write!(f, "unreadable: {e}"),
+            DetectError::UnsupportedVersion(v) => write!(f, "unsupported version: {v}"),
+            DetectError::MissingSymbol(s) => write!(f, "no symbol {s} (stripped?)"),
+            DetectError::NoInterpreter => f.write_str("no interpreter loop in this file"),
+        }
+    }
+}
+
+/// Why a frame could not be named.
+#[derive(Debug)]
+pub enum NameError {
+    /// The process's memory could not be read (it exited, or the object was freed).
+    Read(std::io::Error),
+    /// The object is not what the frame said (any more).
+    NotCode,
+    /// Another object lives at the address now.
+    Stale,
+    /// A string or table longer than we read.
+    TooLong,
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Read(e) => write!(f, "reading process memory: {e}"),
+            NameError::NotCode => f.write_str("not a code object"),
+            NameError::Stale => f.write_str("another object lives there now"),
+            NameError::TooLong => f.write_str("a string or line table is too long"),
+        }
+    }
+}
+
+/// The little-endian word at `address` of process `pid`.
+fn read_u64(pid: u32, address: u64) -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    read_memory(pid, address, &mut b)?;
+    Ok(u64::from_le_bytes(b))
 }
 
 /// An interpreter object in a process, as a frame refers to it.
@@ -122,16 +228,43 @@ pub struct CodeInfo {
     pub filename: String,
     /// Line where the function starts.
     pub first_line: u32,
-    /// Turns an instruction offset into a line.
-    pub lines: python::LineTable,
+    /// Where a frame's line comes from.
+    pub lines: LineSource,
+}
+
+/// Where the line of an interpreter frame comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineSource {
+    /// The frame's offset is an instruction offset this table turns into a line.
+    Table(python::LineTable),
+    /// The frame's offset is the line itself (PHP: BPF reads the line of
+    /// the frame's current opline).
+    InFrame,
+}
+
+impl LineSource {
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        match self {
+            LineSource::Table(t) => t.len(),
+            LineSource::InFrame => 0,
+        }
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl CodeInfo {
     /// The line of the instruction at `offset` (the first line when unknown).
     pub fn line(&self, offset: Option<u32>) -> u32 {
-        offset
-            .and_then(|o| self.lines.line(o))
-            .unwrap_or(self.first_line)
+        let line = match &self.lines {
+            LineSource::Table(t) => offset.and_then(|o| t.line(o)),
+            LineSource::InFrame => offset.filter(|&l| l != 0),
+        };
+        line.unwrap_or(self.first_line)
     }
 }
 
@@ -180,10 +313,7 @@ impl CodeNames {
         }
         // Without the process's interpreter nothing is tried (nor remembered).
         let runtime = runtime?;
-        let info = match runtime {
-            Runtime::Python(p) => p.name_code(key.pid, key.object, key.validation),
-        };
-        let info = match info {
+        let info = match runtime.name(key) {
             Ok(info) => {
                 self.resolved += 1;
                 Some(Arc::new(info))

@@ -3,12 +3,13 @@
 //! (a table below, facts from CPython's headers, checked against the DWARF
 //! of real builds), named here from the process's memory.
 
-use std::fmt;
 use std::path::Path;
 
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 
-use super::{read_memory, CodeInfo};
+use super::{
+    process_range, read_memory, read_u64, CodeInfo, DetectError, LineSource, NameError, Segments,
+};
 use crate::bpf::{self, InterpInfo, PythonLayout};
 
 /// Where one CPython version keeps what the unwinder and the namer read
@@ -197,42 +198,18 @@ pub struct PythonBinary {
     pub eval_loop: (u64, u64),
     /// `_PyEval_EvalFrameDefault.cold` (in `.symtab` only): (start, size).
     pub eval_loop_cold: Option<(u64, u64)>,
-    /// PT_LOAD segments: (file offset, file size, virtual address).
-    pub segments: Vec<(u64, u64, u64)>,
-}
-
-/// Why a file named like CPython is not used.
-#[derive(Debug, PartialEq, Eq)]
-pub enum DetectError {
-    /// Not an ELF file we can read.
-    Unreadable(String),
-    /// A version the offsets table does not cover.
-    UnsupportedVersion((u8, u8)),
-    /// A symbol the unwinder needs is missing (a stripped build).
-    MissingSymbol(&'static str),
-    /// The interpreter loop is not in this file (a launcher linked to
-    /// `libpython3.N.so`, where the interpreter is).
-    NoInterpreter,
-}
-
-impl fmt::Display for DetectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DetectError::Unreadable(e) => write!(f, "unreadable: {e}"),
-            DetectError::UnsupportedVersion((a, b)) => {
-                write!(f, "CPython {a}.{b} is not supported (3.6 through 3.13 are)")
-            }
-            DetectError::MissingSymbol(s) => write!(f, "no symbol {s} (stripped?)"),
-            DetectError::NoInterpreter => f.write_str("no interpreter loop in this file"),
-        }
-    }
+    /// Where its PT_LOAD segments are.
+    pub segments: Segments,
 }
 
 impl PythonBinary {
     /// Reads the symbols the unwinder needs from an ELF file of CPython 3.`version.1`.
     pub fn read(data: &[u8], version: (u8, u8)) -> Result<Self, DetectError> {
         if offsets(version.1).is_none() || version.0 != 3 {
-            return Err(DetectError::UnsupportedVersion(version));
+            return Err(DetectError::UnsupportedVersion(format!(
+                "CPython {}.{} (3.6 through 3.13 are supported)",
+                version.0, version.1
+            )));
         }
         let obj = object::File::parse(data).map_err(|e| DetectError::Unreadable(e.to_string()))?;
         let runtime_name = if version.1 >= 7 {
@@ -265,30 +242,9 @@ impl PythonBinary {
             code_type: code_type.ok_or(DetectError::MissingSymbol("PyCode_Type"))?,
             eval_loop,
             eval_loop_cold,
-            segments: obj
-                .segments()
-                .map(|s| {
-                    let (offset, size) = s.file_range();
-                    (offset, size, s.address())
-                })
-                .collect(),
+            segments: Segments::of(&obj),
         })
     }
-
-    /// The difference between process addresses and this file's virtual
-    /// addresses, for a mapping of it at `start` from file `offset`.
-    pub fn bias(&self, start: u64, offset: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|&&(o, size, _)| offset >= o && offset - o < size.max(1))
-            .map(|&(o, _, vaddr)| start.wrapping_sub(offset - o + vaddr))
-    }
-}
-
-/// A (start, size) range of a file at `bias`: [start, end) in the process.
-fn process_range((start, size): (u64, u64), bias: u64) -> (u64, u64) {
-    let start = start.wrapping_add(bias);
-    (start, start.wrapping_add(size))
 }
 
 /// `Py_Version` of a 3.11+ build: (major, minor).
@@ -387,6 +343,7 @@ impl PythonProcess {
                 entry_shim: FRAME_OWNED_BY_CSTACK,
                 reserved: [0; 3],
             },
+            ..InterpInfo::default()
         }
     }
 
@@ -433,13 +390,13 @@ impl PythonProcess {
             name,
             filename,
             first_line,
-            lines: LineTable {
+            lines: LineSource::Table(LineTable {
                 format,
                 first_line,
                 table,
                 // 3.10's f_lasti counts code units; the others are bytes.
                 offset_scale: if self.version.1 == 10 { 2 } else { 1 },
-            },
+            }),
         })
     }
 }
@@ -474,36 +431,6 @@ impl CodeIdentity {
         let h = mix(mix(mix(h, self.filename), self.filename_length), self.word);
         (h >> 32) as u32
     }
-}
-
-/// Why a frame could not be named.
-#[derive(Debug)]
-pub enum NameError {
-    /// The process's memory could not be read (it exited, or the object was freed).
-    Read(std::io::Error),
-    /// The object is not a code object (any more).
-    NotCode,
-    /// Another code object lives at the address now.
-    Stale,
-    /// A string or table longer than we read.
-    TooLong,
-}
-
-impl fmt::Display for NameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NameError::Read(e) => write!(f, "reading process memory: {e}"),
-            NameError::NotCode => f.write_str("not a code object"),
-            NameError::Stale => f.write_str("another code object lives there now"),
-            NameError::TooLong => f.write_str("a string or line table is too long"),
-        }
-    }
-}
-
-fn read_u64(pid: u32, address: u64) -> std::io::Result<u64> {
-    let mut b = [0u8; 8];
-    read_memory(pid, address, &mut b)?;
-    Ok(u64::from_le_bytes(b))
 }
 
 /// Longest name or file name read.
@@ -738,7 +665,7 @@ mod tests {
     fn every_supported_version_has_offsets_and_no_other() {
         for minor in 6..=13 {
             let o = offsets(minor).unwrap();
-            // What BPF reads stays within its PY_READ_MAX-byte buffers.
+            // What BPF reads stays within its INTERP_READ_MAX-byte buffers.
             let p = PythonProcess {
                 version: (3, minor),
                 offsets: o,

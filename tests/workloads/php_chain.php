@@ -1,0 +1,38 @@
+<?php
+// The PHP chain of the end-to-end tests: php_outer -> php_mid -> php_leaf,
+// busy for argv[1] seconds (default 3), with php_mid also reaching
+// php_leaf through usort's comparator (an internal function between PHP
+// frames).
+
+function php_leaf(int $n): int
+{
+    $acc = 0;
+    for ($i = 0; $i < $n; $i++) { // LEAF LOOP START
+        $acc = ($acc * 31 + $i) % 1000003;
+    }
+    return $acc;
+}
+
+function php_mid(int $round): int
+{
+    if ($round % 8 == 0) {
+        $items = [3, 1, 2];
+        usort($items, function ($a, $b) {
+            return php_leaf(20000) + $a - $b > 0 ? 1 : -1;
+        });
+        return $items[0];
+    }
+    return php_leaf(50000);
+}
+
+function php_outer(float $seconds): int
+{
+    $end = microtime(true) + $seconds;
+    $sum = 0;
+    for ($round = 0; microtime(true) < $end; $round++) {
+        $sum += php_mid($round);
+    }
+    return $sum;
+}
+
+echo php_outer((float)($argv[1] ?? 3)), "\n";
