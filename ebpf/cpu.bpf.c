@@ -14,8 +14,8 @@
  * process, a library just mapped) is handed to user space with a copy of
  * the stack instead of being cut short (struct deferred_sample). Where a
  * frame lies in an interpreter's loop (CPython's _PyEval_EvalFrameDefault,
- * PHP's execute_ex), the interpreter's own frames are emitted in its place
- * (runtimes/). */
+ * PHP's execute_ex, Ruby's rb_vm_exec), the interpreter's own frames are
+ * emitted in its place (runtimes/). */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
 #include <asm/ptrace.h>
@@ -123,6 +123,7 @@ struct unwind_state {
 	__u32 interp_state;    /* enum interp_walk */
 	__u32 run_frames;      /* interpreter frames emitted for the loop frame at pc */
 	__u64 interp_frame;    /* the next interpreter frame to emit; 0: none left */
+	__u64 interp_end;      /* where the interpreter's frames end (Ruby: its VM stack's end) */
 	__u64 sample_r14;      /* the sampled user registers a VM may keep its state in */
 	__u64 sample_r15;
 	struct user_stack stack;
@@ -414,13 +415,15 @@ static __always_inline void push_word(struct unwind_state *st, __u64 word)
  * space; the mask keeps every access inside the buffer). */
 #define FIELD(buf, type, offset) (*(type *)((buf) + ((offset) & (INTERP_READ_MAX - 1))))
 
-/* Reads `size` bytes (at most INTERP_READ_MAX) of user memory into buf; 0 on success. */
-static __always_inline long read_object(__u8 *buf, __u16 size, __u64 address)
+/* Reads `size` bytes (at most INTERP_READ_MAX) of user memory into buf; 0
+ * on success. Not inlined: inlined, the compiler may hand the helper a copy
+ * of size made before the bounds check, which the verifier does not know
+ * is bounded. */
+static __noinline long read_object(__u8 *buf, __u64 size, __u64 address)
 {
-	__u32 n = size;
-	if (n == 0 || n > INTERP_READ_MAX)
+	if (size == 0 || size > INTERP_READ_MAX)
 		return -1;
-	return bpf_probe_read_user(buf, n, (const void *)address);
+	return bpf_probe_read_user(buf, size, (const void *)address);
 }
 
 /* Tells user space about an interpreter object first seen in a sample of
@@ -473,6 +476,7 @@ static __always_inline int current_exiting(void)
 
 #include "runtimes/python.h"
 #include "runtimes/php.h"
+#include "runtimes/ruby.h"
 #include "runtimes/go.h"
 
 /* Whether pc lies in the interpreter's loop (a frame that runs interpreter frames). */
@@ -488,8 +492,16 @@ static __always_inline int in_interp_loop(struct interp_info *interp, __u64 pc)
 static __always_inline long interpreter_step(struct unwind_state *st, struct interp_info *interp)
 {
 	if (st->interp_state == INTERP_UNSTARTED) {
-		st->interp_frame = interp->kind == INTERP_PHP ? php_current_frame(&interp->php)
-							      : python_current_frame(st, &interp->python);
+		switch (interp->kind) {
+		case INTERP_PHP:
+			st->interp_frame = php_current_frame(&interp->php);
+			break;
+		case INTERP_RUBY:
+			st->interp_frame = ruby_current_frame(st, &interp->ruby);
+			break;
+		default:
+			st->interp_frame = python_current_frame(st, &interp->python);
+		}
 		st->interp_state = INTERP_ACTIVE;
 		if (!st->interp_frame) {
 			count(STAT_INTERP_NO_THREAD);
@@ -503,8 +515,17 @@ static __always_inline long interpreter_step(struct unwind_state *st, struct int
 	}
 	if (st->interp_state != INTERP_IN_RUN || !st->interp_frame)
 		return 1;
-	long ended = interp->kind == INTERP_PHP ? php_frame(st, &interp->php)
-						: python_frame(st, &interp->python);
+	long ended;
+	switch (interp->kind) {
+	case INTERP_PHP:
+		ended = php_frame(st, &interp->php);
+		break;
+	case INTERP_RUBY:
+		ended = ruby_frame(st, &interp->ruby);
+		break;
+	default:
+		ended = python_frame(st, &interp->python);
+	}
 	if (ended && st->interp_state == INTERP_IN_RUN)
 		st->interp_state = INTERP_ACTIVE;
 	return ended;
@@ -714,6 +735,7 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	st->generation = generation;
 	st->interp_state = INTERP_UNSTARTED;
 	st->interp_frame = 0;
+	st->interp_end = 0;
 	st->run_frames = 0;
 	st->pc_recorded = 0;
 	st->mode = mode;

@@ -67,6 +67,7 @@ enum interp_kind {
 	INTERP_NONE = 0,
 	INTERP_CPYTHON = 1,
 	INTERP_PHP = 2,
+	INTERP_RUBY = 3,
 };
 
 /* A user stack, leaf first. */
@@ -174,6 +175,28 @@ struct php_layout {
 	__u16 reserved[5];
 };
 
+/* Where one Ruby (CRuby) version keeps what the walker reads (offsets in
+ * bytes; user space fills it from its per-version table). */
+struct ruby_layout {
+	__u64 tls_module_got;    /* the GOT word holding ruby_current_ec's TLS module id; 0: none */
+	__s64 tls_static_offset; /* ruby_current_ec's address - the thread pointer (static TLS); 0: none */
+	__u64 ec_global;         /* address of a global pointing to the current ec (2.6, 2.7); 0: none */
+	__u16 tls_offset;        /* ruby_current_ec's offset in its module's TLS block */
+	__u16 ec_vm_stack;       /* rb_execution_context_t */
+	__u16 ec_vm_stack_size;  /* (in VALUEs) */
+	__u16 ec_cfp;
+	__u16 cfp_size;          /* rb_control_frame_t */
+	__u16 cfp_pc;
+	__u16 cfp_iseq;
+	__u16 cfp_ep;
+	__u16 iseq_body;         /* rb_iseq_t */
+	__u16 body_size;         /* rb_iseq_constant_body.iseq_size (in VALUEs) */
+	__u16 body_encoded;      /* rb_iseq_constant_body.iseq_encoded */
+	__u16 cme_def;           /* rb_callable_method_entry_t.def */
+	__u16 cme_owner;
+	__u16 reserved[3];
+};
+
 /* The interpreter a process runs, found by user space in its mappings. */
 struct interp_info {
 	__u32 kind;             /* enum interp_kind; INTERP_NONE: none */
@@ -184,6 +207,7 @@ struct interp_info {
 	__u64 cold_end;
 	struct python_layout python; /* INTERP_CPYTHON */
 	struct php_layout php;       /* INTERP_PHP */
+	struct ruby_layout ruby;     /* INTERP_RUBY */
 };
 
 /* How a Go program's goroutine labels (runtime/pprof.Do) are kept. */

@@ -418,8 +418,8 @@ pub const FLAGS: &[FlagSpec] = &[
         "ruby-unwinding-disable",
         Bool,
         None,
-        "Parca Agent's Ruby unwinder; this agent has none.",
-        Owner::NoEffect("this agent has no Ruby unwinder to disable"),
+        "Do not unwind Ruby frames: Ruby processes show the VM's native frames only.",
+        Owner::Sets(&[receiver("ebpf_cpu", "ruby_unwinding_disable")]),
     ),
     flag(
         "analytics-opt-out",

@@ -1154,8 +1154,8 @@ fn py_spy() -> Option<PathBuf> {
 /// A Python frame: (function, file, line).
 type PyFrame = (String, String, i64);
 
-/// The named Python frames of an agent sample, leaf first.
-fn agent_python_frames(sample: &ResolvedSample) -> Vec<PyFrame> {
+/// The named interpreter frames (Python, PHP, Ruby) of an agent sample, leaf first.
+fn agent_interp_frames(sample: &ResolvedSample) -> Vec<PyFrame> {
     sample
         .frames
         .iter()
@@ -1213,7 +1213,7 @@ fn agent_carries_py_chain(
     sample: &ResolvedSample,
     leaf_lines: &std::ops::RangeInclusive<i64>,
 ) -> bool {
-    if !carries_py_chain(&agent_python_frames(sample), leaf_lines) {
+    if !carries_py_chain(&agent_interp_frames(sample), leaf_lines) {
         return false;
     }
     // Leaf first: `None` for a native frame, the simple name of a Python one.
@@ -1429,7 +1429,7 @@ fn python_names_stay_right_with_threads_and_fresh_code() {
             let Some(&family) = sample.series.get("thread_id").and_then(|t| families.get(t)) else {
                 continue;
             };
-            for (function, file, line) in agent_python_frames(&sample) {
+            for (function, file, line) in agent_interp_frames(&sample) {
                 let Some((fam, i)) = function.split_once("_fresh_") else {
                     continue;
                 };
@@ -1635,7 +1635,7 @@ fn python_unwinding_can_be_disabled() {
     let mine = samples_of(&batches, pid);
     let total: i64 = mine.iter().map(|s| s.value).sum();
     assert!(total > 50, "only {total} samples");
-    let python_frames = share(&mine, |s| !agent_python_frames(s).is_empty());
+    let python_frames = share(&mine, |s| !agent_interp_frames(s).is_empty());
     let eval_loop = share(&mine, |s| {
         agent_names(s)
             .iter()
@@ -1662,17 +1662,6 @@ fn php() -> Option<PathBuf> {
         eprintln!("SKIPPED: no PHP found (/usr/bin/php8.2, /usr/bin/php)");
     }
     found
-}
-
-/// The named PHP frames of an agent sample, leaf first: (function, file, line).
-fn agent_php_frames(sample: &ResolvedSample) -> Vec<(String, String, i64)> {
-    sample
-        .frames
-        .iter()
-        .filter(|f| f.mapping.is_none())
-        .flat_map(|f| &f.lines)
-        .map(|l| (l.function.clone(), l.filename.clone(), l.line))
-        .collect()
 }
 
 /// The lines of a function of a workload: from its `function NAME(` line
@@ -1751,27 +1740,29 @@ fn php_stacks_are_whole_and_named() {
         })
         .collect();
     let total: i64 = mine.iter().map(|s| s.value).sum();
-    let whole = share(&mine, |s| carries_php_chain(&agent_php_frames(s), &source));
+    let whole = share(&mine, |s| {
+        carries_php_chain(&agent_interp_frames(s), &source)
+    });
     eprintln!(
         "PHP: whole chain in {:.1}% of {total} samples",
         whole * 100.0
     );
     let mut leaf_lines: std::collections::BTreeMap<i64, i64> = Default::default();
     for s in &mine {
-        if let Some(f) = agent_php_frames(s).iter().find(|f| f.0 == "php_leaf") {
+        if let Some(f) = agent_interp_frames(s).iter().find(|f| f.0 == "php_leaf") {
             *leaf_lines.entry(f.2).or_default() += s.value;
         }
     }
     eprintln!("  php_leaf's samples by line: {leaf_lines:?}");
     for s in mine
         .iter()
-        .filter(|s| !carries_php_chain(&agent_php_frames(s), &source))
+        .filter(|s| !carries_php_chain(&agent_interp_frames(s), &source))
         .take(5)
     {
         eprintln!(
             "  without the chain: {:?} / {:?}",
             agent_names(s),
-            agent_php_frames(s)
+            agent_interp_frames(s)
         );
     }
     assert!(total >= 200, "only {total} samples");
@@ -1779,7 +1770,7 @@ fn php_stacks_are_whole_and_named() {
     // The comparator's samples: {closure} → usort → php_mid, with the
     // engine's native frames (zif_usort's sort) between the closure and usort.
     let through_usort = share(&mine, |s| {
-        let names: Vec<String> = agent_php_frames(s).into_iter().map(|f| f.0).collect();
+        let names: Vec<String> = agent_interp_frames(s).into_iter().map(|f| f.0).collect();
         let at = |n: &str| names.iter().position(|f| f == n);
         matches!((at("{closure}"), at("usort"), at("php_mid")), (Some(a), Some(b), Some(c)) if a < b && b < c)
     });
@@ -1819,7 +1810,7 @@ fn php_unwinding_can_be_disabled() {
     let mine = samples_of(&batches, pid);
     let total: i64 = mine.iter().map(|s| s.value).sum();
     assert!(total > 50, "only {total} samples");
-    let php_frames = share(&mine, |s| !agent_php_frames(s).is_empty());
+    let php_frames = share(&mine, |s| !agent_interp_frames(s).is_empty());
     let engine = share(&mine, |s| {
         agent_names(s).iter().any(|n| n.starts_with("execute_ex"))
     });
@@ -1829,4 +1820,190 @@ fn php_unwinding_can_be_disabled() {
         "the engine's execute_ex in {:.1}%",
         engine * 100.0
     );
+}
+
+/// Ruby, as .ci/run installs it (Debian's `ruby`); CI must have it.
+fn ruby() -> Option<PathBuf> {
+    let found = ["/usr/bin/ruby3.1", "/usr/bin/ruby"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI must install ruby (see .ci/run)");
+        }
+        eprintln!("SKIPPED: no Ruby found (/usr/bin/ruby3.1, /usr/bin/ruby)");
+    }
+    found
+}
+
+/// The lines of a Ruby workload's method: from its `def NAME` line to the
+/// `end` at the same indentation.
+fn ruby_method_lines(source: &str, name: &str) -> std::ops::RangeInclusive<i64> {
+    let lines: Vec<&str> = source.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(&format!("def {name}")))
+        .unwrap();
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|l| *l == format!("{}end", " ".repeat(indent)))
+            .unwrap();
+    (start as i64 + 1)..=(end as i64 + 1)
+}
+
+/// The Ruby chain of tests/workloads/rb_chain.rb, callee first: (label,
+/// the method whose lines it is at).
+const RB_CHAIN: [(&str, &str); 5] = [
+    ("rb_leaf", "rb_leaf"),
+    ("block in rb_mid", "rb_mid"),
+    ("rb_mid", "rb_mid"),
+    ("run", "run"),
+    ("<main>", ""),
+];
+
+/// Whether Ruby frames (leaf first) hold rb_chain.rb's whole chain in
+/// order, each in that file at a line of its method.
+fn carries_rb_chain(frames: &[(String, String, i64)], source: &str) -> bool {
+    let mut want = RB_CHAIN.iter().peekable();
+    for (function, file, line) in frames {
+        let Some(&&(label, method)) = want.peek() else {
+            break;
+        };
+        if function == label && file.ends_with("rb_chain.rb") {
+            if !method.is_empty() && !ruby_method_lines(source, method).contains(line) {
+                return false;
+            }
+            want.next();
+        }
+    }
+    want.peek().is_none()
+}
+
+/// A Ruby workload's stacks: RbOuter#run → rb_mid → block → rb_leaf named
+/// with file and line in (nearly) every sample, the C method that calls
+/// the block (Integer#times, Array#map) between it and rb_mid.
+#[test]
+fn ruby_stacks_are_whole_and_named() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let Some(ruby) = ruby() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(
+        &dir.path().join("out"),
+        &["--profiling-cpu-sampling-frequency=97"],
+    );
+    let workload = workload_source("rb_chain.rb");
+    let child = Command::new(&ruby)
+        .args([workload.as_str(), "4"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let batches = agent.stop();
+
+    let source = std::fs::read_to_string(&workload).unwrap();
+    // The VM's own start-up (loading the prelude and rubygems) and shutdown
+    // run none of the workload's code.
+    let outside = [
+        "do_execveat_common",
+        "_dl_start",
+        "ruby_setup",
+        "ruby_options",
+        "ruby_cleanup",
+        "rb_ec_cleanup",
+        "exit_mmap",
+        "require",
+        "Kernel#require",
+    ];
+    let mine: Vec<_> = samples_of(&batches, pid)
+        .into_iter()
+        .filter(|s| {
+            !agent_names(s)
+                .iter()
+                .any(|n| outside.iter().any(|f| n.starts_with(f)))
+        })
+        .collect();
+    let total: i64 = mine.iter().map(|s| s.value).sum();
+    let whole = share(&mine, |s| {
+        carries_rb_chain(&agent_interp_frames(s), &source)
+    });
+    let all: i64 = samples_of(&batches, pid).iter().map(|s| s.value).sum();
+    eprintln!(
+        "Ruby: whole chain in {:.1}% of {total} samples ({all} with the VM's start-up and exit)",
+        whole * 100.0
+    );
+    for s in mine
+        .iter()
+        .filter(|s| !carries_rb_chain(&agent_interp_frames(s), &source))
+        .take(5)
+    {
+        eprintln!(
+            "  without the chain: {:?} / {:?}",
+            agent_names(s),
+            agent_interp_frames(s)
+        );
+    }
+    assert!(total >= 200, "only {total} samples");
+    assert!(whole >= 0.95, "whole chain in {:.1}%", whole * 100.0);
+    // The C method calling the block sits between it and rb_mid, by name.
+    let c_method_between = |s: &ResolvedSample, method: &str| {
+        let names: Vec<String> = agent_interp_frames(s).into_iter().map(|f| f.0).collect();
+        let at = |n: &str| names.iter().position(|f| f == n);
+        matches!((at("block in rb_mid"), at(method), at("rb_mid")), (Some(a), Some(b), Some(c)) if a < b && b < c)
+    };
+    let times = share(&mine, |s| c_method_between(s, "Integer#times"));
+    let map = share(&mine, |s| c_method_between(s, "Array#map"));
+    eprintln!(
+        "  Integer#times between the block and rb_mid in {:.1}%, Array#map in {:.1}%",
+        times * 100.0,
+        map * 100.0
+    );
+    assert!(
+        times > 0.2 && map > 0.2,
+        "C methods between Ruby frames: times {times}, map {map}"
+    );
+}
+
+/// `--ruby-unwinding-disable`: the same workload shows the VM's native
+/// frames only.
+#[test]
+fn ruby_unwinding_can_be_disabled() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let Some(ruby) = ruby() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(
+        &dir.path().join("out"),
+        &[
+            "--profiling-cpu-sampling-frequency=97",
+            "--ruby-unwinding-disable",
+        ],
+    );
+    let child = Command::new(&ruby)
+        .args([workload_source("rb_chain.rb").as_str(), "2"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let batches = agent.stop();
+    let mine = samples_of(&batches, pid);
+    let total: i64 = mine.iter().map(|s| s.value).sum();
+    assert!(total > 50, "only {total} samples");
+    let ruby_frames = share(&mine, |s| !agent_interp_frames(s).is_empty());
+    let vm = share(&mine, |s| {
+        agent_names(s).iter().any(|n| n.starts_with("rb_vm_exec"))
+    });
+    assert_eq!(ruby_frames, 0.0, "Ruby frames despite the flag");
+    assert!(vm > 0.8, "the VM's rb_vm_exec in {:.1}%", vm * 100.0);
 }

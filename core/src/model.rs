@@ -134,6 +134,8 @@ pub enum FrameType {
     CPython,
     /// A PHP function, named by the engine's `zend_function`.
     Php,
+    /// A Ruby method or block (or a C method called from Ruby).
+    Ruby,
 }
 
 impl FrameType {
@@ -146,6 +148,7 @@ impl FrameType {
             FrameType::Jit => Some("jit"),
             FrameType::CPython => Some("cpython"),
             FrameType::Php => Some("php"),
+            FrameType::Ruby => Some("ruby"),
         }
     }
 
@@ -157,6 +160,7 @@ impl FrameType {
             "jit" => FrameType::Jit,
             "cpython" => FrameType::CPython,
             "php" => FrameType::Php,
+            "ruby" => FrameType::Ruby,
             _ => FrameType::Unknown,
         }
     }

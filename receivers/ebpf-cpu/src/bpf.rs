@@ -168,6 +168,8 @@ pub mod interp_kind {
     pub const CPYTHON: u32 = 1;
     /// PHP (the Zend engine).
     pub const PHP: u32 = 2;
+    /// Ruby (CRuby).
+    pub const RUBY: u32 = 3;
 }
 
 /// `INTERP_FRAME_TAG` of ebpf/cpu.h: the top byte of an interpreter frame's
@@ -266,6 +268,47 @@ pub struct PhpLayout {
     pub reserved: [u16; 5],
 }
 
+/// `struct ruby_layout` of ebpf/cpu.h: where one Ruby version keeps what
+/// the walker reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RubyLayout {
+    /// The GOT word holding `ruby_current_ec`'s TLS module id; 0: none.
+    pub tls_module_got: u64,
+    /// `ruby_current_ec`'s address minus the thread pointer (static TLS); 0: none.
+    pub tls_static_offset: i64,
+    /// Address of a global pointing to the current execution context (2.6, 2.7).
+    pub ec_global: u64,
+    /// `ruby_current_ec`'s offset in its module's TLS block.
+    pub tls_offset: u16,
+    /// `rb_execution_context_t.vm_stack`.
+    pub ec_vm_stack: u16,
+    /// `rb_execution_context_t.vm_stack_size` (in VALUEs).
+    pub ec_vm_stack_size: u16,
+    /// `rb_execution_context_t.cfp`.
+    pub ec_cfp: u16,
+    /// `sizeof(rb_control_frame_t)`.
+    pub cfp_size: u16,
+    /// `rb_control_frame_t.pc`.
+    pub cfp_pc: u16,
+    /// `rb_control_frame_t.iseq`.
+    pub cfp_iseq: u16,
+    /// `rb_control_frame_t.ep`.
+    pub cfp_ep: u16,
+    /// `rb_iseq_t.body`.
+    pub iseq_body: u16,
+    /// `rb_iseq_constant_body.iseq_size`.
+    pub body_size: u16,
+    /// `rb_iseq_constant_body.iseq_encoded`.
+    pub body_encoded: u16,
+    /// `rb_callable_method_entry_t.def` (`called_id` follows it).
+    pub cme_def: u16,
+    /// `rb_callable_method_entry_t.owner`.
+    pub cme_owner: u16,
+    /// Padding.
+    pub reserved: [u16; 3],
+}
+
 /// `struct interp_info` of ebpf/cpu.h: the interpreter a process runs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -286,6 +329,8 @@ pub struct InterpInfo {
     pub python: PythonLayout,
     /// PHP's layout (`kind` PHP).
     pub php: PhpLayout,
+    /// Ruby's layout (`kind` RUBY).
+    pub ruby: RubyLayout,
 }
 
 /// `enum go_labels_kind` of ebpf/cpu.h.
@@ -1210,6 +1255,33 @@ mod tests {
                 ("cold_end", offset_of!(InterpInfo, cold_end)),
                 ("python", offset_of!(InterpInfo, python)),
                 ("php", offset_of!(InterpInfo, php)),
+                ("ruby", offset_of!(InterpInfo, ruby)),
+            ],
+        );
+        check(
+            "ruby_layout",
+            size_of::<RubyLayout>(),
+            &[
+                ("tls_module_got", offset_of!(RubyLayout, tls_module_got)),
+                (
+                    "tls_static_offset",
+                    offset_of!(RubyLayout, tls_static_offset),
+                ),
+                ("ec_global", offset_of!(RubyLayout, ec_global)),
+                ("tls_offset", offset_of!(RubyLayout, tls_offset)),
+                ("ec_vm_stack", offset_of!(RubyLayout, ec_vm_stack)),
+                ("ec_vm_stack_size", offset_of!(RubyLayout, ec_vm_stack_size)),
+                ("ec_cfp", offset_of!(RubyLayout, ec_cfp)),
+                ("cfp_size", offset_of!(RubyLayout, cfp_size)),
+                ("cfp_pc", offset_of!(RubyLayout, cfp_pc)),
+                ("cfp_iseq", offset_of!(RubyLayout, cfp_iseq)),
+                ("cfp_ep", offset_of!(RubyLayout, cfp_ep)),
+                ("iseq_body", offset_of!(RubyLayout, iseq_body)),
+                ("body_size", offset_of!(RubyLayout, body_size)),
+                ("body_encoded", offset_of!(RubyLayout, body_encoded)),
+                ("cme_def", offset_of!(RubyLayout, cme_def)),
+                ("cme_owner", offset_of!(RubyLayout, cme_owner)),
+                ("reserved", offset_of!(RubyLayout, reserved)),
             ],
         );
         check(

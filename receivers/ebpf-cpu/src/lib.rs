@@ -78,6 +78,9 @@ pub struct EbpfCpuConfig {
     /// No PHP frames: PHP processes show the engine's native frames only
     /// (`--php-unwinding-disable`).
     pub php_unwinding_disable: bool,
+    /// No Ruby frames: Ruby processes show the VM's native frames only
+    /// (`--ruby-unwinding-disable`).
+    pub ruby_unwinding_disable: bool,
 }
 
 impl Default for EbpfCpuConfig {
@@ -95,6 +98,7 @@ impl Default for EbpfCpuConfig {
             unwind_table_memory_limit: 256 << 20,
             python_unwinding_disable: false,
             php_unwinding_disable: false,
+            ruby_unwinding_disable: false,
         }
     }
 }
@@ -275,7 +279,7 @@ impl Counters {
             "Process events lost because the ring buffer was full.",
             "User stack walks handed to user space with a copy of the stack (tables not loaded yet).",
             "User stack walks finished in BPF because the ring buffer had no room for a deferred walk.",
-            "Interpreter frames (Python, PHP) emitted by the BPF walker.",
+            "Interpreter frames (Python, PHP, Ruby) emitted by the BPF walker.",
             "Interpreter walks ended early: the sampled thread's interpreter state was not found.",
             "Interpreter walks ended early: a frame or code object was unreadable.",
             "Interpreter walks ended early: a Python frame's code was not a code object.",
@@ -500,6 +504,7 @@ fn interp_location(
 ) -> Location {
     let frame_type = match frame.kind {
         bpf::interp_kind::PHP => FrameType::Php,
+        bpf::interp_kind::RUBY => FrameType::Ruby,
         _ => FrameType::CPython,
     };
     let Some(info) = name else {
@@ -738,7 +743,8 @@ impl EbpfCpuReceiver {
             events: EventHandler::new(self.config.unwind_mode()),
             tracker: ProcessTracker::new("/proc")
                 .with_python(!self.config.python_unwinding_disable)
-                .with_php(!self.config.php_unwinding_disable),
+                .with_php(!self.config.php_unwinding_disable)
+                .with_ruby(!self.config.ruby_unwinding_disable),
             tables: self.tables,
         }));
         let event_thread = {

@@ -12,6 +12,7 @@ use tracing::{debug, info};
 use crate::runtimes::go::{GoBinary, GoDetectError};
 use crate::runtimes::php::{may_be_php, PhpBinary, PhpProcess};
 use crate::runtimes::python::{version_of_path, PythonBinary, PythonProcess};
+use crate::runtimes::ruby::{may_be_ruby, RubyBinary, RubyProcess};
 use crate::runtimes::DetectError;
 use crate::runtimes::Runtime;
 
@@ -133,6 +134,7 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine<'_>> {
 enum InterpreterBinary {
     Python(PythonBinary),
     Php(PhpBinary),
+    Ruby(RubyBinary),
 }
 
 impl InterpreterBinary {
@@ -140,6 +142,7 @@ impl InterpreterBinary {
         match self {
             InterpreterBinary::Python(b) => b.version,
             InterpreterBinary::Php(b) => b.version,
+            InterpreterBinary::Ruby(b) => b.version,
         }
     }
 }
@@ -160,6 +163,8 @@ pub struct ProcessTracker {
     python: bool,
     /// Look for PHP interpreters.
     php: bool,
+    /// Look for Ruby interpreters.
+    ruby: bool,
     /// Processes that vanished before they could be read.
     pub vanished: u64,
 }
@@ -175,6 +180,7 @@ impl ProcessTracker {
             go_binaries: HashMap::new(),
             python: true,
             php: true,
+            ruby: true,
             vanished: 0,
         }
     }
@@ -188,6 +194,12 @@ impl ProcessTracker {
     /// Looks for PHP interpreters (or not).
     pub fn with_php(mut self, php: bool) -> Self {
         self.php = php;
+        self
+    }
+
+    /// Looks for Ruby interpreters (or not).
+    pub fn with_ruby(mut self, ruby: bool) -> Self {
+        self.ruby = ruby;
         self
     }
 
@@ -304,12 +316,13 @@ impl ProcessTracker {
         true
     }
 
-    /// The interpreter (CPython, PHP) in mapping `m` of `pid`, if it holds
-    /// one (each file read once).
+    /// The interpreter (CPython, PHP, Ruby) in mapping `m` of `pid`, if it
+    /// holds one (each file read once).
     fn interpreter(&mut self, pid: u32, m: &MapsLine<'_>) -> Option<Runtime> {
         let python = self.python.then(|| version_of_path(m.path)).flatten();
         let php = self.php && may_be_php(m.path);
-        if python.is_none() && !php {
+        let ruby = self.ruby && may_be_ruby(m.path);
+        if python.is_none() && !php && !ruby {
             return None;
         }
         let key = (m.device.to_owned(), m.inode);
@@ -332,10 +345,15 @@ impl ProcessTracker {
                     data.and_then(|d| PythonBinary::read(&d, version))
                         .map(InterpreterBinary::Python),
                 ),
-                None => (
+                None if php => (
                     "PHP",
                     data.and_then(|d| PhpBinary::read(&d))
                         .map(InterpreterBinary::Php),
+                ),
+                None => (
+                    "Ruby",
+                    data.and_then(|d| RubyBinary::read(&d))
+                        .map(InterpreterBinary::Ruby),
                 ),
             };
             match &binary {
@@ -359,6 +377,10 @@ impl ProcessTracker {
             InterpreterBinary::Php(binary) => {
                 let bias = binary.segments.bias(m.start, m.offset)?;
                 Runtime::Php(Arc::new(PhpProcess::new(binary, bias)?))
+            }
+            InterpreterBinary::Ruby(binary) => {
+                let bias = binary.segments.bias(m.start, m.offset)?;
+                Runtime::Ruby(Arc::new(RubyProcess::new(binary, bias)?))
             }
         };
         debug!(pid, runtime = runtime.describe(), "interpreter process");

@@ -9,6 +9,7 @@
 pub mod go;
 pub mod php;
 pub mod python;
+pub mod ruby;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -90,6 +91,8 @@ pub enum Runtime {
     Python(Arc<python::PythonProcess>),
     /// PHP.
     Php(Arc<php::PhpProcess>),
+    /// Ruby.
+    Ruby(Arc<ruby::RubyProcess>),
 }
 
 impl Runtime {
@@ -98,6 +101,7 @@ impl Runtime {
         match self {
             Runtime::Python(p) => p.interp_info(),
             Runtime::Php(p) => p.interp_info(),
+            Runtime::Ruby(p) => p.interp_info(),
         }
     }
 
@@ -106,6 +110,7 @@ impl Runtime {
         match self {
             Runtime::Python(p) => format!("cpython {}.{}", p.version.0, p.version.1),
             Runtime::Php(p) => format!("php {}.{}", p.version.0, p.version.1),
+            Runtime::Ruby(p) => format!("ruby {}.{}", p.version.0, p.version.1),
         }
     }
 
@@ -115,6 +120,7 @@ impl Runtime {
         match self {
             Runtime::Python(p) => p.name_code(key.pid, key.object, key.validation),
             Runtime::Php(p) => p.name_function(key.pid, key.object, key.validation),
+            Runtime::Ruby(p) => p.name_object(key.pid, key.object, key.validation),
         }
     }
 }
@@ -240,6 +246,9 @@ pub enum LineSource {
     /// The frame's offset is the line itself (PHP: BPF reads the line of
     /// the frame's current opline).
     InFrame,
+    /// The line of each instruction position; the frame's offset is one
+    /// past its instruction (Ruby: a frame's pc points to the next one).
+    ByPosition(Vec<u32>),
 }
 
 impl LineSource {
@@ -248,6 +257,7 @@ impl LineSource {
         match self {
             LineSource::Table(t) => t.len(),
             LineSource::InFrame => 0,
+            LineSource::ByPosition(lines) => lines.len() * 4,
         }
     }
 
@@ -263,6 +273,9 @@ impl CodeInfo {
         let line = match &self.lines {
             LineSource::Table(t) => offset.and_then(|o| t.line(o)),
             LineSource::InFrame => offset.filter(|&l| l != 0),
+            LineSource::ByPosition(lines) => offset
+                .and_then(|o| lines.get(o.saturating_sub(1) as usize).copied())
+                .filter(|&l| l != 0),
         };
         line.unwrap_or(self.first_line)
     }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# What PHP or Ruby frames cost the sampler: BPF time per sample (run_time_ns
+# / run_cnt of the perf_event programs, kernel.bpf_stats_enabled) of the
+# agent with two busy C workloads (native frames only), with two busy
+# interpreter workloads (tests/workloads/php_chain.php: 4-6 PHP frames a
+# stack; rb_chain.rb: 6-7 Ruby frames), and with the same workloads under
+# --LANG-unwinding-disable (the same native walk, no interpreter frames),
+# beside bpftrace sampling the same CPUs in the same run.
+# Usage (root): bench/interp.sh php|ruby [SECONDS=20]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lang=${1:?usage: bench/interp.sh php|ruby [SECONDS]}
+seconds=${2:-20}
+case $lang in
+  php) interpreter=php workload=tests/workloads/php_chain.php ;;
+  ruby) interpreter=ruby workload=tests/workloads/rb_chain.rb ;;
+  *) echo "php or ruby, not $lang"; exit 1 ;;
+esac
+agent=./target/release/agent
+[ -x "$agent" ] || cargo build --release
+for tool in bpftrace clang "$interpreter"; do
+  command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
+done
+# shellcheck source=bench/bpf_cost.sh
+source bench/bpf_cost.sh
+echo "kernel $(uname -r), $(nproc) CPUs, 19 Hz, ${seconds}s per phase, $("$interpreter" --version | head -1)"
+busy() { exec "$interpreter" "$workload" 100000; }
+stop_agent() { kill -INT $agent_pid; wait $agent_pid 2>/dev/null || true; }
+phase "native frames (C)" "$work/busy" 100000
+# Each mode on an agent of its own, started the same way.
+stop_agent && start_agent
+phase "$lang frames" busy
+stop_agent && start_agent "--$lang-unwinding-disable"
+phase "$lang, disabled" busy
