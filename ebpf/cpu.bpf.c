@@ -474,17 +474,17 @@ static __always_inline int current_exiting(void)
 	return flags & PF_EXITING;
 }
 
-#include "runtimes/python.h"
-#include "runtimes/php.h"
-#include "runtimes/ruby.h"
-#include "runtimes/go.h"
-
 /* Whether pc lies in the interpreter's loop (a frame that runs interpreter frames). */
 static __always_inline int in_interp_loop(struct interp_info *interp, __u64 pc)
 {
 	return (pc >= interp->loop_start && pc < interp->loop_end) ||
 	       (pc >= interp->cold_start && pc < interp->cold_end);
 }
+
+#include "runtimes/python.h"
+#include "runtimes/php.h"
+#include "runtimes/ruby.h"
+#include "runtimes/go.h"
 
 /* At a frame of the interpreter loop: emits the interpreter frames it runs,
  * one per call; 0 while there are more (pc stays), 1 when the run is over
@@ -518,7 +518,7 @@ static __always_inline long interpreter_step(struct unwind_state *st, struct int
 	long ended;
 	switch (interp->kind) {
 	case INTERP_PHP:
-		ended = php_frame(st, &interp->php);
+		ended = php_frame(st, interp);
 		break;
 	case INTERP_RUBY:
 		ended = ruby_frame(st, &interp->ruby);

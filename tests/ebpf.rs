@@ -1152,10 +1152,10 @@ fn py_spy() -> Option<PathBuf> {
 }
 
 /// A Python frame: (function, file, line).
-type PyFrame = (String, String, i64);
+type InterpFrameName = (String, String, i64);
 
 /// The named interpreter frames (Python, PHP, Ruby) of an agent sample, leaf first.
-fn agent_interp_frames(sample: &ResolvedSample) -> Vec<PyFrame> {
+fn agent_interp_frames(sample: &ResolvedSample) -> Vec<InterpFrameName> {
     sample
         .frames
         .iter()
@@ -1177,19 +1177,19 @@ const PY_CHAIN: [&str; 6] = [
 
 /// The lines of py_chain.py's leaf loop (the `for` line and its body).
 fn py_chain_leaf_lines() -> std::ops::RangeInclusive<i64> {
-    let source = std::fs::read_to_string(workload_source("py_chain.py")).unwrap();
-    let start = source
-        .lines()
-        .position(|l| l.contains("LEAF LOOP START"))
-        .unwrap() as i64
-        + 1;
-    start..=start + 1
+    leaf_loop_lines(
+        &std::fs::read_to_string(workload_source("py_chain.py")).unwrap(),
+        1,
+    )
 }
 
 /// The frames (leaf first) hold py_chain.py's whole chain in order, in
 /// that file, the leaf at a line of its loop. Names may be qualified
 /// (`Worker.run` on 3.11+, `run` before).
-fn carries_py_chain(frames: &[PyFrame], leaf_lines: &std::ops::RangeInclusive<i64>) -> bool {
+fn carries_py_chain(
+    frames: &[InterpFrameName],
+    leaf_lines: &std::ops::RangeInclusive<i64>,
+) -> bool {
     let mut want = PY_CHAIN.iter().peekable();
     for (function, file, line) in frames {
         let Some(&&next) = want.peek() else { break };
@@ -1236,7 +1236,7 @@ fn agent_carries_py_chain(
 
 /// Samples of py-spy's raw output (`frame;frame;… count`, root first,
 /// frames `function (file:line)`): (frames leaf first, count).
-fn py_spy_samples(raw: &str) -> Vec<(Vec<PyFrame>, i64)> {
+fn py_spy_samples(raw: &str) -> Vec<(Vec<InterpFrameName>, i64)> {
     raw.lines()
         .filter_map(|l| {
             let (stack, count) = l.rsplit_once(' ')?;
@@ -1676,14 +1676,24 @@ fn function_lines(source: &str, name: &str) -> std::ops::RangeInclusive<i64> {
     (start as i64 + 1)..=(end as i64 + 1)
 }
 
-/// The PHP chain of tests/workloads/php_chain.php, callee first.
-const PHP_CHAIN: [&str; 4] = ["php_leaf", "php_mid", "php_outer", "{main}"];
+/// The PHP chain of tests/workloads/php_chain.php below php_mid, callee first.
+const PHP_CHAIN: [&str; 3] = ["php_mid", "php_outer", "{main}"];
 
 /// Whether PHP frames (leaf first) hold php_chain.php's whole chain in
-/// order, each in that file at a line of its own function.
-fn carries_php_chain(frames: &[(String, String, i64)], source: &str) -> bool {
+/// order, each in that file at a line of its own function: php_leaf (or
+/// md5 called by array_map), then php_mid, php_outer and the script.
+fn carries_php_chain(frames: &[InterpFrameName], source: &str) -> bool {
+    let Some(mid) = frames.iter().position(|f| f.0 == "php_mid") else {
+        return false;
+    };
+    let at = |name: &str| frames[..mid].iter().position(|f| f.0 == name);
+    let leaf = frames[..mid].iter().any(|(function, file, line)| {
+        function == "php_leaf"
+            && file.ends_with("php_chain.php")
+            && function_lines(source, "php_leaf").contains(line)
+    }) || matches!((at("md5"), at("array_map")), (Some(a), Some(b)) if a < b);
     let mut want = PHP_CHAIN.iter().peekable();
-    for (function, file, line) in frames {
+    for (function, file, line) in &frames[mid..] {
         let Some(&&next) = want.peek() else { break };
         if function == next && file.ends_with("php_chain.php") {
             if next != "{main}" && !function_lines(source, next).contains(line) {
@@ -1692,12 +1702,24 @@ fn carries_php_chain(frames: &[(String, String, i64)], source: &str) -> bool {
             want.next();
         }
     }
-    want.peek().is_none()
+    leaf && want.peek().is_none()
+}
+
+/// The lines of a workload's loop: the line marked `LEAF LOOP START` and
+/// the `count` lines after it.
+fn leaf_loop_lines(source: &str, count: i64) -> std::ops::RangeInclusive<i64> {
+    let start = source
+        .lines()
+        .position(|l| l.contains("LEAF LOOP START"))
+        .unwrap() as i64
+        + 1;
+    start..=start + count
 }
 
 /// A PHP workload's stacks: php_outer → php_mid → php_leaf named with file
-/// and line in (nearly) every sample, usort (an internal function) between
-/// its comparator and php_mid, in one stack with the engine's native frames.
+/// and line in (nearly) every sample, php_leaf's samples at its loop's
+/// lines, usort (an internal function) between its comparator and php_mid,
+/// md5 (an internal function array_map calls from C) above array_map.
 #[test]
 fn php_stacks_are_whole_and_named() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1747,12 +1769,8 @@ fn php_stacks_are_whole_and_named() {
         "PHP: whole chain in {:.1}% of {total} samples",
         whole * 100.0
     );
-    let mut leaf_lines: std::collections::BTreeMap<i64, i64> = Default::default();
-    for s in &mine {
-        if let Some(f) = agent_interp_frames(s).iter().find(|f| f.0 == "php_leaf") {
-            *leaf_lines.entry(f.2).or_default() += s.value;
-        }
-    }
+    let (in_loop, leaf_lines) =
+        leaf_samples_by_line(&mine, "php_leaf", &leaf_loop_lines(&source, 1));
     eprintln!("  php_leaf's samples by line: {leaf_lines:?}");
     for s in mine
         .iter()
@@ -1767,8 +1785,18 @@ fn php_stacks_are_whole_and_named() {
     }
     assert!(total >= 200, "only {total} samples");
     assert!(whole >= 0.95, "whole chain in {:.1}%", whole * 100.0);
-    // The comparator's samples: {closure} → usort → php_mid, with the
-    // engine's native frames (zif_usort's sort) between the closure and usort.
+    assert!(
+        in_loop >= 0.9,
+        "php_leaf at its loop's lines in {:.1}%",
+        in_loop * 100.0
+    );
+    // An internal function called from C is not where a run starts.
+    let md5 = share(&mine, |s| {
+        let names: Vec<String> = agent_interp_frames(s).into_iter().map(|f| f.0).collect();
+        names.first().is_some_and(|n| n == "md5") && names.get(1).is_some_and(|n| n == "array_map")
+    });
+    assert!(md5 > 0.01, "md5 → array_map in {:.1}%", md5 * 100.0);
+    // The comparator's samples: {closure} → usort → php_mid.
     let through_usort = share(&mine, |s| {
         let names: Vec<String> = agent_interp_frames(s).into_iter().map(|f| f.0).collect();
         let at = |n: &str| names.iter().position(|f| f == n);
@@ -1852,6 +1880,28 @@ fn ruby_method_lines(source: &str, name: &str) -> std::ops::RangeInclusive<i64> 
             .position(|l| *l == format!("{}end", " ".repeat(indent)))
             .unwrap();
     (start as i64 + 1)..=(end as i64 + 1)
+}
+
+/// The share of the samples naming `function` whose innermost frame of it
+/// is at one of `lines`, and those samples by line.
+fn leaf_samples_by_line(
+    samples: &[ResolvedSample],
+    function: &str,
+    lines: &std::ops::RangeInclusive<i64>,
+) -> (f64, std::collections::BTreeMap<i64, i64>) {
+    let mut by_line: std::collections::BTreeMap<i64, i64> = Default::default();
+    for s in samples {
+        if let Some(f) = agent_interp_frames(s).iter().find(|f| f.0 == function) {
+            *by_line.entry(f.2).or_default() += s.value;
+        }
+    }
+    let all: i64 = by_line.values().sum();
+    let within: i64 = by_line
+        .iter()
+        .filter(|(l, _)| lines.contains(l))
+        .map(|(_, n)| n)
+        .sum();
+    (within as f64 / all.max(1) as f64, by_line)
 }
 
 /// The Ruby chain of tests/workloads/rb_chain.rb, callee first: (label,
@@ -1952,6 +2002,15 @@ fn ruby_stacks_are_whole_and_named() {
     }
     assert!(total >= 200, "only {total} samples");
     assert!(whole >= 0.95, "whole chain in {:.1}%", whole * 100.0);
+    // The loop: `while`, its body and the increment.
+    let (in_loop, leaf_lines) =
+        leaf_samples_by_line(&mine, "rb_leaf", &leaf_loop_lines(&source, 2));
+    eprintln!("  rb_leaf's samples by line: {leaf_lines:?}");
+    assert!(
+        in_loop >= 0.9,
+        "rb_leaf at its loop's lines in {:.1}%",
+        in_loop * 100.0
+    );
     // The C method calling the block sits between it and rb_mid, by name.
     let c_method_between = |s: &ResolvedSample, method: &str| {
         let names: Vec<String> = agent_interp_frames(s).into_iter().map(|f| f.0).collect();

@@ -6,9 +6,10 @@
 #define AGENT_RUNTIMES_PHP_H
 
 /* Call flags in the top 16 bits of zend_execute_data.This.u1.type_info
- * (Zend/zend_compile.h): ZEND_CALL_TOP marks the frame an execute_ex
- * activation started with (called from C: the script's main frame, or a
- * callback from an internal function). */
+ * (Zend/zend_compile.h): ZEND_CALL_TOP marks a frame called from C (the
+ * script's main frame, a callback). A user function's such frame is the one
+ * an execute_ex activation started with; an internal function called from
+ * C (array_map('strrev', …)) runs without one. */
 #define PHP_CALL_TOP (1U << 17)
 /* zend_function.type: user code (ZEND_USER_FUNCTION, ZEND_EVAL_CODE) has
  * opcodes with line numbers; internal functions do not. */
@@ -29,6 +30,10 @@ static __always_inline __u32 php_validation(__u64 name, __u64 scope, __u64 filen
 	return (__u32)(h >> 32);
 }
 
+/* zend_function.common: type, …, function_name, scope: what an internal
+ * function is sure to have (a user function's op_array is read further). */
+#define PHP_FUNC_COMMON 24
+
 /* The frame PHP executes now (EG(current_execute_data)); 0 if none. PHP
  * runs one script per thread in the builds we read (NTS), so the global is
  * the sampled thread's. */
@@ -42,8 +47,9 @@ static __always_inline __u64 php_current_frame(struct php_layout *php)
 
 /* Emits the PHP frame at st->interp_frame (two words) and moves to its
  * caller; 1 when the run of the execute_ex frame at pc ends there. */
-static __always_inline long php_frame(struct unwind_state *st, struct php_layout *php)
+static __always_inline long php_frame(struct unwind_state *st, struct interp_info *interp)
 {
+	struct php_layout *php = &interp->php;
 	__u64 frame = st->interp_frame;
 	if (read_object(st->frame_buf, php->data_size, frame)) {
 		count(STAT_INTERP_READ_FAILED);
@@ -54,14 +60,23 @@ static __always_inline long php_frame(struct unwind_state *st, struct php_layout
 	__u32 call_info = FIELD(st->frame_buf, __u32, php->data_call_info);
 	__u64 func = FIELD(st->frame_buf, __u64, php->data_func);
 	st->interp_frame = prev;
+	int user = 0;
 	if (func) {
-		if (read_object(st->code_buf, php->func_size, func)) {
+		/* An internal function is shorter than a user function's
+		 * op_array: read as much as it surely has if the whole fails. */
+		int whole = !read_object(st->code_buf, php->func_size, func);
+		if (!whole && read_object(st->code_buf, PHP_FUNC_COMMON, func)) {
 			count(STAT_INTERP_READ_FAILED);
 			st->interp_state = INTERP_DONE;
 			return 1;
 		}
 		__u8 type = FIELD(st->code_buf, __u8, 0);
-		int user = type == PHP_USER_FUNCTION || type == PHP_EVAL_CODE;
+		user = type == PHP_USER_FUNCTION || type == PHP_EVAL_CODE;
+		if (user && !whole) {
+			count(STAT_INTERP_READ_FAILED);
+			st->interp_state = INTERP_DONE;
+			return 1;
+		}
 		__u64 filename = user ? FIELD(st->code_buf, __u64, php->func_filename) : 0;
 		__u32 line_start = user ? FIELD(st->code_buf, __u32, php->func_line_start) : 0;
 		__u32 validation = php_validation(FIELD(st->code_buf, __u64, php->func_name),
@@ -70,10 +85,13 @@ static __always_inline long php_frame(struct unwind_state *st, struct php_layout
 		/* The line of the frame's current opline. The engine saves it in
 		 * the frame before each call out of it; while the sample is in
 		 * execute_ex itself, the hybrid VM (GCC builds on x86-64) keeps
-		 * the frame in r14 and its current opline in r15. */
+		 * the frame in r14 and its current opline in r15 — taken only if
+		 * that opline's handler is code of execute_ex, as a hybrid VM's
+		 * handlers are. */
 		__u32 line = INTERP_OFFSET_UNKNOWN;
-		__u64 opline = FIELD(st->frame_buf, __u64, php->data_opline);
-		if (st->stack.len == 0 && st->sample_r14 == frame && st->sample_r15)
+		__u64 opline = FIELD(st->frame_buf, __u64, php->data_opline), handler = 0;
+		if (st->stack.len == 0 && st->sample_r14 == frame && st->sample_r15 &&
+		    !read_user(&handler, st->sample_r15) && in_interp_loop(interp, handler))
 			opline = st->sample_r15;
 		if (user && opline &&
 		    bpf_probe_read_user(&line, sizeof(line), (const void *)(opline + php->op_lineno)))
@@ -91,7 +109,7 @@ static __always_inline long php_frame(struct unwind_state *st, struct php_layout
 		st->interp_state = INTERP_DONE;
 		return 1;
 	}
-	return (call_info & PHP_CALL_TOP) != 0;
+	return user && (call_info & PHP_CALL_TOP) != 0;
 }
 
 #endif

@@ -108,7 +108,7 @@ static __always_inline long ruby_frame(struct unwind_state *st, struct ruby_layo
 			__u32 size = FIELD(st->code_buf, __u32, rb->body_size);
 			object = iseq;
 			validation = ruby_validation(body, encoded, size);
-			if (pc >= encoded && (pc - encoded) / 8 < size && (pc - encoded) / 8 < INTERP_OFFSET_UNKNOWN)
+			if (pc >= encoded && (pc - encoded) / 8 <= size && (pc - encoded) / 8 < INTERP_OFFSET_UNKNOWN)
 				offset = (pc - encoded) / 8;
 		}
 	}

@@ -207,6 +207,18 @@ impl fmt::Display for NameError {
     }
 }
 
+/// The little-endian u64 at byte `at` of `buf` (0 past its end).
+fn u64_in(buf: &[u8], at: usize) -> u64 {
+    buf.get(at..at + 8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
+/// The little-endian u32 at byte `at` of `buf` (0 past its end).
+fn u32_in(buf: &[u8], at: usize) -> u32 {
+    buf.get(at..at + 4)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()))
+}
+
 /// The little-endian word at `address` of process `pid`.
 fn read_u64(pid: u32, address: u64) -> std::io::Result<u64> {
     let mut b = [0u8; 8];
@@ -438,6 +450,27 @@ mod tests {
         );
         // A tag word cut off from its object (a truncated stack) ends the frames.
         assert_eq!(user_frames(&words[..2]).count(), 1);
+    }
+
+    #[test]
+    fn lines_come_from_the_frame_or_the_instruction_before_its_pc() {
+        let info = |lines| CodeInfo {
+            name: "f".into(),
+            filename: "f.rb".into(),
+            first_line: 7,
+            lines,
+        };
+        // Ruby: offset n is one past instruction n - 1 (0: the first).
+        let ruby = info(LineSource::ByPosition(vec![10, 10, 11, 12]));
+        assert_eq!(ruby.line(Some(0)), 10);
+        assert_eq!(ruby.line(Some(3)), 11);
+        assert_eq!(ruby.line(Some(4)), 12);
+        assert_eq!(ruby.line(Some(9)), 7, "past the table: the first line");
+        assert_eq!(ruby.line(None), 7);
+        // PHP: the offset is the line.
+        let php = info(LineSource::InFrame);
+        assert_eq!(php.line(Some(42)), 42);
+        assert_eq!(php.line(None), 7);
     }
 
     #[test]

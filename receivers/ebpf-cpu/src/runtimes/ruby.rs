@@ -16,7 +16,8 @@ use object::{
 };
 
 use super::{
-    process_range, read_memory, read_u64, CodeInfo, DetectError, LineSource, NameError, Segments,
+    process_range, read_memory, read_u64, u32_in, u64_in, CodeInfo, DetectError, LineSource,
+    NameError, Segments,
 };
 use crate::bpf::{self, InterpInfo, RubyLayout};
 
@@ -65,6 +66,7 @@ const ISEQ_BODY: u16 = 16;
 const BODY_SIZE: u16 = 4;
 const BODY_ENCODED: u16 = 8;
 const BODY_LOCATION: u16 = 64;
+const BODY_FIRST_LINENO: u16 = BODY_LOCATION + 24;
 /// `rb_callable_method_entry_t`: flags, defined_class, def, called_id, owner.
 const CME_DEF: u16 = 16;
 const CME_OWNER: u16 = 32;
@@ -85,6 +87,39 @@ const IMEMO_MENT: u64 = 6;
 const IMEMO_ISEQ: u64 = 7;
 /// `RSTRING_NOEMBED` / `RARRAY_EMBED_FLAG` (FL_USER1).
 const FL_USER1: u64 = 1 << 13;
+
+/// Exported class globals whose C name is not the Ruby name (Ruby 2.6–3.4);
+/// `None`: not worth naming a method by.
+const CLASS_RENAMES: &[(&str, Option<&str>)] = &[
+    ("ArgError", Some("ArgumentError")),
+    ("EncCompatError", Some("Encoding::CompatibilityError")),
+    ("Fatal", Some("fatal")),
+    ("IOBuffer", Some("IO::Buffer")),
+    ("ISeq", Some("RubyVM::InstructionSequence")),
+    ("IOTimeoutError", Some("IO::TimeoutError")),
+    ("Match", Some("MatchData")),
+    ("MathDomainError", Some("Math::DomainError")),
+    ("NameErrorMesg", None),
+    ("NoMemError", Some("NoMemoryError")),
+    ("NotImpError", Some("NotImplementedError")),
+    ("RactorIsolationError", Some("Ractor::IsolationError")),
+    ("RactorUnsafeError", Some("Ractor::UnsafeError")),
+    ("RubyVMFrozenCore", None),
+    ("Stat", Some("File::Stat")),
+    ("SysStackError", Some("SystemStackError")),
+    ("WaitReadable", Some("IO::WaitReadable")),
+    ("WaitWritable", Some("IO::WaitWritable")),
+    ("ZeroDivError", Some("ZeroDivisionError")),
+];
+
+/// The Ruby name of the class an exported `rb_c*`/`rb_m*`/`rb_e*` global
+/// holds, from the rest of its C name.
+fn class_name_of_global(suffix: &str) -> Option<String> {
+    match CLASS_RENAMES.iter().find(|(c, _)| *c == suffix) {
+        Some((_, ruby)) => ruby.map(str::to_owned),
+        None => Some(suffix.to_owned()),
+    }
+}
 
 /// The offsets of Ruby `major.minor`.
 fn offsets(version: (u8, u8)) -> Option<Offsets> {
@@ -160,7 +195,12 @@ impl RubyBinary {
                         && sym.size() == 8
                         && class.first().is_some_and(u8::is_ascii_uppercase) =>
                 {
-                    classes.push((String::from_utf8_lossy(class).into_owned(), sym.address()))
+                    let name = class_name_of_global(&String::from_utf8_lossy(class));
+                    if let Some(name) = name
+                        .filter(|_| !classes.iter().any(|c: &(String, u64)| c.1 == sym.address()))
+                    {
+                        classes.push((name, sym.address()));
+                    }
                 }
                 _ => {
                     found.entry(name).or_insert((sym.address(), sym.size()));
@@ -237,31 +277,41 @@ fn read_version(obj: &object::File<'_>, address: u64) -> Option<(u8, u8)> {
 }
 
 /// The GOT word of a TLS variable's module id (its R_X86_64_DTPMOD64
-/// relocation), in a shared library using the general-dynamic model.
+/// relocation), in a shared library: the general-dynamic model names the
+/// variable; the local-dynamic model names no symbol (the module's own).
 fn tls_module_got(obj: &object::File<'_>, name: &[u8]) -> Option<u64> {
     let symbols = obj.dynamic_symbol_table()?;
-    obj.dynamic_relocations()?.find_map(|(offset, r)| {
+    let mut module_own = None;
+    for (offset, r) in obj.dynamic_relocations()? {
         let RelocationFlags::Elf { r_type } = r.flags() else {
-            return None;
+            continue;
         };
-        let RelocationTarget::Symbol(index) = r.target() else {
-            return None;
-        };
-        (r_type == elf::R_X86_64_DTPMOD64
-            && symbols.symbol_by_index(index).ok()?.name_bytes().ok()? == name)
-            .then_some(offset)
-    })
+        if r_type != elf::R_X86_64_DTPMOD64 {
+            continue;
+        }
+        match r.target() {
+            RelocationTarget::Symbol(index) => {
+                if symbols.symbol_by_index(index).ok()?.name_bytes().ok()? == name {
+                    return Some(offset);
+                }
+            }
+            _ => module_own = module_own.or(Some(offset)),
+        }
+    }
+    module_own
 }
 
-/// A TLS variable's offset from the thread pointer in an executable (its
-/// block ends at the thread pointer, x86-64's variant II).
+/// A TLS variable's offset from the thread pointer in an executable (the
+/// first TLS block, which ends at the thread pointer: x86-64's variant II).
+/// `None` for a shared library, whose block's place the loader chooses.
 fn static_tls_offset(data: &[u8], value: u64) -> Option<i64> {
     let file = ElfFile64::<object::Endianness>::parse(data).ok()?;
     let endian = file.endian();
-    let tls = file
-        .elf_program_headers()
-        .iter()
-        .find(|p| p.p_type(endian) == elf::PT_TLS)?;
+    let headers = file.elf_program_headers();
+    if !headers.iter().any(|p| p.p_type(endian) == elf::PT_INTERP) {
+        return None;
+    }
+    let tls = headers.iter().find(|p| p.p_type(endian) == elf::PT_TLS)?;
     let align = tls.p_align(endian).max(1);
     let size = tls.p_memsz(endian).div_ceil(align) * align;
     Some(value as i64 - size as i64)
@@ -270,7 +320,8 @@ fn static_tls_offset(data: &[u8], value: u64) -> Option<i64> {
 /// `ruby_global_symbols` (static in stripped builds) from the code of
 /// `rb_sym_all_symbols`, whose first load from writable data is
 /// `global_symbols.str_sym` (the second field, after the 8-byte last_id).
-/// Checked in the process before use.
+/// What it points to is checked when a name is read (last_id bounds the
+/// serial, ids must be an Array).
 fn global_symbols_from_code(obj: &object::File<'_>, at: u64, size: u64) -> Option<u64> {
     let text = obj
         .sections()
@@ -278,12 +329,9 @@ fn global_symbols_from_code(obj: &object::File<'_>, at: u64, size: u64) -> Optio
     let code = text.data().ok()?;
     let start = usize::try_from(at - text.address()).ok()?;
     let code = code.get(start..start + usize::try_from(size.min(256)).ok()?)?;
-    let data = ["data", "bss"].map(|n| obj.section_by_name(&format!(".{n}")));
-    let in_data = |a: u64| {
-        data.iter()
-            .flatten()
-            .any(|s| (s.address()..s.address() + s.size()).contains(&a))
-    };
+    // The table is initialized data; a load from .got or .bss is another global.
+    let data = obj.section_by_name(".data")?;
+    let in_data = |a: u64| (data.address()..data.address() + data.size()).contains(&a);
     // mov disp32(%rip), %r64: REX.W (0x48 or 0x4c), 0x8b, ModRM 00 reg 101.
     (0..code.len().saturating_sub(7)).find_map(|i| {
         let w = &code[i..i + 7];
@@ -348,7 +396,9 @@ impl RubyProcess {
     /// The record the BPF walker reads.
     pub fn interp_info(&self) -> InterpInfo {
         let (tls_module_got, tls_offset, tls_static_offset, ec_global) = match self.ec {
-            EcRoute::TlsModule { got, offset } => (got, offset as u16, 0, 0),
+            // An offset past u16 (never seen: TLS blocks hold a few words)
+            // finds no context rather than a wrong one.
+            EcRoute::TlsModule { got, offset } => (got, u16::try_from(offset).unwrap_or(0), 0, 0),
             EcRoute::TlsStatic(offset) => (0, 0, offset, 0),
             EcRoute::Global(at) => (0, 0, 0, at),
         };
@@ -401,12 +451,12 @@ impl RubyProcess {
 
     fn name_iseq(&self, pid: u32, iseq: u64, validation: u32) -> Result<CodeInfo, NameError> {
         let o = &self.offsets;
-        let body = read_u64(pid, iseq + u64::from(ISEQ_BODY)).map_err(NameError::Read)?;
+        let body = read_u64(pid, iseq.wrapping_add(ISEQ_BODY.into())).map_err(NameError::Read)?;
         let mut head = [0u8; 192];
         let head = &mut head[..usize::from(o.succ_index_table + 8)];
         read_memory(pid, body, head).map_err(NameError::Read)?;
-        let u64_at = |at: u16| u64::from_le_bytes(head[usize::from(at)..][..8].try_into().unwrap());
-        let u32_at = |at: u16| u32::from_le_bytes(head[usize::from(at)..][..4].try_into().unwrap());
+        let u64_at = |at: u16| u64_in(head, at.into());
+        let u32_at = |at: u16| u32_in(head, at.into());
         let (encoded, size) = (u64_at(BODY_ENCODED), u32_at(BODY_SIZE));
         if ruby_validation(body, encoded, u64::from(size)) != validation {
             return Err(NameError::Stale);
@@ -420,10 +470,16 @@ impl RubyProcess {
             u64_at(o.succ_index_table),
             size,
         )?;
+        // location.first_lineno: a Fixnum before 3.2, an int since.
+        let first_line = if o.string_len_field {
+            u32_at(BODY_FIRST_LINENO)
+        } else {
+            (u64_at(BODY_FIRST_LINENO) >> 1) as u32
+        };
         Ok(CodeInfo {
             name: label,
             filename: path,
-            first_line: lines.first().copied().unwrap_or(0),
+            first_line,
             lines: LineSource::ByPosition(lines),
         })
     }
@@ -436,12 +492,12 @@ impl RubyProcess {
     ) -> Result<CodeInfo, NameError> {
         let mut head = [0u8; 40];
         read_memory(pid, cme, &mut head).map_err(NameError::Read)?;
-        let u64_at = |at: u16| u64::from_le_bytes(head[usize::from(at)..][..8].try_into().unwrap());
+        let u64_at = |at: u16| u64_in(&head, at.into());
         let (def, owner) = (u64_at(CME_DEF), u64_at(CME_OWNER));
         if ruby_validation(def, u64_at(CME_DEF + 8), owner) != validation {
             return Err(NameError::Stale);
         }
-        let id = read_u64(pid, def + DEF_ORIGINAL_ID).map_err(NameError::Read)?;
+        let id = read_u64(pid, def.wrapping_add(DEF_ORIGINAL_ID)).map_err(NameError::Read)?;
         let method = self.id_name(pid, id)?;
         let name = match self.class_name(pid, owner) {
             Some(class) => format!("{class}#{method}"),
@@ -482,7 +538,7 @@ impl RubyProcess {
         if serial == 0 || serial > last {
             return Err(NameError::Stale);
         }
-        let ids = read_u64(pid, table + SYMBOLS_IDS).map_err(NameError::Read)?;
+        let ids = read_u64(pid, table.wrapping_add(SYMBOLS_IDS)).map_err(NameError::Read)?;
         let unit = self.array_entry(pid, ids, serial / ID_ENTRY_UNIT)?;
         let string = self.array_entry(pid, unit, (serial % ID_ENTRY_UNIT) * ID_ENTRY_SIZE)?;
         self.read_string(pid, string)
@@ -515,16 +571,16 @@ impl RubyProcess {
     fn read_string(&self, pid: u32, string: u64) -> Result<String, NameError> {
         let mut head = [0u8; 32];
         read_memory(pid, string, &mut head).map_err(NameError::Read)?;
-        let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap());
+        let word = |at: usize| u64_in(&head, at);
         let flags = word(0);
         if flags & 0x1f != T_STRING {
             return Err(NameError::NotCode);
         }
         let embedded = flags & FL_USER1 == 0;
         let (len, data) = match (self.offsets.string_len_field, embedded) {
-            (false, true) => ((flags >> 14) & 0x1f, string + 16),
+            (false, true) => ((flags >> 14) & 0x1f, string.wrapping_add(16)),
             (false, false) => (word(16), word(24)),
-            (true, true) => (word(16), string + 24),
+            (true, true) => (word(16), string.wrapping_add(24)),
             (true, false) => (word(16), word(24)),
         };
         if len > MAX_STRING {
@@ -556,16 +612,14 @@ impl RubyProcess {
         succ_table: u64,
         iseq_size: u32,
     ) -> Result<Vec<u32>, NameError> {
-        if count == 0 || u64::from(iseq_size) > MAX_ISEQ {
-            return Err(NameError::TooLong);
+        // Each instruction has at most one entry: more is not a line table.
+        if count == 0 || count > iseq_size.max(1) || u64::from(iseq_size) > MAX_ISEQ {
+            return Err(NameError::NotCode);
         }
         let entry_size = usize::from(self.offsets.insn_info_entry_size);
         let mut raw = vec![0u8; count as usize * entry_size];
         read_memory(pid, entries, &mut raw).map_err(NameError::Read)?;
-        let line_of = |i: usize| -> u32 {
-            raw.get(i * entry_size..i * entry_size + 4)
-                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()))
-        };
+        let line_of = |i: usize| u32_in(&raw, i * entry_size);
         if count == 1 || succ_table == 0 {
             return Ok(vec![line_of(0); iseq_size as usize]);
         }
@@ -602,9 +656,7 @@ impl SuccIndex<'_> {
     }
 
     fn word(&self, at: usize) -> u64 {
-        self.table
-            .get(at..at + 8)
-            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+        u64_in(self.table, at)
     }
 
     fn lookup(&self, pos: usize) -> u64 {
@@ -647,6 +699,31 @@ mod tests {
             assert!(may_be_ruby(path), "{path}");
         }
         assert!(!may_be_ruby("/usr/bin/python3.11"));
+    }
+
+    #[test]
+    fn validation_is_what_bpf_computes() {
+        // What ruby_validation in ebpf/runtimes/ruby.h gives (compiled from
+        // that source with clang and run).
+        assert_eq!(
+            ruby_validation(0x7f00_0000_1000, 0x7f00_0000_2000, 120),
+            0x2c00_74df
+        );
+        assert_ne!(
+            ruby_validation(0x7f00_0000_1000, 0x7f00_0000_2000, 121),
+            0x2c00_74df
+        );
+    }
+
+    #[test]
+    fn classes_are_named_as_ruby_names_them() {
+        assert_eq!(class_name_of_global("Array").as_deref(), Some("Array"));
+        assert_eq!(class_name_of_global("Stat").as_deref(), Some("File::Stat"));
+        assert_eq!(
+            class_name_of_global("ZeroDivError").as_deref(),
+            Some("ZeroDivisionError")
+        );
+        assert_eq!(class_name_of_global("RubyVMFrozenCore"), None);
     }
 
     #[test]
