@@ -1616,36 +1616,63 @@ fn python_unwinding_can_be_disabled() {
     let Some(python) = python_interpreters().pop() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start_with(
-        &dir.path().join("out"),
-        &[
-            "--profiling-cpu-sampling-frequency=97",
-            "--python-unwinding-disable",
-        ],
+    assert_unwinding_disabled(
+        &python.path,
+        "py_chain.py",
+        "--python-unwinding-disable",
+        "_PyEval_EvalFrameDefault",
+        0.9,
     );
-    let child = Command::new(&python.path)
-        .args([workload_source("py_chain.py").as_str(), "2"])
+}
+
+/// Runs `interpreter workload seconds` (output discarded) under an agent
+/// sampling at 97 Hz with `flags`: the agent's batches and the workload's pid.
+fn profile_script(
+    interpreter: &Path,
+    workload: &str,
+    seconds: &str,
+    flags: &[&str],
+) -> (Vec<ProfileBatch>, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--profiling-cpu-sampling-frequency=97"];
+    args.extend(flags);
+    let agent = Agent::start_with(&dir.path().join("out"), &args);
+    let child = Command::new(interpreter)
+        .args([workload, seconds])
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
     assert!(child.wait_with_output().unwrap().status.success());
     std::thread::sleep(Duration::from_millis(300));
-    let batches = agent.stop();
+    (agent.stop(), pid)
+}
+
+/// With `--LANG-unwinding-disable` (`flag`), a 2 s run of `workload` shows
+/// no interpreter frames, and the interpreter's loop (a native function
+/// named `interpreter_loop…`) in more than `loop_share` of its samples.
+fn assert_unwinding_disabled(
+    interpreter: &Path,
+    workload: &str,
+    flag: &str,
+    interpreter_loop: &str,
+    loop_share: f64,
+) {
+    let (batches, pid) = profile_script(interpreter, &workload_source(workload), "2", &[flag]);
     let mine = samples_of(&batches, pid);
     let total: i64 = mine.iter().map(|s| s.value).sum();
     assert!(total > 50, "only {total} samples");
-    let python_frames = share(&mine, |s| !agent_interp_frames(s).is_empty());
-    let eval_loop = share(&mine, |s| {
+    let interp_frames = share(&mine, |s| !agent_interp_frames(s).is_empty());
+    let in_loop = share(&mine, |s| {
         agent_names(s)
             .iter()
-            .any(|n| n.starts_with("_PyEval_EvalFrameDefault"))
+            .any(|n| n.starts_with(interpreter_loop))
     });
-    assert_eq!(python_frames, 0.0, "Python frames despite the flag");
+    assert_eq!(interp_frames, 0.0, "interpreter frames despite {flag}");
     assert!(
-        eval_loop > 0.9,
-        "the interpreter loop in {:.1}%",
-        eval_loop * 100.0
+        in_loop > loop_share,
+        "{interpreter_loop} in {:.1}%",
+        in_loop * 100.0
     );
 }
 
@@ -1727,21 +1754,8 @@ fn php_stacks_are_whole_and_named() {
         return;
     }
     let Some(php) = php() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start_with(
-        &dir.path().join("out"),
-        &["--profiling-cpu-sampling-frequency=97"],
-    );
     let workload = workload_source("php_chain.php");
-    let child = Command::new(&php)
-        .args([workload.as_str(), "4"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    assert!(child.wait_with_output().unwrap().status.success());
-    std::thread::sleep(Duration::from_millis(300));
-    let batches = agent.stop();
+    let (batches, pid) = profile_script(&php, &workload, "4", &[]);
 
     let source = std::fs::read_to_string(&workload).unwrap();
     // The engine's own start-up and shutdown run no PHP code.
@@ -1818,35 +1832,12 @@ fn php_unwinding_can_be_disabled() {
         return;
     }
     let Some(php) = php() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start_with(
-        &dir.path().join("out"),
-        &[
-            "--profiling-cpu-sampling-frequency=97",
-            "--php-unwinding-disable",
-        ],
-    );
-    let child = Command::new(&php)
-        .args([workload_source("php_chain.php").as_str(), "2"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    assert!(child.wait_with_output().unwrap().status.success());
-    std::thread::sleep(Duration::from_millis(300));
-    let batches = agent.stop();
-    let mine = samples_of(&batches, pid);
-    let total: i64 = mine.iter().map(|s| s.value).sum();
-    assert!(total > 50, "only {total} samples");
-    let php_frames = share(&mine, |s| !agent_interp_frames(s).is_empty());
-    let engine = share(&mine, |s| {
-        agent_names(s).iter().any(|n| n.starts_with("execute_ex"))
-    });
-    assert_eq!(php_frames, 0.0, "PHP frames despite the flag");
-    assert!(
-        engine > 0.9,
-        "the engine's execute_ex in {:.1}%",
-        engine * 100.0
+    assert_unwinding_disabled(
+        &php,
+        "php_chain.php",
+        "--php-unwinding-disable",
+        "execute_ex",
+        0.9,
     );
 }
 
@@ -1942,21 +1933,8 @@ fn ruby_stacks_are_whole_and_named() {
         return;
     }
     let Some(ruby) = ruby() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start_with(
-        &dir.path().join("out"),
-        &["--profiling-cpu-sampling-frequency=97"],
-    );
     let workload = workload_source("rb_chain.rb");
-    let child = Command::new(&ruby)
-        .args([workload.as_str(), "4"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    assert!(child.wait_with_output().unwrap().status.success());
-    std::thread::sleep(Duration::from_millis(300));
-    let batches = agent.stop();
+    let (batches, pid) = profile_script(&ruby, &workload, "4", &[]);
 
     let source = std::fs::read_to_string(&workload).unwrap();
     // The VM's own start-up (loading the prelude and rubygems) and shutdown
@@ -2039,30 +2017,11 @@ fn ruby_unwinding_can_be_disabled() {
         return;
     }
     let Some(ruby) = ruby() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start_with(
-        &dir.path().join("out"),
-        &[
-            "--profiling-cpu-sampling-frequency=97",
-            "--ruby-unwinding-disable",
-        ],
+    assert_unwinding_disabled(
+        &ruby,
+        "rb_chain.rb",
+        "--ruby-unwinding-disable",
+        "rb_vm_exec",
+        0.8,
     );
-    let child = Command::new(&ruby)
-        .args([workload_source("rb_chain.rb").as_str(), "2"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    assert!(child.wait_with_output().unwrap().status.success());
-    std::thread::sleep(Duration::from_millis(300));
-    let batches = agent.stop();
-    let mine = samples_of(&batches, pid);
-    let total: i64 = mine.iter().map(|s| s.value).sum();
-    assert!(total > 50, "only {total} samples");
-    let ruby_frames = share(&mine, |s| !agent_interp_frames(s).is_empty());
-    let vm = share(&mine, |s| {
-        agent_names(s).iter().any(|n| n.starts_with("rb_vm_exec"))
-    });
-    assert_eq!(ruby_frames, 0.0, "Ruby frames despite the flag");
-    assert!(vm > 0.8, "the VM's rb_vm_exec in {:.1}%", vm * 100.0);
 }
