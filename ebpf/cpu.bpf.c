@@ -30,9 +30,12 @@
 #define MAX_STACKS 8192
 #define MAX_PROCESSES 32768
 #define MAX_UNWIND_TABLES 8192
-/* Enough halvings for 2^25 rows and MAX_UNWIND_MAPPINGS mappings. */
-#define ROW_SEARCH_STEPS 25
+/* Enough halvings for MAX_UNWIND_MAPPINGS mappings, MAX_FENCE_BLOCKS fence
+ * blocks, and the fences or rows of one block. */
 #define MAPPING_SEARCH_STEPS 10
+#define FENCE_BLOCK_SEARCH_STEPS 7
+#define FENCE_SEARCH_STEPS 11
+#define ROW_SEARCH_STEPS 10
 /* At most one mapping re-read request per process per second. */
 #define REFRESH_INTERVAL_NS 1000000000ULL
 /* How long after user space wrote a process's mappings a walk reaching code
@@ -84,8 +87,11 @@ struct unwind_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct unwind_row);
+	/* Sizes, not types: BTF would carry only a declaration of the union
+	 * here (it is reached through pointers only), and a map with a key
+	 * type needs a value type. */
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(union unwind_block));
 };
 
 struct {
@@ -251,54 +257,93 @@ static __always_inline int read_user(__u64 *value, __u64 address)
  * and prunes, instead of following every path of the halvings. */
 #define LOAD(x) (*(volatile __typeof__(x) *)&(x))
 
-/* The mapping holding pc, by binary search. */
+/* Binary search over [0, n) for a predicate of `mid` true on a prefix of
+ * it: that prefix's length. */
+#define BINARY_SEARCH(st, n, steps, at_or_below)                    \
+	({                                                          \
+		LOAD((st)->lo) = 0;                                 \
+		LOAD((st)->hi) = (n);                               \
+		for (int i = 0; i < (steps); i++) {                 \
+			__u32 lo = LOAD((st)->lo), hi = LOAD((st)->hi); \
+			if (lo >= hi)                               \
+				break;                              \
+			__u32 mid = lo + (hi - lo) / 2;             \
+			if (at_or_below)                            \
+				LOAD((st)->lo) = mid + 1;           \
+			else                                        \
+				LOAD((st)->hi) = mid;               \
+		}                                                   \
+		LOAD((st)->lo);                                     \
+	})
+
+/* The mapping holding pc. */
 static __always_inline struct unwind_mapping *find_mapping(struct unwind_state *st,
 							   struct process_unwind_info *proc, __u64 pc)
 {
 	__u32 count = proc->mapping_count;
-	LOAD(st->lo) = 0;
-	LOAD(st->hi) = count > MAX_UNWIND_MAPPINGS ? MAX_UNWIND_MAPPINGS : count;
-	for (int i = 0; i < MAPPING_SEARCH_STEPS; i++) {
-		__u32 lo = LOAD(st->lo), hi = LOAD(st->hi);
-		if (lo >= hi)
-			break;
-		__u32 mid = lo + (hi - lo) / 2;
-		if (proc->mappings[mid & (MAX_UNWIND_MAPPINGS - 1)].start <= pc)
-			LOAD(st->lo) = mid + 1;
-		else
-			LOAD(st->hi) = mid;
-	}
-	__u32 lo = LOAD(st->lo);
-	if (lo == 0)
+	if (count > MAX_UNWIND_MAPPINGS)
+		count = MAX_UNWIND_MAPPINGS;
+	__u32 found = BINARY_SEARCH(st, count, MAPPING_SEARCH_STEPS,
+				    proc->mappings[mid & (MAX_UNWIND_MAPPINGS - 1)].start <= pc);
+	if (found == 0)
 		return 0;
-	struct unwind_mapping *m = &proc->mappings[(lo - 1) & (MAX_UNWIND_MAPPINGS - 1)];
+	struct unwind_mapping *m = &proc->mappings[(found - 1) & (MAX_UNWIND_MAPPINGS - 1)];
 	return pc < m->end ? m : 0;
 }
 
-/* The last row at or below pc, by binary search. */
+/* The first fence of a table's fence block (an array element always
+ * exists below the table's size; the maximum otherwise, so never below pc). */
+static __always_inline __u32 fence_block_start(void *table, __u32 key)
+{
+	union unwind_block *f = bpf_map_lookup_elem(table, &key);
+	return f ? f->fences[0] : 0xffffffff;
+}
+
+/* Entries of block `block` in use when `total` entries fill blocks of
+ * `per_block` from the first. */
+static __always_inline __u32 entries_in_block(__u32 total, __u32 block, __u32 per_block)
+{
+	__u32 left = total - block * per_block;
+	return left < per_block ? left : per_block;
+}
+
+/* The last row at or below pc (see union unwind_block): the fences name the
+ * row block, which holds the row; two block reads in all for tables up to
+ * FENCES_PER_BLOCK row blocks. */
 static __always_inline struct unwind_row *find_row(struct unwind_state *st, void *table,
 						   __u32 rows, __u32 pc)
 {
-	LOAD(st->lo) = 0;
-	LOAD(st->hi) = rows;
-	for (int i = 0; i < ROW_SEARCH_STEPS; i++) {
-		__u32 lo = LOAD(st->lo), hi = LOAD(st->hi);
-		if (lo >= hi)
-			break;
-		__u32 mid = lo + (hi - lo) / 2;
-		struct unwind_row *r = bpf_map_lookup_elem(table, &mid);
-		if (!r)
+	__u32 row_blocks = (rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+	__u32 block = 0;
+	if (row_blocks > 1) {
+		__u32 fence_blocks = (row_blocks + FENCES_PER_BLOCK - 1) / FENCES_PER_BLOCK;
+		__u32 first = 1;
+		if (fence_blocks > 1)
+			first = BINARY_SEARCH(st, fence_blocks, FENCE_BLOCK_SEARCH_STEPS,
+					      fence_block_start(table, row_blocks + mid) <= pc);
+		if (first == 0)
 			return 0;
-		if (r->pc <= pc)
-			LOAD(st->lo) = mid + 1;
-		else
-			LOAD(st->hi) = mid;
+		first -= 1;
+		__u32 key = row_blocks + first;
+		union unwind_block *f = bpf_map_lookup_elem(table, &key);
+		if (!f)
+			return 0;
+		__u32 n = entries_in_block(row_blocks, first, FENCES_PER_BLOCK);
+		__u32 found = BINARY_SEARCH(st, n, FENCE_SEARCH_STEPS,
+					    f->fences[mid & (FENCES_PER_BLOCK - 1)] <= pc);
+		if (found == 0)
+			return 0;
+		block = first * FENCES_PER_BLOCK + found - 1;
 	}
-	__u32 index = LOAD(st->lo);
-	if (index == 0)
+	union unwind_block *b = bpf_map_lookup_elem(table, &block);
+	if (!b)
 		return 0;
-	index -= 1;
-	return bpf_map_lookup_elem(table, &index);
+	__u32 n = entries_in_block(rows, block, ROWS_PER_BLOCK);
+	__u32 found = BINARY_SEARCH(st, n, ROW_SEARCH_STEPS,
+				    b->rows[mid & (ROWS_PER_BLOCK - 1)].pc <= pc);
+	if (found == 0)
+		return 0;
+	return &b->rows[(found - 1) & (ROWS_PER_BLOCK - 1)];
 }
 
 /* One frame-pointer step; returns 0 to go on, 1 when the walk ends. */

@@ -97,6 +97,20 @@ struct unwind_row {
 	__u16 cfa_offset;
 };
 
+/* An unwind table is an array of blocks (one 4 KiB page each): first its
+ * rows, ROWS_PER_BLOCK to a block, then, when there is more than one row
+ * block, its fences: fence b is the pc of row b * ROWS_PER_BLOCK,
+ * FENCES_PER_BLOCK to a block. A lookup then reads two blocks and searches
+ * them in place, not one array element per halving. */
+#define ROWS_PER_BLOCK 512
+#define FENCES_PER_BLOCK 1024
+/* Fence blocks a table may have: at most 2^25 rows. */
+#define MAX_FENCE_BLOCKS 64
+union unwind_block {
+	struct unwind_row rows[ROWS_PER_BLOCK];
+	__u32 fences[FENCES_PER_BLOCK];
+};
+
 /* Set in a known_processes value once the process exited: a sample of
  * that pid then belongs to a new process (the pid was reused). */
 #define GENERATION_EXITED 0x80000000U

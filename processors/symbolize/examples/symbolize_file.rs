@@ -38,6 +38,8 @@ fn main() {
     let cold = Instant::now();
     let mut symbolizer = locator.open_file(&file).unwrap_or_else(|e| panic!("{e}"));
     let frames: Vec<_> = addresses.iter().map(|&a| symbolizer.symbolize(a)).collect();
+    // What a batch's end does in the agent.
+    symbolizer.release_pages();
     let cold = cold.elapsed();
 
     symbolizer.clear_memo();

@@ -27,7 +27,7 @@ use agent_core::{
 use serde::{Deserialize, Serialize};
 
 pub use native::{
-    DebugSource, Eviction, Frame, Frames, Locator, ObjectPool, ObjectRef, OpenSymbolizer,
+    DebugSource, Eviction, Frame, Frames, Locator, ObjectPool, ObjectRef, OpenSymbolizer, Shed,
 };
 
 /// What to do with native frames.
@@ -351,13 +351,12 @@ impl Symbolizer {
                 self.kernel_frames.unresolved.inc();
                 continue;
             };
-            let name: std::sync::Arc<str> = symbol.name.as_ref().into();
+            let name: std::sync::Arc<str> = symbol.name.into();
             let frame = Frame {
                 name: name.clone(),
                 system_name: name,
                 file: symbol
                     .module
-                    .as_ref()
                     .map_or_else(|| "".into(), |m| format!("[{m}]").into()),
                 line: 0,
                 column: 0,

@@ -197,13 +197,14 @@ impl Names {
     }
 }
 
-/// A symbol table entry: address, size and where its name lies in the file.
+/// A symbol table entry: address, size and where its NUL-terminated name
+/// lies in the file (16 bytes: a large binary has 100,000 symbols).
 #[derive(Clone, Copy)]
 struct Symbol {
     address: u64,
-    size: u64,
-    name_at: usize,
-    name_len: u32,
+    /// Saturated: no function is 4 GiB long.
+    size: u32,
+    name_at: u32,
 }
 
 /// What an object keeps parsed between lookups (its DWARF sections
@@ -218,22 +219,25 @@ struct Parsed {
 impl Parsed {
     fn new(file: &Arc<MappedFile>) -> Self {
         let data = file.data();
-        let symbols = object::File::parse(data)
+        let mut symbols: Vec<Symbol> = object::File::parse(data)
             .map(|obj| {
                 use object::Object;
                 let base = data.as_ptr() as usize;
                 obj.symbol_map()
                     .symbols()
                     .iter()
-                    .map(|s| Symbol {
-                        address: s.address(),
-                        size: s.size(),
-                        name_at: s.name().as_ptr() as usize - base,
-                        name_len: s.name().len() as u32,
+                    .filter_map(|s| {
+                        Some(Symbol {
+                            address: s.address(),
+                            size: u32::try_from(s.size()).unwrap_or(u32::MAX),
+                            // Past 4 GiB into the file: left out.
+                            name_at: u32::try_from(s.name().as_ptr() as usize - base).ok()?,
+                        })
                     })
                     .collect()
             })
             .unwrap_or_default();
+        symbols.shrink_to_fit();
         let dwarf = Sections::load(file.clone())
             .ok()
             .and_then(|s| DwarfUnits::new(Arc::new(s)));
@@ -244,13 +248,12 @@ impl Parsed {
     fn symbol<'a>(&self, file: &'a MappedFile, vaddr: u64) -> Option<&'a str> {
         let i = self.symbols.partition_point(|s| s.address <= vaddr);
         let s = self.symbols.get(i.checked_sub(1)?)?;
-        if s.size != 0 && vaddr.wrapping_sub(s.address) >= s.size {
+        if s.size != 0 && vaddr.wrapping_sub(s.address) >= u64::from(s.size) {
             return None;
         }
-        let bytes = file
-            .data()
-            .get(s.name_at..s.name_at + s.name_len as usize)?;
-        std::str::from_utf8(bytes).ok()
+        let name = file.data().get(s.name_at as usize..)?;
+        let len = name.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&name[..len]).ok()
     }
 }
 
@@ -319,13 +322,20 @@ impl ObjectSymbolizer {
         }
     }
 
-    /// Drops the file's pages from resident memory (see
-    /// [`MappedFile::release_pages`]).
-    pub fn release_pages(&self) {
+    /// Ends a batch's work: drops the file's pages from resident memory
+    /// (see [`MappedFile::release_pages`]) and a `.debug_info` decompressed
+    /// for the batch.
+    pub fn release_pages(&mut self) {
         self.file.release_pages();
         if let Some(go) = &self.go_file {
             go.release_pages();
         }
+        let ((), freed) = agent_heap_meter::measure(|| {
+            if let Some(d) = self.parsed.as_mut().and_then(|p| p.dwarf.as_mut()) {
+                d.release_info();
+            }
+        });
+        self.kept += freed;
     }
 
     /// Drops what `what` names, counting the memory it frees.
@@ -645,7 +655,7 @@ impl ObjectPool {
     /// memory, and files give back what they hold, in eviction order and
     /// cheapest first, until the pool is within its memory limit.
     pub fn settle(&mut self, key: &str) {
-        if let Some(Slot::Open { symbolizer, .. }) = self.slots.get(key) {
+        if let Some(Slot::Open { symbolizer, .. }) = self.slots.get_mut(key) {
             symbolizer.release_pages();
         }
         if self.memory() <= self.memory_limit {

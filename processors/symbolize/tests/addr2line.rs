@@ -7,12 +7,16 @@ use std::process::Command;
 use agent_core::{BuildContext, BuildIdKind, LabelSet, Mapping, ProfileBatch, ProfileType};
 use agent_processor_symbolize::demangle::demangle;
 use agent_processor_symbolize::{
-    DebugSource, Locator, OpenSymbolizer, SymbolizeConfig, Symbolizer,
+    DebugSource, Locator, OpenSymbolizer, Shed, SymbolizeConfig, Symbolizer,
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 mod common;
 use common::{batch_for, chains_of, push_sample, Chain};
+
+/// What the agent installs: the symbolizer then measures what it keeps.
+#[global_allocator]
+static ALLOCATOR: agent_heap_meter::CountingAllocator = agent_heap_meter::CountingAllocator;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -176,6 +180,51 @@ fn c_with_inlined_functions() {
     let binary = c_fixture(dir.path(), "");
     let addresses = addresses_of(&binary, ours_in_c);
     assert_same_as_binutils(&binary, &binary, &addresses, vec![]);
+}
+
+/// A compressed `.debug_info` (`gcc -gz`) is decompressed for a batch and
+/// let go at its end: a later batch decompresses it again to read units,
+/// and the names stay binutils'.
+#[test]
+fn compressed_debug_info_is_decompressed_again_for_a_later_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = c_fixture(dir.path(), "-gz=zlib");
+    let data = std::fs::read(&binary).unwrap();
+    let obj = object::File::parse(&*data).unwrap();
+    let info = obj.section_by_name(".debug_info").unwrap();
+    assert_ne!(
+        info.compressed_file_range().unwrap().format,
+        object::CompressionFormat::None,
+        "the fixture's .debug_info should be compressed"
+    );
+    let addresses = addresses_of(&binary, ours_in_c);
+    let locator = Locator {
+        proc_root: PathBuf::from("/proc"),
+        debug_dirs: vec![],
+    };
+    let mut symbolizer = locator.open_file(&binary).unwrap();
+    let mut got = Vec::new();
+    for batch in addresses.chunks(addresses.len() / 3 + 1) {
+        got.extend(batch.iter().map(|&address| {
+            symbolizer
+                .symbolize(address)
+                .iter()
+                .map(|f| (f.name.to_string(), f.file.to_string(), i64::from(f.line)))
+                .collect::<Chain>()
+        }));
+        // A batch's end gives the decompressed section back; then no unit
+        // is kept, so the next batch reads them again.
+        let during = symbolizer.footprint().heap;
+        symbolizer.release_pages();
+        let decompressed = info.compressed_file_range().unwrap().uncompressed_size as usize;
+        let after = symbolizer.footprint().heap;
+        assert!(
+            after + decompressed <= during,
+            "kept {during} bytes, then {after}"
+        );
+        symbolizer.shed(Shed::Units);
+    }
+    assert_chains_match(&binary, &addresses, &got, &binutils(&binary, &addresses));
 }
 
 /// addr2line's answer for each address over the whole file at once (what

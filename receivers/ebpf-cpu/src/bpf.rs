@@ -137,6 +137,14 @@ pub fn stack_status_name(status: u32) -> &'static str {
 
 /// `MAX_UNWIND_MAPPINGS` of ebpf/cpu.h.
 pub const MAX_UNWIND_MAPPINGS: usize = 512;
+/// `ROWS_PER_BLOCK` of ebpf/cpu.h: rows in one block of an unwind table.
+pub const ROWS_PER_BLOCK: usize = 512;
+/// `FENCES_PER_BLOCK` of ebpf/cpu.h: fences in one fence block.
+pub const FENCES_PER_BLOCK: usize = 1024;
+/// `MAX_FENCE_BLOCKS` of ebpf/cpu.h: the fence blocks the walker searches.
+pub const MAX_FENCE_BLOCKS: usize = 64;
+/// Bytes of one block (`union unwind_block`): the unwind tables' value size.
+pub const UNWIND_BLOCK_BYTES: usize = 4096;
 /// `TABLE_NONE`: a file mapping without a table.
 pub const TABLE_NONE: u32 = 0;
 /// `TABLE_ANONYMOUS`: anonymous executable memory.
@@ -1159,6 +1167,38 @@ mod tests {
         (size, members)
     }
 
+    /// The `value_size` of the unwind tables' inner map template, from the
+    /// object's BTF (`__uint` encodes it as a pointer to an array of that size).
+    fn unwind_table_value_size(dump: &str) -> usize {
+        let type_of = |line: &str| -> usize {
+            line.split("type_id=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let line_of = |id: usize| -> &str {
+            let prefix = format!("[{id}] ");
+            dump.lines().find(|l| l.starts_with(&prefix)).unwrap()
+        };
+        let member = dump
+            .lines()
+            .skip_while(|l| !l.contains("STRUCT 'unwind_table' "))
+            .find(|l| l.contains("'value_size'"))
+            .expect("unwind_table has a value_size");
+        let array = line_of(type_of(line_of(type_of(member))));
+        array
+            .split("nr_elems=")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     #[test]
     fn rust_twins_match_the_object_btf() {
         let object = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/cpu.bpf.o");
@@ -1356,6 +1396,9 @@ mod tests {
             ],
         );
         use agent_unwind_table::UnwindRow;
+        assert_eq!(unwind_table_value_size(&dump), UNWIND_BLOCK_BYTES);
+        assert_eq!(ROWS_PER_BLOCK * size_of::<UnwindRow>(), UNWIND_BLOCK_BYTES);
+        assert_eq!(FENCES_PER_BLOCK * size_of::<u32>(), UNWIND_BLOCK_BYTES);
         check(
             "unwind_row",
             size_of::<UnwindRow>(),

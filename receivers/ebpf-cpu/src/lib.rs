@@ -95,7 +95,9 @@ impl Default for EbpfCpuConfig {
             event_buffer_poll_interval: Duration::from_millis(250),
             dwarf_unwinding_disable: false,
             dwarf_unwinding_mixed: false,
-            unwind_table_memory_limit: 256 << 20,
+            // Four times what a node running a parallel cargo build held
+            // (32 MiB, 76 tables); evictions are counted.
+            unwind_table_memory_limit: 128 << 20,
             python_unwinding_disable: false,
             php_unwinding_disable: false,
             ruby_unwinding_disable: false,

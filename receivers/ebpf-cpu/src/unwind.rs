@@ -13,7 +13,8 @@ use tracing::{debug, warn};
 
 use crate::bpf::{
     DeferredSample, ProcessUnwindInfo, UnwindMapping, UnwindMaps, UnwindMode, UserStack,
-    MAX_UNWIND_MAPPINGS, TABLE_ANONYMOUS, TABLE_NONE, TABLE_PENDING,
+    FENCES_PER_BLOCK, MAX_FENCE_BLOCKS, MAX_UNWIND_MAPPINGS, ROWS_PER_BLOCK, TABLE_ANONYMOUS,
+    TABLE_NONE, TABLE_PENDING, UNWIND_BLOCK_BYTES,
 };
 use crate::deferred::{self, InterpRuns, Registers, RowSource, StackCopy};
 use crate::process::{ExecutableMapping, ProcessInfo};
@@ -172,15 +173,22 @@ impl UnwindTables {
             };
             self.counts.unsupported_rows +=
                 table.stats.unsupported_cfa + table.stats.unsupported_rbp;
-            if !self.make_room(table.size_bytes() as u64) {
+            let Some(layout) = BlockLayout::of(table.rows.len()) else {
+                self.mark_unusable(
+                    key,
+                    format!("{} rows, more than the walker searches", table.rows.len()),
+                );
+                continue;
+            };
+            if !self.make_room(layout.bytes()) {
                 self.counts.over_budget += 1;
-                debug!(object = %key, bytes = table.size_bytes(), "unwind table does not fit the budget");
+                debug!(object = %key, bytes = layout.bytes(), "unwind table does not fit the budget");
                 continue;
             }
-            match load_rows(&table.rows) {
+            match load_rows(&table.rows, layout) {
                 Ok(map) => {
                     // Counted now so the next table's make_room sees it.
-                    self.used_bytes += table.size_bytes() as u64;
+                    self.used_bytes += layout.bytes();
                     pending.push((key.clone(), table, map));
                 }
                 Err(e) => {
@@ -383,7 +391,7 @@ impl UnwindTables {
         // Those before the one the kernel refused are registered.
         let refused = result.as_ref().err().map(|(done, e)| (*done as usize, e));
         for (index, ((key, table, map), id)) in pending.into_iter().zip(ids).enumerate() {
-            let bytes = table.size_bytes() as u64;
+            let bytes = BlockLayout::of(table.rows.len()).map_or(0, |l| l.bytes());
             if let Some((_, e)) = refused.filter(|&(done, _)| index >= done) {
                 warn!(object = %key, error = %e, "cannot register an unwind table");
                 self.counts.failed += 1;
@@ -546,20 +554,71 @@ pub fn compile_object(
     })
 }
 
-/// An inner map holding `rows`, written through mmap in one copy.
-fn load_rows(rows: &[UnwindRow]) -> Result<MapData, String> {
+/// How a table lies in its BPF array (`union unwind_block` of ebpf/cpu.h):
+/// its rows, [`ROWS_PER_BLOCK`] to a block, then, when there is more than
+/// one row block, the pc of each row block's first row (its fence),
+/// [`FENCES_PER_BLOCK`] to a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BlockLayout {
+    row_blocks: usize,
+    fence_blocks: usize,
+}
+
+impl BlockLayout {
+    /// The layout of `rows` rows; `None` past what the walker searches.
+    fn of(rows: usize) -> Option<Self> {
+        let row_blocks = rows.div_ceil(ROWS_PER_BLOCK);
+        let fence_blocks = if row_blocks > 1 {
+            row_blocks.div_ceil(FENCES_PER_BLOCK)
+        } else {
+            0
+        };
+        (fence_blocks <= MAX_FENCE_BLOCKS).then_some(Self {
+            row_blocks,
+            fence_blocks,
+        })
+    }
+
+    fn blocks(&self) -> usize {
+        self.row_blocks + self.fence_blocks
+    }
+
+    /// Kernel memory the table's array takes.
+    fn bytes(&self) -> u64 {
+        (self.blocks() * UNWIND_BLOCK_BYTES) as u64
+    }
+
+    /// Writes `rows` in this layout into `out` (zeroed, [`Self::bytes`] long).
+    fn write(&self, rows: &[UnwindRow], out: &mut [u8]) {
+        let row_bytes = std::mem::size_of_val(rows);
+        // SAFETY: UnwindRow is plain old data (repr(C), no padding).
+        let raw = unsafe { std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), row_bytes) };
+        out[..row_bytes].copy_from_slice(raw);
+        if self.fence_blocks == 0 {
+            return;
+        }
+        let fences = &mut out[self.row_blocks * UNWIND_BLOCK_BYTES..];
+        for (fence, block) in fences.chunks_exact_mut(4).zip(rows.chunks(ROWS_PER_BLOCK)) {
+            fence.copy_from_slice(&block[0].pc.to_ne_bytes());
+        }
+    }
+}
+
+/// An inner map holding `rows` in `layout`, written through mmap in one pass.
+fn load_rows(rows: &[UnwindRow], layout: BlockLayout) -> Result<MapData, String> {
     let definition = aya_obj::Map::new_from_params(
         BPF_MAP_TYPE_ARRAY,
         4,
-        std::mem::size_of::<UnwindRow>() as u32,
-        rows.len() as u32,
+        UNWIND_BLOCK_BYTES as u32,
+        layout.blocks() as u32,
         BPF_F_INNER_MAP | BPF_F_MMAPABLE,
     );
     let map = MapData::create(definition, "unwind_table", None).map_err(|e| e.to_string())?;
-    let bytes = std::mem::size_of_val(rows);
+    let bytes = layout.bytes() as usize;
     let fd = map.fd().as_fd().as_raw_fd();
     // SAFETY: mapping a BPF array created MMAPABLE with exactly `bytes` of
-    // values, shared and writable; unmapped before returning.
+    // values (zeroed by the kernel), shared and writable; unmapped before
+    // returning.
     unsafe {
         let ptr = libc::mmap(
             std::ptr::null_mut(),
@@ -572,7 +631,10 @@ fn load_rows(rows: &[UnwindRow]) -> Result<MapData, String> {
         if ptr == libc::MAP_FAILED {
             return Err(format!("mmap: {}", std::io::Error::last_os_error()));
         }
-        std::ptr::copy_nonoverlapping(rows.as_ptr().cast::<u8>(), ptr.cast::<u8>(), bytes);
+        layout.write(
+            rows,
+            std::slice::from_raw_parts_mut(ptr.cast::<u8>(), bytes),
+        );
         libc::munmap(ptr, bytes);
     }
     Ok(map)
@@ -714,5 +776,61 @@ mod tests {
         assert_eq!(eviction_victims(&tables, 5, 90, 80, 100), None);
         assert_eq!(eviction_victims(&tables, 5, 90, 50, 100), Some(vec![2, 3]));
         assert_eq!(eviction_victims(&tables, 6, 90, 101, 100), None);
+    }
+
+    #[test]
+    fn block_layout_sizes() {
+        let layout = |rows| BlockLayout::of(rows).map(|l| (l.row_blocks, l.fence_blocks));
+        assert_eq!(layout(1), Some((1, 0)));
+        assert_eq!(layout(ROWS_PER_BLOCK), Some((1, 0)));
+        assert_eq!(layout(ROWS_PER_BLOCK + 1), Some((2, 1)));
+        assert_eq!(layout(ROWS_PER_BLOCK * FENCES_PER_BLOCK), Some((1024, 1)));
+        assert_eq!(
+            layout(ROWS_PER_BLOCK * FENCES_PER_BLOCK + 1),
+            Some((1025, 2))
+        );
+        let most = ROWS_PER_BLOCK * FENCES_PER_BLOCK * MAX_FENCE_BLOCKS;
+        assert_eq!(
+            layout(most),
+            Some((most / ROWS_PER_BLOCK, MAX_FENCE_BLOCKS))
+        );
+        assert_eq!(layout(most + 1), None);
+    }
+
+    /// The walker's search (ebpf/cpu.bpf.c find_row) over a written table
+    /// finds the row deferred walks find in the plain rows.
+    #[test]
+    fn blocked_search_finds_the_rows_a_plain_search_finds() {
+        let rows: Vec<UnwindRow> = (0..1500u32)
+            .map(|i| UnwindRow {
+                pc: 100 + i * 4,
+                kind: 1,
+                rbp_offset: 0,
+                cfa_offset: i as u16,
+            })
+            .collect();
+        let layout = BlockLayout::of(rows.len()).unwrap();
+        let mut bytes = vec![0u8; layout.bytes() as usize];
+        layout.write(&rows, &mut bytes);
+        let word = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+        let last_at_or_below = |n: usize, value: &dyn Fn(usize) -> u32, pc: u32| {
+            (0..n).take_while(|&i| value(i) <= pc).count()
+        };
+        let blocked = |pc: u32| -> Option<u16> {
+            let fences = layout.row_blocks * UNWIND_BLOCK_BYTES;
+            let found = last_at_or_below(layout.row_blocks, &|i| word(fences + 4 * i), pc);
+            let block = found.checked_sub(1)?;
+            let n = (rows.len() - block * ROWS_PER_BLOCK).min(ROWS_PER_BLOCK);
+            let at = |i: usize| (block * ROWS_PER_BLOCK + i) * 8;
+            let found = last_at_or_below(n, &|i| word(at(i)), pc);
+            let row = at(found.checked_sub(1)?);
+            Some(u16::from_ne_bytes(
+                bytes[row + 6..row + 8].try_into().unwrap(),
+            ))
+        };
+        for pc in [0, 99, 100, 101, 2147, 2148, 2149, 2150, 6095, 6096, 9000] {
+            let plain = deferred::find_row(&rows, pc).map(|r| r.cfa_offset);
+            assert_eq!(blocked(pc), plain, "pc {pc}");
+        }
     }
 }
