@@ -1614,9 +1614,20 @@ service:
         .spawn()
         .unwrap();
     let pid = workload.id().to_string();
-    // The view shows the latest window: read it while the workload runs,
-    // again while a window (on a loaded machine) holds none of its samples.
+    // The status page's section of a pipeline.
+    let section = |status_page: &str, pipeline: &str| {
+        status_page
+            .split("<h3>")
+            .find(|s| s.starts_with(&format!("{pipeline} — ")))
+            .unwrap_or_else(|| panic!("no {pipeline} on the status page"))
+            .to_owned()
+    };
+    // The view shows the latest window processed: read it while the
+    // workload runs, and again (a loaded machine's pipeline lags seconds
+    // behind) until a window of the workload's life has come through both
+    // pipelines.
     std::thread::sleep(Duration::from_millis(2000));
+    let deadline = Instant::now() + Duration::from_secs(30);
     let view = loop {
         let view: Vec<(&str, String)> = [
             "/",
@@ -1626,8 +1637,10 @@ service:
         .into_iter()
         .map(|path| (path, agent.get(path)))
         .collect();
-        let running = workload.try_wait().unwrap().is_none();
-        if !running || view.iter().all(|(_, page)| page.contains("fp_chain")) {
+        let shown = section(&view[0].1, "profiles/copied").contains(&secret)
+            && section(&view[0].1, "profiles").contains("fp_chain")
+            && view[1..].iter().all(|(_, page)| page.contains("fp_chain"));
+        if shown || Instant::now() > deadline {
             break view;
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -1640,16 +1653,11 @@ service:
     // Each output got the workload's samples, and no secret. The status
     // page lists both pipelines: the copying one must show it.
     let (status_page, pages) = view.split_first().unwrap();
-    let section = |pipeline: &str| {
-        status_page
-            .1
-            .split("<h3>")
-            .find(|s| s.starts_with(&format!("{pipeline} — ")))
-            .unwrap_or_else(|| panic!("no {pipeline} on the status page"))
-            .to_owned()
-    };
-    assert!(section("profiles/copied").contains(&secret), "the control");
-    let plain_section = ("/ (pipeline profiles)", section("profiles"));
+    assert!(
+        section(&status_page.1, "profiles/copied").contains(&secret),
+        "the control"
+    );
+    let plain_section = ("/ (pipeline profiles)", section(&status_page.1, "profiles"));
     for (path, answer) in pages.iter().chain([&plain_section]) {
         assert!(
             answer.contains("fp_chain"),
