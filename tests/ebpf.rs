@@ -5,7 +5,7 @@
 //! skipped, loudly, when those are missing; with `CI=true` they fail instead.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -807,10 +807,7 @@ fn mapped_library(pid: u32, name: &str) -> Option<PathBuf> {
 /// The largest tables have more than one block of fences (over 2^19 rows:
 /// clang 14's libLLVM has 948,864); the walker searches the fence blocks
 /// first. clang optimizing a large file, most of its time in libLLVM,
-/// keeps whole stacks down to `main` in at least 99 % of those samples. A
-/// first clang process, kept alive until its tables are loaded, makes
-/// the measured one walked in BPF from its start (a walk deferred to user
-/// space ends where its copy of clang's deep stack does).
+/// keeps whole stacks down to `main` in at least 99 % of those samples.
 #[test]
 fn the_largest_unwind_tables_are_searched_through_every_fence_block() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -829,27 +826,25 @@ fn the_largest_unwind_tables_are_searched_through_every_fence_block() {
             )
         })
         .collect();
-    std::fs::write(dir.path().join("large.c"), source).unwrap();
     let agent = Agent::start_with(
         &dir.path().join("out"),
         &["--profiling-cpu-sampling-frequency=97"],
     );
-    // Alive (reading its source from stdin) while its tables are compiled.
-    let mut first = Command::new("clang")
-        .args(["-x", "c", "-c", "-", "-o", "/dev/null"])
+    // clang waits for its source on stdin while the agent reads its
+    // mappings and compiles its tables: its samples are then walked in BPF
+    // from the first (a walk deferred to user space ends where its copy of
+    // clang's deep stack does).
+    let mut clang = Command::new("clang")
+        .args(["-x", "c", "-O2", "-c", "-", "-o", "large.o"])
+        .current_dir(dir.path())
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    drop(first.stdin.take());
-    assert!(first.wait().unwrap().success());
-    let mut clang = Command::new("clang")
-        .args(["-O2", "-c", "large.c", "-o", "large.o"])
-        .current_dir(dir.path())
-        .spawn()
-        .unwrap();
     let pid = clang.id();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_secs(3));
+    let mut stdin = clang.stdin.take().unwrap();
+    stdin.write_all(source.as_bytes()).unwrap();
+    drop(stdin);
     let llvm = mapped_library(pid, "libLLVM").expect("clang maps libLLVM");
     assert!(clang.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(300));
