@@ -23,7 +23,10 @@ use object::{Object, ObjectSection};
 
 /// Section data as addr2line reads it. `'static` stands for "as long as
 /// the [`Sections`] it came from": every holder of such a slice holds that
-/// `Arc<Sections>` too, declared after it so it is dropped after it.
+/// `Arc<Sections>` too, declared after it so it is dropped after it. Slices
+/// of a decompressed `.debug_info` (`DwarfUnits::decompressed_info`) live
+/// only in readers local to the function borrowing it (indexing, building
+/// a view), which keep offsets and copies, never the slices.
 pub(crate) type Slice = EndianSlice<'static, RunTimeEndian>;
 
 /// Most units one view holds (the units covering an address and those they
@@ -156,11 +159,12 @@ impl Sections {
 
     /// `data` with the lifetime [`Slice`] documents.
     fn slice(&self, data: &[u8]) -> Slice {
-        // SAFETY: `data` lies in `self.file`, `self.decompressed` or a
-        // view's own buffers, none of which move or change while their owner
-        // lives (heap and mapped memory keep their address when the owner
-        // moves); whoever holds the slice also holds its owner, declared
-        // after it (see `Slice` and `View`).
+        // SAFETY: `data` lies in `self.file`, `self.decompressed`, a view's
+        // own buffers or a decompressed `.debug_info`, none of which move or
+        // change while their owner lives (heap and mapped memory keep their
+        // address when the owner moves); whoever holds the slice also holds
+        // its owner, declared after it, or borrows it for the slice's whole
+        // use (see `Slice` and `View`).
         let data: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(data) };
         EndianSlice::new(data, self.endian)
     }
@@ -592,10 +596,10 @@ impl DwarfUnits {
                 self.view_bytes -= old.bytes();
             }
             self.shrink_views(view_budget);
-            let (view, heap) = agent_heap_meter::measure(|| {
-                self.info();
-                self.view(&covering)
-            });
+            // Outside the view's measure: the section is the batch's, let go
+            // at its end, not the view's.
+            self.info();
+            let (view, heap) = agent_heap_meter::measure(|| self.view(&covering));
             let Some(mut view) = view else {
                 return f(None);
             };

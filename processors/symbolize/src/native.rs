@@ -204,6 +204,7 @@ struct Symbol {
     address: u64,
     /// Saturated: no function is 4 GiB long.
     size: u32,
+    /// From the start of the string table ([`Parsed::names_at`]).
     name_at: u32,
 }
 
@@ -214,34 +215,46 @@ struct Parsed {
     dwarf: Option<DwarfUnits>,
     /// By address, as `object`'s symbol map orders them.
     symbols: Vec<Symbol>,
+    /// Where the symbols' string table starts in the file.
+    names_at: usize,
 }
 
 impl Parsed {
     fn new(file: &Arc<MappedFile>) -> Self {
         let data = file.data();
-        let mut symbols: Vec<Symbol> = object::File::parse(data)
+        let (mut symbols, names_at): (Vec<Symbol>, usize) = object::File::parse(data)
             .map(|obj| {
                 use object::Object;
-                let base = data.as_ptr() as usize;
-                obj.symbol_map()
-                    .symbols()
+                let map = obj.symbol_map();
+                let entries = map.symbols();
+                let at = |s: &object::SymbolMapName<'_>| {
+                    s.name().as_ptr() as usize - data.as_ptr() as usize
+                };
+                // Names are offsets into one string table, which may lie
+                // past 4 GiB in a large file but is never that long.
+                let names_at = entries.iter().map(at).min().unwrap_or(0);
+                let symbols = entries
                     .iter()
                     .filter_map(|s| {
                         Some(Symbol {
                             address: s.address(),
                             size: u32::try_from(s.size()).unwrap_or(u32::MAX),
-                            // Past 4 GiB into the file: left out.
-                            name_at: u32::try_from(s.name().as_ptr() as usize - base).ok()?,
+                            name_at: u32::try_from(at(s) - names_at).ok()?,
                         })
                     })
-                    .collect()
+                    .collect();
+                (symbols, names_at)
             })
             .unwrap_or_default();
         symbols.shrink_to_fit();
         let dwarf = Sections::load(file.clone())
             .ok()
             .and_then(|s| DwarfUnits::new(Arc::new(s)));
-        Self { dwarf, symbols }
+        Self {
+            dwarf,
+            symbols,
+            names_at,
+        }
     }
 
     /// The name of the symbol holding `vaddr`.
@@ -251,7 +264,7 @@ impl Parsed {
         if s.size != 0 && vaddr.wrapping_sub(s.address) >= u64::from(s.size) {
             return None;
         }
-        let name = file.data().get(s.name_at as usize..)?;
+        let name = file.data().get(self.names_at + s.name_at as usize..)?;
         let len = name.iter().position(|&b| b == 0)?;
         std::str::from_utf8(&name[..len]).ok()
     }

@@ -672,8 +672,9 @@ impl TableView {
     fn map(map: &MapData, rows: u32) -> std::io::Result<Self> {
         let rows = rows as usize;
         let bytes = rows * std::mem::size_of::<UnwindRow>();
-        // SAFETY: a shared read-only mapping of a BPF array created
-        // MMAPABLE with `rows` values; unmapped in Drop.
+        // SAFETY: a shared read-only mapping of the first `rows` rows of a
+        // BPF array created MMAPABLE (its row blocks start at offset 0 and
+        // hold at least that many); unmapped in Drop.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
