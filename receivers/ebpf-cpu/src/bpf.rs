@@ -1135,33 +1135,27 @@ mod tests {
     }
 
     /// `(size, [(member, byte offset)])` of a struct in the object's BTF, via bpftool.
+    /// The number after `key=` in a line of bpftool's raw BTF dump.
+    fn btf_field(line: &str, key: &str) -> usize {
+        line.split(&format!("{key}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    }
+
     fn btf_struct(dump: &str, name: &str) -> (usize, Vec<(String, usize)>) {
         let header = format!("STRUCT '{name}' size=");
         let mut lines = dump.lines().skip_while(|l| !l.contains(&header));
         let first = lines
             .next()
             .unwrap_or_else(|| panic!("struct {name} not in the object's BTF"));
-        let size = first
-            .split("size=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let size = btf_field(first, "size");
         let members = lines
             .take_while(|l| l.starts_with('\t'))
             .map(|l| {
                 let member = l.trim().split('\'').nth(1).unwrap().to_owned();
-                let bits: usize = l
-                    .split("bits_offset=")
-                    .nth(1)
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap();
-                (member, bits / 8)
+                (member, btf_field(l, "bits_offset") / 8)
             })
             .collect();
         (size, members)
@@ -1170,16 +1164,6 @@ mod tests {
     /// The `value_size` of the unwind tables' inner map template, from the
     /// object's BTF (`__uint` encodes it as a pointer to an array of that size).
     fn unwind_table_value_size(dump: &str) -> usize {
-        let type_of = |line: &str| -> usize {
-            line.split("type_id=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
         let line_of = |id: usize| -> &str {
             let prefix = format!("[{id}] ");
             dump.lines().find(|l| l.starts_with(&prefix)).unwrap()
@@ -1189,14 +1173,8 @@ mod tests {
             .skip_while(|l| !l.contains("STRUCT 'unwind_table' "))
             .find(|l| l.contains("'value_size'"))
             .expect("unwind_table has a value_size");
-        let array = line_of(type_of(line_of(type_of(member))));
-        array
-            .split("nr_elems=")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        let pointer = line_of(btf_field(member, "type_id"));
+        btf_field(line_of(btf_field(pointer, "type_id")), "nr_elems")
     }
 
     #[test]
