@@ -1044,7 +1044,9 @@ fn go_binaries_stripped_or_not_are_unwound_named_and_labelled() {
 /// least 99 % of their samples. Their tables are known from the first run
 /// on, but each run's mappings reach the unwinder only after its exec and
 /// the loader's mmaps: those first milliseconds' walks are finished in user
-/// space from a copy of the stack.
+/// space from a copy of the stack. Meanwhile clang starts: libLLVM's table
+/// (~950,000 rows) takes the agent half a second to compile, during which
+/// the runs must still be read while they live.
 #[test]
 fn short_lived_processes_are_unwound_from_their_first_millisecond() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1053,12 +1055,26 @@ fn short_lived_processes_are_unwound_from_their_first_millisecond() {
     }
     let dir = tempfile::tempdir().unwrap();
     let workload = c_workload(dir.path());
+    let source = dir.path().join("large.c");
+    let functions: String = (0..400)
+        .map(|i| format!("int f{i}(int x) {{ return x * {i} + 1; }}\n"))
+        .collect();
+    std::fs::write(&source, functions).unwrap();
     let agent = Agent::start_with(
         &dir.path().join("out"),
         &["--profiling-cpu-sampling-frequency=997"],
     );
+    let mut clang = None;
     let pids: Vec<u32> = (0..50)
-        .map(|_| {
+        .map(|run| {
+            if run == 10 {
+                let compile = Command::new("clang")
+                    .args(["-O2", "-c", "-o", "/dev/null"])
+                    .arg(&source)
+                    .spawn()
+                    .unwrap();
+                clang = Some(compile);
+            }
             let mut child = Command::new(&workload.binary)
                 .arg("0.1")
                 .stdout(Stdio::null())
@@ -1068,6 +1084,7 @@ fn short_lived_processes_are_unwound_from_their_first_millisecond() {
             child.id()
         })
         .collect();
+    assert!(clang.unwrap().wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(300));
     // How the walks that reached code without a table yet went.
     for metric in ["deferred", "defer_ring_full"] {

@@ -173,16 +173,24 @@ fn plt_threshold(expression: &[u8]) -> Option<u8> {
 
 /// Compiles the file at `path`.
 pub fn compile_file(path: &Path) -> Result<UnwindTable, UnwindTableError> {
-    let io = |source| UnwindTableError::Io {
+    let file = std::fs::File::open(path).map_err(|source| UnwindTableError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
+    })?;
+    compile_opened(&file, &path.display().to_string())
+}
+
+/// Compiles a file opened earlier (it stays readable after the process
+/// that mapped it is gone); `name` says which in errors.
+pub fn compile_opened(file: &std::fs::File, name: &str) -> Result<UnwindTable, UnwindTableError> {
     // SAFETY: the map is read-only; a file truncated meanwhile makes gimli
     // or object see short data (an error), except that reading past the new
     // end raises SIGBUS — the same exposure every ELF reader has (addr2line,
     // perf). Objects are read once per build id.
-    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let data = unsafe { memmap2::Mmap::map(file) }.map_err(|source| UnwindTableError::Io {
+        path: name.to_owned(),
+        source,
+    })?;
     compile(&data)
 }
 

@@ -1134,7 +1134,6 @@ mod tests {
         ));
     }
 
-    /// `(size, [(member, byte offset)])` of a struct in the object's BTF, via bpftool.
     /// The number after `key=` in a line of bpftool's raw BTF dump.
     fn btf_field(line: &str, key: &str) -> usize {
         line.split(&format!("{key}="))
@@ -1144,6 +1143,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no {key} in {line}"))
     }
 
+    /// `(size, [(member, byte offset)])` of struct `name` in bpftool's raw BTF dump.
     fn btf_struct(dump: &str, name: &str) -> (usize, Vec<(String, usize)>) {
         let header = format!("STRUCT '{name}' size=");
         let mut lines = dump.lines().skip_while(|l| !l.contains(&header));

@@ -1,16 +1,20 @@
 //! What the BPF program reports through its ring buffer, handled as it
 //! comes on a thread of its own (a window's batch is built elsewhere, so a
 //! process that lives 100 ms is read while it lives): process events, whose
-//! /proc reads are coalesced, and deferred walks, finished here with the
+//! /proc reads are coalesced, and deferred walks, whose processes are read
+//! at once and which are finished here later, between reads, with the
 //! mappings of the very image they were sampled in.
 
-use std::collections::HashSet;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use tracing::debug;
 
-use crate::bpf::{self, DeferredSample, InterpCodeEvent, ProcessEvent, SampleKey, UnwindMode};
+use crate::bpf::{
+    self, DeferredSample, InterpCodeEvent, ProcessEvent, SampleKey, UnwindMode, UserStack,
+};
 use crate::deferred::{FinishedSample, InterpRuns};
 use crate::process::{ProcessInfo, ProcessTracker};
 use crate::runtimes::{CodeKey, CodeNames};
@@ -39,12 +43,61 @@ impl Shared {
         } = self;
         events.read(ring, tracker, tables)
     }
+
+    /// Loads the tables compiled meanwhile, then walks queued samples for
+    /// up to `walk_budget` (`None`: every one, waiting for no table);
+    /// whether walks that could be done are left.
+    pub fn catch_up(&mut self, walk_budget: Option<Duration>) -> bool {
+        let Self {
+            events,
+            tracker,
+            tables,
+            ..
+        } = self;
+        events.load_compiled(tracker, tables);
+        events.walk_queued(tracker, tables, walk_budget)
+    }
 }
 
 /// Events handled in one go above which reads are spaced by the poll interval.
 pub const EVENT_BURST: usize = 64;
 /// Records after which pending process reads are done, mid-stream.
 const PENDING_READS_EVERY: usize = 32;
+/// Deferred walks queued at most (18.5 KiB each: 4.7 MiB); past this one
+/// is walked at once.
+const MAX_QUEUED: usize = 256;
+/// Time spent walking queued samples between two reads of the ring buffer.
+pub const WALK_SLICE: Duration = Duration::from_millis(5);
+
+/// A deferred walk, its process read.
+struct Queued {
+    sample: Box<DeferredSample>,
+    /// The process as read for the image sampled (it may be gone since).
+    process: Arc<ProcessInfo>,
+    /// Whether its process may be read again (it was not read for it).
+    reread: bool,
+}
+
+/// Whether queued walks' processes wait for a table, asked once per
+/// process image (a queue holds many samples of few processes).
+#[derive(Default)]
+struct Awaits(HashMap<*const ProcessInfo, bool>);
+
+impl Awaits {
+    fn check(&mut self, tables: &UnwindTables, queued: &Queued) -> bool {
+        *self
+            .0
+            .entry(Arc::as_ptr(&queued.process))
+            .or_insert_with(|| tables.awaits_tables(&queued.process))
+    }
+}
+
+/// What is known of the image `sample` was taken in (not of a later exec).
+fn image<'t>(tracker: &'t ProcessTracker, sample: &DeferredSample) -> Option<&'t ProcessInfo> {
+    tracker
+        .get(sample.pid)
+        .filter(|p| p.generation == Some(sample.generation))
+}
 
 /// Deferred walks since the metrics were last updated.
 #[derive(Default)]
@@ -69,6 +122,10 @@ pub struct EventHandler {
     unread_exits: HashSet<u32>,
     /// Finished deferred samples, with the sequence number of their window.
     finished: Vec<(u32, FinishedSample)>,
+    /// Deferred walks to do, oldest first, at most [`MAX_QUEUED`].
+    queued: VecDeque<Queued>,
+    /// Processes gone whose interpreter names wait for their queued walks.
+    names_kept: HashSet<u32>,
     /// Deferred walks since the metrics were last updated.
     pub results: DeferredResults,
     /// Interpreter frames' names, found as BPF first reports their objects.
@@ -83,14 +140,16 @@ impl EventHandler {
             pending: HashSet::new(),
             unread_exits: HashSet::new(),
             finished: Vec::new(),
+            queued: VecDeque::new(),
+            names_kept: HashSet::new(),
             results: DeferredResults::default(),
             names: CodeNames::default(),
         }
     }
 
     /// Handles every record in `ring`; how many were process events
-    /// (deferred walks are bounded by the ring and must be finished while
-    /// their processes live, so they never make the loop pause).
+    /// (deferred walks are bounded by the ring and their processes must be
+    /// read while they live, so they never make the loop pause).
     fn read(
         &mut self,
         ring: &mut RingBuf<MapData>,
@@ -178,7 +237,7 @@ impl EventHandler {
                 // SAFETY: a `struct deferred_sample` (kind says so, length checked); read unaligned.
                 let sample: DeferredSample =
                     unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-                self.finish(&sample, tracker, tables);
+                self.take_deferred(&sample, tracker, tables);
                 return false;
             }
             _ => {}
@@ -186,41 +245,151 @@ impl EventHandler {
         true
     }
 
-    /// Finishes a deferred walk with the mappings of the very image it was
-    /// sampled in: read now if pending or stale, never a later exec's.
-    fn finish(
+    /// Takes a deferred walk in: reads its process now if pending or stale
+    /// (while it lives), and queues the walk with the mappings of the very
+    /// image it was sampled in, never a later exec's. Walks cost far more
+    /// than reads (a deep stack through a large table: milliseconds), so
+    /// they wait for [`Self::walk_queued`]: a backlog of them never holds
+    /// back the reading of a process started meanwhile.
+    fn take_deferred(
         &mut self,
         sample: &DeferredSample,
         tracker: &mut ProcessTracker,
         tables: &mut UnwindTables,
     ) {
-        let pid = sample.pid;
-        fn current<'t>(
-            tracker: &'t ProcessTracker,
-            sample: &DeferredSample,
-        ) -> Option<&'t ProcessInfo> {
-            tracker
-                .get(sample.pid)
-                .filter(|p| p.generation == Some(sample.generation))
-        }
         let mut read = false;
-        if self.pending.remove(&pid)
-            || !current(tracker, sample).is_some_and(|p| p.covers(sample.pc))
+        if self.pending.remove(&sample.pid)
+            || !image(tracker, sample).is_some_and(|p| p.covers(sample.pc))
         {
-            observe(tracker, tables, pid);
+            observe(tracker, tables, sample.pid);
             read = true;
         }
-        let mode = self.mode;
-        let walk = |tracker: &ProcessTracker, tables: &UnwindTables| {
-            current(tracker, sample).map(|info| tables.finish_deferred(info, sample, mode))
+        let Some(process) = image(tracker, sample).and_then(|_| tracker.get_shared(sample.pid))
+        else {
+            // Gone before it was read, or exec'd since.
+            self.record(sample, None, None, tables);
+            return;
         };
-        let mut user = walk(tracker, tables);
-        // Code in no mapping: a library mapped since the last read (found
-        // when sampled, if the mmap hook is unavailable). Read once more.
-        if user.is_some_and(|u| u.status == bpf::stack_status::UNKNOWN_CODE) && !read {
-            observe(tracker, tables, pid);
-            user = walk(tracker, tables).or(user);
+        if self.queued.len() >= MAX_QUEUED {
+            // Full: the oldest that waits for no table is walked now (else
+            // the oldest, with the tables there are).
+            let mut awaits = Awaits::default();
+            let ready = self
+                .queued
+                .iter()
+                .position(|q| !awaits.check(tables, q))
+                .unwrap_or(0);
+            if let Some(queued) = self.queued.remove(ready) {
+                self.walk(queued, tracker, tables);
+            }
         }
+        self.queued.push_back(Queued {
+            sample: Box::new(*sample),
+            process,
+            reread: !read,
+        });
+    }
+
+    /// Walks queued samples, oldest first, except those whose tables are
+    /// being compiled, until `budget` is spent (`None`: all of them, as
+    /// they are); whether any that could be walked are left.
+    pub fn walk_queued(
+        &mut self,
+        tracker: &mut ProcessTracker,
+        tables: &mut UnwindTables,
+        budget: Option<Duration>,
+    ) -> bool {
+        let started = Instant::now();
+        let mut waiting = VecDeque::new();
+        let mut awaits = Awaits::default();
+        let mut walked = false;
+        while let Some(queued) = self.queued.pop_front() {
+            if walked && budget.is_some_and(|b| started.elapsed() >= b) {
+                self.queued.push_front(queued);
+                break;
+            }
+            if budget.is_some() && awaits.check(tables, &queued) {
+                waiting.push_back(queued);
+                continue;
+            }
+            self.walk(queued, tracker, tables);
+            walked = true;
+        }
+        let left = !self.queued.is_empty();
+        waiting.append(&mut self.queued);
+        self.queued = waiting;
+        left
+    }
+
+    /// Finishes a queued walk.
+    fn walk(&mut self, queued: Queued, tracker: &mut ProcessTracker, tables: &mut UnwindTables) {
+        let Queued {
+            sample,
+            mut process,
+            reread,
+        } = queued;
+        let mut user = tables.finish_deferred(&process, &sample, self.mode);
+        // Code in no mapping: a library mapped since the last read (found
+        // when sampled, if the mmap hook is unavailable). Read once more,
+        // if the process still runs that image.
+        let running = |tracker: &ProcessTracker| image(tracker, &sample).is_some_and(|p| !p.exited);
+        if user.status == bpf::stack_status::UNKNOWN_CODE && reread && running(tracker) {
+            observe(tracker, tables, sample.pid);
+            let newer = image(tracker, &sample).and_then(|_| tracker.get_shared(sample.pid));
+            if let Some(newer) = newer.filter(|p| !Arc::ptr_eq(p, &process)) {
+                if tables.awaits_tables(&newer) {
+                    // The library's table is on its way: walked once it is.
+                    self.queued.push_back(Queued {
+                        sample,
+                        process: newer,
+                        reread: false,
+                    });
+                    return;
+                }
+                user = tables.finish_deferred(&newer, &sample, self.mode);
+                process = newer;
+            }
+        }
+        self.record(&sample, Some(user), Some(process), tables);
+    }
+
+    /// After a window: forgets the interpreter names of the processes
+    /// `gone`, once no queued walk of theirs needs them.
+    pub fn next_window(&mut self, gone: Vec<u32>) {
+        self.names_kept.extend(gone);
+        let queued: HashSet<u32> = self.queued.iter().map(|q| q.sample.pid).collect();
+        let forget: Vec<u32> = self
+            .names_kept
+            .iter()
+            .filter(|pid| !queued.contains(pid))
+            .copied()
+            .collect();
+        self.names_kept.retain(|pid| queued.contains(pid));
+        self.names.next_window(&forget);
+    }
+
+    /// Loads the tables compiled since the last call and writes again the
+    /// entries of the processes that waited for them.
+    fn load_compiled(&mut self, tracker: &ProcessTracker, tables: &mut UnwindTables) {
+        let waited = tables.load_compiled();
+        for pid in waited {
+            // An exited process's entry is gone from the kernel: not put back.
+            if let Some(info) = tracker.get(pid).filter(|p| !p.exited) {
+                tables.update_process(pid, info, &tracker.proc_dir(pid));
+            }
+        }
+    }
+
+    /// Keeps `sample`'s walk, finished here as `user` for `process`, or,
+    /// when its mappings were never read, as BPF would have finished it.
+    fn record(
+        &mut self,
+        sample: &DeferredSample,
+        user: Option<UserStack>,
+        process: Option<Arc<ProcessInfo>>,
+        tables: &UnwindTables,
+    ) {
+        let pid = sample.pid;
         let finished = user.is_some();
         let user = user.unwrap_or_else(|| {
             // Gone before it was read, or exec'd since: its mappings are not
@@ -255,7 +424,6 @@ impl EventHandler {
             go_labels: sample.go_labels,
             comm: sample.comm,
         };
-        let process = current(tracker, sample).and_then(|_| tracker.get_shared(pid));
         self.finished.push((
             sample.window,
             FinishedSample {

@@ -12,6 +12,7 @@
 //! so no sample is cut short by the start-up gap.
 
 pub mod bpf;
+pub mod compiler;
 pub mod deferred;
 pub mod events;
 #[cfg(test)]
@@ -195,8 +196,8 @@ pub enum EbpfCpuError {
     /// A map operation failed.
     #[error("BPF map error: {0}")]
     Map(String),
-    /// The event thread could not be started.
-    #[error("cannot start the receiver's event thread: {0}")]
+    /// The event or the table-compiling thread could not be started.
+    #[error("cannot start the receiver's threads: {0}")]
     Thread(#[from] std::io::Error),
     /// The event thread stopped on its own (a bug: it panicked).
     #[error("the receiver's event thread stopped: new processes would not be read any more")]
@@ -232,7 +233,8 @@ impl Factory for EbpfCpuFactory {
             sampler.take_unwind_maps()?,
             config.unwind_table_memory_limit,
             config.unwind_mode() != UnwindMode::FramePointers,
-        );
+        )
+        .map_err(EbpfCpuError::Thread)?;
         info!(frequency = config.sampling_frequency, window = ?config.profiling_duration, unwind = ?config.unwind_mode(), "BPF sampler attached");
         Ok(Box::new(EbpfCpuReceiver {
             sampler,
@@ -740,6 +742,7 @@ impl EbpfCpuReceiver {
         let ring = self.sampler.take_events()?;
         let mut asleep = self.sampler.take_reader_asleep()?;
         let events_fd = ring.as_raw_fd();
+        let compiled_fd = self.tables.compiled_fd();
         let shared = Arc::new(Mutex::new(Shared {
             ring,
             events: EventHandler::new(self.config.unwind_mode()),
@@ -756,7 +759,10 @@ impl EbpfCpuReceiver {
             std::thread::Builder::new()
                 .name("ebpf-cpu-events".into())
                 .spawn(move || {
-                    handle_events(&shared, events_fd, &mut asleep, &wake, &stop, poll_interval)
+                    raise_priority();
+                    let fds = [Some(events_fd), Some(wake.as_raw_fd()), compiled_fd];
+                    let fds: Vec<RawFd> = fds.into_iter().flatten().collect();
+                    handle_events(&shared, &fds, &mut asleep, &stop, poll_interval)
                 })?
         };
         let kernel = KernelImage::read();
@@ -789,6 +795,10 @@ impl EbpfCpuReceiver {
                 let mut shared = lock(&shared);
                 // Events and deferred walks sent before the flip belong to this window.
                 shared.read_events();
+                if stopping {
+                    // No window follows: every walk goes in this one.
+                    shared.catch_up(None);
+                }
                 let Shared {
                     events,
                     tracker,
@@ -809,7 +819,7 @@ impl EbpfCpuReceiver {
                 for &pid in &gone {
                     tables.remove_process(pid);
                 }
-                events.names.next_window(&gone);
+                events.next_window(gone);
                 (processes, names)
             };
             self.counters.update_stacks(&drained);
@@ -856,7 +866,8 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 /// What the window's batch needs of each process it sampled (read now if
-/// unknown); marks their tables used in this window, reloading evicted ones.
+/// unknown); marks their tables used in this window, and has evicted ones
+/// compiled and loaded again.
 fn sampled_processes(
     drained: &Drained,
     tracker: &mut ProcessTracker,
@@ -864,14 +875,22 @@ fn sampled_processes(
 ) -> HashMap<u32, Arc<ProcessInfo>> {
     let mut processes = HashMap::new();
     let sampled = drained.counts.iter().map(|(key, _)| key.pid);
-    for pid in sampled.chain(drained.deferred.iter().map(|f| f.key.pid)) {
+    // A walk finished with its process carries it: that process may be long
+    // forgotten, its pid read now another's.
+    let deferred: Vec<u32> = drained
+        .deferred
+        .iter()
+        .filter(|f| f.process.is_none() || tracker.get(f.key.pid).is_some())
+        .map(|f| f.key.pid)
+        .collect();
+    for pid in sampled.chain(deferred) {
         if processes.contains_key(&pid) {
             continue;
         }
         if tracker.get(pid).is_none() {
             events::observe(tracker, tables, pid);
         } else if tables.touch_process(pid) {
-            // A table it uses was evicted: load it again.
+            // A table it uses was evicted: have it back.
             if let Some(info) = tracker.get(pid) {
                 tables.update_process(pid, info, &tracker.proc_dir(pid));
             }
@@ -892,31 +911,67 @@ fn sampled_processes(
 /// side: 11-22 ms/s of CPU with 10 ms, 3-9 ms/s with 20 ms.
 const MIN_READ_SPACING: Duration = Duration::from_millis(20);
 
-/// The event loop, on its own thread: sleeps until the ring buffer has
-/// records, handles them, until `stop`. New processes are read soon (their
+/// The event thread's nice value: a process that lives 100 ms must be read
+/// while it lives, and on a busy node a thread at the default priority that
+/// has just spent slices walking waits its turn behind every busy one.
+const EVENT_THREAD_NICE: libc::c_int = -10;
+
+/// Raises the calling thread's priority to [`EVENT_THREAD_NICE`] (it
+/// reads processes in microseconds, so it costs others nothing); without
+/// CAP_SYS_NICE it stays as it is.
+fn raise_priority() {
+    // SAFETY: plain syscalls on the calling thread's id.
+    let refused = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, EVENT_THREAD_NICE) != 0
+    };
+    if refused {
+        debug!(error = %std::io::Error::last_os_error(), "the event thread keeps its priority");
+    }
+}
+
+/// Between two slices of deferred walks, the lock is left free this long.
+const WALK_PAUSE: Duration = Duration::from_millis(1);
+
+/// The event loop, on its own thread: sleeps until one of `fds` (the ring
+/// buffer, the stop waker, the table compiler) is readable, handles what
+/// came, until `stop`. New processes are read soon (their
 /// walks need their tables), at most once per [`MIN_READ_SPACING`]; after a
 /// burst the poll interval spaces the reads, so a fork storm is read in
 /// batches.
 fn handle_events(
     shared: &Mutex<Shared>,
-    events_fd: RawFd,
+    fds: &[RawFd],
     asleep: &mut ReaderAsleep,
-    wake: &UnixStream,
     stop: &AtomicBool,
     poll_interval: Duration,
 ) {
+    let mut walks_left = false;
     while !stop.load(Ordering::SeqCst) {
-        // Raised, the flag makes the next new process wake us; exits never
-        // do, and are read at the latest when this times out.
-        let timeout = if asleep.raise() {
-            Duration::from_secs(1)
-        } else {
-            MIN_READ_SPACING
-        };
-        wait_readable(&[events_fd, wake.as_raw_fd()], timeout);
+        if !walks_left {
+            // Raised, the flag makes the next new process wake us; exits
+            // never do, and are read at the latest when this times out.
+            let timeout = if asleep.raise() {
+                Duration::from_secs(1)
+            } else {
+                MIN_READ_SPACING
+            };
+            wait_readable(fds, timeout);
+        }
         let started = Instant::now();
-        let handled = lock(shared).read_events();
+        let handled = {
+            let mut shared = lock(shared);
+            let handled = shared.read_events();
+            walks_left = shared.catch_up(Some(events::WALK_SLICE));
+            handled
+        };
         let spacing = match handled {
+            // Walks go on after a pause in which the window thread can
+            // take the lock (a mutex is not fair to a waiter).
+            0 if walks_left => {
+                std::thread::sleep(WALK_PAUSE);
+                continue;
+            }
             0 => continue,
             n if n >= events::EVENT_BURST => poll_interval,
             _ => MIN_READ_SPACING.min(poll_interval),

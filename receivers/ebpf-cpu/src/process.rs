@@ -97,12 +97,22 @@ impl MapsLine<'_> {
     /// `map_files` reaches the very file mapped, even inside a container
     /// or replaced on disk; the process's root by path is the fallback.
     pub fn file_paths(&self, dir: &Path) -> [PathBuf; 2] {
-        [
-            dir.join("map_files")
-                .join(format!("{:x}-{:x}", self.start, self.end)),
-            dir.join("root").join(self.path.trim_start_matches('/')),
-        ]
+        mapped_file_paths(dir, self.start, self.end, self.path)
     }
+}
+
+impl ExecutableMapping {
+    /// Where the mapped file can be opened from `dir`, as [`MapsLine::file_paths`].
+    pub fn file_paths(&self, dir: &Path) -> [PathBuf; 2] {
+        mapped_file_paths(dir, self.start, self.end, &self.path)
+    }
+}
+
+fn mapped_file_paths(dir: &Path, start: u64, end: u64, path: &str) -> [PathBuf; 2] {
+    [
+        dir.join("map_files").join(format!("{start:x}-{end:x}")),
+        dir.join("root").join(path.trim_start_matches('/')),
+    ]
 }
 
 /// Parses one /proc/PID/maps line.

@@ -3,6 +3,7 @@
 //! through mmap, inside a memory budget with least-recently-used eviction,
 //! and per process the sorted list of its executable mappings.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
@@ -16,6 +17,7 @@ use crate::bpf::{
     FENCES_PER_BLOCK, MAX_FENCE_BLOCKS, MAX_UNWIND_MAPPINGS, ROWS_PER_BLOCK, TABLE_ANONYMOUS,
     TABLE_NONE, TABLE_PENDING, UNWIND_BLOCK_BYTES,
 };
+use crate::compiler::{Compiled, Compiler, ObjectSource, Outcome};
 use crate::deferred::{self, InterpRuns, Registers, RowSource, StackCopy};
 use crate::process::{ExecutableMapping, ProcessInfo};
 
@@ -30,6 +32,9 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Which object a table belongs to: its build id, or the file when it has none.
 pub type ObjectKey = String;
 
+/// Objects queued to be compiled at most (each holds its file open).
+const MAX_COMPILING: usize = 256;
+
 /// Key of the vDSO's table: every process has the same kernel's vDSO.
 pub const VDSO_KEY: &str = "[vdso]";
 
@@ -40,7 +45,7 @@ struct LoadedTable {
     /// Window in which a process using it was last sampled.
     last_used: u64,
     /// Keeps the inner map alive; dropping it frees the kernel memory once
-    /// the outer map lets go too. Read through mmap by deferred walks.
+    /// the outer map lets go too. Read a block at a time by deferred walks.
     map: MapData,
 }
 
@@ -80,6 +85,15 @@ pub struct UnwindTables {
     vdso: Option<Vec<u8>>,
     /// False in frame-pointer mode: mappings only, no tables.
     load_tables: bool,
+    /// Compiles tables off the event thread (none in frame-pointer mode).
+    compiler: Option<Compiler>,
+    /// Objects being compiled, and the processes whose entries wait for them.
+    compiling: HashMap<ObjectKey, HashSet<u32>>,
+    /// Objects whose table could not be read, fit in the budget or be
+    /// loaded in this window, or that found the compiler's queue full:
+    /// tried again in the next window, not as their processes are updated
+    /// (which follows every compile: that would compile on and on).
+    retry_next_window: HashSet<ObjectKey>,
     /// Totals since start.
     pub counts: TableCounts,
 }
@@ -87,8 +101,13 @@ pub struct UnwindTables {
 impl UnwindTables {
     /// Manages `maps` within `budget_bytes` of table memory; without
     /// `load_tables` only the mappings are written (frame-pointer mode).
-    pub fn new(maps: UnwindMaps, budget_bytes: u64, load_tables: bool) -> Self {
-        Self {
+    pub fn new(maps: UnwindMaps, budget_bytes: u64, load_tables: bool) -> std::io::Result<Self> {
+        let compiler = if load_tables {
+            Some(Compiler::start()?)
+        } else {
+            None
+        };
+        Ok(Self {
             maps,
             ids: HashMap::new(),
             next_id: 1,
@@ -101,8 +120,11 @@ impl UnwindTables {
             window: 0,
             vdso: own_vdso(),
             load_tables,
+            compiler,
+            compiling: HashMap::new(),
+            retry_next_window: HashSet::new(),
             counts: TableCounts::default(),
-        }
+        })
     }
 
     /// Bytes of rows in the kernel now.
@@ -118,102 +140,166 @@ impl UnwindTables {
     /// Starts a new window (for least-recently-used eviction).
     pub fn next_window(&mut self) {
         self.window += 1;
+        self.retry_next_window.clear();
     }
 
-    /// Writes `pid`'s mappings and loads the tables they need.
+    /// Writes `pid`'s mappings, with the tables they need that are not
+    /// loaded yet marked [`TABLE_PENDING`] and sent to be compiled; once
+    /// they are, [`Self::load_compiled`] names the processes to update again.
     pub fn update_process(&mut self, pid: u32, info: &ProcessInfo, proc_dir: &Path) {
         let keys: Vec<Option<ObjectKey>> = info
             .mappings
             .iter()
             .map(|m| object_key(m).filter(|_| self.load_tables))
             .collect();
-        // Touched first, so making room for this process's new tables
-        // never evicts one it uses.
-        let mut to_compile = HashSet::new();
-        for key in keys.iter().flatten() {
-            if !self.touch(key) && !self.unusable.contains_key(key) {
-                to_compile.insert(key.clone());
-            }
-        }
-        // What the walker saw before this update (the pending entry below
-        // is compared with nothing).
-        let old = self.maps.processes.get(&pid, 0).ok();
-        if !to_compile.is_empty() {
-            // Written before compiling (tens of milliseconds a table): the
-            // walker then knows the process — its interpreter, so deferred
-            // walks carry its frames — and defers walks into code whose
-            // table is on its way instead of guessing with frame pointers.
-            self.write_entry(pid, info, keys.clone(), &to_compile, old.as_ref());
-        }
-        // Compile what is missing, then register it all with one write (one
-        // RCU grace period per process, not per table).
-        let mut pending: Vec<(ObjectKey, UnwindTable, MapData)> = Vec::new();
+        // Touched first: making room for a new table in this window never
+        // evicts one a sampled process uses.
         for (m, key) in info.mappings.iter().zip(&keys) {
             let Some(key) = key else { continue };
-            if !to_compile.contains(key) || pending.iter().any(|(k, _, _)| k == key) {
+            if self.touch(key)
+                || self.unusable.contains_key(key)
+                || self.retry_next_window.contains(key)
+            {
                 continue;
             }
-            let compiled = compile_object(key, m, proc_dir, self.vdso.as_deref());
-            let table = match compiled {
-                Ok(t) if !t.rows.is_empty() => t,
-                Ok(_) => {
-                    self.mark_unusable(key, "no rows".into());
+            if !self.compiling.contains_key(key) {
+                if self.compiling.len() >= MAX_COMPILING {
+                    self.retry_next_window.insert(key.clone());
                     continue;
                 }
-                Err(UnwindTableError::Io { path, source }) => {
-                    // The process went away (or the file): another process
-                    // mapping the object may still provide it, so no verdict.
-                    debug!(object = %key, %path, error = %source, "cannot read an object for its unwind table");
+                if !self.request(key, m, proc_dir) {
                     continue;
                 }
-                Err(e) => {
-                    self.mark_unusable(key, e.to_string());
-                    continue;
-                }
-            };
-            self.counts.unsupported_rows +=
-                table.stats.unsupported_cfa + table.stats.unsupported_rbp;
-            let Some(layout) = BlockLayout::of(table.rows.len()) else {
-                self.mark_unusable(
-                    key,
-                    format!("{} rows, more than the walker searches", table.rows.len()),
-                );
-                continue;
-            };
-            if !self.make_room(layout.bytes()) {
-                self.counts.over_budget += 1;
-                debug!(object = %key, bytes = layout.bytes(), "unwind table does not fit the budget");
-                continue;
             }
-            match load_rows(&table.rows, layout) {
-                Ok(map) => {
-                    // Counted now so the next table's make_room sees it.
-                    self.used_bytes += layout.bytes();
-                    pending.push((key.clone(), table, map));
-                }
-                Err(e) => {
-                    warn!(object = %key, error = %e, "cannot load an unwind table");
-                    self.counts.failed += 1;
-                }
+            self.compiling.entry(key.clone()).or_default().insert(pid);
+        }
+        // The walker then knows the process — its interpreter, so deferred
+        // walks carry its frames — and defers walks into code whose table
+        // is on its way instead of guessing with frame pointers.
+        let old = self.maps.processes.get(&pid, 0).ok();
+        self.write_entry(pid, info, keys, old.as_ref());
+    }
+
+    /// Sends `key`'s object, mapped at `m`, to be compiled; false when it
+    /// cannot be opened (the process went away, or the file: another
+    /// process mapping the object may still provide it, so no verdict).
+    fn request(&mut self, key: &ObjectKey, m: &ExecutableMapping, proc_dir: &Path) -> bool {
+        let Some(compiler) = &self.compiler else {
+            return false;
+        };
+        match ObjectSource::open(key, m, proc_dir, self.vdso.as_deref()) {
+            Ok(source) => {
+                compiler.request(key.clone(), source);
+                true
+            }
+            Err(error) => {
+                debug!(object = %key, %error, "cannot open an object for its unwind table");
+                false
             }
         }
-        self.register(pending);
-        self.write_entry(pid, info, keys, &HashSet::new(), old.as_ref());
+    }
+
+    /// Readable when compiled tables are ready for [`Self::load_compiled`].
+    pub fn compiled_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.compiler.as_ref().map(Compiler::ready_fd)
+    }
+
+    /// Whether a table `info`'s mappings use is being compiled.
+    pub fn awaits_tables(&self, info: &ProcessInfo) -> bool {
+        !self.compiling.is_empty()
+            && info
+                .mappings
+                .iter()
+                .filter_map(object_key)
+                .any(|key| self.compiling.contains_key(&key))
+    }
+
+    /// Loads the tables compiled since the last call into the kernel (one
+    /// registering write for all); the processes that waited for them,
+    /// whose entries are to be written again with [`Self::update_process`].
+    pub fn load_compiled(&mut self) -> HashSet<u32> {
+        let Some(compiled) = self.compiler.as_ref().map(Compiler::take) else {
+            return HashSet::new();
+        };
+        let mut waited = HashSet::new();
+        let mut ready = Vec::new();
+        for Compiled {
+            key,
+            outcome,
+            elapsed,
+        } in compiled
+        {
+            let pids = self.compiling.remove(&key).unwrap_or_default();
+            debug!(object = %key, ?elapsed, "unwind table compiled");
+            // Made room for while the processes that waited run: their
+            // other tables are not the ones to evict.
+            self.touch_processes(&pids);
+            waited.extend(pids);
+            ready.extend(self.load(key, outcome));
+        }
+        self.register(ready);
+        // Written once, when nothing else they use is on its way.
+        waited.retain(|pid| !self.compiling.values().any(|pids| pids.contains(pid)));
+        waited
+    }
+
+    /// Puts `key`'s compiled table in a map of its own, within the budget.
+    fn load(
+        &mut self,
+        key: ObjectKey,
+        outcome: Outcome,
+    ) -> Option<(ObjectKey, UnwindTable, MapData)> {
+        let table = match outcome {
+            Outcome::Table(table) => table,
+            Outcome::Unreadable(why) => {
+                debug!(object = %key, %why, "cannot read an object for its unwind table");
+                self.retry_next_window.insert(key);
+                return None;
+            }
+            Outcome::Unusable(why) => {
+                self.mark_unusable(&key, why);
+                return None;
+            }
+        };
+        self.counts.unsupported_rows += table.stats.unsupported_cfa + table.stats.unsupported_rbp;
+        let Some(layout) = BlockLayout::of(table.rows.len()) else {
+            let why = format!("{} rows, more than the walker searches", table.rows.len());
+            self.mark_unusable(&key, why);
+            return None;
+        };
+        if !self.make_room(layout.bytes()) {
+            self.counts.over_budget += 1;
+            debug!(object = %key, bytes = layout.bytes(), "unwind table does not fit the budget");
+            self.retry_next_window.insert(key);
+            return None;
+        }
+        match load_rows(&table.rows, layout) {
+            Ok(map) => {
+                // Counted now so the next table's make_room sees it.
+                self.used_bytes += layout.bytes();
+                Some((key, table, map))
+            }
+            Err(e) => {
+                warn!(object = %key, error = %e, "cannot load an unwind table");
+                self.counts.failed += 1;
+                self.retry_next_window.insert(key);
+                None
+            }
+        }
     }
 
     /// Writes `pid`'s entry: its mappings with the tables loaded now, and
-    /// [`TABLE_PENDING`] for those of `compiling` (a pending entry, replaced
-    /// once they are); `old` is the entry before this update.
+    /// [`TABLE_PENDING`] for those being compiled (a pending entry, written
+    /// again once they are); `old` is the entry before this update.
     fn write_entry(
         &mut self,
         pid: u32,
         info: &ProcessInfo,
         keys: Vec<Option<ObjectKey>>,
-        compiling: &HashSet<ObjectKey>,
         old: Option<&ProcessUnwindInfo>,
     ) {
-        let pending = !compiling.is_empty();
-        let (mut all, objects) = self.unwind_mappings(info, keys, compiling);
+        let (mut all, objects) = self.unwind_mappings(info, keys);
+        let pending = all.iter().any(|m| m.table_id == TABLE_PENDING);
         if all.len() > MAX_UNWIND_MAPPINGS {
             if !pending {
                 self.counts.mappings_dropped += (all.len() - MAX_UNWIND_MAPPINGS) as u64;
@@ -238,10 +324,11 @@ impl UnwindTables {
         // and defers walks into unknown code while the entry is young. When
         // the mappings did change (a loader at work), both start again; when
         // they did not (JIT code, odd addresses, a table that cannot be
-        // compiled) the limits hold — and a pending entry never resets them.
+        // compiled) the limits hold — and a table's compiling, whatever it
+        // comes to, is no change.
         if let Some(old) = old {
             let count = (old.mapping_count as usize).min(MAX_UNWIND_MAPPINGS);
-            if pending || old.mappings[..count] == entry.mappings[..all.len()] {
+            if same_mappings(&old.mappings[..count], &all) {
                 entry.refresh_requested_ns = old.refresh_requested_ns;
                 entry.written_ns = old.written_ns;
             }
@@ -254,18 +341,17 @@ impl UnwindTables {
 
     /// What the BPF walker sees of a process with `info`'s mappings (sorted;
     /// the first [`MAX_UNWIND_MAPPINGS`] are kept), with the tables loaded
-    /// now (`keys`: each mapping's object) or being compiled (`compiling`),
-    /// and the objects whose tables it uses.
+    /// now (`keys`: each mapping's object) or being compiled, and the
+    /// objects whose tables it uses.
     fn unwind_mappings(
         &self,
         info: &ProcessInfo,
         keys: Vec<Option<ObjectKey>>,
-        compiling: &HashSet<ObjectKey>,
     ) -> (Vec<UnwindMapping>, Vec<ObjectKey>) {
         let mut all: Vec<UnwindMapping> = Vec::with_capacity(info.mappings.len());
         let mut objects = Vec::new();
         for (m, key) in info.mappings.iter().zip(keys) {
-            if key.as_ref().is_some_and(|k| compiling.contains(k)) {
+            if key.as_ref().is_some_and(|k| self.compiling.contains_key(k)) {
                 all.push(UnwindMapping {
                     start: m.start,
                     end: m.end,
@@ -310,7 +396,7 @@ impl UnwindTables {
     }
 
     /// Finishes the walk BPF handed over in `sample`, for a process whose
-    /// mappings are `info` and whose tables [`Self::update_process`] loaded.
+    /// mappings are `info` and with the tables loaded now.
     pub fn finish_deferred(
         &self,
         info: &ProcessInfo,
@@ -322,7 +408,8 @@ impl UnwindTables {
             .iter()
             .map(|m| object_key(m).filter(|_| self.load_tables))
             .collect();
-        let (mut mappings, _) = self.unwind_mappings(info, keys, &HashSet::new());
+        // A table still compiling ends the walk there as `no_table`.
+        let (mut mappings, _) = self.unwind_mappings(info, keys);
         mappings.truncate(MAX_UNWIND_MAPPINGS);
         let interp = info.runtime.as_ref().map(|r| r.interp_info());
         let mut runs = InterpRuns::new(interp.as_ref(), sample.interp_runs());
@@ -342,7 +429,7 @@ impl UnwindTables {
         let mut stack = sample.user;
         let mut views = TableViews {
             tables: &self.loaded,
-            views: HashMap::new(),
+            blocks: HashMap::new(),
         };
         deferred::finish_walk(
             &mut stack,
@@ -396,6 +483,7 @@ impl UnwindTables {
                 warn!(object = %key, error = %e, "cannot register an unwind table");
                 self.counts.failed += 1;
                 self.used_bytes -= bytes;
+                self.retry_next_window.insert(key);
                 continue;
             }
             self.counts.loaded += 1;
@@ -413,9 +501,16 @@ impl UnwindTables {
         debug!(elapsed = ?started.elapsed(), "unwind tables registered");
     }
 
+    /// Marks the tables of `pids` used in this window.
+    fn touch_processes(&mut self, pids: &HashSet<u32>) {
+        for &pid in pids {
+            self.touch_process(pid);
+        }
+    }
+
     /// Marks the tables of a sampled process used in this window; true when
-    /// one was evicted since, so the caller reloads it with [`Self::update_process`]
-    /// (the process entry keeps the same id).
+    /// one was evicted since, so the caller has it compiled and loaded again
+    /// with [`Self::update_process`] (the process entry keeps the same id).
     pub fn touch_process(&mut self, pid: u32) -> bool {
         let Some(objects) = self.process_objects.get_mut(&pid).map(std::mem::take) else {
             return false;
@@ -485,6 +580,17 @@ impl UnwindTables {
     }
 }
 
+/// Whether a process entry's mappings are the same, a table being compiled
+/// on either side matching whatever that mapping has on the other.
+fn same_mappings(old: &[UnwindMapping], new: &[UnwindMapping]) -> bool {
+    old.len() == new.len()
+        && old.iter().zip(new).all(|(a, b)| {
+            a == b
+                || (a.start, a.end) == (b.start, b.end)
+                    && (a.table_id == TABLE_PENDING || b.table_id == TABLE_PENDING)
+        })
+}
+
 /// Which tables (id, last used window, bytes) to evict so `needed` more
 /// bytes fit: least recently used first, never one used in `window`; `None`
 /// (and nothing evicted) when even that is not enough.
@@ -528,30 +634,19 @@ pub fn object_key(m: &ExecutableMapping) -> Option<ObjectKey> {
 }
 
 /// Compiles the table of the object `key` mapped at `m` in the process at
-/// `proc_dir`; `vdso` is the vDSO image (the same in every process).
+/// `proc_dir` here and now; `vdso` is the vDSO image (the same in every process).
 pub fn compile_object(
     key: &str,
     m: &ExecutableMapping,
     proc_dir: &Path,
     vdso: Option<&[u8]>,
 ) -> Result<UnwindTable, UnwindTableError> {
-    if key == VDSO_KEY {
-        let image = vdso.ok_or_else(|| UnwindTableError::Io {
-            path: VDSO_KEY.into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no vDSO in this process"),
-        })?;
-        return agent_unwind_table::compile(image);
-    }
-    // map_files reaches the very file mapped, even inside a container.
-    let via_map_files = proc_dir
-        .join("map_files")
-        .join(format!("{:x}-{:x}", m.start, m.end));
-    agent_unwind_table::compile_file(&via_map_files).or_else(|e| match e {
-        UnwindTableError::Io { .. } => agent_unwind_table::compile_file(
-            &proc_dir.join("root").join(m.path.trim_start_matches('/')),
-        ),
-        content => Err(content),
-    })
+    ObjectSource::open(key, m, proc_dir, vdso)
+        .map_err(|source| UnwindTableError::Io {
+            path: m.path.clone(),
+            source,
+        })?
+        .compile()
 }
 
 /// How a table lies in its BPF array (`union unwind_block` of ebpf/cpu.h):
@@ -640,69 +735,124 @@ fn load_rows(rows: &[UnwindRow], layout: BlockLayout) -> Result<MapData, String>
     Ok(map)
 }
 
-/// The rows of the tables in the kernel, read through read-only mmaps
-/// made on first use and unmapped when the walks are done: the pages are
-/// the kernel's, never copied into the agent's memory.
+/// The rows of the tables in the kernel, read a 4 KiB block at a time
+/// (`BPF_MAP_LOOKUP_ELEM`), each block once per walk: a frame costs a few
+/// blocks, as in the BPF walker. (A read-only mmap of the array instead
+/// costs the kernel inserting every page of the table at each mapping:
+/// 2-3 ms a walk through libLLVM's.)
 struct TableViews<'a> {
     tables: &'a HashMap<u32, LoadedTable>,
-    views: HashMap<u32, Option<TableView>>,
+    blocks: HashMap<(u32, usize), Box<Block>>,
 }
+
+/// One block of a table's array, as words.
+type Block = [u32; UNWIND_BLOCK_BYTES / 4];
 
 impl RowSource for TableViews<'_> {
     fn row(&mut self, table_id: u32, rows: u32, pc: u32) -> Result<Option<UnwindRow>, ()> {
         let tables = self.tables;
-        let view = self.views.entry(table_id).or_insert_with(|| {
-            let table = tables.get(&table_id).filter(|t| t.rows == rows)?;
-            TableView::map(&table.map, table.rows)
-                .map_err(|e| warn!(table_id, error = %e, "cannot map an unwind table"))
-                .ok()
-        });
-        let view = view.as_ref().ok_or(())?;
-        Ok(deferred::find_row(view.rows(), pc))
+        let table = tables.get(&table_id).filter(|t| t.rows == rows).ok_or(())?;
+        let blocks = &mut self.blocks;
+        search_blocks(rows as usize, pc, |index, word| {
+            let block = match blocks.entry((table_id, index)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(lookup_block(&table.map, index).map_err(
+                    |e| debug!(table_id, index, error = %e, "cannot read an unwind table block"),
+                )?),
+            };
+            Ok(block[word])
+        })
     }
 }
 
-/// A read-only mmap of an unwind table's rows.
-struct TableView {
-    ptr: *mut libc::c_void,
+/// The last row at or below `pc` in a table of `rows` rows laid out in
+/// blocks ([`BlockLayout`]), the row the BPF walker finds: the last fence
+/// at or below `pc`, then the last row in its block; `word(block, index)`
+/// reads a word.
+fn search_blocks(
     rows: usize,
-}
-
-impl TableView {
-    fn map(map: &MapData, rows: u32) -> std::io::Result<Self> {
-        let rows = rows as usize;
-        let bytes = rows * std::mem::size_of::<UnwindRow>();
-        // SAFETY: a shared read-only mapping of the first `rows` rows of a
-        // BPF array created MMAPABLE (its row blocks start at offset 0 and
-        // hold at least that many); unmapped in Drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
+    pc: u32,
+    mut word: impl FnMut(usize, usize) -> Result<u32, ()>,
+) -> Result<Option<UnwindRow>, ()> {
+    /// How many of the first `n` ascending values are at or below `pc`.
+    fn at_or_below(
+        n: usize,
+        pc: u32,
+        mut value: impl FnMut(usize) -> Result<u32, ()>,
+    ) -> Result<usize, ()> {
+        let (mut low, mut high) = (0, n);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if value(middle)? <= pc {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
         }
-        Ok(Self { ptr, rows })
+        Ok(low)
     }
-
-    fn rows(&self) -> &[UnwindRow] {
-        // SAFETY: the mapping holds `rows` rows, written once before the
-        // table was registered and never changed; it lives as long as self.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<UnwindRow>(), self.rows) }
-    }
+    let layout = BlockLayout::of(rows).ok_or(())?;
+    let block = if layout.fence_blocks == 0 {
+        0
+    } else {
+        let fences = at_or_below(layout.row_blocks, pc, |f| {
+            word(
+                layout.row_blocks + f / FENCES_PER_BLOCK,
+                f % FENCES_PER_BLOCK,
+            )
+        })?;
+        let Some(block) = fences.checked_sub(1) else {
+            return Ok(None);
+        };
+        block
+    };
+    let in_block = (rows - block * ROWS_PER_BLOCK).min(ROWS_PER_BLOCK);
+    let Some(i) = at_or_below(in_block, pc, |i| word(block, 2 * i))?.checked_sub(1) else {
+        return Ok(None);
+    };
+    let words = [word(block, 2 * i)?, word(block, 2 * i + 1)?];
+    // SAFETY: a row is two words of plain old data (repr(C), 8 bytes, no
+    // padding), as BlockLayout::write put them.
+    Ok(Some(unsafe {
+        std::mem::transmute::<[u32; 2], UnwindRow>(words)
+    }))
 }
 
-impl Drop for TableView {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr, self.rows * std::mem::size_of::<UnwindRow>()) };
+/// Block `index` of a table's array.
+fn lookup_block(map: &MapData, index: usize) -> std::io::Result<Box<Block>> {
+    /// `bpf_attr` for element commands.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
     }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let key = u32::try_from(index).map_err(std::io::Error::other)?;
+    let mut block = Box::new([0u32; UNWIND_BLOCK_BYTES / 4]);
+    let attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        pad: 0,
+        key: &key as *const u32 as u64,
+        value: block.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: bpf(2) reads `attr` and the key, and writes the array's value
+    // size (UNWIND_BLOCK_BYTES, the template's) into `block`; all outlive it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(block)
 }
 
 /// `bpf_attr.batch`.
@@ -767,6 +917,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_table_compiling_is_no_change_of_mappings() {
+        let mapping = |start, table_id| UnwindMapping {
+            start,
+            end: start + 0x1000,
+            bias: 0x400000,
+            table_id,
+            rows: 10,
+        };
+        let loaded = [mapping(0x1000, 7), mapping(0x3000, 8)];
+        let compiling = [mapping(0x1000, 7), mapping(0x3000, TABLE_PENDING)];
+        let failed = [mapping(0x1000, 7), mapping(0x3000, TABLE_NONE)];
+        assert!(same_mappings(&loaded, &compiling));
+        assert!(same_mappings(&compiling, &loaded));
+        assert!(same_mappings(&compiling, &failed));
+        // A table that came where there was none is a change; so is a new mapping.
+        assert!(!same_mappings(&failed, &loaded));
+        assert!(!same_mappings(&loaded[..1], &compiling));
+        let moved = [mapping(0x1000, 7), mapping(0x5000, TABLE_PENDING)];
+        assert!(!same_mappings(&loaded, &moved));
+    }
+
+    #[test]
     fn eviction_takes_the_least_recently_used_and_only_as_many_as_needed() {
         // (id, last used window, bytes); the budget is 100, 90 used.
         let tables = [(1, 5, 30), (2, 3, 30), (3, 4, 30)];
@@ -798,40 +970,53 @@ mod tests {
         assert_eq!(layout(most + 1), None);
     }
 
-    /// The walker's search (ebpf/cpu.bpf.c find_row) over a written table
-    /// finds the row deferred walks find in the plain rows.
+    /// The blocked search deferred walks make (the BPF walker's, ebpf/cpu.bpf.c
+    /// find_row) finds the rows a plain search finds: one row block, one
+    /// fence block, and two (past 512 x 1024 rows), at every boundary.
     #[test]
     fn blocked_search_finds_the_rows_a_plain_search_finds() {
-        let rows: Vec<UnwindRow> = (0..1500u32)
-            .map(|i| UnwindRow {
-                pc: 100 + i * 4,
-                kind: 1,
-                rbp_offset: 0,
-                cfa_offset: i as u16,
-            })
-            .collect();
-        let layout = BlockLayout::of(rows.len()).unwrap();
-        let mut bytes = vec![0u8; layout.bytes() as usize];
-        layout.write(&rows, &mut bytes);
-        let word = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
-        let last_at_or_below = |n: usize, value: &dyn Fn(usize) -> u32, pc: u32| {
-            (0..n).take_while(|&i| value(i) <= pc).count()
-        };
-        let blocked = |pc: u32| -> Option<u16> {
-            let fences = layout.row_blocks * UNWIND_BLOCK_BYTES;
-            let found = last_at_or_below(layout.row_blocks, &|i| word(fences + 4 * i), pc);
-            let block = found.checked_sub(1)?;
-            let n = (rows.len() - block * ROWS_PER_BLOCK).min(ROWS_PER_BLOCK);
-            let at = |i: usize| (block * ROWS_PER_BLOCK + i) * 8;
-            let found = last_at_or_below(n, &|i| word(at(i)), pc);
-            let row = at(found.checked_sub(1)?);
-            Some(u16::from_ne_bytes(
-                bytes[row + 6..row + 8].try_into().unwrap(),
-            ))
-        };
-        for pc in [0, 99, 100, 101, 2147, 2148, 2149, 2150, 6095, 6096, 9000] {
-            let plain = deferred::find_row(&rows, pc).map(|r| r.cfa_offset);
-            assert_eq!(blocked(pc), plain, "pc {pc}");
+        for count in [300u32, 512, 513, 1500, 524_288, 524_289, 600_000] {
+            let rows: Vec<UnwindRow> = (0..count)
+                .map(|i| UnwindRow {
+                    pc: 100 + i * 4,
+                    kind: 1,
+                    rbp_offset: 0,
+                    cfa_offset: i as u16,
+                })
+                .collect();
+            let layout = BlockLayout::of(rows.len()).unwrap();
+            let mut bytes = vec![0u8; layout.bytes() as usize];
+            layout.write(&rows, &mut bytes);
+            let word = |block: usize, index: usize| {
+                let at = block * UNWIND_BLOCK_BYTES + 4 * index;
+                Ok(u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap()))
+            };
+            let last = 100 + (count - 1) * 4;
+            let second_fence_block = 100 + (ROWS_PER_BLOCK * FENCES_PER_BLOCK) as u32 * 4;
+            for pc in [
+                0,
+                99,
+                100,
+                101,
+                2147,
+                2148,
+                2149,
+                2150,
+                6095,
+                6096,
+                last,
+                last + 9,
+            ]
+            .into_iter()
+            .chain([
+                second_fence_block - 1,
+                second_fence_block,
+                second_fence_block + 5,
+            ]) {
+                let blocked = search_blocks(rows.len(), pc, word).unwrap();
+                let plain = deferred::find_row(&rows, pc);
+                assert_eq!(blocked, plain, "pc {pc} of {count} rows");
+            }
         }
     }
 }
