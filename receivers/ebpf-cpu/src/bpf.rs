@@ -677,6 +677,8 @@ pub struct Sampler {
     window: u32,
     include_idle: bool,
     unwind_mode: UnwindMode,
+    /// Whether `process_mmap_exec` reports new executable mappings.
+    mmap_hook: bool,
 }
 
 /// Kernel 5.8 brought BPF ring buffers, the newest feature used here.
@@ -808,6 +810,7 @@ impl Sampler {
             window: 0,
             include_idle: opts.include_idle,
             unwind_mode: opts.unwind_mode,
+            mmap_hook: false,
         };
         sampler.write_config()?;
 
@@ -853,9 +856,16 @@ impl Sampler {
         Ok(sampler)
     }
 
+    /// Whether new executable mappings are reported as they are made (the
+    /// fexit hook is attached).
+    pub fn reports_mmaps(&self) -> bool {
+        self.mmap_hook
+    }
+
     /// Attaches `process_mmap_exec` (fexit, which needs kernel BTF and BPF
     /// trampolines). Without it new libraries are still found, only later:
-    /// when a sample lands in them.
+    /// by a read shortly after exec (the loader's) or when a sample lands
+    /// in them (a dlopen).
     fn attach_mmap_exec(&mut self) {
         let attached = (|| {
             let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
@@ -871,8 +881,9 @@ impl Sampler {
             program.attach().map_err(|e| format!("attaching: {e}"))?;
             Ok::<_, String>(())
         })();
+        self.mmap_hook = attached.is_ok();
         if let Err(error) = attached {
-            tracing::info!(%error, "no fexit hook on vm_mmap_pgoff: new executable mappings are found when first sampled, not when mapped");
+            tracing::info!(%error, "no fexit hook on vm_mmap_pgoff: libraries the loader maps are found by a second read shortly after exec, later ones when first sampled");
         }
     }
 

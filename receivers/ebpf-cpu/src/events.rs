@@ -68,6 +68,14 @@ const PENDING_READS_EVERY: usize = 32;
 const MAX_QUEUED: usize = 256;
 /// Time spent walking queued samples between two reads of the ring buffer.
 pub const WALK_SLICE: Duration = Duration::from_millis(5);
+/// Without an mmap hook, how long after its exec a process is read again:
+/// the loader has mapped its libraries by then (it maps them all before it
+/// relocates any), so their tables compile while the process starts up,
+/// not once it is first sampled in them.
+const LOADER_REREAD_AFTER: Duration = Duration::from_millis(50);
+/// Processes waiting for that read, at most (an exec storm past this is
+/// found when sampled, as with no second read).
+const MAX_LOADER_REREADS: usize = 4096;
 
 /// A deferred walk, its process read.
 struct Queued {
@@ -118,6 +126,9 @@ pub struct EventHandler {
     mode: UnwindMode,
     /// Processes to (re)read before the read ends.
     pending: HashSet<u32>,
+    /// Exec'd processes to read again once their loader has mapped their
+    /// libraries, by when; `None` when an mmap hook reports those mappings.
+    loader_rereads: Option<VecDeque<(Instant, u32)>>,
     /// Processes that exited before they were read, forgotten as the read ends.
     unread_exits: HashSet<u32>,
     /// Finished deferred samples, with the sequence number of their window.
@@ -133,11 +144,14 @@ pub struct EventHandler {
 }
 
 impl EventHandler {
-    /// A handler finishing walks in `mode`.
-    pub fn new(mode: UnwindMode) -> Self {
+    /// A handler finishing walks in `mode`; `mmaps_reported` when BPF
+    /// reports new executable mappings (else exec'd processes are read a
+    /// second time, after their loader).
+    pub fn new(mode: UnwindMode, mmaps_reported: bool) -> Self {
         Self {
             mode,
             pending: HashSet::new(),
+            loader_rereads: (!mmaps_reported).then(VecDeque::new),
             unread_exits: HashSet::new(),
             finished: Vec::new(),
             queued: VecDeque::new(),
@@ -170,7 +184,21 @@ impl EventHandler {
         handled
     }
 
+    /// When the next read after a loader is due.
+    pub fn next_loader_reread(&self) -> Option<Instant> {
+        self.loader_rereads.as_ref()?.front().map(|&(due, _)| due)
+    }
+
     fn read_pending(&mut self, tracker: &mut ProcessTracker, tables: &mut UnwindTables) {
+        if let Some(rereads) = &mut self.loader_rereads {
+            let now = Instant::now();
+            while let Some(&(_, pid)) = rereads.front().filter(|&&(due, _)| due <= now) {
+                rereads.pop_front();
+                if tracker.get(pid).is_some_and(|p| !p.exited) {
+                    self.pending.insert(pid);
+                }
+            }
+        }
         for pid in std::mem::take(&mut self.pending) {
             observe(tracker, tables, pid);
         }
@@ -200,6 +228,9 @@ impl EventHandler {
                 // A new process under a pid that exited in this read.
                 self.unread_exits.remove(&event.pid);
                 self.pending.insert(event.pid);
+                if event.kind == bpf::PROCESS_EXEC {
+                    self.reread_after_loader(event.pid);
+                }
             }
             bpf::PROCESS_EXIT => {
                 // Its memory is gone by the time this is read: a pending
@@ -243,6 +274,16 @@ impl EventHandler {
             _ => {}
         }
         true
+    }
+
+    /// Schedules `pid`'s second read, if exec'd processes get one.
+    fn reread_after_loader(&mut self, pid: u32) {
+        match &mut self.loader_rereads {
+            Some(rereads) if rereads.len() < MAX_LOADER_REREADS => {
+                rereads.push_back((Instant::now() + LOADER_REREAD_AFTER, pid));
+            }
+            _ => {}
+        }
     }
 
     /// Takes a deferred walk in: reads its process now if pending or stale

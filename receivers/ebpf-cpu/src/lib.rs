@@ -745,7 +745,7 @@ impl EbpfCpuReceiver {
         let compiled_fd = self.tables.compiled_fd();
         let shared = Arc::new(Mutex::new(Shared {
             ring,
-            events: EventHandler::new(self.config.unwind_mode()),
+            events: EventHandler::new(self.config.unwind_mode(), self.sampler.reports_mmaps()),
             tracker: ProcessTracker::new("/proc")
                 .with_python(!self.config.python_unwinding_disable)
                 .with_php(!self.config.php_unwinding_disable)
@@ -946,7 +946,7 @@ fn handle_events(
     stop: &AtomicBool,
     poll_interval: Duration,
 ) {
-    let mut walks_left = false;
+    let (mut walks_left, mut loader_reread) = (false, None);
     while !stop.load(Ordering::SeqCst) {
         if !walks_left {
             // Raised, the flag makes the next new process wake us; exits
@@ -956,13 +956,16 @@ fn handle_events(
             } else {
                 MIN_READ_SPACING
             };
-            wait_readable(fds, timeout);
+            let until_reread =
+                loader_reread.map(|due: Instant| due.saturating_duration_since(Instant::now()));
+            wait_readable(fds, until_reread.map_or(timeout, |t| t.min(timeout)));
         }
         let started = Instant::now();
         let handled = {
             let mut shared = lock(shared);
             let handled = shared.read_events();
             walks_left = shared.catch_up(Some(events::WALK_SLICE));
+            loader_reread = shared.events.next_loader_reread();
             handled
         };
         let spacing = match handled {
