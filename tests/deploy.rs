@@ -67,6 +67,12 @@ fn manifests_are_valid_kubernetes_objects_that_fit_together() {
     let ds: DaemonSet = of_kind(&docs, "DaemonSet");
     let pod = ds.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.host_pid, Some(true), "the agent sees every process");
+    let own_bound = agent_core::config::ServiceConfig::default().shutdown_timeout;
+    assert!(
+        pod.termination_grace_period_seconds
+            .is_some_and(|s| s > own_bound.as_secs() as i64),
+        "the grace period must exceed the agent's shutdown_timeout ({own_bound:?})"
+    );
     let sa: ServiceAccount = of_kind(&docs, "ServiceAccount");
     assert_eq!(pod.service_account_name, sa.metadata.name);
     let container = &pod.containers[0];

@@ -16,6 +16,17 @@ fn agent() -> Command {
     c
 }
 
+/// Sends SIGTERM to `child` and waits for it.
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    child.wait().unwrap()
+}
+
 fn output_files(dir: &Path) -> Vec<PathBuf> {
     // The exporter creates the directory when the agent starts.
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -170,14 +181,7 @@ fn sigterm_mid_window_flushes_the_window() {
         output_files(&out_dir).is_empty(),
         "nothing is written before the window ends"
     );
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(terminate(&mut child).code(), Some(0));
     let output = decode_all(&output_files(&out_dir));
     let input = from_pprof(&std::fs::read(FIXTURE).unwrap()).unwrap();
     assert_eq!(by_type(&output), by_type(&input));
@@ -353,12 +357,7 @@ fn progress_at_info_level_is_the_first_window_only_and_counters_count_samples() 
     }
     std::thread::sleep(Duration::from_millis(700)); // a few empty windows too
     let metrics = http_get(&http, "/metrics");
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(terminate(&mut child).code(), Some(0));
     let rest: Vec<String> = log.lines().map(Result::unwrap).collect();
 
     let all: Vec<&str> = lines
@@ -525,12 +524,7 @@ fn a_gzip_bomb_is_refused_in_bounded_memory_and_a_bad_mapping_repaired() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let peak = peak_rss(child.id());
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(terminate(&mut child).code(), Some(0));
     let logged = logged.join().unwrap();
     assert!(peak < 100 << 20, "peak RSS {} MiB", peak >> 20);
     assert!(
@@ -623,16 +617,70 @@ fn idle_connections_to_the_view_do_not_stop_the_pipeline() {
         let _ = f.wait();
     }
     assert!(http_get(&http, "/healthy").contains("200 OK"));
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(terminate(&mut child).code(), Some(0));
     drain.join().unwrap();
     assert!(fds < 200, "{fds} descriptors open with 20,000 connections");
     eprintln!(
         "20,000 idle connections: the agent held {fds} descriptors; window written {} ms after its input",
         exported.as_millis()
     );
+}
+
+/// Both network exporters pointed at backends that accept connections and
+/// never answer (the worst outage: nothing fails fast), with
+/// `shutdown_flush_timeout: 3s` and every other bound at the largest value
+/// that validates: SIGTERM mid-attempt ends the agent, exit 0, within that
+/// bound plus 2 s, and says what it dropped.
+#[test]
+fn sigterm_during_a_backend_outage_keeps_the_flush_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // Listening, never accepting: connects succeed, no byte ever comes back.
+    let parca = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let otlp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let watch = dir.path().join("incoming");
+    std::fs::create_dir(&watch).unwrap();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers: {{pprof: {{path: {}, watch: true, poll_interval: 50ms, window: 200ms}}}}\n\
+             exporters:\n\
+             \x20 parca_grpc: {{address: 'http://{}', batch_write_interval: 500ms, shutdown_flush_timeout: 3s,\n\
+             \x20   rpc_unary_timeout: 7d, buffer_bytes: 17179869184, debuginfo_upload_max_parallel: 1024,\n\
+             \x20   debuginfo_upload_disable: true, panic_reporting_disable: true,\n\
+             \x20   sending_queue: {{queue_size: 65536}}}}\n\
+             \x20 otlp_profiles: {{endpoint: 'http://{}', shutdown_flush_timeout: 3s, timeout: 7d,\n\
+             \x20   retry: {{max_interval: 7d, max_elapsed_time: 7d}}, sending_queue: {{queue_size: 65536}}}}\n\
+             service: {{pipelines: {{profiles: {{receivers: [pprof], exporters: [parca_grpc, otlp_profiles]}}}}}}\n",
+            watch.display(),
+            parca.local_addr().unwrap(),
+            otlp.local_addr().unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut child = agent()
+        .args(["--config", config.to_str().unwrap(), "--log-format=json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = BufReader::new(child.stderr.take().unwrap());
+    let lines = std::thread::spawn(move || log.lines().map_while(Result::ok).collect::<Vec<_>>());
+    std::fs::copy(FIXTURE, watch.join("cpu.pb.gz")).unwrap();
+    // The window is out and both exporters wait on their backends.
+    std::thread::sleep(Duration::from_secs(3));
+    let stopped = Instant::now();
+    let status = terminate(&mut child);
+    let took = stopped.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}");
+    let log = lines.join().unwrap().join("\n");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?}\n{log}"
+    );
+    assert!(
+        log.contains("parca_grpc: stopping with profiles the server did not take"),
+        "{log}"
+    );
+    assert!(log.contains("shutdown_flush_timeout (3s) ran out"), "{log}");
 }

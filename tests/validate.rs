@@ -87,7 +87,12 @@ const BAD: &[(&str, &str, &str)] = &[
     (
         "unwind table budget too small",
         "receivers: {ebpf_cpu: {unwind_table_memory_limit: 4096}}\nexporters: {file: {}}\nservice: {pipelines: {profiles: {receivers: [ebpf_cpu], exporters: [file]}}}",
-        "receivers::ebpf_cpu::unwind_table_memory_limit: must be at least 1048576 bytes (1 MiB)",
+        "receivers::ebpf_cpu::unwind_table_memory_limit: must be between 1048576 and 1099511627776 (is 4096)",
+    ),
+    (
+        "missing token file",
+        "receivers: {pprof: {path: /tmp}}\nexporters: {parca_grpc: {address: 'parca:7070', bearer_token_file: /nonexistent/token}}\nservice: {pipelines: {profiles: {receivers: [pprof], exporters: [parca_grpc]}}}",
+        "exporters::parca_grpc::bearer_token_file: cannot read /nonexistent/token: No such file or directory",
     ),
     (
         "misspelled reference",
@@ -414,4 +419,140 @@ fn passwords_in_endpoints_are_redacted() {
         stderr.contains("exporters::parca_grpc::address"),
         "{stderr}"
     );
+}
+
+/// Every number and duration a component takes, given its extremes (0,
+/// negative, the largest integer, absurd units): `validate` either accepts
+/// the value or refuses it naming the key path, and never panics. (Values
+/// that validate are run at their maxima in the pipeline tests'
+/// shutdown-during-outage test.)
+#[test]
+fn extreme_values_are_refused_with_their_key_path_never_with_a_panic() {
+    // (section, component with what it requires, keys that are durations, keys that are numbers)
+    let components: &[(&str, &str, &[&str], &[&str])] = &[
+        (
+            "exporters",
+            "parca_grpc: {address: 'parca:7070', KEY}",
+            &[
+                "batch_write_interval",
+                "rpc_unary_timeout",
+                "shutdown_flush_timeout",
+                "debuginfo_upload_timeout",
+                "debuginfo_upload_cache_duration",
+            ],
+            &[
+                "max_request_bytes",
+                "buffer_bytes",
+                "debuginfo_upload_max_parallel",
+                "stderr_buffer_size_kb",
+                "sending_queue::queue_size",
+            ],
+        ),
+        (
+            "exporters",
+            "otlp_profiles: {endpoint: 'otlp:4317', KEY}",
+            &[
+                "timeout",
+                "shutdown_flush_timeout",
+                "retry::initial_interval",
+                "retry::max_interval",
+                "retry::max_elapsed_time",
+            ],
+            &["sending_queue::queue_size"],
+        ),
+        (
+            "exporters",
+            "file: {directory: /tmp/agent-extremes, KEY}",
+            &[],
+            &["retention::max_files", "retention::max_bytes"],
+        ),
+        (
+            "receivers",
+            "pprof: {path: /tmp, watch: true, KEY}",
+            &["poll_interval", "window"],
+            &["max_decompressed_bytes", "max_samples"],
+        ),
+        (
+            "receivers",
+            "ebpf_cpu: {KEY}",
+            &["profiling_duration", "event_buffer_poll_interval"],
+            &[
+                "sampling_frequency",
+                "memlock_rlimit",
+                "bpf_events_buffer_size",
+                "unwind_table_memory_limit",
+            ],
+        ),
+        (
+            "processors",
+            "symbolize: {KEY}",
+            &[],
+            &["memory_limit", "object_file_pool_size"],
+        ),
+        (
+            "processors",
+            "metadata: {KEY}",
+            &["container_name_wait"],
+            &[],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut refused = 0;
+    for (section, component, durations, numbers) in components {
+        let id = component.split(':').next().unwrap();
+        let cases = durations
+            .iter()
+            .flat_map(|k| ["0s", "-1s", "10000000000h", "1ns"].map(|v| (*k, v)))
+            .chain(
+                numbers
+                    .iter()
+                    .flat_map(|k| ["0", "-1", "18446744073709551615", "1e400"].map(|v| (*k, v))),
+            );
+        for (key, value) in cases {
+            // `a::b: v` as YAML flow mappings: `a: {b: v}`.
+            let parts: Vec<&str> = key.split("::").collect();
+            let mut setting = format!("{}: {value}", parts[parts.len() - 1]);
+            for part in parts[..parts.len() - 1].iter().rev() {
+                setting = format!("{part}: {{{setting}}}");
+            }
+            let body = component.replace("KEY", &setting);
+            let (receiver, exporter) = match *section {
+                "receivers" => (id, "file"),
+                "exporters" => ("pprof", id),
+                _ => ("pprof", "file"),
+            };
+            let mut yaml = format!("{section}: {{{body}}}\n");
+            if *section != "receivers" {
+                yaml += "receivers: {pprof: {path: /tmp}}\n";
+            }
+            if *section != "exporters" {
+                yaml += "exporters: {file: {directory: /tmp/agent-extremes}}\n";
+            }
+            let processors = if *section == "processors" {
+                format!("[{id}]")
+            } else {
+                "[]".into()
+            };
+            yaml += &format!(
+                "service: {{pipelines: {{profiles: {{receivers: [{receiver}], processors: {processors}, exporters: [{exporter}]}}}}}}\n"
+            );
+            let config = write_config(dir.path(), &yaml);
+            let out = agent(&["validate", "--config", &config], &[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let path = format!("{section}::{id}::{key}");
+            match out.status.code() {
+                Some(0) => {}
+                Some(1) => {
+                    refused += 1;
+                    assert!(
+                        stderr.contains(&path),
+                        "{path} = {value}: the error names no key path:\n{stderr}"
+                    );
+                }
+                other => panic!("{path} = {value}: exit {other:?}\n{stderr}"),
+            }
+            assert!(!stderr.contains("panicked"), "{path} = {value}:\n{stderr}");
+        }
+    }
+    assert!(refused > 50, "only {refused} extremes refused");
 }

@@ -95,6 +95,9 @@ pub struct BuildContext {
     pub telemetry: ComponentTelemetry,
     /// Agent-wide settings.
     pub service: ServiceSettings,
+    /// Resolves once the agent is stopping: an exporter retrying a batch
+    /// bounds its retries from then on (`shutdown_flush_timeout`).
+    pub stopping: Shutdown,
 }
 
 impl BuildContext {
@@ -115,30 +118,81 @@ impl BuildContext {
                 node: "test-node".to_owned(),
                 agent_revision: "test-revision".to_owned(),
             },
+            stopping: Shutdown::never(),
         }
     }
 }
 
-/// Signals a receiver that the agent is stopping.
+/// Signals a component that the agent is stopping.
 #[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown(Option<watch::Receiver<bool>>);
 
 impl Shutdown {
     /// A signal and the sender that triggers it.
     pub fn new() -> (watch::Sender<bool>, Self) {
         let (tx, rx) = watch::channel(false);
-        (tx, Self(rx))
+        (tx, Self(Some(rx)))
+    }
+
+    /// A signal that never comes (a component built for a test).
+    pub fn never() -> Self {
+        Self(None)
     }
 
     /// Resolves once shutdown is requested (at once if it already was).
     pub async fn requested(&mut self) {
-        // An error means the sender is gone, which also means stop.
-        let _ = self.0.wait_for(|stop| *stop).await;
+        match &mut self.0 {
+            // An error means the sender is gone, which also means stop.
+            Some(signal) => drop(signal.wait_for(|stop| *stop).await),
+            None => std::future::pending().await,
+        }
     }
 
     /// True once shutdown is requested.
     pub fn is_requested(&self) -> bool {
-        *self.0.borrow()
+        self.0.as_ref().is_some_and(|signal| *signal.borrow())
+    }
+}
+
+/// How long an exporter may still try to deliver once the agent stops:
+/// retries, waits and attempts all end `timeout` after the stop signal, so
+/// shutdown keeps its bound while a backend is down.
+pub struct FlushBound {
+    stopping: Shutdown,
+    timeout: std::time::Duration,
+    /// When the stop was first seen.
+    since: Option<tokio::time::Instant>,
+}
+
+impl FlushBound {
+    /// Bounds delivery to `timeout` after `stopping`.
+    pub fn new(stopping: Shutdown, timeout: std::time::Duration) -> Self {
+        Self {
+            stopping,
+            timeout,
+            since: None,
+        }
+    }
+
+    /// Resolves once the agent is stopping and `timeout` has passed since.
+    pub async fn expired(&mut self) {
+        let since = match self.since {
+            Some(since) => since,
+            None => {
+                self.stopping.requested().await;
+                *self.since.insert(tokio::time::Instant::now())
+            }
+        };
+        tokio::time::sleep_until(since + self.timeout).await;
+    }
+
+    /// Whether the time to deliver has run out.
+    pub fn has_expired(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.since.is_none() && self.stopping.is_requested() {
+            self.since = Some(now);
+        }
+        self.since.is_some_and(|since| now >= since + self.timeout)
     }
 }
 
@@ -344,4 +398,26 @@ pub trait Factory: Send + Sync + 'static {
         config: Self::Config,
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_flush_bound_runs_out_only_after_the_stop() {
+        let (stop, stopping) = Shutdown::new();
+        let mut bound = FlushBound::new(stopping, Duration::from_millis(200));
+        let early = tokio::time::timeout(Duration::from_millis(300), bound.expired()).await;
+        assert!(early.is_err(), "ran out before any stop");
+        assert!(!bound.has_expired());
+        stop.send(true).unwrap();
+        let stopped = std::time::Instant::now();
+        assert!(!bound.has_expired(), "the time to flush starts at the stop");
+        bound.expired().await;
+        let took = stopped.elapsed();
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+        assert!(bound.has_expired());
+    }
 }

@@ -216,6 +216,10 @@ impl Default for ServiceConfig {
     }
 }
 
+/// The most batches an exporter's queue may hold (each a window: far past
+/// any real backlog).
+pub const MAX_QUEUE_SIZE: usize = 1 << 16;
+
 /// The bounded queue in front of every exporter (`sending_queue` in its config).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -567,6 +571,19 @@ pub fn load(
             ),
         ));
     }
+    let mut checks = crate::bounds::Checks::default();
+    checks.duration(
+        "service::shutdown_timeout",
+        service.shutdown_timeout,
+        Duration::from_secs(1),
+        crate::bounds::MAX_DURATION,
+    );
+    errors.extend(
+        checks
+            .finish()
+            .into_iter()
+            .map(|e| ConfigError::new(e.field, e.message)),
+    );
     let endpoint = service.traces.endpoint.trim();
     if !endpoint.is_empty() {
         let scheme_ok = match endpoint.split_once("://") {
@@ -625,10 +642,12 @@ fn split_sending_queue(
     let queue = match m.remove("sending_queue") {
         Some(q) => {
             let q: SendingQueue = deserialize_at(q, &join_path(path, "sending_queue"))?;
-            if q.queue_size == 0 {
+            let mut checks = crate::bounds::Checks::default();
+            checks.number("queue_size", q.queue_size, 1, MAX_QUEUE_SIZE);
+            if let Some(e) = checks.finish().pop() {
                 return Err(ConfigError::new(
-                    join_path(path, "sending_queue::queue_size"),
-                    "must be at least 1",
+                    join_path(path, &format!("sending_queue::{}", e.field)),
+                    e.message,
                 ));
             }
             q

@@ -3,6 +3,7 @@
 //! pprof and OTLP conversions.
 #![warn(missing_docs)]
 
+pub mod bounds;
 pub mod component;
 pub mod config;
 pub mod file_id;

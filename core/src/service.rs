@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{Span, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -147,6 +147,9 @@ pub struct Service {
     telemetry: Telemetry,
     shutdown_timeout: Duration,
     latest: LatestWindows,
+    /// Sets off `shutdown`, which components were built with.
+    stop: watch::Sender<bool>,
+    shutdown: Shutdown,
 }
 
 impl Service {
@@ -158,6 +161,7 @@ impl Service {
         telemetry: &Telemetry,
         agent_revision: &str,
     ) -> Result<Self, ServiceError> {
+        let (stop, shutdown) = Shutdown::new();
         let settings = ServiceSettings {
             node: config.service.node.clone(),
             agent_revision: agent_revision.to_owned(),
@@ -179,6 +183,7 @@ impl Service {
                     pipeline: pipeline.map(str::to_owned),
                     telemetry: telemetry.scoped(&labels),
                     service: settings.clone(),
+                    stopping: shutdown.clone(),
                 };
                 factory
                     .build(&c.config, &ctx)
@@ -296,6 +301,8 @@ impl Service {
             telemetry: telemetry.clone(),
             shutdown_timeout: config.service.shutdown_timeout,
             latest,
+            stop,
+            shutdown,
         })
     }
 
@@ -318,7 +325,7 @@ impl Service {
         for p in self.pipelines {
             pipeline_tasks.spawn(run_pipeline(p));
         }
-        let (stop_tx, shutdown) = Shutdown::new();
+        let (stop_tx, shutdown) = (self.stop, self.shutdown);
         let mut receiver_tasks = JoinSet::new();
         for (id, receiver, sink) in self.receivers {
             let shutdown = shutdown.clone();
@@ -1000,7 +1007,7 @@ service:
             "receivers::countng/x: unknown receiver type `countng`; did you mean `counting`?",
             "processors::doubler::extra: unknown field `extra`",
             "processors::k8s_meta: processor type `k8s_meta` is not in this build (built without Cargo feature `processor-k8s-meta`)",
-            "exporters::sink::sending_queue::queue_size: must be at least 1",
+            "exporters::sink::sending_queue::queue_size: must be between 1 and 65536 (is 0)",
             "service::pipelines::profiles::receivers: `countin` is not configured under `receivers`; did you mean `counting`?",
             "service::pipelines::profiles::exporters: `sink` is listed twice",
             "service::pipelines::traces: `traces` is not a pipeline id",

@@ -107,6 +107,12 @@ impl Factory for FileExporterFactory {
             source,
         };
         std::fs::create_dir_all(&config.directory).map_err(dir_error)?;
+        // A directory we cannot write fails the start, not every window:
+        // a probe file is created (and removed when dropped).
+        tempfile::Builder::new()
+            .prefix(".probe-")
+            .tempfile_in(&config.directory)
+            .map_err(dir_error)?;
         let kept = existing_files(&config.directory).map_err(dir_error)?;
         Ok(Box::new(FileExporter {
             directory: config.directory.clone(),
@@ -275,6 +281,23 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_written_fails_the_start() {
+        // procfs takes no new files, even from root.
+        let config = FileExporterConfig {
+            directory: "/proc/self".into(),
+            ..Default::default()
+        };
+        let error = match FileExporterFactory.create(config, &BuildContext::for_test("file")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("/proc/self accepted as an output directory"),
+        };
+        assert!(
+            error.starts_with("cannot use directory /proc/self:"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use agent_core::bounds::{Checks, MAX_DURATION};
 use agent_core::{ComponentConfig, Endpoint, FieldError, Secret};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,10 @@ pub struct OtlpProfilesConfig {
     pub timeout: Duration,
     /// Retries with backoff.
     pub retry: RetryConfig,
+    /// At shutdown, how long the batches still queued may be retried; then
+    /// each gets one last attempt and what fails is dropped and counted.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_flush_timeout: Duration,
     /// Label → attribute key, over the defaults (see [`default_attribute_keys`]);
     /// `""` leaves the label out.
     pub attributes: BTreeMap<String, String>,
@@ -97,6 +102,7 @@ impl Default for OtlpProfilesConfig {
             insecure_skip_verify: false,
             timeout: Duration::from_secs(10),
             retry: RetryConfig::default(),
+            shutdown_flush_timeout: Duration::from_secs(10),
             attributes: BTreeMap::new(),
         }
     }
@@ -202,15 +208,26 @@ impl ComponentConfig for OtlpProfilesConfig {
                 ));
             }
         }
-        if self.timeout.is_zero() {
-            errors.push(FieldError::new("timeout", "must be more than 0s"));
-        }
-        if self.retry.initial_interval.is_zero() {
-            errors.push(FieldError::new(
+        let mut checks = Checks::new(errors);
+        let ms = Duration::from_millis;
+        for (key, value, min) in [
+            ("timeout", self.timeout, ms(1)),
+            ("shutdown_flush_timeout", self.shutdown_flush_timeout, ms(0)),
+            (
                 "retry::initial_interval",
-                "must be more than 0s",
-            ));
+                self.retry.initial_interval,
+                ms(1),
+            ),
+            ("retry::max_interval", self.retry.max_interval, ms(1)),
+            (
+                "retry::max_elapsed_time",
+                self.retry.max_elapsed_time,
+                ms(0),
+            ),
+        ] {
+            checks.duration(key, value, min, MAX_DURATION);
         }
+        let mut errors = checks.finish();
         if self.retry.initial_interval > self.retry.max_interval {
             errors.push(FieldError::new(
                 "retry::max_interval",

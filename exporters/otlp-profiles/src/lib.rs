@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use agent_core::otlp::{to_otlp_with, AttributeKeys};
 use agent_core::telemetry::Counter;
-use agent_core::{BuildContext, ComponentError, Exporter, Factory, ProfileBatch, Stability};
+use agent_core::{
+    BuildContext, ComponentError, Exporter, Factory, FlushBound, ProfileBatch, Stability,
+};
 use agent_net::Backoff;
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 use tokio::time::Instant;
@@ -88,8 +90,10 @@ impl Factory for OtlpProfilesFactory {
             ),
             dropped_rejected: dropped("rejected"),
             dropped_retries_exhausted: dropped("retries_exhausted"),
+            dropped_shutdown: dropped("shutdown"),
         };
         Ok(Box::new(OtlpProfiles {
+            flush: FlushBound::new(ctx.stopping.clone(), config.shutdown_flush_timeout),
             sender,
             keys,
             config,
@@ -105,9 +109,12 @@ struct Metrics {
     rejected_profiles: Counter,
     dropped_rejected: Counter,
     dropped_retries_exhausted: Counter,
+    dropped_shutdown: Counter,
 }
 
 struct OtlpProfiles {
+    /// Once the agent stops, how long batches may still be tried.
+    flush: FlushBound,
     sender: Sender,
     keys: AttributeKeys,
     config: OtlpProfilesConfig,
@@ -143,8 +150,22 @@ impl Exporter for OtlpProfiles {
         let retry = &self.config.retry;
         let give_up_at = Instant::now() + retry.max_elapsed_time;
         let mut backoff = Backoff::new(retry.initial_interval, retry.max_interval);
+        let stopped = |this: &Self| {
+            this.metrics.dropped_shutdown.inc();
+            this.not_delivered(format!(
+                "the agent stopped and shutdown_flush_timeout ({:?}) ran out",
+                this.config.shutdown_flush_timeout
+            ))
+        };
         loop {
-            let failure = match self.sender.send(&payload, self.config.timeout).await {
+            if self.flush.has_expired() {
+                return Err(stopped(self));
+            }
+            let attempt = tokio::select! {
+                sent = self.sender.send(&payload, self.config.timeout) => sent,
+                _ = self.flush.expired() => return Err(stopped(self)),
+            };
+            let failure = match attempt {
                 Ok(response) => {
                     self.metrics.sent.inc();
                     if std::mem::replace(&mut self.failing, false) {
@@ -188,7 +209,10 @@ impl Exporter for OtlpProfiles {
             }
             debug!(reason = %failure.reason, wait_ms = wait.as_millis() as u64, "otlp_profiles: retrying");
             self.metrics.retries.inc();
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.flush.expired() => return Err(stopped(self)),
+            }
         }
     }
 }

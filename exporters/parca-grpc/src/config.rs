@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agent_core::bounds::{Checks, MAX_DURATION};
 use agent_core::{ComponentConfig, Endpoint, FieldError};
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +116,15 @@ impl ComponentConfig for ParcaGrpcConfig {
                 "bearer_token_file",
                 "set either bearer_token or bearer_token_file, not both",
             ));
+        } else if let Some(file) = &self.bearer_token_file {
+            // Re-read on every call later; unreadable now is a mistake, not
+            // a server refusing the token.
+            if let Err(e) = std::fs::read(file) {
+                errors.push(FieldError::new(
+                    "bearer_token_file",
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+            }
         }
         if self.insecure && self.insecure_skip_verify {
             errors.push(FieldError::new(
@@ -122,33 +132,50 @@ impl ComponentConfig for ParcaGrpcConfig {
                 "has no meaning with insecure (plaintext has no certificate to verify)",
             ));
         }
-        for (key, value) in [
-            ("batch_write_interval", self.batch_write_interval),
-            ("rpc_unary_timeout", self.rpc_unary_timeout),
-            ("debuginfo_upload_timeout", self.debuginfo_upload_timeout),
+        let mut checks = Checks::new(errors);
+        let ms = Duration::from_millis;
+        for (key, value, min) in [
+            ("batch_write_interval", self.batch_write_interval, ms(100)),
+            ("rpc_unary_timeout", self.rpc_unary_timeout, ms(100)),
+            ("shutdown_flush_timeout", self.shutdown_flush_timeout, ms(0)),
+            (
+                "debuginfo_upload_timeout",
+                self.debuginfo_upload_timeout,
+                ms(100),
+            ),
+            (
+                "debuginfo_upload_cache_duration",
+                self.debuginfo_upload_cache_duration,
+                ms(0),
+            ),
         ] {
-            if value.is_zero() {
-                errors.push(FieldError::new(key, "must be more than 0"));
-            }
+            checks.duration(key, value, min, MAX_DURATION);
         }
-        if self.max_request_bytes < 64 << 10 {
-            errors.push(FieldError::new(
-                "max_request_bytes",
-                "must be at least 64 KiB",
-            ));
-        }
-        if self.buffer_bytes < self.max_request_bytes {
-            errors.push(FieldError::new(
-                "buffer_bytes",
-                "must be at least max_request_bytes",
-            ));
-        }
-        if self.debuginfo_upload_max_parallel == 0 {
-            errors.push(FieldError::new(
-                "debuginfo_upload_max_parallel",
-                "must be at least 1",
-            ));
-        }
+        checks.number(
+            "max_request_bytes",
+            self.max_request_bytes,
+            64 << 10,
+            1 << 30,
+        );
+        checks.number(
+            "buffer_bytes",
+            self.buffer_bytes,
+            self.max_request_bytes,
+            16 << 30,
+        );
+        checks.number(
+            "debuginfo_upload_max_parallel",
+            self.debuginfo_upload_max_parallel,
+            1,
+            1024,
+        );
+        checks.number(
+            "stderr_buffer_size_kb",
+            self.stderr_buffer_size_kb,
+            0,
+            1 << 20,
+        );
+        let mut errors = checks.finish();
         for (i, d) in self.debuginfo_directories.iter().enumerate() {
             if !d.is_absolute() {
                 errors.push(FieldError::new(

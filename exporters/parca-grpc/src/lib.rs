@@ -14,7 +14,9 @@ pub mod writer;
 
 use std::sync::{Arc, Mutex};
 
-use agent_core::{BuildContext, ComponentError, Exporter, Factory, ProfileBatch, Stability};
+use agent_core::{
+    BuildContext, ComponentError, Exporter, Factory, FlushBound, ProfileBatch, Stability,
+};
 use agent_object_files::ObjectLocator;
 use tokio::sync::{mpsc, watch};
 use tonic::service::interceptor::InterceptedService;
@@ -84,7 +86,6 @@ impl Factory for ParcaGrpcFactory {
         let settings = WriterSettings {
             interval: config.batch_write_interval,
             unary_timeout: config.rpc_unary_timeout,
-            shutdown_timeout: config.shutdown_flush_timeout,
             max_request_bytes: config.max_request_bytes,
             rpc_logging: config.rpc_logging,
         };
@@ -94,6 +95,7 @@ impl Factory for ParcaGrpcFactory {
             settings,
             metrics,
             stopped,
+            FlushBound::new(ctx.stopping.clone(), config.shutdown_flush_timeout),
         ));
         let locator = ObjectLocator {
             proc_root: config.proc_root.clone(),

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::telemetry::{ComponentTelemetry, Counter, Gauge};
+use agent_core::FlushBound;
 use agent_net::Backoff;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -223,21 +224,22 @@ pub struct WriterSettings {
     pub interval: Duration,
     /// Bound of one flush's retries.
     pub unary_timeout: Duration,
-    /// Bound of the last flush.
-    pub shutdown_timeout: Duration,
     /// Most bytes per request.
     pub max_request_bytes: usize,
     /// Log every call.
     pub rpc_logging: bool,
 }
 
-/// Writes the buffer every interval until `stop` turns true, then once more.
+/// Writes the buffer every interval until `stop` turns true (no window
+/// comes any more), then once more. Once the agent stops, every write,
+/// retry and wait ends when `flush` expires.
 pub async fn run(
     buffer: Arc<Mutex<Buffer>>,
     clients: ParcaClients,
     settings: WriterSettings,
     metrics: WriterMetrics,
     mut stop: watch::Receiver<bool>,
+    mut flush_bound: FlushBound,
 ) {
     let mut health = Health::default();
     loop {
@@ -245,10 +247,9 @@ pub async fn run(
             _ = tokio::time::sleep(settings.interval) => false,
             _ = stop.wait_for(|s| *s) => true,
         };
-        let bound = if stopping {
-            settings.shutdown_timeout
-        } else {
-            settings.unary_timeout
+        let mut limits = Limits {
+            deadline: Instant::now() + settings.unary_timeout,
+            flush_bound: &mut flush_bound,
         };
         flush(
             &buffer,
@@ -256,7 +257,7 @@ pub async fn run(
             &settings,
             &metrics,
             &mut health,
-            Instant::now() + bound,
+            &mut limits,
         )
         .await;
         if stopping {
@@ -276,15 +277,21 @@ pub async fn run(
     }
 }
 
-/// Sends everything buffered, request by request, retrying each until
-/// `deadline`; what is not sent stays buffered.
+/// When a flush must end: its own deadline, or the shutdown's.
+struct Limits<'a> {
+    deadline: Instant,
+    flush_bound: &'a mut FlushBound,
+}
+
+/// Sends everything buffered, request by request, retrying each within
+/// `limits`; what is not sent stays buffered.
 async fn flush(
     buffer: &Mutex<Buffer>,
     clients: &ParcaClients,
     settings: &WriterSettings,
     metrics: &WriterMetrics,
     health: &mut Health,
-    deadline: Instant,
+    limits: &mut Limits<'_>,
 ) {
     loop {
         let request_series = {
@@ -294,16 +301,7 @@ async fn flush(
         if request_series.is_empty() {
             return;
         }
-        match send_with_retries(
-            &request_series,
-            clients,
-            settings,
-            metrics,
-            health,
-            deadline,
-        )
-        .await
-        {
+        match send_with_retries(&request_series, clients, settings, metrics, health, limits).await {
             Sent::Yes => {
                 metrics.sent_series.inc_by(request_series.len() as u64);
                 metrics
@@ -339,22 +337,27 @@ async fn send_with_retries(
     settings: &WriterSettings,
     metrics: &WriterMetrics,
     health: &mut Health,
-    deadline: Instant,
+    limits: &mut Limits<'_>,
 ) -> Sent {
     let request = WriteRawRequest {
         series: series.iter().map(|s| s.series.clone()).collect(),
         ..Default::default()
     };
+    let deadline = limits.deadline;
     let mut backoff = Backoff::default();
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || limits.flush_bound.has_expired() {
             return Sent::Later;
         }
         let started = std::time::Instant::now();
         let mut call = tonic::Request::new(request.clone());
         call.set_timeout(deadline - now);
-        let result = clients.profiles.clone().write_raw(call).await;
+        let mut client = clients.profiles.clone();
+        let result = tokio::select! {
+            result = client.write_raw(call) => result,
+            _ = limits.flush_bound.expired() => return Sent::Later,
+        };
         if settings.rpc_logging {
             info!(
                 method = "WriteRaw",
@@ -405,11 +408,14 @@ async fn send_with_retries(
                     wait_ms = wait.as_millis() as u64,
                     "parca_grpc: write failed, retrying"
                 );
-                if Instant::now() + wait >= deadline {
-                    tokio::time::sleep_until(deadline).await;
+                let until = (Instant::now() + wait).min(deadline);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = limits.flush_bound.expired() => return Sent::Later,
+                }
+                if until == deadline {
                     return Sent::Later;
                 }
-                tokio::time::sleep(wait).await;
             }
             code => {
                 warn!(

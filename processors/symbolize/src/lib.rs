@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use agent_core::bounds::Checks;
 use agent_core::telemetry::Counter;
 use agent_core::{
     BuildContext, ComponentConfig, ComponentError, Factory, FieldError, FrameType, Function,
@@ -90,7 +91,7 @@ pub const MIN_MEMORY_LIMIT: u64 = 4 << 20;
 
 impl ComponentConfig for SymbolizeConfig {
     fn validate(&self) -> Vec<FieldError> {
-        let mut errors: Vec<FieldError> = self
+        let errors: Vec<FieldError> = self
             .debuginfo_directories
             .iter()
             .enumerate()
@@ -102,13 +103,15 @@ impl ComponentConfig for SymbolizeConfig {
                 )
             })
             .collect();
-        if self.memory_limit < MIN_MEMORY_LIMIT {
-            errors.push(FieldError::new(
-                "memory_limit",
-                format!("must be at least {MIN_MEMORY_LIMIT} bytes (4 MiB)"),
-            ));
-        }
-        errors
+        let mut checks = Checks::new(errors);
+        checks.number("memory_limit", self.memory_limit, MIN_MEMORY_LIMIT, 1 << 40);
+        checks.number(
+            "object_file_pool_size",
+            self.object_file_pool_size,
+            0,
+            1 << 20,
+        );
+        checks.finish()
     }
 }
 

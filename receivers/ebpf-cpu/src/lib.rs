@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use agent_core::bounds::Checks;
 use agent_core::telemetry::{ComponentTelemetry, Counter, Gauge};
 use agent_core::{
     BatchSink, BuildContext, BuildIdKind, ComponentConfig, ComponentError, Factory, FieldError,
@@ -120,41 +121,40 @@ impl EbpfCpuConfig {
 
 impl ComponentConfig for EbpfCpuConfig {
     fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        if self.profiling_duration < Duration::from_millis(100) {
-            errors.push(FieldError::new(
-                "profiling_duration",
-                "must be at least 100ms",
-            ));
+        let mut checks = Checks::default();
+        let ms = Duration::from_millis;
+        checks.duration(
+            "profiling_duration",
+            self.profiling_duration,
+            ms(100),
+            ms(3_600_000),
+        );
+        checks.duration(
+            "event_buffer_poll_interval",
+            self.event_buffer_poll_interval,
+            ms(10),
+            ms(10_000),
+        );
+        checks.number("sampling_frequency", self.sampling_frequency, 1, 10_000);
+        checks.number(
+            "bpf_events_buffer_size",
+            self.bpf_events_buffer_size,
+            1,
+            262_144,
+        );
+        if !self.dwarf_unwinding_disable {
+            checks.number(
+                "unwind_table_memory_limit",
+                self.unwind_table_memory_limit,
+                1 << 20,
+                1 << 40,
+            );
         }
-        if !(1..=10_000).contains(&self.sampling_frequency) {
-            errors.push(FieldError::new(
-                "sampling_frequency",
-                "must be between 1 and 10000 Hz",
-            ));
-        }
-        if self.bpf_events_buffer_size == 0 || self.bpf_events_buffer_size > 262_144 {
-            errors.push(FieldError::new(
-                "bpf_events_buffer_size",
-                "must be between 1 and 262144 pages",
-            ));
-        }
+        let mut errors = checks.finish();
         if self.dwarf_unwinding_disable && self.dwarf_unwinding_mixed {
             errors.push(FieldError::new(
                 "dwarf_unwinding_mixed",
                 "cannot be set together with dwarf_unwinding_disable (frame pointers only)",
-            ));
-        }
-        if self.unwind_table_memory_limit < 1 << 20 && !self.dwarf_unwinding_disable {
-            errors.push(FieldError::new(
-                "unwind_table_memory_limit",
-                "must be at least 1048576 bytes (1 MiB)",
-            ));
-        }
-        if self.event_buffer_poll_interval.is_zero() {
-            errors.push(FieldError::new(
-                "event_buffer_poll_interval",
-                "must be above 0s",
             ));
         }
         errors

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use agent_core::bounds::{Checks, MAX_DURATION};
 use agent_core::pprof::{decode_pprof, PprofError, PprofLimits};
 use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_core::{
@@ -115,19 +116,20 @@ impl ComponentConfig for PprofReceiverConfig {
                 "required: a pprof file or a directory of them",
             ));
         }
-        if self.watch && self.poll_interval.is_zero() {
-            errors.push(FieldError::new(
-                "poll_interval",
-                "must be above 0s when watching",
-            ));
+        let mut checks = Checks::new(errors);
+        let ms = Duration::from_millis;
+        if self.watch {
+            checks.duration("poll_interval", self.poll_interval, ms(10), MAX_DURATION);
         }
-        if self.max_decompressed_bytes == 0 {
-            errors.push(FieldError::new("max_decompressed_bytes", "must be above 0"));
-        }
-        if self.max_samples == 0 {
-            errors.push(FieldError::new("max_samples", "must be above 0"));
-        }
-        errors
+        checks.duration("window", self.window, ms(0), ms(3_600_000));
+        checks.number(
+            "max_decompressed_bytes",
+            self.max_decompressed_bytes,
+            1,
+            1 << 40,
+        );
+        checks.number("max_samples", self.max_samples, 1, 1 << 40);
+        checks.finish()
     }
 }
 
