@@ -500,7 +500,10 @@ async fn status_page(State(view): State<View>) -> Html<String> {
             })
             .map_or(0.0, |(_, v)| *v)
     };
-    let state = if view.telemetry.is_ready() {
+    let failures = view.telemetry.failures();
+    let state = if !failures.is_empty() {
+        "failing"
+    } else if view.telemetry.is_ready() {
         "running"
     } else {
         "starting or stopping"
@@ -518,6 +521,24 @@ async fn status_page(State(view): State<View>) -> Html<String> {
          <h2>Pipelines</h2><table id=pipelines><tr><th>pipeline</th><th>component</th><th>counters</th></tr>",
         esc(crate::cli::VERSION)
     );
+    if !failures.is_empty() {
+        // Before the pipelines: what stopped working comes first.
+        let pipelines_start = html.rfind("<h2>Pipelines</h2>").unwrap_or(html.len());
+        let mut table = String::from(
+            "<h2>Failed components</h2><table id=failures><tr><th>component</th><th>why</th></tr>",
+        );
+        for f in &failures {
+            let _ = write!(
+                table,
+                "<tr><td>{} {}</td><td><code>{}</code></td></tr>",
+                f.kind,
+                esc(&f.id),
+                esc(&f.reason)
+            );
+        }
+        table.push_str("</table>");
+        html.insert_str(pipelines_start, &table);
+    }
     for (pid, p) in view.pipelines.iter() {
         let mut rows = Vec::new();
         for r in &p.receivers {

@@ -167,6 +167,8 @@ fn main() -> ExitCode {
     agent_heap_meter::return_freed_memory();
     let cli = cli::from_matches(&cli::command().get_matches());
     init_logging(&cli.logging);
+    // One hook for the process; a parca_grpc exporter may report through it.
+    agent_core::panics::install_hook();
     for notice in &cli.notices {
         info!("{notice}");
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod file_id;
 pub mod model;
 pub mod otlp;
+pub mod panics;
 pub mod pprof;
 pub mod registry;
 pub mod secret;

@@ -9,8 +9,7 @@
 //! which closes the pipelines' inputs; pipelines finish and close the
 //! exporters' queues; exporters drain their queues and flush.
 
-use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +24,9 @@ use crate::component::*;
 use crate::config::AgentConfig;
 use crate::model::{is_internal_label, ProfileBatch};
 use crate::registry::Registry;
-use crate::telemetry::{ComponentTelemetry, Counter, Gauge, Histogram, Telemetry};
+use crate::telemetry::{
+    ComponentFailure, ComponentTelemetry, Counter, Gauge, Histogram, Telemetry,
+};
 
 /// The latest batch each pipeline produced (after its processors) per
 /// sample type (`samples/count`), for the local views.
@@ -76,6 +77,16 @@ pub enum ServiceError {
         id: String,
         /// Its error.
         error: ComponentError,
+    },
+    /// A pipeline's or exporter's task ended while the agent ran.
+    #[error("{kind} {id} stopped while the agent ran: {reason}")]
+    ComponentFailed {
+        /// `pipeline` or `exporter`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+        /// Why, as far as known.
+        reason: String,
     },
     /// The last window was not flushed within the shutdown timeout.
     #[error("shutdown did not finish within {0:?}; the last window may be lost")]
@@ -317,14 +328,36 @@ impl Service {
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServiceError> {
+        // Pipelines and exporters end when their inputs close (the
+        // receivers feeding them finished); one that panics has failed:
+        // shown, remembered, and the exit says so.
+        let mut task_names = HashMap::new();
         let mut exporter_tasks = JoinSet::new();
         for e in self.exporters {
-            exporter_tasks.spawn(run_exporter(e));
+            let name = ("exporter", e.id.clone());
+            task_names.insert(exporter_tasks.spawn(run_exporter(e)).id(), name);
         }
         let mut pipeline_tasks = JoinSet::new();
         for p in self.pipelines {
-            pipeline_tasks.spawn(run_pipeline(p));
+            let name = ("pipeline", p.id.clone());
+            task_names.insert(pipeline_tasks.spawn(run_pipeline(p)).id(), name);
         }
+        let died = |done: Result<(tokio::task::Id, ()), tokio::task::JoinError>| {
+            let error = done.err()?;
+            let (id, reason) = (error.id(), panic_message(error));
+            let (kind, name) = task_names.get(&id).cloned().unwrap_or(("task", "?".into()));
+            error!(component_kind = kind, component_id = %name, %reason, "component stopped while the agent ran");
+            self.telemetry.component_failed(ComponentFailure {
+                kind,
+                id: name.clone(),
+                reason: reason.clone(),
+            });
+            Some(ServiceError::ComponentFailed {
+                kind,
+                id: name,
+                reason,
+            })
+        };
         let (stop_tx, shutdown) = (self.stop, self.shutdown);
         let mut receiver_tasks = JoinSet::new();
         for (id, receiver, sink) in self.receivers {
@@ -346,6 +379,16 @@ impl Service {
                 _ = &mut stop => {
                     info!("stopping: flushing the last window");
                     break;
+                }
+                Some(done) = exporter_tasks.join_next_with_id() => {
+                    if let (None, Some(error)) = (&failure, died(done)) {
+                        failure = Some(error);
+                    }
+                }
+                Some(done) = pipeline_tasks.join_next_with_id() => {
+                    if let (None, Some(error)) = (&failure, died(done)) {
+                        failure = Some(error);
+                    }
                 }
                 done = receiver_tasks.join_next() => match done {
                     None => {
@@ -389,6 +432,23 @@ impl Service {
     }
 }
 
+/// The message a panic was raised with.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Why a task ended with `error`.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(payload) => format!("panicked: {}", panic_text(&*payload)),
+        Err(error) => error.to_string(),
+    }
+}
+
 /// Runs the processor chain on one batch, catching panics so a faulty
 /// processor drops one batch instead of the pipeline.
 fn process_chain(
@@ -401,7 +461,7 @@ fn process_chain(
         let samples = batch.sample_count() as usize;
         let mut span = tracer.start_with_context(format!("process {id}"), trace);
         span.set_attribute(KeyValue::new("samples.in", samples as i64));
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| p.process(batch)));
+        let result = crate::panics::catch_counted(|| p.process(batch));
         let error: ComponentError = match result {
             Ok(Ok(b)) => {
                 span.set_attribute(KeyValue::new("samples.out", b.samples.len() as i64));
@@ -410,14 +470,7 @@ fn process_chain(
                 continue;
             }
             Ok(Err(e)) => e,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                format!("panicked: {message}").into()
-            }
+            Err(panic) => format!("panicked: {}", panic_text(&*panic)).into(),
         };
         span.set_status(Status::error(error.to_string()));
         span.end();
@@ -790,12 +843,17 @@ mod tests {
         values: Arc<Mutex<Vec<i64>>>,
         label_names: Arc<Mutex<BTreeSet<String>>>,
         gate: Option<Arc<Notify>>,
+        /// Panics on a batch of this value.
+        panic_on: Option<i64>,
     }
     #[async_trait::async_trait]
     impl Exporter for Sink {
         async fn export(&mut self, b: Arc<ProfileBatch>) -> Result<(), ComponentError> {
             if let Some(gate) = &self.gate {
                 gate.notified().await;
+            }
+            if self.panic_on == Some(b.samples[0].value) {
+                panic!("sink broke on {}", b.samples[0].value);
             }
             self.values.lock().unwrap().push(b.samples[0].value);
             let sample = &b.samples[0];
@@ -835,6 +893,49 @@ mod tests {
         let mut v = s.values.lock().unwrap().clone();
         v.sort();
         v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exporter_that_dies_is_shown_and_fails_the_exit() {
+        let fine = Sink::default();
+        let broken = Sink {
+            panic_on: Some(2),
+            ..Default::default()
+        };
+        let r = registry(
+            &[("sink/fine", fine.clone()), ("sink/broken", broken)],
+            Default::default(),
+        );
+        let yaml = r#"
+receivers: {counting: {batches: 5, wait_for_shutdown: true}}
+exporters: {sink/fine: {}, sink/broken: {}}
+service:
+  pipelines:
+    profiles: {receivers: [counting], exporters: [sink/fine, sink/broken]}
+"#;
+        let config = load(yaml, &[], &r, &|_| None).unwrap();
+        let telemetry = Telemetry::default();
+        let service = Service::build(&config, &r, &telemetry, "test").unwrap();
+        let watched = telemetry.clone();
+        let stop = async move {
+            while fine.values.lock().unwrap().len() < 5 || watched.failures().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(!watched.is_ready(), "ready with a dead exporter");
+        };
+        let error = service.run(stop).await.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "exporter sink/broken stopped while the agent ran: panicked: sink broke on 2"
+        );
+        let failures = telemetry.failures();
+        assert_eq!(
+            (failures[0].kind, failures[0].id.as_str()),
+            ("exporter", "sink/broken")
+        );
+        assert!(telemetry.encode().contains(
+            "agent_component_failures_total{component_id=\"sink/broken\",component_kind=\"exporter\"} 1"
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,18 @@ struct Inner {
     registry: Registry,
     families: Mutex<HashMap<String, Family>>,
     ready: AtomicBool,
+    failures: Mutex<Vec<ComponentFailure>>,
+}
+
+/// A component whose task ended while the agent ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentFailure {
+    /// `receiver`, `pipeline` or `exporter`.
+    pub kind: &'static str,
+    /// Its id.
+    pub id: String,
+    /// Why, as far as known (a panic's message).
+    pub reason: String,
 }
 
 /// Shared handle to the agent's metrics registry and health state.
@@ -42,6 +54,7 @@ impl Default for Telemetry {
             registry: Registry::new(),
             families: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
+            failures: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -205,9 +218,35 @@ impl Telemetry {
         self.0.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// True once every pipeline has started.
+    /// True once every pipeline has started, while none has failed.
     pub fn is_ready(&self) -> bool {
-        self.0.ready.load(Ordering::SeqCst)
+        self.0.ready.load(Ordering::SeqCst) && self.failures().is_empty()
+    }
+
+    /// Records that a component's task ended while the agent ran: the
+    /// agent is no longer ready, and `agent_component_failures_total` and
+    /// the status page say which and why.
+    pub fn component_failed(&self, failure: ComponentFailure) {
+        self.counter(
+            "component_failures",
+            "Components whose task ended while the agent ran (the agent is then not ready and exits non-zero).",
+            &[("component_kind", failure.kind), ("component_id", &failure.id)],
+        )
+        .inc();
+        self.0
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(failure);
+    }
+
+    /// The components that failed, in order.
+    pub fn failures(&self) -> Vec<ComponentFailure> {
+        self.0
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A view that adds the labels of one component to every metric.

@@ -118,8 +118,10 @@ impl Factory for ParcaGrpcFactory {
                 &ctx.telemetry,
             )
         });
-        if !config.panic_reporting_disable {
-            panic_report::install(&config, &ctx.service.agent_revision, &ctx.service.node);
+        if !config.panic_reporting_disable
+            && !panic_report::register(&config, &ctx.service.agent_revision, &ctx.service.node)
+        {
+            tracing::info!(exporter = %ctx.id, "panics are reported by another parca_grpc exporter");
         }
         let unreadable = ctx.telemetry.counter(
             "parca_grpc_executable_info_failures",

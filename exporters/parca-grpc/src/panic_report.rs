@@ -2,7 +2,6 @@
 //! facts about the host go to `TelemetryService/ReportPanic`.
 
 use std::collections::HashMap;
-use std::sync::Once;
 use std::time::Duration;
 
 use tracing::warn;
@@ -73,31 +72,27 @@ pub fn send_report(config: &ParcaGrpcConfig, request: ReportPanicRequest) -> Res
     .map_err(|_| "the reporting thread panicked".to_owned())?
 }
 
-/// Installs the panic hook once per process: the previous hook runs first
-/// (it prints the panic), then the report is sent.
-pub fn install(config: &ParcaGrpcConfig, agent_revision: &str, node: &str) {
-    static INSTALLED: Once = Once::new();
+/// Makes this server the agent's panic reporter (see
+/// `agent_core::panics`): each report carries the tail of stderr. False
+/// when another `parca_grpc` exporter reports already.
+pub fn register(config: &ParcaGrpcConfig, agent_revision: &str, node: &str) -> bool {
     let config = config.clone();
     let max_bytes = config.stderr_buffer_size_kb << 10;
     agent_core::stderr_tail::set_capacity(max_bytes);
     let metadata = metadata(agent_revision, node);
-    INSTALLED.call_once(move || {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            previous(info);
-            let mut stderr = agent_core::stderr_tail::snapshot();
-            stderr.push_str(&format!("\n{info}\n"));
-            let cut = stderr.len().saturating_sub(max_bytes);
-            let cut = (cut..stderr.len())
-                .find(|&i| stderr.is_char_boundary(i))
-                .unwrap_or(0);
-            let request = ReportPanicRequest {
-                stderr: stderr[cut..].to_owned(),
-                metadata: metadata.clone(),
-            };
-            if let Err(e) = send_report(&config, request) {
-                warn!(error = %e, "cannot report the panic to the Parca server");
-            }
-        }));
-    });
+    agent_core::panics::set_reporter(Box::new(move |panic| {
+        let mut stderr = agent_core::stderr_tail::snapshot();
+        stderr.push_str(&format!("\n{panic}\n"));
+        let cut = stderr.len().saturating_sub(max_bytes);
+        let cut = (cut..stderr.len())
+            .find(|&i| stderr.is_char_boundary(i))
+            .unwrap_or(0);
+        let request = ReportPanicRequest {
+            stderr: stderr[cut..].to_owned(),
+            metadata: metadata.clone(),
+        };
+        if let Err(e) = send_report(&config, request) {
+            warn!(error = %e, "cannot report the panic to the Parca server");
+        }
+    }))
 }

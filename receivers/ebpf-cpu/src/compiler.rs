@@ -7,7 +7,6 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -76,7 +75,7 @@ pub enum Outcome {
 impl Outcome {
     fn of(source: &ObjectSource) -> Self {
         // A parser bug on one odd object costs that object's table only.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| source.compile())) {
+        match agent_core::panics::catch_counted(|| source.compile()) {
             Ok(Ok(table)) if table.rows.is_empty() => Self::Unusable("no rows".into()),
             Ok(Ok(table)) => Self::Table(table),
             Ok(Err(UnwindTableError::Io { path, source })) => {
