@@ -187,6 +187,33 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Waits (up to a minute) until a window that began at `since` or
+    /// later has been written: every sample before it has gone through the
+    /// pipeline (which lags on a loaded machine).
+    fn wait_for_window_from(&self, since: std::time::SystemTime) {
+        let since = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let newest = profiles_in(&self.out).pop();
+            let reached = newest.is_some_and(|f| {
+                std::fs::read(f)
+                    .ok()
+                    .and_then(|data| from_pprof(&data).ok())
+                    .is_some_and(|b| b.iter().any(|b| b.start_unix_nanos >= since))
+            });
+            if reached {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the pipeline lags by over a minute");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 /// Every batch of the pprof files in `dir`.
 fn batches_in(dir: &Path) -> Vec<ProfileBatch> {
     profiles_in(dir)
@@ -562,23 +589,32 @@ fn jit_frames_of_node_are_named_from_its_perf_map() {
         &dir.path().join("out"),
         &["--profiling-cpu-sampling-frequency=97"],
     );
+    // Hot for 4 s, then idle until stdin closes: its perf map is read
+    // through the live process, so it lives until the (possibly lagging)
+    // pipeline has symbolized its windows.
     let script = "function hotJsFunction(n) { let s = 0; \
         for (let i = 0; i < n; i++) { s += Math.sqrt(i) * Math.sin(i); } return s; } \
         const end = Date.now() + 4000; let t = 0; \
         while (Date.now() < end) { t += hotJsFunction(100000); } \
-        console.log(t !== 0);";
+        console.log(t !== 0); process.stdin.resume();";
     // V8 also writes isolate logs into its working directory.
-    let node = Command::new("node")
+    let mut node = Command::new("node")
         .current_dir(dir.path())
         .args(["--perf-basic-prof", "-e", script])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = node.id();
-    let output = node.wait_with_output().unwrap();
+    let mut hot_done = String::new();
+    BufReader::new(node.stdout.take().unwrap())
+        .read_line(&mut hot_done)
+        .unwrap();
+    assert_eq!(hot_done.trim(), "true");
+    agent.wait_for_window_from(std::time::SystemTime::now());
+    drop(node.stdin.take());
+    assert!(node.wait().unwrap().success());
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
-    assert!(output.status.success());
-    std::thread::sleep(Duration::from_millis(300));
     let batches = agent.stop();
 
     let mine = samples_of(&batches, pid);
