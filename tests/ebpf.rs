@@ -208,7 +208,10 @@ impl Agent {
             if reached {
                 return;
             }
-            assert!(Instant::now() < deadline, "the pipeline lags by over a minute");
+            assert!(
+                Instant::now() < deadline,
+                "the pipeline lags by over a minute"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

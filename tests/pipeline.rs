@@ -684,3 +684,28 @@ fn sigterm_during_a_backend_outage_keeps_the_flush_bound() {
     );
     assert!(log.contains("shutdown_flush_timeout (3s) ran out"), "{log}");
 }
+
+/// An exporter allowed to flush longer than the agent may take to stop
+/// fails the start, naming both keys (it would end in a shutdown timeout).
+#[test]
+fn a_flush_bound_past_the_shutdown_timeout_fails_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        "receivers: {pprof: {path: /tmp}}\n\
+         exporters: {otlp_profiles: {endpoint: 'http://127.0.0.1:9', shutdown_flush_timeout: 40s}}\n\
+         service: {shutdown_timeout: 30s, pipelines: {profiles: {receivers: [pprof], exporters: [otlp_profiles]}}}\n",
+    )
+    .unwrap();
+    let out = agent()
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("exporters::otlp_profiles: shutdown_flush_timeout (40s) must be below service::shutdown_timeout (30s)"),
+        "{stderr}"
+    );
+}

@@ -423,9 +423,9 @@ fn passwords_in_endpoints_are_redacted() {
 
 /// Every number and duration a component takes, given its extremes (0,
 /// negative, the largest integer, absurd units): `validate` either accepts
-/// the value or refuses it naming the key path, and never panics. (Values
-/// that validate are run at their maxima in the pipeline tests'
-/// shutdown-during-outage test.)
+/// the value or refuses it naming the key path, and never panics. (The
+/// network exporters' timeouts, retries and queues run at their maxima in
+/// the pipeline tests' shutdown-during-outage test.)
 #[test]
 fn extreme_values_are_refused_with_their_key_path_never_with_a_panic() {
     // (section, component with what it requires, keys that are durations, keys that are numbers)

@@ -82,6 +82,8 @@ pub struct ServiceSettings {
     pub node: String,
     /// The agent's git revision (`__meta_agent_revision`).
     pub agent_revision: String,
+    /// How long the agent's shutdown may take (`service::shutdown_timeout`).
+    pub shutdown_timeout: std::time::Duration,
 }
 
 /// What a factory is given to build one component instance.
@@ -117,21 +119,36 @@ impl BuildContext {
             service: ServiceSettings {
                 node: "test-node".to_owned(),
                 agent_revision: "test-revision".to_owned(),
+                shutdown_timeout: std::time::Duration::from_secs(30),
             },
             stopping: Shutdown::never(),
         }
     }
 }
 
-/// Signals a component that the agent is stopping.
+/// Signals a component that the agent is stopping, and since when.
 #[derive(Clone)]
-pub struct Shutdown(Option<watch::Receiver<bool>>);
+pub struct Shutdown(Option<watch::Receiver<Option<tokio::time::Instant>>>);
+
+/// Sets off a [`Shutdown`].
+pub struct Stop(watch::Sender<Option<tokio::time::Instant>>);
+
+impl Stop {
+    /// Requests shutdown, now (a second call changes nothing).
+    pub fn stop(&self) {
+        self.0.send_if_modified(|at| {
+            let first = at.is_none();
+            at.get_or_insert_with(tokio::time::Instant::now);
+            first
+        });
+    }
+}
 
 impl Shutdown {
     /// A signal and the sender that triggers it.
-    pub fn new() -> (watch::Sender<bool>, Self) {
-        let (tx, rx) = watch::channel(false);
-        (tx, Self(Some(rx)))
+    pub fn new() -> (Stop, Self) {
+        let (tx, rx) = watch::channel(None);
+        (Stop(tx), Self(Some(rx)))
     }
 
     /// A signal that never comes (a component built for a test).
@@ -143,56 +160,73 @@ impl Shutdown {
     pub async fn requested(&mut self) {
         match &mut self.0 {
             // An error means the sender is gone, which also means stop.
-            Some(signal) => drop(signal.wait_for(|stop| *stop).await),
+            Some(signal) => drop(signal.wait_for(Option::is_some).await),
             None => std::future::pending().await,
         }
     }
 
     /// True once shutdown is requested.
     pub fn is_requested(&self) -> bool {
-        self.0.as_ref().is_some_and(|signal| *signal.borrow())
+        self.requested_at().is_some()
+    }
+
+    /// When shutdown was requested.
+    pub fn requested_at(&self) -> Option<tokio::time::Instant> {
+        *self.0.as_ref()?.borrow()
     }
 }
 
 /// How long an exporter may still try to deliver once the agent stops:
-/// retries, waits and attempts all end `timeout` after the stop signal, so
-/// shutdown keeps its bound while a backend is down.
+/// retries, waits and attempts all end `timeout` after the stop signal (its
+/// moment, not when the exporter first looks), so shutdown keeps its bound
+/// while a backend is down.
 pub struct FlushBound {
     stopping: Shutdown,
     timeout: std::time::Duration,
-    /// When the stop was first seen.
-    since: Option<tokio::time::Instant>,
 }
 
 impl FlushBound {
-    /// Bounds delivery to `timeout` after `stopping`.
-    pub fn new(stopping: Shutdown, timeout: std::time::Duration) -> Self {
-        Self {
-            stopping,
-            timeout,
-            since: None,
+    /// Bounds delivery to `timeout` after the stop `ctx` signals; an error
+    /// naming `key` unless that leaves the service time to finish within
+    /// its own `shutdown_timeout`.
+    pub fn new(
+        ctx: &BuildContext,
+        key: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self, ComponentError> {
+        let service_bound = ctx.service.shutdown_timeout;
+        if timeout >= service_bound {
+            return Err(format!(
+                "{key} ({}) must be below service::shutdown_timeout ({}): the agent gives up at that",
+                humantime::format_duration(timeout),
+                humantime::format_duration(service_bound)
+            )
+            .into());
         }
+        Ok(Self {
+            stopping: ctx.stopping.clone(),
+            timeout,
+        })
     }
 
-    /// Resolves once the agent is stopping and `timeout` has passed since.
+    /// When delivery must end, once the stop has come.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        Some(self.stopping.requested_at()? + self.timeout)
+    }
+
+    /// Resolves once the agent is stopping and `timeout` has passed since
+    /// (at once if the signal's sender is gone without a stop).
     pub async fn expired(&mut self) {
-        let since = match self.since {
-            Some(since) => since,
-            None => {
-                self.stopping.requested().await;
-                *self.since.insert(tokio::time::Instant::now())
-            }
-        };
-        tokio::time::sleep_until(since + self.timeout).await;
+        self.stopping.requested().await;
+        if let Some(deadline) = self.deadline() {
+            tokio::time::sleep_until(deadline).await;
+        }
     }
 
     /// Whether the time to deliver has run out.
-    pub fn has_expired(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        if self.since.is_none() && self.stopping.is_requested() {
-            self.since = Some(now);
-        }
-        self.since.is_some_and(|since| now >= since + self.timeout)
+    pub fn has_expired(&self) -> bool {
+        self.deadline()
+            .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
     }
 }
 
@@ -242,7 +276,7 @@ impl BatchSink {
         self.series.set(batch.series_ids().len() as i64);
         let batch = Arc::new(batch);
         for p in &self.pipelines {
-            // A closed pipeline only happens during shutdown; nothing to do.
+            // A closed pipeline: shutdown, or its task died (shown as a failure).
             let _ = p.send(batch.clone()).await;
         }
     }
@@ -406,18 +440,29 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn a_flush_bound_runs_out_only_after_the_stop() {
+    async fn a_flush_bound_runs_out_its_timeout_after_the_stop() {
         let (stop, stopping) = Shutdown::new();
-        let mut bound = FlushBound::new(stopping, Duration::from_millis(200));
+        let ctx = BuildContext {
+            stopping,
+            ..BuildContext::for_test("exporter")
+        };
+        let too_long = FlushBound::new(&ctx, "shutdown_flush_timeout", Duration::from_secs(30));
+        assert_eq!(
+            too_long.err().unwrap().to_string(),
+            "shutdown_flush_timeout (30s) must be below service::shutdown_timeout (30s): the agent gives up at that"
+        );
+        let mut bound = FlushBound::new(&ctx, "t", Duration::from_millis(200)).unwrap();
         let early = tokio::time::timeout(Duration::from_millis(300), bound.expired()).await;
         assert!(early.is_err(), "ran out before any stop");
         assert!(!bound.has_expired());
-        stop.send(true).unwrap();
+        stop.stop();
         let stopped = std::time::Instant::now();
-        assert!(!bound.has_expired(), "the time to flush starts at the stop");
+        // Looked at late: the time still counts from the stop.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!bound.has_expired());
         bound.expired().await;
         let took = stopped.elapsed();
-        assert!(took >= Duration::from_millis(190), "{took:?}");
+        assert!((190..400).contains(&took.as_millis()), "{took:?}");
         assert!(bound.has_expired());
     }
 }

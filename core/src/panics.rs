@@ -51,11 +51,18 @@ pub fn install_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             previous(info);
-            if CAUGHT.get() || !due(Instant::now()) {
+            if CAUGHT.get() {
                 return;
             }
-            if let Some(report) = REPORTER.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                report(&info.to_string());
+            // Held while a report is sent: a panic meanwhile (in the
+            // reporting thread) is not reported, instead of waiting forever.
+            let Ok(reporter) = REPORTER.try_lock() else {
+                return;
+            };
+            if let Some(report) = reporter.as_ref() {
+                if due(Instant::now()) {
+                    report(&info.to_string());
+                }
             }
         }));
     });

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{Span, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -112,19 +112,26 @@ impl ExporterQueue {
         // Counted before sending so the exporter's decrement never comes first.
         self.depth.inc();
         let queued = (batch, trace.clone());
-        let sent = if self.block_on_overflow {
-            self.sender.send(queued).await.is_ok()
+        let closed = if self.block_on_overflow {
+            self.sender.send(queued).await.err().map(|_| true)
         } else {
-            self.sender.try_send(queued).is_ok()
+            self.sender
+                .try_send(queued)
+                .err()
+                .map(|e| matches!(e, mpsc::error::TrySendError::Closed(_)))
         };
-        if !sent {
+        if let Some(closed) = closed {
             self.depth.dec();
             self.dropped_batches.inc();
             let dropped = self.dropped_batches.get();
             self.dropped_samples.inc_by(samples);
             // The first drop and then every 100th, so a dead backend does not flood the log.
             if dropped == 1 || dropped.is_multiple_of(100) {
-                warn!(exporter = %self.id, dropped_batches = dropped, "exporter queue full, batch dropped");
+                if closed {
+                    warn!(exporter = %self.id, dropped_batches = dropped, "exporter has stopped, batch dropped");
+                } else {
+                    warn!(exporter = %self.id, dropped_batches = dropped, "exporter queue full, batch dropped");
+                }
             }
         }
     }
@@ -159,7 +166,7 @@ pub struct Service {
     shutdown_timeout: Duration,
     latest: LatestWindows,
     /// Sets off `shutdown`, which components were built with.
-    stop: watch::Sender<bool>,
+    stop: Stop,
     shutdown: Shutdown,
 }
 
@@ -176,6 +183,7 @@ impl Service {
         let settings = ServiceSettings {
             node: config.service.node.clone(),
             agent_revision: agent_revision.to_owned(),
+            shutdown_timeout: config.service.shutdown_timeout,
         };
         let build =
             |kind: Kind, id: &str, pipeline: Option<&str>| -> Result<Component, ServiceError> {
@@ -410,15 +418,24 @@ impl Service {
             }
         }
         self.telemetry.set_ready(false);
-        let _ = stop_tx.send(true);
+        stop_tx.stop();
         let drain = async {
             while let Some(done) = receiver_tasks.join_next().await {
                 if let Ok((id, Err(source))) = done {
                     error!(receiver = %id, error = %source, "receiver failed while stopping");
                 }
             }
-            while pipeline_tasks.join_next().await.is_some() {}
-            while exporter_tasks.join_next().await.is_some() {}
+            // A panic while flushing is a failure too.
+            while let Some(done) = pipeline_tasks.join_next_with_id().await {
+                if let (None, Some(error)) = (&failure, died(done)) {
+                    failure = Some(error);
+                }
+            }
+            while let Some(done) = exporter_tasks.join_next_with_id().await {
+                if let (None, Some(error)) = (&failure, died(done)) {
+                    failure = Some(error);
+                }
+            }
         };
         if tokio::time::timeout(self.shutdown_timeout, drain)
             .await

@@ -36,7 +36,7 @@ struct Inner {
 /// A component whose task ended while the agent ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ComponentFailure {
-    /// `receiver`, `pipeline` or `exporter`.
+    /// `pipeline` or `exporter`.
     pub kind: &'static str,
     /// Its id.
     pub id: String,

@@ -82,8 +82,8 @@ pub struct OtlpProfilesConfig {
     pub timeout: Duration,
     /// Retries with backoff.
     pub retry: RetryConfig,
-    /// At shutdown, how long the batches still queued may be retried; then
-    /// each gets one last attempt and what fails is dropped and counted.
+    /// From the stop signal, how long batches may still be tried (attempts
+    /// and waits end then); what is not delivered is dropped and counted.
     #[serde(with = "humantime_serde")]
     pub shutdown_flush_timeout: Duration,
     /// Label → attribute key, over the defaults (see [`default_attribute_keys`]);

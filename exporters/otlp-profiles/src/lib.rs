@@ -8,6 +8,7 @@ mod send;
 
 use std::sync::Arc;
 
+use agent_core::bounds::MAX_DURATION;
 use agent_core::otlp::{to_otlp_with, AttributeKeys};
 use agent_core::telemetry::Counter;
 use agent_core::{
@@ -93,7 +94,7 @@ impl Factory for OtlpProfilesFactory {
             dropped_shutdown: dropped("shutdown"),
         };
         Ok(Box::new(OtlpProfiles {
-            flush: FlushBound::new(ctx.stopping.clone(), config.shutdown_flush_timeout),
+            flush: FlushBound::new(ctx, "shutdown_flush_timeout", config.shutdown_flush_timeout)?,
             sender,
             keys,
             config,
@@ -199,7 +200,11 @@ impl Exporter for OtlpProfiles {
                 self.metrics.dropped_rejected.inc();
                 return Err(self.not_delivered(failure.reason));
             }
-            let wait = failure.retry_after.unwrap_or_else(|| backoff.next_delay());
+            // A backend's hint is capped like any configured wait.
+            let wait = failure
+                .retry_after
+                .unwrap_or_else(|| backoff.next_delay())
+                .min(MAX_DURATION);
             if Instant::now() + wait > give_up_at {
                 self.metrics.dropped_retries_exhausted.inc();
                 return Err(self.not_delivered(format!(

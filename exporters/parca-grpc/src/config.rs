@@ -40,7 +40,8 @@ pub struct ParcaGrpcConfig {
     /// Most bytes of gzipped profiles held while the server cannot take
     /// them; beyond it the oldest windows are dropped and counted.
     pub buffer_bytes: usize,
-    /// How long the last write may take at shutdown.
+    /// From the stop signal, how long writes may still go on (the last one
+    /// included); what is not written is dropped and counted.
     #[serde(with = "humantime_serde")]
     pub shutdown_flush_timeout: Duration,
     /// Searched for separate debug files, in order (`--debuginfo-directories`).

@@ -89,13 +89,15 @@ impl Factory for ParcaGrpcFactory {
             max_request_bytes: config.max_request_bytes,
             rpc_logging: config.rpc_logging,
         };
+        let flush_bound =
+            FlushBound::new(ctx, "shutdown_flush_timeout", config.shutdown_flush_timeout)?;
         let writer = tokio::spawn(writer::run(
             buffer.clone(),
             clients.clone(),
             settings,
             metrics,
             stopped,
-            FlushBound::new(ctx.stopping.clone(), config.shutdown_flush_timeout),
+            flush_bound,
         ));
         let locator = ObjectLocator {
             proc_root: config.proc_root.clone(),
@@ -157,6 +159,18 @@ impl Exporter for ParcaGrpcExporter {
     }
 
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
+        if self.writer.as_ref().is_none_or(|w| w.is_finished()) {
+            // The writer ends only when told to stop: its panic is this
+            // exporter's (the service then shows the exporter as failed).
+            if let Some(writer) = self.writer.take() {
+                if let Err(e) = writer.await {
+                    if e.is_panic() {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+            }
+            return Err("the writer task has stopped".into());
+        }
         let (series, candidates) = encode_batch(&batch, &mut self.infos);
         debug!(series = series.len(), "parca_grpc: window buffered");
         self.buffer

@@ -78,9 +78,8 @@ pub fn send_report(config: &ParcaGrpcConfig, request: ReportPanicRequest) -> Res
 pub fn register(config: &ParcaGrpcConfig, agent_revision: &str, node: &str) -> bool {
     let config = config.clone();
     let max_bytes = config.stderr_buffer_size_kb << 10;
-    agent_core::stderr_tail::set_capacity(max_bytes);
     let metadata = metadata(agent_revision, node);
-    agent_core::panics::set_reporter(Box::new(move |panic| {
+    let registered = agent_core::panics::set_reporter(Box::new(move |panic| {
         let mut stderr = agent_core::stderr_tail::snapshot();
         stderr.push_str(&format!("\n{panic}\n"));
         let cut = stderr.len().saturating_sub(max_bytes);
@@ -94,5 +93,10 @@ pub fn register(config: &ParcaGrpcConfig, agent_revision: &str, node: &str) -> b
         if let Err(e) = send_report(&config, request) {
             warn!(error = %e, "cannot report the panic to the Parca server");
         }
-    }))
+    }));
+    if registered {
+        // Only the reporter sizes the tail it sends.
+        agent_core::stderr_tail::set_capacity(max_bytes);
+    }
+    registered
 }

@@ -471,7 +471,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         std::fs::write(dir.path().join("2.pb.gz"), pprof_bytes(5, "x")).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        stop.send(true).unwrap();
+        stop.stop();
         task.await.unwrap().unwrap();
         let batches = collect(rx).await;
         assert_eq!(batches.len(), 1);
