@@ -462,7 +462,7 @@ mod tests {
         assert!(!bound.has_expired());
         bound.expired().await;
         let took = stopped.elapsed();
-        assert!((190..400).contains(&took.as_millis()), "{took:?}");
+        assert!((190..2000).contains(&took.as_millis()), "{took:?}");
         assert!(bound.has_expired());
     }
 }

@@ -421,8 +421,18 @@ impl Service {
         stop_tx.stop();
         let drain = async {
             while let Some(done) = receiver_tasks.join_next().await {
-                if let Ok((id, Err(source))) = done {
-                    error!(receiver = %id, error = %source, "receiver failed while stopping");
+                match done {
+                    Ok((id, Err(source))) => {
+                        error!(receiver = %id, error = %source, "receiver failed while stopping");
+                    }
+                    Err(join) => {
+                        error!(error = %join, "receiver task panicked while stopping");
+                        failure.get_or_insert(ServiceError::ReceiverFailed {
+                            id: "?".into(),
+                            error: panic_message(join).into(),
+                        });
+                    }
+                    Ok(_) => {}
                 }
             }
             // A panic while flushing is a failure too.

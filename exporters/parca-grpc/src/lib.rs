@@ -160,14 +160,8 @@ impl Exporter for ParcaGrpcExporter {
 
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
         if self.writer.as_ref().is_none_or(|w| w.is_finished()) {
-            // The writer ends only when told to stop: its panic is this
-            // exporter's (the service then shows the exporter as failed).
             if let Some(writer) = self.writer.take() {
-                if let Err(e) = writer.await {
-                    if e.is_panic() {
-                        std::panic::resume_unwind(e.into_panic());
-                    }
-                }
+                panic_as_own(writer.await);
             }
             return Err("the writer task has stopped".into());
         }
@@ -189,8 +183,19 @@ impl Exporter for ParcaGrpcExporter {
     async fn shutdown(&mut self) -> Result<(), ComponentError> {
         let _ = self.stop.send(true);
         if let Some(writer) = self.writer.take() {
-            writer.await?;
+            panic_as_own(writer.await);
         }
         Ok(())
+    }
+}
+
+/// The writer task ends only when told to stop: a panic in it is this
+/// exporter's, raised again here (the service then shows the exporter as
+/// failed and the agent exits 1).
+fn panic_as_own(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
 }

@@ -48,7 +48,9 @@ fn kernel_and_arch() -> (String, String) {
 /// may be a runtime worker), bounded by [`REPORT_TIMEOUT`].
 pub fn send_report(config: &ParcaGrpcConfig, request: ReportPanicRequest) -> Result<(), String> {
     let config = config.clone();
-    std::thread::spawn(move || {
+    // After a panic over resources, a thread may be refused: an error, not
+    // a panic inside the hook (which would abort).
+    let reporting = std::thread::Builder::new().spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -67,9 +69,11 @@ pub fn send_report(config: &ParcaGrpcConfig, request: ReportPanicRequest) -> Res
                 .map(|_| ())
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
         })
-    })
-    .join()
-    .map_err(|_| "the reporting thread panicked".to_owned())?
+    });
+    reporting
+        .map_err(|e| format!("no thread to report with: {e}"))?
+        .join()
+        .map_err(|_| "the reporting thread panicked".to_owned())?
 }
 
 /// Makes this server the agent's panic reporter (see
