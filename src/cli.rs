@@ -255,14 +255,14 @@ pub const FLAGS: &[FlagSpec] = &[
         Bool,
         None,
         "Plaintext gRPC instead of TLS.",
-        Owner::Sets(&[exporter("parca_grpc", "insecure")]),
+        Owner::Sets(&[exporter("parca_grpc", "tls::insecure")]),
     ),
     flag(
         "remote-store-insecure-skip-verify",
         Bool,
         None,
         "Skip TLS certificate verification.",
-        Owner::Sets(&[exporter("parca_grpc", "insecure_skip_verify")]),
+        Owner::Sets(&[exporter("parca_grpc", "tls::insecure_skip_verify")]),
     ),
     flag(
         "remote-store-batch-write-interval",
@@ -282,7 +282,7 @@ pub const FLAGS: &[FlagSpec] = &[
         "remote-store-rpc-unary-timeout",
         Duration,
         Some("5m"),
-        "Timeout of one unary gRPC call, retries included.",
+        "Timeout of one unary gRPC call.",
         Owner::Sets(&[exporter("parca_grpc", "rpc_unary_timeout")]),
     ),
     flag(

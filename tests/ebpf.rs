@@ -1669,7 +1669,7 @@ processors:
 exporters:
   file: {{directory: {plain}}}
   file/copied: {{directory: {copied}}}
-  parca_grpc: {{address: '{parca_address}', insecure: true, batch_write_interval: 1s, debuginfo_upload_disable: true}}
+  parca_grpc: {{address: '{parca_address}', tls: {{insecure: true}}, batch_write_interval: 1s, debuginfo_upload_disable: true}}
   otlp_profiles: {{endpoint: '{otlp_endpoint}', protocol: http, compression: none}}
 service:
   pipelines:

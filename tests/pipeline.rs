@@ -646,11 +646,11 @@ fn sigterm_during_a_backend_outage_keeps_the_flush_bound() {
             "receivers: {{pprof: {{path: {}, watch: true, poll_interval: 50ms, window: 200ms}}}}\n\
              exporters:\n\
              \x20 parca_grpc: {{address: 'http://{}', batch_write_interval: 500ms, shutdown_flush_timeout: 3s,\n\
-             \x20   rpc_unary_timeout: 7d, buffer_bytes: 17179869184, debuginfo_upload_max_parallel: 1024,\n\
+             \x20   rpc_unary_timeout: 7d, retry_on_failure: {{max_interval: 7d, max_elapsed_time: 7d}}, buffer_bytes: 17179869184, debuginfo_upload_max_parallel: 1024,\n\
              \x20   debuginfo_upload_disable: true, panic_reporting_disable: true,\n\
              \x20   sending_queue: {{queue_size: 65536}}}}\n\
              \x20 otlp_profiles: {{endpoint: 'http://{}', shutdown_flush_timeout: 3s, timeout: 7d,\n\
-             \x20   retry: {{max_interval: 7d, max_elapsed_time: 7d}}, sending_queue: {{queue_size: 65536}}}}\n\
+             \x20   retry_on_failure: {{max_interval: 7d, max_elapsed_time: 7d}}, sending_queue: {{queue_size: 65536}}}}\n\
              service: {{pipelines: {{profiles: {{receivers: [pprof], exporters: [parca_grpc, otlp_profiles]}}}}}}\n",
             watch.display(),
             parca.local_addr().unwrap(),

@@ -421,6 +421,52 @@ fn passwords_in_endpoints_are_redacted() {
     );
 }
 
+/// Keys renamed to the Collector's shapes (`tls:`, `retry_on_failure:`)
+/// still work under their old names; giving both is an error naming the old.
+#[test]
+fn renamed_keys_still_work_and_both_at_once_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |exporter: &str| {
+        format!(
+            "receivers: {{pprof: {{path: ./tests/fixtures}}}}\nexporters: {{{exporter}}}\n\
+             service: {{pipelines: {{profiles: {{receivers: [pprof], exporters: [{}]}}}}}}\n",
+            exporter.split(':').next().unwrap()
+        )
+    };
+    let config = write_config(
+        dir.path(),
+        &pipeline(
+            "otlp_profiles: {endpoint: 'otlp:4317', insecure: true, retry: {max_interval: 9s}}",
+        ),
+    );
+    let out = agent(&["print-config", "--config", &config], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tls:\n      insecure: true"), "{stdout}");
+    assert!(
+        stdout.contains("retry_on_failure:") && stdout.contains("max_interval: 9s"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("retry:"), "{stdout}");
+    let config = write_config(
+        dir.path(),
+        &pipeline("parca_grpc: {address: 'parca:7070', insecure: true, tls: {insecure: false}}"),
+    );
+    let out = agent(&["validate", "--config", &config], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "exporters::parca_grpc::insecure: is the old name of tls::insecure; give one of them"
+        ),
+        "{stderr}"
+    );
+}
+
 /// Every number and duration a component takes, given its extremes (0,
 /// negative, the largest integer, absurd units): `validate` either accepts
 /// the value or refuses it naming the key path, and never panics. (The
@@ -436,6 +482,9 @@ fn extreme_values_are_refused_with_their_key_path_never_with_a_panic() {
             &[
                 "batch_write_interval",
                 "rpc_unary_timeout",
+                "retry_on_failure::initial_interval",
+                "retry_on_failure::max_interval",
+                "retry_on_failure::max_elapsed_time",
                 "shutdown_flush_timeout",
                 "debuginfo_upload_timeout",
                 "debuginfo_upload_cache_duration",
@@ -454,9 +503,9 @@ fn extreme_values_are_refused_with_their_key_path_never_with_a_panic() {
             &[
                 "timeout",
                 "shutdown_flush_timeout",
-                "retry::initial_interval",
-                "retry::max_interval",
-                "retry::max_elapsed_time",
+                "retry_on_failure::initial_interval",
+                "retry_on_failure::max_interval",
+                "retry_on_failure::max_elapsed_time",
             ],
             &["sending_queue::queue_size"],
         ),

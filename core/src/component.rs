@@ -209,6 +209,11 @@ impl FlushBound {
         })
     }
 
+    /// How long delivery may go on after the stop.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+
     /// When delivery must end, once the stop has come.
     fn deadline(&self) -> Option<tokio::time::Instant> {
         Some(self.stopping.requested_at()? + self.timeout)
@@ -407,6 +412,11 @@ impl FieldError {
 pub trait ComponentConfig:
     Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static
 {
+    /// Keys renamed since they were first accepted, `(old, new)` as `::`
+    /// paths: an old key still works (moved to its new place before the
+    /// config is read); both given is an error naming the old one.
+    const RENAMED_KEYS: &'static [(&'static str, &'static str)] = &[];
+
     /// Checks what types cannot (ranges, combinations); all problems at once.
     fn validate(&self) -> Vec<FieldError> {
         Vec::new()

@@ -721,6 +721,38 @@ fn apply_overrides(
 }
 
 /// Sets a `::`-separated field inside a mapping, creating mappings on the way.
+/// Moves the value at `old` (a `::` path) to `new` in a component's config,
+/// for a key that was renamed; both given is an error.
+pub(crate) fn move_renamed_key(config: &mut Value, old: &str, new: &str) -> Result<(), String> {
+    let (parent, last) = old.rsplit_once("::").unwrap_or(("", old));
+    let mut current = &mut *config;
+    for part in parent.split("::").filter(|p| !p.is_empty()) {
+        match current.get_mut(part) {
+            Some(next) => current = next,
+            None => return Ok(()),
+        }
+    }
+    let Some(moved) = current.as_mapping_mut().and_then(|m| m.remove(last)) else {
+        return Ok(());
+    };
+    let mut target = &*config;
+    let mut present = true;
+    for part in new.split("::") {
+        match target.get(part) {
+            Some(next) => target = next,
+            None => {
+                present = false;
+                break;
+            }
+        }
+    }
+    if present && !target.is_null() {
+        return Err(format!("is the old name of {new}; give one of them"));
+    }
+    set_field(config, new, moved);
+    Ok(())
+}
+
 fn set_field(target: &mut Value, field: &str, value: Value) {
     let mut current = target;
     for part in field.split("::") {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use agent_core::bounds::{Checks, MAX_DURATION};
 use agent_core::{ComponentConfig, Endpoint, FieldError, Secret};
+use agent_exporter_helper::{RetryOnFailure, TlsSettings};
 use serde::{Deserialize, Serialize};
 
 /// The OTLP transport.
@@ -29,34 +30,6 @@ pub enum Compression {
     None,
 }
 
-/// Retries of a request the backend could not take for now.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// Retry at all.
-    pub enabled: bool,
-    /// First wait; doubles (with jitter) up to `max_interval`.
-    #[serde(with = "humantime_serde")]
-    pub initial_interval: Duration,
-    /// Longest wait between two attempts.
-    #[serde(with = "humantime_serde")]
-    pub max_interval: Duration,
-    /// After this long, the batch is dropped and counted.
-    #[serde(with = "humantime_serde")]
-    pub max_elapsed_time: Duration,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            initial_interval: Duration::from_secs(1),
-            max_interval: Duration::from_secs(30),
-            max_elapsed_time: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Config of the `otlp_profiles` exporter.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,15 +46,14 @@ pub struct OtlpProfilesConfig {
     /// Sent with every request (gRPC metadata or HTTP headers), e.g. an
     /// `authorization` header; values never appear in logs or `print-config`.
     pub headers: BTreeMap<String, Secret>,
-    /// gRPC to a `host:port` endpoint without TLS.
-    pub insecure: bool,
-    /// TLS without verifying the backend's certificate.
-    pub insecure_skip_verify: bool,
+    /// TLS: `insecure` (gRPC to a `host:port` endpoint in plaintext),
+    /// `insecure_skip_verify`.
+    pub tls: TlsSettings,
     /// Bound of one attempt.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Retries with backoff.
-    pub retry: RetryConfig,
+    pub retry_on_failure: RetryOnFailure,
     /// From the stop signal, how long batches may still be tried (attempts
     /// and waits end then); what is not delivered is dropped and counted.
     #[serde(with = "humantime_serde")]
@@ -98,10 +70,9 @@ impl Default for OtlpProfilesConfig {
             protocol: Protocol::Grpc,
             compression: Compression::Gzip,
             headers: BTreeMap::new(),
-            insecure: false,
-            insecure_skip_verify: false,
+            tls: TlsSettings::default(),
             timeout: Duration::from_secs(10),
-            retry: RetryConfig::default(),
+            retry_on_failure: RetryOnFailure::default(),
             shutdown_flush_timeout: Duration::from_secs(10),
             attributes: BTreeMap::new(),
         }
@@ -167,8 +138,14 @@ impl OtlpProfilesConfig {
 }
 
 impl ComponentConfig for OtlpProfilesConfig {
+    const RENAMED_KEYS: &'static [(&'static str, &'static str)] = &[
+        ("insecure", "tls::insecure"),
+        ("insecure_skip_verify", "tls::insecure_skip_verify"),
+        ("retry", "retry_on_failure"),
+    ];
+
     fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
+        let mut errors = self.tls.validate("tls");
         if self.endpoint.trim().is_empty() {
             errors.push(FieldError::new(
                 "endpoint",
@@ -176,7 +153,9 @@ impl ComponentConfig for OtlpProfilesConfig {
             ));
         } else {
             let parsed = match self.protocol {
-                Protocol::Grpc => agent_net::Target::parse(&self.endpoint, self.insecure)
+                Protocol::Grpc => self
+                    .tls
+                    .target(&self.endpoint)
                     .map(drop)
                     .map_err(|e| format!("{}: {e}", self.endpoint)),
                 Protocol::Http => self.http_url().map(drop),
@@ -210,30 +189,15 @@ impl ComponentConfig for OtlpProfilesConfig {
         }
         let mut checks = Checks::new(errors);
         let ms = Duration::from_millis;
-        for (key, value, min) in [
-            ("timeout", self.timeout, ms(1)),
-            ("shutdown_flush_timeout", self.shutdown_flush_timeout, ms(0)),
-            (
-                "retry::initial_interval",
-                self.retry.initial_interval,
-                ms(1),
-            ),
-            ("retry::max_interval", self.retry.max_interval, ms(1)),
-            (
-                "retry::max_elapsed_time",
-                self.retry.max_elapsed_time,
-                ms(0),
-            ),
-        ] {
-            checks.duration(key, value, min, MAX_DURATION);
-        }
+        checks.duration("timeout", self.timeout, ms(1), MAX_DURATION);
+        checks.duration(
+            "shutdown_flush_timeout",
+            self.shutdown_flush_timeout,
+            ms(0),
+            MAX_DURATION,
+        );
+        self.retry_on_failure.check("retry_on_failure", &mut checks);
         let mut errors = checks.finish();
-        if self.retry.initial_interval > self.retry.max_interval {
-            errors.push(FieldError::new(
-                "retry::max_interval",
-                "must not be shorter than retry::initial_interval",
-            ));
-        }
         for label in self.attributes.keys() {
             if !agent_core::is_label_name(label) {
                 errors.push(FieldError::new(
@@ -271,13 +235,13 @@ mod tests {
         assert_eq!(fields(&config("endpoint: collector")), ["endpoint"]);
         assert_eq!(
             fields(&config(
-                "endpoint: c:4317\nheaders: {Bad Name: x, ok-name: \"line\\nbreak\"}\ntimeout: 0s\nretry: {initial_interval: 1m, max_interval: 1s}\nattributes: {1x: y}"
+                "endpoint: c:4317\nheaders: {Bad Name: x, ok-name: \"line\\nbreak\"}\ntimeout: 0s\nretry_on_failure: {initial_interval: 1m, max_interval: 1s}\nattributes: {1x: y}"
             )),
             [
                 "headers::Bad Name",
                 "headers::ok-name",
                 "timeout",
-                "retry::max_interval",
+                "retry_on_failure::max_interval",
                 "attributes::1x"
             ]
         );

@@ -1,23 +1,20 @@
 //! `otlp_profiles` exporter: each batch becomes one OTLP
 //! `ExportProfilesServiceRequest` (proto v1development, one dictionary per
-//! request) sent over gRPC or HTTP, retried with backoff on the codes the
-//! OTLP spec calls retryable, honouring the delay the backend asks for.
+//! request) sent over gRPC or HTTP, delivered by the exporter helper:
+//! retried with backoff on what the OTLP spec calls retryable, honouring
+//! the delay the backend asks for.
 
 pub mod config;
 mod send;
 
 use std::sync::Arc;
 
-use agent_core::bounds::MAX_DURATION;
 use agent_core::otlp::{to_otlp_with, AttributeKeys};
 use agent_core::telemetry::Counter;
-use agent_core::{
-    BuildContext, ComponentError, Exporter, Factory, FlushBound, ProfileBatch, Stability,
-};
-use agent_net::Backoff;
+use agent_core::{BuildContext, ComponentError, Exporter, Factory, ProfileBatch, Stability};
+use agent_exporter_helper::{Delivery, Undelivered};
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
-use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 pub use config::{OtlpProfilesConfig, Protocol};
 
@@ -79,11 +76,6 @@ impl Factory for OtlpProfilesFactory {
                 "Batches the backend accepted.",
                 &[],
             ),
-            retries: counter(
-                "otlp_profiles_retries",
-                "Attempts repeated after a retryable failure.",
-                &[],
-            ),
             rejected_profiles: counter(
                 "otlp_profiles_partial_success_rejected_profiles",
                 "Profiles the backend reported as rejected in a partial success.",
@@ -93,20 +85,25 @@ impl Factory for OtlpProfilesFactory {
             dropped_retries_exhausted: dropped("retries_exhausted"),
             dropped_shutdown: dropped("shutdown"),
         };
+        let delivery = Delivery::new(
+            ctx,
+            config.endpoint.redacted(),
+            config.retry_on_failure.clone(),
+            config.timeout,
+            config.shutdown_flush_timeout,
+        )?;
         Ok(Box::new(OtlpProfiles {
-            flush: FlushBound::new(ctx, "shutdown_flush_timeout", config.shutdown_flush_timeout)?,
+            delivery,
             sender,
             keys,
             config,
             metrics,
-            failing: false,
         }))
     }
 }
 
 struct Metrics {
     sent: Counter,
-    retries: Counter,
     rejected_profiles: Counter,
     dropped_rejected: Counter,
     dropped_retries_exhausted: Counter,
@@ -114,14 +111,11 @@ struct Metrics {
 }
 
 struct OtlpProfiles {
-    /// Once the agent stops, how long batches may still be tried.
-    flush: FlushBound,
+    delivery: Delivery,
     sender: Sender,
     keys: AttributeKeys,
     config: OtlpProfilesConfig,
     metrics: Metrics,
-    /// The last batch failed: the next failure is not logged again.
-    failing: bool,
 }
 
 impl OtlpProfiles {
@@ -148,76 +142,39 @@ impl Exporter for OtlpProfiles {
             resource_profiles: data.resource_profiles,
             dictionary: data.dictionary,
         });
-        let retry = &self.config.retry;
-        let give_up_at = Instant::now() + retry.max_elapsed_time;
-        let mut backoff = Backoff::new(retry.initial_interval, retry.max_interval);
-        let stopped = |this: &Self| {
-            this.metrics.dropped_shutdown.inc();
-            this.not_delivered(format!(
-                "the agent stopped and shutdown_flush_timeout ({:?}) ran out",
-                this.config.shutdown_flush_timeout
-            ))
-        };
-        loop {
-            if self.flush.has_expired() {
-                return Err(stopped(self));
-            }
-            let attempt = tokio::select! {
-                sent = self.sender.send(&payload, self.config.timeout) => sent,
-                _ = self.flush.expired() => return Err(stopped(self)),
-            };
-            let failure = match attempt {
-                Ok(response) => {
-                    self.metrics.sent.inc();
-                    if std::mem::replace(&mut self.failing, false) {
-                        info!(endpoint = %self.config.endpoint, "otlp_profiles: delivering again");
+        let sender = &self.sender;
+        let payload = &payload;
+        let delivered = self
+            .delivery
+            .send(|timeout| sender.send(payload, timeout))
+            .await;
+        let response = match delivered {
+            Ok(response) => response,
+            Err(undelivered) => {
+                match undelivered {
+                    Undelivered::Rejected(_) | Undelivered::Later(_) => {
+                        &self.metrics.dropped_rejected
                     }
-                    if let Some(partial) = response.partial_success {
-                        if partial.rejected_profiles > 0 || !partial.error_message.is_empty() {
-                            self.metrics
-                                .rejected_profiles
-                                .inc_by(partial.rejected_profiles.max(0) as u64);
-                            warn!(
-                                rejected_profiles = partial.rejected_profiles,
-                                message = %partial.error_message,
-                                "otlp_profiles: the backend accepted the batch only in part"
-                            );
-                        }
-                    }
-                    return Ok(());
+                    Undelivered::GaveUp(_) => &self.metrics.dropped_retries_exhausted,
+                    Undelivered::Stopped(_) => &self.metrics.dropped_shutdown,
                 }
-                Err(failure) => failure,
-            };
-            if !std::mem::replace(&mut self.failing, true) {
+                .inc();
+                return Err(self.not_delivered(undelivered.to_string()));
+            }
+        };
+        self.metrics.sent.inc();
+        if let Some(partial) = response.partial_success {
+            if partial.rejected_profiles > 0 || !partial.error_message.is_empty() {
+                self.metrics
+                    .rejected_profiles
+                    .inc_by(partial.rejected_profiles.max(0) as u64);
                 warn!(
-                    endpoint = %self.config.endpoint,
-                    reason = %failure.reason,
-                    retryable = failure.retryable,
-                    "otlp_profiles: the backend did not take a batch"
+                    rejected_profiles = partial.rejected_profiles,
+                    message = %partial.error_message,
+                    "otlp_profiles: the backend accepted the batch only in part"
                 );
             }
-            if !failure.retryable || !retry.enabled {
-                self.metrics.dropped_rejected.inc();
-                return Err(self.not_delivered(failure.reason));
-            }
-            // A backend's hint is capped like any configured wait.
-            let wait = failure
-                .retry_after
-                .unwrap_or_else(|| backoff.next_delay())
-                .min(MAX_DURATION);
-            if Instant::now() + wait > give_up_at {
-                self.metrics.dropped_retries_exhausted.inc();
-                return Err(self.not_delivered(format!(
-                    "gave up after {:?}: {}",
-                    retry.max_elapsed_time, failure.reason
-                )));
-            }
-            debug!(reason = %failure.reason, wait_ms = wait.as_millis() as u64, "otlp_profiles: retrying");
-            self.metrics.retries.inc();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.flush.expired() => return Err(stopped(self)),
-            }
         }
+        Ok(())
     }
 }

@@ -1,11 +1,11 @@
 //! One attempt to hand an export request to the backend, over gRPC or HTTP,
-//! and what a failure means: retry (maybe after a delay the backend asked
-//! for) or give up.
+//! and what a failure means (the verdicts are the helper's; HTTP answers
+//! are judged here, the one protocol only this exporter speaks).
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use agent_net::Target;
+use agent_exporter_helper::{grpc_failure, Failure, Verdict};
 use flate2::Compression as Level;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::body::Bytes;
@@ -17,22 +17,8 @@ use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::Channel;
-use tonic::Code;
-use tonic_types::StatusExt;
 
 use crate::config::{Compression, OtlpProfilesConfig, Protocol};
-
-/// Why an attempt failed.
-#[derive(Debug)]
-pub struct Failure {
-    /// A later attempt may succeed.
-    pub retryable: bool,
-    /// How long the backend asked us to wait (gRPC RetryInfo, HTTP
-    /// Retry-After or a `google.rpc.Status` body with RetryInfo).
-    pub retry_after: Option<Duration>,
-    /// What happened, for logs.
-    pub reason: String,
-}
 
 /// A configured transport.
 pub enum Sender {
@@ -54,8 +40,7 @@ impl Sender {
         let gzip = config.compression == Compression::Gzip;
         match config.protocol {
             Protocol::Grpc => {
-                let target = Target::parse(&config.endpoint, config.insecure)?;
-                let channel = agent_net::grpc_channel(&target, config.insecure_skip_verify)?;
+                let channel = config.tls.grpc_channel(&config.endpoint)?;
                 let mut client = ProfilesServiceClient::new(channel)
                     .accept_compressed(CompressionEncoding::Gzip)
                     .max_decoding_message_size(16 << 20);
@@ -88,7 +73,7 @@ impl Sender {
                     url: config.http_url()?,
                     headers,
                     gzip,
-                    skip_verify: config.insecure_skip_verify,
+                    skip_verify: config.tls.insecure_skip_verify,
                 })
             }
         }
@@ -106,9 +91,10 @@ impl Sender {
         }
     }
 
-    /// Sends `payload` once, bounded by `timeout`.
+    /// Sends `payload` once; `timeout` is told to a gRPC server (the
+    /// caller bounds the attempt).
     pub async fn send(
-        &mut self,
+        &self,
         payload: &Payload,
         timeout: Duration,
     ) -> Result<ExportProfilesServiceResponse, Failure> {
@@ -118,6 +104,7 @@ impl Sender {
                 *call.metadata_mut() = metadata.clone();
                 call.set_timeout(timeout);
                 client
+                    .clone()
                     .export(call)
                     .await
                     .map(tonic::Response::into_inner)
@@ -139,13 +126,11 @@ impl Sender {
                 }
                 let mut post = builder
                     .body(body.clone())
-                    .map_err(|e| permanent(e.to_string()))?;
+                    .map_err(|e| Failure::permanent(e.to_string()))?;
                 post.headers_mut().extend(headers.clone());
-                let answer =
-                    tokio::time::timeout(timeout, agent_net::http1_request(post, *skip_verify))
-                        .await
-                        .map_err(|_| retryable(format!("no answer within {timeout:?}")))?
-                        .map_err(retryable)?;
+                let answer = agent_net::http1_request(post, *skip_verify)
+                    .await
+                    .map_err(Failure::retryable)?;
                 http_outcome(answer)
             }
             _ => unreachable!("payloads are prepared by the sender that sends them"),
@@ -161,49 +146,10 @@ pub enum Payload {
     Body(Bytes),
 }
 
-fn retryable(reason: String) -> Failure {
-    Failure {
-        retryable: true,
-        retry_after: None,
-        reason,
-    }
-}
-
-fn permanent(reason: String) -> Failure {
-    Failure {
-        retryable: false,
-        retry_after: None,
-        reason,
-    }
-}
-
 fn gzip_bytes(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), Level::fast());
     encoder.write_all(data).expect("writing to memory");
     encoder.finish().expect("writing to memory")
-}
-
-/// The OTLP spec's retryable gRPC codes; RESOURCE_EXHAUSTED only when the
-/// server says when to come back.
-fn grpc_failure(status: &tonic::Status) -> Failure {
-    let retry_after = status
-        .get_details_retry_info()
-        .and_then(|info| info.retry_delay);
-    let retryable = match status.code() {
-        Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::Unavailable
-        | Code::DataLoss => true,
-        Code::ResourceExhausted => retry_after.is_some(),
-        _ => false,
-    };
-    Failure {
-        retryable,
-        retry_after,
-        reason: format!("{:?}: {}", status.code(), status.message()),
-    }
 }
 
 /// What an HTTP answer means: 2xx carries the response; 429, 502, 503 and
@@ -231,8 +177,9 @@ fn http_outcome(answer: http::Response<Bytes>) -> Result<ExportProfilesServiceRe
         }
     }
     if status.is_success() {
-        return ExportProfilesServiceResponse::decode(body.as_slice())
-            .map_err(|e| permanent(format!("HTTP {status} with an undecodable body: {e}")));
+        return ExportProfilesServiceResponse::decode(body.as_slice()).map_err(|e| {
+            Failure::permanent(format!("HTTP {status} with an undecodable body: {e}"))
+        });
     }
     // Failures carry a google.rpc.Status; its RetryInfo also says when to retry.
     let rpc_status = tonic_types::pb::Status::decode(body.as_slice()).ok();
@@ -250,15 +197,21 @@ fn http_outcome(answer: http::Response<Bytes>) -> Result<ExportProfilesServiceRe
         .map(|s| s.message)
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+    let verdict = if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+        Verdict::Retry { after: retry_after }
+    } else {
+        Verdict::Permanent
+    };
     Err(Failure {
-        retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
-        retry_after,
+        verdict,
         reason: format!("HTTP {status}: {message}"),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
     use super::*;
 
     fn answer(code: u16, headers: &[(&str, &str)], body: Vec<u8>) -> http::Response<Bytes> {
@@ -279,22 +232,27 @@ mod tests {
         assert!(ok.is_ok());
         for code in [429, 502, 503, 504] {
             assert!(
-                http_outcome(answer(code, &[], vec![]))
-                    .unwrap_err()
-                    .retryable,
+                matches!(
+                    http_outcome(answer(code, &[], vec![])).unwrap_err().verdict,
+                    Verdict::Retry { .. }
+                ),
                 "{code}"
             );
         }
         for code in [400, 401, 403, 404, 413, 500] {
-            assert!(
-                !http_outcome(answer(code, &[], vec![]))
-                    .unwrap_err()
-                    .retryable,
+            assert_eq!(
+                http_outcome(answer(code, &[], vec![])).unwrap_err().verdict,
+                Verdict::Permanent,
                 "{code}"
             );
         }
         let throttled = http_outcome(answer(429, &[("retry-after", "7")], vec![])).unwrap_err();
-        assert_eq!(throttled.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(
+            throttled.verdict,
+            Verdict::Retry {
+                after: Some(Duration::from_secs(7))
+            }
+        );
     }
 
     #[test]
@@ -311,29 +269,16 @@ mod tests {
             }],
         };
         let failure = http_outcome(answer(503, &[], status.encode_to_vec())).unwrap_err();
-        assert!(failure.retryable);
-        assert_eq!(failure.retry_after, Some(Duration::from_secs(3)));
+        assert_eq!(
+            failure.verdict,
+            Verdict::Retry {
+                after: Some(Duration::from_secs(3))
+            }
+        );
         assert!(failure.reason.contains("busy"), "{}", failure.reason);
     }
 
     fn prost_types_duration(seconds: i64) -> prost_types::Duration {
         prost_types::Duration { seconds, nanos: 0 }
-    }
-
-    #[test]
-    fn grpc_codes_follow_the_spec() {
-        let r = |code| grpc_failure(&tonic::Status::new(code, "x")).retryable;
-        assert!(r(Code::Unavailable) && r(Code::DeadlineExceeded) && r(Code::Aborted));
-        assert!(!r(Code::InvalidArgument) && !r(Code::Unauthenticated) && !r(Code::Unknown));
-        // RESOURCE_EXHAUSTED only with RetryInfo.
-        assert!(!r(Code::ResourceExhausted));
-        let with_info = tonic::Status::with_error_details(
-            Code::ResourceExhausted,
-            "slow down",
-            tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_secs(2))),
-        );
-        let failure = grpc_failure(&with_info);
-        assert!(failure.retryable);
-        assert_eq!(failure.retry_after, Some(Duration::from_secs(2)));
     }
 }

@@ -312,7 +312,7 @@ async fn grpc_delivers_resolvable_conventional_profiles() {
     let address = grpc_backend(backend.clone()).await;
     let telemetry = Telemetry::default();
     let mut e = exporter(
-        &format!("endpoint: {address}\ninsecure: true\nheaders: {{authorization: Bearer t0ken}}"),
+        &format!("endpoint: {address}\ntls: {{insecure: true}}\nheaders: {{authorization: Bearer t0ken}}"),
         &telemetry,
     );
     e.export(Arc::new(rich_batch())).await.unwrap();
@@ -347,7 +347,7 @@ async fn grpc_retries_what_the_spec_calls_retryable() {
     let address = grpc_backend(backend.clone()).await;
     let telemetry = Telemetry::default();
     let mut e = exporter(
-        &format!("endpoint: http://{address}\nretry: {{initial_interval: 50ms}}"),
+        &format!("endpoint: http://{address}\nretry_on_failure: {{initial_interval: 50ms}}"),
         &telemetry,
     );
     let started = tokio::time::Instant::now();
@@ -358,10 +358,7 @@ async fn grpc_retries_what_the_spec_calls_retryable() {
     );
     assert_eq!(backend.requests.lock().unwrap().len(), 1);
     assert_eq!(backend.headers.lock().unwrap().len(), 3);
-    assert_eq!(
-        metric(&telemetry, "agent_otlp_profiles_retries_total", ""),
-        2
-    );
+    assert_eq!(metric(&telemetry, "agent_exporter_retries_total", ""), 2);
     assert_eq!(
         metric(
             &telemetry,
@@ -404,7 +401,7 @@ async fn a_backend_that_stays_down_is_given_up_on_after_max_elapsed_time() {
         .unwrap();
     let telemetry = Telemetry::default();
     let mut e = exporter(
-        &format!("endpoint: {address}\ninsecure: true\nretry: {{initial_interval: 50ms, max_interval: 100ms, max_elapsed_time: 1s}}"),
+        &format!("endpoint: {address}\ntls: {{insecure: true}}\nretry_on_failure: {{initial_interval: 50ms, max_interval: 100ms, max_elapsed_time: 1s}}"),
         &telemetry,
     );
     let error = e
@@ -412,7 +409,10 @@ async fn a_backend_that_stays_down_is_given_up_on_after_max_elapsed_time() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(error.contains("gave up after 1s"), "{error}");
+    assert!(
+        error.contains("not taken within retry_on_failure::max_elapsed_time (1s)"),
+        "{error}"
+    );
     assert_eq!(
         metric(
             &telemetry,
@@ -421,7 +421,7 @@ async fn a_backend_that_stays_down_is_given_up_on_after_max_elapsed_time() {
         ),
         1
     );
-    assert!(metric(&telemetry, "agent_otlp_profiles_retries_total", "") >= 3);
+    assert!(metric(&telemetry, "agent_exporter_retries_total", "") >= 3);
 }
 
 #[tokio::test]
@@ -484,10 +484,7 @@ async fn http_posts_gzipped_protobuf_and_honours_retry_after() {
     assert_eq!(headers["content-type"], "application/x-protobuf");
     assert_eq!(headers["content-encoding"], "gzip");
     assert_eq!(headers["x-api-key"], "k3y");
-    assert_eq!(
-        metric(&telemetry, "agent_otlp_profiles_retries_total", ""),
-        1
-    );
+    assert_eq!(metric(&telemetry, "agent_exporter_retries_total", ""), 1);
 }
 
 #[tokio::test]
@@ -496,7 +493,7 @@ async fn attribute_keys_are_configurable() {
     let address = grpc_backend(backend.clone()).await;
     let telemetry = Telemetry::default();
     let mut e = exporter(
-        &format!("endpoint: {address}\ninsecure: true\ncompression: none\nattributes: {{comm: process.executable.name, executable: '', node: k8s.node.name}}"),
+        &format!("endpoint: {address}\ntls: {{insecure: true}}\ncompression: none\nattributes: {{comm: process.executable.name, executable: '', node: k8s.node.name}}"),
         &telemetry,
     );
     e.export(Arc::new(rich_batch())).await.unwrap();
@@ -559,7 +556,10 @@ async fn an_independent_implementation_decodes_every_field() {
     let backend = Arc::new(Backend::default());
     let address = grpc_backend(backend.clone()).await;
     let telemetry = Telemetry::default();
-    let mut e = exporter(&format!("endpoint: {address}\ninsecure: true"), &telemetry);
+    let mut e = exporter(
+        &format!("endpoint: {address}\ntls: {{insecure: true}}"),
+        &telemetry,
+    );
     e.export(Arc::new(rich_batch())).await.unwrap();
     let request = backend.requests.lock().unwrap()[0].clone();
     let dir = tempfile::tempdir().unwrap();

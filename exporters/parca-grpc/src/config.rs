@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use agent_core::bounds::{Checks, MAX_DURATION};
 use agent_core::{ComponentConfig, Endpoint, FieldError};
+use agent_exporter_helper::{RetryOnFailure, TlsSettings};
 use serde::{Deserialize, Serialize};
 
 pub use agent_core::Secret;
@@ -22,19 +23,20 @@ pub struct ParcaGrpcConfig {
     /// File holding the bearer token, re-read when it changes
     /// (`--remote-store-bearer-token-file`).
     pub bearer_token_file: Option<PathBuf>,
-    /// Plaintext instead of TLS (`--remote-store-insecure`).
-    pub insecure: bool,
-    /// TLS without verifying the server's certificate
-    /// (`--remote-store-insecure-skip-verify`).
-    pub insecure_skip_verify: bool,
+    /// TLS: `insecure` (plaintext; `--remote-store-insecure`),
+    /// `insecure_skip_verify` (`--remote-store-insecure-skip-verify`).
+    pub tls: TlsSettings,
     /// How often buffered profiles are written (`--remote-store-batch-write-interval`).
     #[serde(with = "humantime_serde")]
     pub batch_write_interval: Duration,
     /// Log every RPC (`--remote-store-rpc-logging-enable`).
     pub rpc_logging: bool,
-    /// Bound of one write, retries included (`--remote-store-rpc-unary-timeout`).
+    /// Bound of one WriteRaw call (`--remote-store-rpc-unary-timeout`).
     #[serde(with = "humantime_serde")]
     pub rpc_unary_timeout: Duration,
+    /// Retries of a write the server could not take; one given up stays
+    /// in the buffer for the next interval.
+    pub retry_on_failure: RetryOnFailure,
     /// Most bytes of one WriteRaw request; more is split into several.
     pub max_request_bytes: usize,
     /// Most bytes of gzipped profiles held while the server cannot take
@@ -78,11 +80,11 @@ impl Default for ParcaGrpcConfig {
             address: Endpoint::default(),
             bearer_token: Secret::default(),
             bearer_token_file: None,
-            insecure: false,
-            insecure_skip_verify: false,
+            tls: TlsSettings::default(),
             batch_write_interval: Duration::from_secs(10),
             rpc_logging: false,
             rpc_unary_timeout: Duration::from_secs(300),
+            retry_on_failure: RetryOnFailure::default(),
             max_request_bytes: 4 << 20,
             buffer_bytes: 64 << 20,
             shutdown_flush_timeout: Duration::from_secs(10),
@@ -102,6 +104,11 @@ impl Default for ParcaGrpcConfig {
 }
 
 impl ComponentConfig for ParcaGrpcConfig {
+    const RENAMED_KEYS: &'static [(&'static str, &'static str)] = &[
+        ("insecure", "tls::insecure"),
+        ("insecure_skip_verify", "tls::insecure_skip_verify"),
+    ];
+
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if self.address.trim().is_empty() {
@@ -109,7 +116,7 @@ impl ComponentConfig for ParcaGrpcConfig {
                 "address",
                 "is required (the Parca server's host:port; --remote-store-address)",
             ));
-        } else if let Err(e) = agent_net::Target::parse(&self.address, self.insecure) {
+        } else if let Err(e) = self.tls.target(&self.address) {
             errors.push(FieldError::new("address", format!("{}: {e}", self.address)));
         }
         if !self.bearer_token.is_empty() && self.bearer_token_file.is_some() {
@@ -127,12 +134,7 @@ impl ComponentConfig for ParcaGrpcConfig {
                 ));
             }
         }
-        if self.insecure && self.insecure_skip_verify {
-            errors.push(FieldError::new(
-                "insecure_skip_verify",
-                "has no meaning with insecure (plaintext has no certificate to verify)",
-            ));
-        }
+        errors.extend(self.tls.validate("tls"));
         let mut checks = Checks::new(errors);
         let ms = Duration::from_millis;
         for (key, value, min) in [
@@ -152,6 +154,7 @@ impl ComponentConfig for ParcaGrpcConfig {
         ] {
             checks.duration(key, value, min, MAX_DURATION);
         }
+        self.retry_on_failure.check("retry_on_failure", &mut checks);
         checks.number(
             "max_request_bytes",
             self.max_request_bytes,
@@ -211,8 +214,10 @@ mod tests {
         let config = ParcaGrpcConfig {
             bearer_token: Secret("t".into()),
             bearer_token_file: Some("/t".into()),
-            insecure: true,
-            insecure_skip_verify: true,
+            tls: TlsSettings {
+                insecure: true,
+                insecure_skip_verify: true,
+            },
             batch_write_interval: Duration::ZERO,
             debuginfo_upload_max_parallel: 0,
             debuginfo_directories: vec!["relative".into()],
@@ -224,7 +229,7 @@ mod tests {
             [
                 "address",
                 "bearer_token_file",
-                "insecure_skip_verify",
+                "tls::insecure_skip_verify",
                 "batch_write_interval",
                 "debuginfo_upload_max_parallel",
                 "debuginfo_directories::0"

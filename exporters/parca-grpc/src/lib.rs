@@ -14,9 +14,8 @@ pub mod writer;
 
 use std::sync::{Arc, Mutex};
 
-use agent_core::{
-    BuildContext, ComponentError, Exporter, Factory, FlushBound, ProfileBatch, Stability,
-};
+use agent_core::{BuildContext, ComponentError, Exporter, Factory, ProfileBatch, Stability};
+use agent_exporter_helper::Delivery;
 use agent_object_files::ObjectLocator;
 use tokio::sync::{mpsc, watch};
 use tonic::service::interceptor::InterceptedService;
@@ -85,19 +84,23 @@ impl Factory for ParcaGrpcFactory {
         let (stop, stopped) = watch::channel(false);
         let settings = WriterSettings {
             interval: config.batch_write_interval,
-            unary_timeout: config.rpc_unary_timeout,
             max_request_bytes: config.max_request_bytes,
             rpc_logging: config.rpc_logging,
         };
-        let flush_bound =
-            FlushBound::new(ctx, "shutdown_flush_timeout", config.shutdown_flush_timeout)?;
+        let delivery = Delivery::new(
+            ctx,
+            config.address.redacted(),
+            config.retry_on_failure.clone(),
+            config.rpc_unary_timeout,
+            config.shutdown_flush_timeout,
+        )?;
         let writer = tokio::spawn(writer::run(
             buffer.clone(),
             clients.clone(),
             settings,
             metrics,
             stopped,
-            flush_bound,
+            delivery,
         ));
         let locator = ObjectLocator {
             proc_root: config.proc_root.clone(),
@@ -114,7 +117,7 @@ impl Factory for ParcaGrpcFactory {
                     timeout: config.debuginfo_upload_timeout,
                     cache_duration: config.debuginfo_upload_cache_duration,
                     rpc_logging: config.rpc_logging,
-                    insecure_skip_verify: config.insecure_skip_verify,
+                    insecure_skip_verify: config.tls.insecure_skip_verify,
                 },
                 clients,
                 &ctx.telemetry,

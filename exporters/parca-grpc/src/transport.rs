@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use agent_net::Target;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
@@ -16,8 +15,7 @@ use crate::config::{ParcaGrpcConfig, Secret};
 /// A channel to the server; connects on first use and reconnects after
 /// failures, so a server that is down at start-up is not an error.
 pub fn channel(config: &ParcaGrpcConfig) -> Result<Channel, String> {
-    let target = Target::parse(&config.address, config.insecure)?;
-    agent_net::grpc_channel(&target, config.insecure_skip_verify)
+    config.tls.grpc_channel(&config.address)
 }
 
 /// Where the bearer token comes from.

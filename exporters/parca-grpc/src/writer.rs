@@ -1,18 +1,17 @@
 //! The write path: a bounded buffer of encoded series, written every
-//! interval in requests under the size limit, retried with exponential
-//! backoff and jitter while the server cannot take them.
+//! interval in requests under the size limit, each delivered by the
+//! exporter helper (retries, timeouts, the shutdown's bound); what the
+//! server does not take for now stays in the buffer.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::telemetry::{ComponentTelemetry, Counter, Gauge};
-use agent_core::FlushBound;
-use agent_net::Backoff;
+use agent_exporter_helper::{grpc_failure, Delivery, Failure, Undelivered, Verdict};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tonic::Code;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::profiles::EncodedSeries;
 use crate::proto::profilestore::WriteRawRequest;
@@ -45,8 +44,6 @@ pub struct WriterMetrics {
     sent_series: Counter,
     sent_samples: Counter,
     sent_bytes: Counter,
-    requests_ok: Counter,
-    requests_failed: Counter,
     dropped_series: [Counter; 3],
     dropped_samples: [Counter; 3],
     buffered_bytes: Gauge,
@@ -78,16 +75,6 @@ impl WriterMetrics {
                 "parca_grpc_sent_bytes",
                 "Bytes of WriteRaw requests the Parca server took.",
                 &[],
-            ),
-            requests_ok: t.counter(
-                "parca_grpc_write_requests",
-                "WriteRaw calls.",
-                &[("result", "ok")],
-            ),
-            requests_failed: t.counter(
-                "parca_grpc_write_requests",
-                "WriteRaw calls.",
-                &[("result", "error")],
             ),
             dropped_series: dropped(
                 "parca_grpc_dropped_series",
@@ -197,33 +184,29 @@ impl Buffer {
     }
 }
 
-/// Whether a failed write may succeed if sent again.
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::Cancelled
-            | Code::Unknown
-    )
-}
-
-/// What the writer remembers between flushes, to log changes once.
-#[derive(Default)]
-struct Health {
-    /// The server could not be reached at the last attempt.
-    unreachable: bool,
-    /// The server refused our credentials at the last attempt.
-    unauthorized: bool,
+/// What a failed write means: the OTLP spec's verdicts, and two of
+/// Parca's own — `UNKNOWN` is how a broken connection can surface (retried),
+/// refused credentials keep the data until a fixed token is accepted (the
+/// token file is re-read on every call).
+fn write_failure(status: &tonic::Status) -> Failure {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => Failure {
+            verdict: Verdict::Later,
+            reason: format!(
+                "the Parca server refuses our credentials ({:?}: {}); profiles are kept within buffer_bytes until it accepts them",
+                status.code(),
+                status.message()
+            ),
+        },
+        Code::Unknown => Failure::retryable(format!("Unknown: {}", status.message())),
+        _ => grpc_failure(status),
+    }
 }
 
 /// Settings of the write loop.
 pub struct WriterSettings {
     /// Between flushes.
     pub interval: Duration,
-    /// Bound of one flush's retries.
-    pub unary_timeout: Duration,
     /// Most bytes per request.
     pub max_request_bytes: usize,
     /// Log every call.
@@ -232,34 +215,21 @@ pub struct WriterSettings {
 
 /// Writes the buffer every interval until `stop` turns true (no window
 /// comes any more), then once more. Once the agent stops, every write,
-/// retry and wait ends when `flush` expires.
+/// retry and wait ends at the delivery's flush bound.
 pub async fn run(
     buffer: Arc<Mutex<Buffer>>,
     clients: ParcaClients,
     settings: WriterSettings,
     metrics: WriterMetrics,
     mut stop: watch::Receiver<bool>,
-    mut flush_bound: FlushBound,
+    mut delivery: Delivery,
 ) {
-    let mut health = Health::default();
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(settings.interval) => false,
             _ = stop.wait_for(|s| *s) => true,
         };
-        let mut limits = Limits {
-            deadline: Instant::now() + settings.unary_timeout,
-            flush_bound: &mut flush_bound,
-        };
-        flush(
-            &buffer,
-            &clients,
-            &settings,
-            &metrics,
-            &mut health,
-            &mut limits,
-        )
-        .await;
+        flush(&buffer, &clients, &settings, &metrics, &mut delivery).await;
         if stopping {
             let left: Vec<EncodedSeries> = {
                 let mut b = buffer.lock().unwrap_or_else(|e| e.into_inner());
@@ -277,156 +247,76 @@ pub async fn run(
     }
 }
 
-/// When a flush must end: its own deadline, or the shutdown's.
-struct Limits<'a> {
-    deadline: Instant,
-    flush_bound: &'a mut FlushBound,
-}
-
-/// Sends everything buffered, request by request, retrying each within
-/// `limits`; what is not sent stays buffered.
+/// Sends everything buffered, request by request; what is not taken for
+/// now stays buffered, what is refused for good is dropped.
 async fn flush(
     buffer: &Mutex<Buffer>,
     clients: &ParcaClients,
     settings: &WriterSettings,
     metrics: &WriterMetrics,
-    health: &mut Health,
-    limits: &mut Limits<'_>,
+    delivery: &mut Delivery,
 ) {
     loop {
-        let request_series = {
+        let series = {
             let mut b = buffer.lock().unwrap_or_else(|e| e.into_inner());
             b.take_request(settings.max_request_bytes)
         };
-        if request_series.is_empty() {
+        if series.is_empty() {
             return;
         }
-        match send_with_retries(&request_series, clients, settings, metrics, health, limits).await {
-            Sent::Yes => {
-                metrics.sent_series.inc_by(request_series.len() as u64);
+        let request = WriteRawRequest {
+            series: series.iter().map(|s| s.series.clone()).collect(),
+            ..Default::default()
+        };
+        let written = delivery
+            .send(|timeout| write_raw(clients, &request, timeout, settings.rpc_logging))
+            .await;
+        match written {
+            Ok(()) => {
+                metrics.sent_series.inc_by(series.len() as u64);
                 metrics
                     .sent_samples
-                    .inc_by(request_series.iter().map(|s| s.samples as u64).sum());
+                    .inc_by(series.iter().map(|s| s.samples as u64).sum());
                 metrics
                     .sent_bytes
-                    .inc_by(request_series.iter().map(|s| s.bytes as u64).sum());
+                    .inc_by(series.iter().map(|s| s.bytes as u64).sum());
             }
-            Sent::Rejected => metrics.dropped(DropReason::Rejected, &request_series),
-            Sent::Later => {
+            Err(Undelivered::Rejected(_)) => metrics.dropped(DropReason::Rejected, &series),
+            Err(Undelivered::GaveUp(_) | Undelivered::Later(_) | Undelivered::Stopped(_)) => {
                 buffer
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .put_back(request_series);
+                    .put_back(series);
                 return;
             }
         }
     }
 }
 
-enum Sent {
-    Yes,
-    /// Refused for good: dropped.
-    Rejected,
-    /// Not now: keep for the next flush.
-    Later,
-}
-
-async fn send_with_retries(
-    series: &[EncodedSeries],
+/// One WriteRaw call, its timeout told to the server.
+fn write_raw(
     clients: &ParcaClients,
-    settings: &WriterSettings,
-    metrics: &WriterMetrics,
-    health: &mut Health,
-    limits: &mut Limits<'_>,
-) -> Sent {
-    let request = WriteRawRequest {
-        series: series.iter().map(|s| s.series.clone()).collect(),
-        ..Default::default()
-    };
-    let deadline = limits.deadline;
-    let mut backoff = Backoff::default();
-    loop {
-        let now = Instant::now();
-        if now >= deadline || limits.flush_bound.has_expired() {
-            return Sent::Later;
-        }
+    request: &WriteRawRequest,
+    timeout: Duration,
+    rpc_logging: bool,
+) -> impl std::future::Future<Output = Result<(), Failure>> + 'static {
+    let mut client = clients.profiles.clone();
+    let series = request.series.len();
+    let mut call = tonic::Request::new(request.clone());
+    call.set_timeout(timeout);
+    async move {
         let started = std::time::Instant::now();
-        let mut call = tonic::Request::new(request.clone());
-        call.set_timeout(deadline - now);
-        let mut client = clients.profiles.clone();
-        let result = tokio::select! {
-            result = client.write_raw(call) => result,
-            _ = limits.flush_bound.expired() => return Sent::Later,
-        };
-        if settings.rpc_logging {
+        let result = client.write_raw(call).await;
+        if rpc_logging {
             info!(
                 method = "WriteRaw",
-                series = series.len(),
+                series,
                 code = ?result.as_ref().err().map_or(Code::Ok, |s| s.code()),
                 duration_ms = started.elapsed().as_millis() as u64,
                 "rpc"
             );
         }
-        let status = match result {
-            Ok(_) => {
-                metrics.requests_ok.inc();
-                if std::mem::take(&mut health.unreachable) {
-                    info!("parca_grpc: Parca server reachable again");
-                }
-                if std::mem::take(&mut health.unauthorized) {
-                    info!("parca_grpc: Parca server accepts the credentials again");
-                }
-                return Sent::Yes;
-            }
-            Err(status) => status,
-        };
-        metrics.requests_failed.inc();
-        match status.code() {
-            Code::Unauthenticated | Code::PermissionDenied => {
-                // Reported once; the data waits for a fixed token (the
-                // token file is re-read on every call).
-                if !std::mem::replace(&mut health.unauthorized, true) {
-                    error!(
-                        code = ?status.code(),
-                        message = status.message(),
-                        "parca_grpc: the Parca server refuses our credentials; profiles are kept (within buffer_bytes) until it accepts them"
-                    );
-                }
-                return Sent::Later;
-            }
-            code if retryable(code) => {
-                if !std::mem::replace(&mut health.unreachable, true) {
-                    warn!(
-                        ?code,
-                        message = status.message(),
-                        "parca_grpc: cannot write to the Parca server; retrying with backoff"
-                    );
-                }
-                let wait = backoff.next_delay();
-                debug!(
-                    ?code,
-                    wait_ms = wait.as_millis() as u64,
-                    "parca_grpc: write failed, retrying"
-                );
-                let until = (Instant::now() + wait).min(deadline);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = limits.flush_bound.expired() => return Sent::Later,
-                }
-                if until == deadline {
-                    return Sent::Later;
-                }
-            }
-            code => {
-                warn!(
-                    ?code,
-                    message = status.message(),
-                    series = series.len(),
-                    "parca_grpc: the Parca server rejected a write; its profiles are dropped"
-                );
-                return Sent::Rejected;
-            }
-        }
+        result.map(drop).map_err(|status| write_failure(&status))
     }
 }
 
@@ -446,6 +336,16 @@ mod tests {
     fn buffer(limit: usize) -> Buffer {
         let t = agent_core::telemetry::Telemetry::default().scoped(&[]);
         Buffer::new(limit, WriterMetrics::new(&t))
+    }
+
+    #[test]
+    fn refused_credentials_keep_the_data_and_broken_connections_retry() {
+        let verdict = |code| write_failure(&tonic::Status::new(code, "x")).verdict;
+        assert_eq!(verdict(Code::Unauthenticated), Verdict::Later);
+        assert_eq!(verdict(Code::PermissionDenied), Verdict::Later);
+        assert_eq!(verdict(Code::Unknown), Verdict::Retry { after: None });
+        assert_eq!(verdict(Code::Unavailable), Verdict::Retry { after: None });
+        assert_eq!(verdict(Code::InvalidArgument), Verdict::Permanent);
     }
 
     #[test]

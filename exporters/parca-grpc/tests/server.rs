@@ -495,7 +495,7 @@ async fn a_wrong_token_is_reported_once_and_nothing_is_lost_once_fixed() {
         .await
     );
     exporter.shutdown().await.unwrap();
-    assert_eq!(logs.count("accepts the credentials again"), 1);
+    assert_eq!(logs.count("delivering again"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
