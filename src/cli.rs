@@ -559,7 +559,10 @@ pub fn command() -> Command {
         .subcommand(
             Command::new("print-config")
                 .about("Print the config after env expansion, flags and defaults."),
-        );
+        )
+        .subcommand(Command::new("schema").about(
+            "Print the JSON Schema of a pipeline config for the compiled-in components (for editors).",
+        ));
     for spec in FLAGS {
         cmd = cmd.arg(arg(spec));
     }
@@ -577,6 +580,8 @@ pub enum Action {
     Components,
     /// Print the effective config.
     PrintConfig,
+    /// Print the pipeline config's JSON Schema.
+    Schema,
 }
 
 /// Logging settings.
@@ -615,6 +620,7 @@ pub fn from_matches(top: &ArgMatches) -> Cli {
         Some(("validate", m)) => (Action::Validate, m),
         Some(("components", m)) => (Action::Components, m),
         Some(("print-config", m)) => (Action::PrintConfig, m),
+        Some(("schema", m)) => (Action::Schema, m),
         _ => (Action::Run, top),
     };
     let text = |id: &str, default: &str| {

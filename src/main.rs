@@ -173,9 +173,17 @@ fn main() -> ExitCode {
         info!("{notice}");
     }
     let registry = components::registry();
-    if cli.action == Action::Components {
-        list_components(&registry);
-        return ExitCode::SUCCESS;
+    match cli.action {
+        Action::Components => {
+            list_components(&registry);
+            return ExitCode::SUCCESS;
+        }
+        Action::Schema => {
+            let schema = agent_core::schema::pipeline_schema(&registry);
+            println!("{schema:#}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
     let (name, config) = match load_config(&cli, &registry) {
         Ok(c) => c,
@@ -226,6 +234,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Action::Components => unreachable!("handled above"),
+        Action::Components | Action::Schema => unreachable!("handled above"),
     }
 }

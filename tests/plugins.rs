@@ -94,6 +94,10 @@ fn stderr(o: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "processor-drop-frames"),
+    ignore = "drop_frames is built with --features processor-drop-frames (as CI does)"
+)]
 fn compile_time_drop_frames_removes_matching_frames() {
     let dir = tempfile::tempdir().unwrap();
     let (out, batches) = run(

@@ -469,95 +469,67 @@ fn renamed_keys_still_work_and_both_at_once_is_an_error() {
 
 /// Every number and duration a component takes, given its extremes (0,
 /// negative, the largest integer, absurd units): `validate` either accepts
-/// the value or refuses it naming the key path, and never panics. (The
-/// network exporters' timeouts, retries and queues run at their maxima in
-/// the pipeline tests' shutdown-during-outage test.)
+/// the value or refuses it naming the key path, and never panics. The keys
+/// come from the config schemas (`agent schema`), so a new field is tried
+/// as soon as it exists. (The network exporters' timeouts, retries and
+/// queues run at their maxima in the pipeline tests' shutdown-during-outage
+/// test.)
 #[test]
 fn extreme_values_are_refused_with_their_key_path_never_with_a_panic() {
-    // (section, component with what it requires, keys that are durations, keys that are numbers)
-    let components: &[(&str, &str, &[&str], &[&str])] = &[
-        (
-            "exporters",
-            "parca_grpc: {address: 'parca:7070', KEY}",
-            &[
-                "batch_write_interval",
-                "rpc_unary_timeout",
-                "retry_on_failure::initial_interval",
-                "retry_on_failure::max_interval",
-                "retry_on_failure::max_elapsed_time",
-                "shutdown_flush_timeout",
-                "debuginfo_upload_timeout",
-                "debuginfo_upload_cache_duration",
-            ],
-            &[
-                "max_request_bytes",
-                "buffer_bytes",
-                "debuginfo_upload_max_parallel",
-                "stderr_buffer_size_kb",
-                "sending_queue::queue_size",
-            ],
-        ),
-        (
-            "exporters",
-            "otlp_profiles: {endpoint: 'otlp:4317', KEY}",
-            &[
-                "timeout",
-                "shutdown_flush_timeout",
-                "retry_on_failure::initial_interval",
-                "retry_on_failure::max_interval",
-                "retry_on_failure::max_elapsed_time",
-            ],
-            &["sending_queue::queue_size"],
-        ),
-        (
-            "exporters",
-            "file: {directory: /tmp/agent-extremes, KEY}",
-            &[],
-            &["retention::max_files", "retention::max_bytes"],
-        ),
-        (
-            "receivers",
-            "pprof: {path: /tmp, watch: true, KEY}",
-            &["poll_interval", "window"],
-            &["max_decompressed_bytes", "max_samples"],
-        ),
-        (
-            "receivers",
-            "ebpf_cpu: {KEY}",
-            &["profiling_duration", "event_buffer_poll_interval"],
-            &[
-                "sampling_frequency",
-                "memlock_rlimit",
-                "bpf_events_buffer_size",
-                "unwind_table_memory_limit",
-            ],
-        ),
-        (
-            "processors",
-            "symbolize: {KEY}",
-            &[],
-            &["memory_limit", "object_file_pool_size"],
-        ),
-        (
-            "processors",
-            "metadata: {KEY}",
-            &["container_name_wait"],
-            &[],
-        ),
+    use agent_core::schema::{keys, KeyKind};
+    // (section, every component of the build with what it requires)
+    let components: &[(&str, &str)] = &[
+        ("exporters", "parca_grpc: {address: 'parca:7070', KEY}"),
+        ("exporters", "otlp_profiles: {endpoint: 'otlp:4317', KEY}"),
+        ("exporters", "file: {directory: /tmp/agent-extremes, KEY}"),
+        ("receivers", "pprof: {path: /tmp, watch: true, KEY}"),
+        ("receivers", "ebpf_cpu: {KEY}"),
+        ("processors", "symbolize: {KEY}"),
+        ("processors", "metadata: {KEY}"),
+        ("processors", "relabel: {KEY}"),
+        ("processors", "k8s_meta: {KEY}"),
+        ("processors", "plugin: {path: /x.so, KEY}"),
+        #[cfg(feature = "processor-drop-frames")]
+        ("processors", "drop_frames: {KEY}"),
     ];
+    let out = agent(&["schema"], &[]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = |section: &str| -> usize {
+        schema["properties"][section]["patternProperties"]
+            .as_object()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        components.len(),
+        ["receivers", "processors", "exporters"]
+            .map(listed)
+            .iter()
+            .sum::<usize>(),
+        "every component of the build is tried"
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut refused = 0;
-    for (section, component, durations, numbers) in components {
+    let mut tried = 0;
+    for (section, component) in components {
         let id = component.split(':').next().unwrap();
-        let cases = durations
-            .iter()
-            .flat_map(|k| ["0s", "-1s", "10000000000h", "1ns"].map(|v| (*k, v)))
-            .chain(
-                numbers
-                    .iter()
-                    .flat_map(|k| ["0", "-1", "18446744073709551615", "1e400"].map(|v| (*k, v))),
-            );
+        let component_schema =
+            &schema["properties"][section]["patternProperties"][format!("^{id}(/.+)?$")];
+        let cases: Vec<(String, &str)> = keys(component_schema)
+            .into_iter()
+            .flat_map(|k| {
+                let values: &[&str] = match k.kind {
+                    KeyKind::Duration => &["0s", "-1s", "10000000000h", "1ns"],
+                    KeyKind::Integer => &["0", "-1", "18446744073709551615", "1e400"],
+                    _ => &[],
+                };
+                values.iter().map(move |v| (k.path.clone(), *v))
+            })
+            .collect();
+        tried += cases.len();
         for (key, value) in cases {
+            let key = key.as_str();
             // `a::b: v` as YAML flow mappings: `a: {b: v}`.
             let parts: Vec<&str> = key.split("::").collect();
             let mut setting = format!("{}: {value}", parts[parts.len() - 1]);
@@ -603,5 +575,6 @@ fn extreme_values_are_refused_with_their_key_path_never_with_a_panic() {
             assert!(!stderr.contains("panicked"), "{path} = {value}:\n{stderr}");
         }
     }
+    assert!(tried > 120, "only {tried} extremes tried");
     assert!(refused > 50, "only {refused} extremes refused");
 }

@@ -410,7 +410,7 @@ impl FieldError {
 /// (`#[serde(deny_unknown_fields)]`) and missing keys defaulted
 /// (`#[serde(default)]`).
 pub trait ComponentConfig:
-    Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static
+    Serialize + DeserializeOwned + schemars::JsonSchema + Default + Clone + Send + Sync + 'static
 {
     /// Keys renamed since they were first accepted, `(old, new)` as `::`
     /// paths: an old key still works (moved to its new place before the

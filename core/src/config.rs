@@ -143,7 +143,7 @@ impl fmt::Display for ComponentId {
 }
 
 /// One pipeline: receivers fan out into processors (in order) then exporters.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Receiver ids.
@@ -155,7 +155,7 @@ pub struct PipelineConfig {
 }
 
 /// The `service` section.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
     /// Name of this node (`--node`); must match the Kubernetes node name there.
@@ -163,6 +163,7 @@ pub struct ServiceConfig {
     /// Address of the local HTTP server (`--http-address`).
     pub http_address: String,
     /// How long shutdown may take to flush the last window before exiting anyway.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// The agent's own traces.
@@ -172,7 +173,9 @@ pub struct ServiceConfig {
 }
 
 /// How the agent's own traces leave it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TraceProtocol {
     /// OTLP/gRPC `TraceService/Export`.
@@ -183,7 +186,7 @@ pub enum TraceProtocol {
 }
 
 /// The agent's own OpenTelemetry traces: a span per window and per stage.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracesConfig {
     /// Where spans go (`--otlp-address`): `host:port` (plaintext) or an
@@ -221,7 +224,7 @@ impl Default for ServiceConfig {
 pub const MAX_QUEUE_SIZE: usize = 1 << 16;
 
 /// The bounded queue in front of every exporter (`sending_queue` in its config).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SendingQueue {
     /// Batches that may wait; when full, new batches are dropped and counted.

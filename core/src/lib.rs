@@ -12,6 +12,7 @@ pub mod otlp;
 pub mod panics;
 pub mod pprof;
 pub mod registry;
+pub mod schema;
 pub mod secret;
 pub mod selector;
 pub mod service;

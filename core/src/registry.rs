@@ -27,6 +27,8 @@ pub trait DynFactory: Send + Sync {
     fn description(&self) -> &'static str;
     /// The default config, as YAML.
     fn default_config(&self) -> Value;
+    /// The config's JSON Schema (an exporter's with its `sending_queue`).
+    fn config_schema(&self) -> schemars::Schema;
     /// Parses and validates `value` (null = defaults); errors carry `path`.
     fn parse(&self, value: &Value, path: &str) -> Result<ParsedConfig, Vec<ConfigError>>;
     /// Builds an instance from a config this factory parsed.
@@ -55,6 +57,14 @@ impl<F: Factory> DynFactory for Erased<F> {
 
     fn default_config(&self) -> Value {
         serde_yaml::to_value(F::Config::default()).unwrap_or(Value::Null)
+    }
+
+    fn config_schema(&self) -> schemars::Schema {
+        let schema = crate::schema::inline_schema_for::<F::Config>();
+        match self.kind() {
+            Kind::Exporter => crate::schema::with_sending_queue(schema),
+            _ => schema,
+        }
     }
 
     fn parse(&self, value: &Value, path: &str) -> Result<ParsedConfig, Vec<ConfigError>> {

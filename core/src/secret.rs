@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A value that never appears in logs, errors or `print-config`.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Secret(pub String);
 
 impl Secret {
@@ -41,7 +41,7 @@ impl<'de> Deserialize<'de> for Secret {
 /// userinfo may hold a password: shown everywhere (logs, errors,
 /// `print-config`, the status page) with the password replaced; the value
 /// itself is there for connecting.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Endpoint(pub String);
 
 impl Endpoint {

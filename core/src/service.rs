@@ -791,7 +791,7 @@ mod tests {
         b
     }
 
-    #[derive(Clone, Default, Serialize, Deserialize)]
+    #[derive(Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields, default)]
     struct CountConfig {
         batches: i64,
@@ -830,7 +830,7 @@ mod tests {
         }
     }
 
-    #[derive(Clone, Default, Serialize, Deserialize)]
+    #[derive(Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields, default)]
     struct NoConfig {}
     impl ComponentConfig for NoConfig {}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 /// Config of the `file` exporter.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileExporterConfig {
     /// Where files are written (`--local-store-directory`); created if missing.
@@ -28,7 +28,7 @@ pub struct FileExporterConfig {
 }
 
 /// Limits on the files kept; 0 means no limit.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
     /// Most files kept.

@@ -8,7 +8,7 @@ use agent_core::FieldError;
 use serde::{Deserialize, Serialize};
 
 /// How the connection is secured (`tls:`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSettings {
     /// Plaintext (h2c for gRPC) to a `host:port` address; an `http://` or
@@ -45,20 +45,23 @@ impl TlsSettings {
 
 /// Retries of a request the backend could not take for now
 /// (`retry_on_failure:`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryOnFailure {
     /// Retry at all; off, a request that fails is not tried again.
     pub enabled: bool,
     /// First wait; doubles (jittered to between half and all of it) up to
     /// `max_interval`. A wait the backend asks for replaces it.
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub initial_interval: Duration,
     /// Longest wait between two attempts.
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
     /// From the first attempt, how long a request is tried; then it is
     /// given up (what that means is the exporter's: dropped, or kept).
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub max_elapsed_time: Duration,
 }

@@ -9,7 +9,9 @@ use agent_exporter_helper::{RetryOnFailure, TlsSettings};
 use serde::{Deserialize, Serialize};
 
 /// The OTLP transport.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// `ProfilesService/Export` over gRPC.
@@ -20,7 +22,9 @@ pub enum Protocol {
 }
 
 /// How requests are compressed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// gzip.
@@ -31,7 +35,7 @@ pub enum Compression {
 }
 
 /// Config of the `otlp_profiles` exporter.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpProfilesConfig {
     /// gRPC: `host:port` (TLS unless `insecure`) or an `http(s)://` URL;
@@ -50,12 +54,14 @@ pub struct OtlpProfilesConfig {
     /// `insecure_skip_verify`.
     pub tls: TlsSettings,
     /// Bound of one attempt.
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Retries with backoff.
     pub retry_on_failure: RetryOnFailure,
     /// From the stop signal, how long batches may still be tried (attempts
     /// and waits end then); what is not delivered is dropped and counted.
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub shutdown_flush_timeout: Duration,
     /// Label → attribute key, over the defaults (see [`default_attribute_keys`]);

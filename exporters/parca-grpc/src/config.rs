@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub use agent_core::Secret;
 
 /// Config of the `parca_grpc` exporter.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParcaGrpcConfig {
     /// `host:port` of the Parca server, or an `http://` / `https://` URL
@@ -27,11 +27,13 @@ pub struct ParcaGrpcConfig {
     /// `insecure_skip_verify` (`--remote-store-insecure-skip-verify`).
     pub tls: TlsSettings,
     /// How often buffered profiles are written (`--remote-store-batch-write-interval`).
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub batch_write_interval: Duration,
     /// Log every RPC (`--remote-store-rpc-logging-enable`).
     pub rpc_logging: bool,
     /// Bound of one WriteRaw call (`--remote-store-rpc-unary-timeout`).
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub rpc_unary_timeout: Duration,
     /// Retries of a write the server could not take; one given up stays
@@ -44,6 +46,7 @@ pub struct ParcaGrpcConfig {
     pub buffer_bytes: usize,
     /// From the stop signal, how long writes may still go on (the last one
     /// included); what is not written is dropped and counted.
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub shutdown_flush_timeout: Duration,
     /// Searched for separate debug files, in order (`--debuginfo-directories`).
@@ -59,10 +62,12 @@ pub struct ParcaGrpcConfig {
     /// Most uploads at once (`--debuginfo-upload-max-parallel`).
     pub debuginfo_upload_max_parallel: usize,
     /// Bound of one upload (`--debuginfo-upload-timeout-duration`).
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub debuginfo_upload_timeout: Duration,
     /// How long the server's answer for a build id is remembered, across
     /// restarts (`--debuginfo-upload-cache-duration`).
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub debuginfo_upload_cache_duration: Duration,
     /// Where processes are read (the host's /proc mounted elsewhere in a container).

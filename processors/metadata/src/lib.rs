@@ -23,7 +23,7 @@ use agent_core::{
 use serde::{Deserialize, Serialize};
 
 /// Config of the `metadata` processor.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
     /// Labels attached to every series (`--metadata-external-labels`);
@@ -41,6 +41,7 @@ pub struct MetadataConfig {
     pub container_runtime_socket: Option<PathBuf>,
     /// Longest a window waits for the names of containers it sees first;
     /// later answers label later windows.
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub container_name_wait: Duration,
 }

@@ -37,12 +37,13 @@ pub struct VTable {
 }
 
 /// Config of a `plugin` processor.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginConfig {
     /// The shared library.
     pub path: PathBuf,
     /// Handed to the plugin's `create`, as JSON.
+    #[schemars(with = "serde_json::Value")]
     pub config: serde_yaml::Value,
 }
 

@@ -18,7 +18,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 /// What a rule does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Sets `target_label` to `replacement` expanded with the regex's groups.
@@ -61,7 +63,7 @@ fn default_replacement() -> String {
 }
 
 /// One rule, as in Prometheus's `relabel_config`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RelabelConfig {
     /// Labels whose values are joined with `separator` into the source.
@@ -96,7 +98,7 @@ struct ParcaAgentConfig {
 }
 
 /// Config of the `relabel` processor.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelabelProcessorConfig {
     /// The rules, applied in order.

@@ -32,7 +32,9 @@ pub use native::{
 };
 
 /// What to do with native frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NativeMode {
     /// Name them here.
@@ -43,7 +45,7 @@ pub enum NativeMode {
 }
 
 /// Config of the `symbolize` processor.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SymbolizeConfig {
     /// `local` names native frames here; `leave` leaves them to the server.

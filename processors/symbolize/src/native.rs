@@ -501,7 +501,17 @@ fn go_frames(go: Option<&GoTable<FileBytes>>, vaddr: u64, names: &mut Names) -> 
 }
 
 /// Which open object file to close when the pool is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Eviction {
     /// Least recently used.

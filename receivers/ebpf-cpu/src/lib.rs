@@ -47,10 +47,11 @@ use runtimes::{CodeInfo, CodeKey, CodeNames, InterpFrame, UserFrame};
 use unwind::UnwindTables;
 
 /// Config of the `ebpf_cpu` receiver.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EbpfCpuConfig {
     /// Length of one window (`--profiling-duration`).
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub profiling_duration: Duration,
     /// Samples per second per CPU (`--profiling-cpu-sampling-frequency`).
@@ -64,6 +65,7 @@ pub struct EbpfCpuConfig {
     /// Process-event ring buffer size in 4 KiB pages (`--bpf-events-buffer-size`).
     pub bpf_events_buffer_size: u32,
     /// How often process events are read (`--profiling-perf-event-buffer-poll-interval`).
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub event_buffer_poll_interval: Duration,
     /// Frame pointers only, no unwind tables (`--dwarf-unwinding-disable`).

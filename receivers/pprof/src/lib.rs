@@ -59,7 +59,7 @@ impl Counters {
 }
 
 /// Config of the `pprof` receiver.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PprofReceiverConfig {
     /// A pprof file, or a directory whose files are read in name order
@@ -68,10 +68,12 @@ pub struct PprofReceiverConfig {
     /// Keep watching the directory and read files that appear.
     pub watch: bool,
     /// How often a watched directory is scanned.
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Merge what is read within this window into one batch per profile
     /// type; `0s` emits each file at once.
+    #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Labels added to every series; a file's own sample labels win.
