@@ -122,9 +122,7 @@ mod conformance {
 
     use agent_core::registry::{DynFactory, ParsedConfig};
     use agent_core::schema::{inline_schema_for, keys};
-    use agent_core::{
-        BatchSink, BuildContext, Component, Kind, ProfileBatch, ProfileType, Shutdown,
-    };
+    use agent_core::{BatchSink, BuildContext, Component, Kind, LabelSet, ProfileBatch, Shutdown};
     use serde_yaml::Value;
 
     use super::registry;
@@ -342,8 +340,10 @@ mod conformance {
         assert!(checked >= 10, "only {checked} components registered");
     }
 
-    /// Builds the component, gives it work, stops it: it ends within its
-    /// bound (an exporter within its 1 s flush bound + 2 s, the rest 10 s).
+    /// Builds the component (which must not begin work yet: a BPF receiver
+    /// is not attached, an exporter's writer not running), starts it within
+    /// the service's start bound, gives it work, stops it: it ends within
+    /// its bound (an exporter within its 1 s flush bound + 2 s, the rest 10 s).
     async fn start_and_stop(factory: &dyn DynFactory, config: &ParsedConfig, path: &str) {
         let (stop, stopping) = Shutdown::new();
         let ctx = BuildContext {
@@ -352,10 +352,20 @@ mod conformance {
         };
         let component = factory
             .build(config, &ctx)
-            .unwrap_or_else(|e| panic!("{path}: does not start: {e}"));
-        let batch = ProfileBatch::new(ProfileType::cpu_samples(19), 0, 1);
+            .unwrap_or_else(|e| panic!("{path}: not built: {e}"));
+        let start = agent_core::service::START_TIMEOUT;
+        let started = |result: Result<Result<(), _>, _>| {
+            result
+                .unwrap_or_else(|_| panic!("{path}: not started within {start:?}"))
+                .unwrap_or_else(|e| panic!("{path}: does not start: {e}"))
+        };
+        let batch = ProfileBatch::one_sample_per_series([LabelSet::new([
+            ("pid", "1"),
+            ("comm", "conformance"),
+        ])]);
         match component {
-            Component::Receiver(receiver) => {
+            Component::Receiver(mut receiver) => {
+                started(tokio::time::timeout(start, receiver.start()).await);
                 let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
                 let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
                 let running = tokio::spawn(receiver.run(BatchSink::for_test(vec![tx]), stopping));
@@ -371,18 +381,37 @@ mod conformance {
                 eprintln!("{path}: stopped in {:?}", stopped.elapsed());
             }
             Component::Processor(mut processor) => {
-                processor
-                    .process(batch)
+                started(tokio::time::timeout(start, processor.start()).await);
+                let processed = tokio::task::spawn_blocking(move || {
+                    processor.process(batch).map(|_| processor)
+                })
+                .await
+                .unwrap();
+                let mut processor = processed.unwrap_or_else(|e| panic!("{path}: {e}"));
+                tokio::time::timeout(Duration::from_secs(10), processor.shutdown())
+                    .await
+                    .unwrap_or_else(|_| panic!("{path}: shutdown took 10 s"))
                     .unwrap_or_else(|e| panic!("{path}: {e}"));
             }
             Component::Exporter(mut exporter) => {
-                let batch = Arc::new(batch);
-                tokio::time::timeout(Duration::from_secs(10), exporter.export(batch))
-                    .await
-                    .unwrap_or_else(|_| panic!("{path}: an empty batch took 10 s"))
-                    .unwrap_or_else(|e| panic!("{path}: {e}"));
+                started(tokio::time::timeout(start, exporter.start()).await);
+                // A backend that is down (127.0.0.1:1): the export goes on
+                // retrying until the stop's flush bound ends it.
+                let exporting = tokio::spawn(async move {
+                    let result = exporter.export(Arc::new(batch)).await;
+                    (exporter, result)
+                });
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 stop.stop();
                 let stopped = Instant::now();
+                let (mut exporter, result) =
+                    tokio::time::timeout(Duration::from_secs(3), exporting)
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!("{path}: an export went on past its flush bound + 2 s")
+                        })
+                        .unwrap();
+                eprintln!("{path}: export ended with {result:?}");
                 tokio::time::timeout(Duration::from_secs(3), exporter.shutdown())
                     .await
                     .unwrap_or_else(|_| panic!("{path}: shutdown past its flush bound + 2 s"))

@@ -514,8 +514,13 @@ fn extreme_values_are_refused_with_their_key_path_never_with_a_panic() {
     let mut tried = 0;
     for (section, component) in components {
         let id = component.split(':').next().unwrap();
-        let component_schema =
-            &schema["properties"][section]["patternProperties"][format!("^{id}(/.+)?$")];
+        // A component's config, or nothing (its defaults).
+        let component_schema = &schema["properties"][section]["patternProperties"]
+            [format!("^{id}(/.+)?$")]["anyOf"][0];
+        assert!(
+            component_schema["properties"].is_object(),
+            "{section}::{id}: no schema"
+        );
         let cases: Vec<(String, &str)> = keys(component_schema)
             .into_iter()
             .flat_map(|k| {

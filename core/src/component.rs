@@ -100,9 +100,60 @@ pub struct BuildContext {
     /// Resolves once the agent is stopping: an exporter retrying a batch
     /// bounds its retries from then on (`shutdown_flush_timeout`).
     pub stopping: Shutdown,
+    /// State shared by every instance of one component id (see
+    /// [`BuildContext::shared`]).
+    pub shared: SharedStates,
 }
 
+/// Counts the started instances of a shared state, so that the first
+/// start begins its work and the last shutdown ends it.
+#[derive(Debug, Default)]
+pub struct Users(std::sync::atomic::AtomicUsize);
+
+impl Users {
+    /// One more instance started; true for the first.
+    pub fn first_in(&self) -> bool {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// One instance shut down; true for the last.
+    pub fn last_out(&self) -> bool {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1
+    }
+}
+
+/// State kept once per component id for the whole service, whatever the
+/// number of instances built for it.
+#[derive(Clone, Default)]
+pub struct SharedStates(Arc<std::sync::Mutex<SharedMap>>);
+
+type SharedMap =
+    std::collections::HashMap<(String, std::any::TypeId), Arc<dyn std::any::Any + Send + Sync>>;
+
 impl BuildContext {
+    /// The state every instance of this component id shares: a processor
+    /// named by several pipelines is built once per pipeline (each with
+    /// its own place in its chain), but what it watches or caches of the
+    /// world (Kubernetes watches, container-runtime lookups) should exist
+    /// once, as the Collector's shared components do. `make` runs for the
+    /// first instance, given this component's metrics without the
+    /// `pipeline` label; the others get the same value.
+    pub fn shared<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce(&ComponentTelemetry) -> T,
+    ) -> Arc<T> {
+        let key = (self.id.clone(), std::any::TypeId::of::<T>());
+        let mut map = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(key).or_insert_with(|| {
+            Arc::new(make(&self.telemetry.without("pipeline")))
+                as Arc<dyn std::any::Any + Send + Sync>
+        });
+        entry
+            .clone()
+            .downcast::<T>()
+            .expect("keyed by the type it holds")
+    }
+
     /// The agent's tokio runtime, for components that spawn tasks or open
     /// connections; an error naming the component when built outside it.
     pub fn runtime(&self) -> Result<tokio::runtime::Handle, ComponentError> {
@@ -122,6 +173,7 @@ impl BuildContext {
                 shutdown_timeout: std::time::Duration::from_secs(30),
             },
             stopping: Shutdown::never(),
+            shared: SharedStates::default(),
         }
     }
 }
@@ -290,6 +342,13 @@ impl BatchSink {
 /// A source of batches.
 #[async_trait::async_trait]
 pub trait Receiver: Send {
+    /// Begins what needs the agent running (a BPF program attached, a
+    /// connection opened); called once, after every exporter and processor
+    /// has started. An error fails the agent's start, naming this receiver.
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
     /// Produces batches into `sink` until it runs out of input or `shutdown`
     /// is requested; then emits what it holds (the last window) and returns.
     async fn run(
@@ -311,7 +370,23 @@ pub enum LabelUse {
 }
 
 /// A transformation of batches; one instance per pipeline, called in order.
+/// What it watches or caches of the world is shared across its instances
+/// ([`BuildContext::shared`]).
+#[async_trait::async_trait]
 pub trait Processor: Send {
+    /// Begins background work (watches, lookups); called once before the
+    /// first batch, after the exporters have started. An error fails the
+    /// agent's start, naming this processor.
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
+    /// Ends background work; called once after the last batch, before the
+    /// exporters shut down.
+    async fn shutdown(&mut self) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
     /// Transforms one batch. An error drops the batch (it is counted).
     fn process(&mut self, batch: ProfileBatch) -> Result<ProfileBatch, ComponentError>;
 
@@ -333,6 +408,13 @@ pub trait Processor: Send {
 /// A destination of batches; one instance shared by every pipeline naming it.
 #[async_trait::async_trait]
 pub trait Exporter: Send {
+    /// Begins background work (a writer task, uploads); called once before
+    /// the first batch, exporters first of all components. An error fails
+    /// the agent's start, naming this exporter.
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
     /// Sends one batch. An error is counted and logged; the batch is not retried
     /// here (exporters that retry do it themselves, within their own buffer).
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError>;
@@ -435,8 +517,10 @@ pub trait Factory: Send + Sync + 'static {
     type Config: ComponentConfig;
     /// `Box<dyn Receiver>`, `Box<dyn Processor>` or `Box<dyn Exporter>`.
     type Output: IntoComponent;
-    /// Builds one instance; start-up problems (unreadable paths, missing
-    /// privileges) are reported here, before anything runs.
+    /// Builds one instance and checks what can be checked before anything
+    /// runs (unreadable paths, missing privileges); work that runs — tasks,
+    /// threads, attached programs, connections — begins in the component's
+    /// `start`, and ends in its `shutdown`.
     fn create(
         &self,
         config: Self::Config,

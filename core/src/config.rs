@@ -494,6 +494,10 @@ pub fn load(
             ));
         }
     }
+    // Old key names are moved first, so that a flag setting the new key
+    // overrides the file whichever name the file uses.
+    let mut warnings = Vec::new();
+    move_renamed_keys(&mut root, registry, &mut errors, &mut warnings);
     apply_overrides(&mut root, overrides, registry, &mut errors);
 
     let mut components = Vec::new();
@@ -602,7 +606,6 @@ pub fn load(
             ));
         }
     }
-    let mut warnings = Vec::new();
     check_pipelines(&root, &service, &components, &mut errors, &mut warnings);
     if errors.is_empty() {
         Ok(AgentConfig {
@@ -723,39 +726,84 @@ fn apply_overrides(
     }
 }
 
-/// Sets a `::`-separated field inside a mapping, creating mappings on the way.
+/// Moves each component's old key names (its factory's `RENAMED_KEYS`) to
+/// their new place, with a warning; an old key given with its new one is
+/// an error (a null old key is just dropped).
+fn move_renamed_keys(
+    root: &mut Mapping,
+    registry: &Registry,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
+) {
+    for kind in [Kind::Receiver, Kind::Processor, Kind::Exporter] {
+        let section = kind.section();
+        let Some(Value::Mapping(entries)) = root.get_mut(section) else {
+            continue;
+        };
+        for (key, value) in entries.iter_mut() {
+            let key = key_text(key);
+            let Some(factory) = ComponentId::parse(&key)
+                .ok()
+                .and_then(|id| registry.get(kind, &id.type_name))
+            else {
+                continue;
+            };
+            for (old, new) in factory.renamed_keys() {
+                let path = join_path(&join_path(section, &key), old);
+                match move_renamed_key(value, old, new) {
+                    Ok(true) => warnings.push(format!(
+                        "{path} is the old name of {}; it still works",
+                        join_path(&join_path(section, &key), new)
+                    )),
+                    Ok(false) => {}
+                    Err(e) => errors.push(ConfigError::new(path, e)),
+                }
+            }
+        }
+    }
+}
+
 /// Moves the value at `old` (a `::` path) to `new` in a component's config,
-/// for a key that was renamed; both given is an error.
-pub(crate) fn move_renamed_key(config: &mut Value, old: &str, new: &str) -> Result<(), String> {
+/// for a key that was renamed: true when it moved; both given is an error.
+pub(crate) fn move_renamed_key(config: &mut Value, old: &str, new: &str) -> Result<bool, String> {
     let (parent, last) = old.rsplit_once("::").unwrap_or(("", old));
     let mut current = &mut *config;
     for part in parent.split("::").filter(|p| !p.is_empty()) {
         match current.get_mut(part) {
             Some(next) => current = next,
-            None => return Ok(()),
+            None => return Ok(false),
         }
     }
     let Some(moved) = current.as_mapping_mut().and_then(|m| m.remove(last)) else {
-        return Ok(());
+        return Ok(false);
     };
+    if moved.is_null() {
+        return Ok(false);
+    }
     let mut target = &*config;
-    let mut present = true;
-    for part in new.split("::") {
+    for (i, part) in new.split("::").enumerate() {
+        if !target.is_mapping() && !target.is_null() {
+            let parent = new.split("::").take(i).collect::<Vec<_>>().join("::");
+            return Err(format!(
+                "is the old name of {new}, but {parent} is not a mapping"
+            ));
+        }
         match target.get(part) {
             Some(next) => target = next,
             None => {
-                present = false;
-                break;
+                set_field(config, new, moved);
+                return Ok(true);
             }
         }
     }
-    if present && !target.is_null() {
+    if !target.is_null() {
         return Err(format!("is the old name of {new}; give one of them"));
     }
     set_field(config, new, moved);
-    Ok(())
+    Ok(true)
 }
 
+/// Sets a `::`-separated field inside a mapping, creating mappings on the way.
 fn set_field(target: &mut Value, field: &str, value: Value) {
     let mut current = target;
     for part in field.split("::") {
@@ -927,5 +975,44 @@ mod tests {
     fn suggestions() {
         assert_eq!(did_you_mean("fiel", ["file", "pprof"]), Some("file"));
         assert_eq!(did_you_mean("zzz", ["file", "pprof"]), None);
+    }
+
+    #[test]
+    fn renamed_keys_move_once_and_conflicts_are_named() {
+        let yaml = |text: &str| -> Value { serde_yaml::from_str(text).unwrap() };
+        let mut config = yaml("{insecure: true, other: 1}");
+        assert_eq!(
+            move_renamed_key(&mut config, "insecure", "tls::insecure"),
+            Ok(true)
+        );
+        assert_eq!(config, yaml("{other: 1, tls: {insecure: true}}"));
+        // Absent, or null: nothing to move.
+        assert_eq!(
+            move_renamed_key(&mut config, "insecure", "tls::insecure"),
+            Ok(false)
+        );
+        let mut config = yaml("{insecure: ~, tls: {insecure: true}}");
+        assert_eq!(
+            move_renamed_key(&mut config, "insecure", "tls::insecure"),
+            Ok(false)
+        );
+        assert_eq!(config, yaml("{tls: {insecure: true}}"));
+        // Both: an error, whatever the values.
+        let mut config = yaml("{insecure: true, tls: {insecure: true}}");
+        assert!(move_renamed_key(&mut config, "insecure", "tls::insecure")
+            .unwrap_err()
+            .contains("give one of them"));
+        // The new key's parent is not a mapping: said, not overwritten.
+        let mut config = yaml("{insecure: true, tls: true}");
+        assert!(move_renamed_key(&mut config, "insecure", "tls::insecure")
+            .unwrap_err()
+            .contains("tls is not a mapping"));
+        // A whole block.
+        let mut config = yaml("{retry: {max_interval: 9s}}");
+        assert_eq!(
+            move_renamed_key(&mut config, "retry", "retry_on_failure"),
+            Ok(true)
+        );
+        assert_eq!(config, yaml("{retry_on_failure: {max_interval: 9s}}"));
     }
 }

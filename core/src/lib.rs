@@ -1,16 +1,14 @@
-//! Core of the agent: the profile model, the component traits and registry,
-//! config loading, the pipeline runtime, the agent's own metrics, and the
-//! pprof and OTLP conversions.
+//! The pipeline: component traits and registry, config loading, the
+//! service that runs receivers, processors and exporters, and the agent's
+//! own metrics. The profile model and its conversions live in
+//! `agent-profile`, re-exported here for components.
 #![warn(missing_docs)]
 
 pub mod bounds;
 pub mod component;
 pub mod config;
 pub mod file_id;
-pub mod model;
-pub mod otlp;
 pub mod panics;
-pub mod pprof;
 pub mod registry;
 pub mod schema;
 pub mod secret;
@@ -19,6 +17,7 @@ pub mod service;
 pub mod stderr_tail;
 pub mod telemetry;
 
+pub use agent_profile::{model, otlp, pprof};
 pub use async_trait::async_trait;
 pub use component::*;
 pub use model::*;

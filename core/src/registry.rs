@@ -29,6 +29,8 @@ pub trait DynFactory: Send + Sync {
     fn default_config(&self) -> Value;
     /// The config's JSON Schema (an exporter's with its `sending_queue`).
     fn config_schema(&self) -> schemars::Schema;
+    /// Old key names still accepted, `(old, new)`.
+    fn renamed_keys(&self) -> &'static [(&'static str, &'static str)];
     /// Parses and validates `value` (null = defaults); errors carry `path`.
     fn parse(&self, value: &Value, path: &str) -> Result<ParsedConfig, Vec<ConfigError>>;
     /// Builds an instance from a config this factory parsed.
@@ -57,6 +59,10 @@ impl<F: Factory> DynFactory for Erased<F> {
 
     fn default_config(&self) -> Value {
         serde_yaml::to_value(F::Config::default()).unwrap_or(Value::Null)
+    }
+
+    fn renamed_keys(&self) -> &'static [(&'static str, &'static str)] {
+        F::Config::RENAMED_KEYS
     }
 
     fn config_schema(&self) -> schemars::Schema {

@@ -85,12 +85,12 @@ pub struct Key {
 pub fn keys(schema: &Value) -> Vec<Key> {
     let mut out = Vec::new();
     if let Some(object) = schema.as_object() {
-        collect_keys(object, "", &mut out);
+        collect_keys(object, "", false, &mut out);
     }
     out
 }
 
-fn collect_keys(object: &Map<String, Value>, prefix: &str, out: &mut Vec<Key>) {
+fn collect_keys(object: &Map<String, Value>, prefix: &str, optional: bool, out: &mut Vec<Key>) {
     let Some(Value::Object(properties)) = object.get("properties") else {
         return;
     };
@@ -103,35 +103,35 @@ fn collect_keys(object: &Map<String, Value>, prefix: &str, out: &mut Vec<Key>) {
         let Some(object) = property.as_object() else {
             continue;
         };
-        let property = without_null(object);
+        let (property, nullable) = without_null(object);
+        // Below an optional struct, every key may be absent.
+        let optional = optional || nullable;
         if property.contains_key("properties") {
-            collect_keys(&property, &path, out);
+            collect_keys(&property, &path, optional, out);
         } else {
             out.push(Key {
                 kind: kind_of(&property),
-                optional: property.len() < object.len() || accepts_null(object),
+                optional,
                 path,
             });
         }
     }
 }
 
-/// A type list holding `null` (`Option<String>` is `["string", "null"]`).
-fn accepts_null(object: &Map<String, Value>) -> bool {
-    matches!(object.get("type"), Some(Value::Array(ts)) if ts.iter().any(|t| t == "null"))
-}
-
-/// An optional value's schema without its `null` alternative.
-fn without_null(object: &Map<String, Value>) -> Map<String, Value> {
+/// A value's schema without its `null` alternative, and whether it had
+/// one (`Option<String>` is `type: ["string", "null"]`, `Option<Struct>`
+/// an `anyOf` with a `null` branch).
+fn without_null(object: &Map<String, Value>) -> (Map<String, Value>, bool) {
     if let Some(Value::Array(branches)) = object.get("anyOf") {
-        let mut rest = branches
-            .iter()
-            .filter(|b| b.get("type").and_then(Value::as_str) != Some("null"));
+        let is_null = |b: &&Value| b.get("type").and_then(Value::as_str) == Some("null");
+        let mut rest = branches.iter().filter(|b| !is_null(b));
         if let (Some(Value::Object(only)), None) = (rest.next(), rest.next()) {
-            return only.clone();
+            return (only.clone(), branches.iter().any(|b| is_null(&b)));
         }
     }
-    object.clone()
+    let nullable =
+        matches!(object.get("type"), Some(Value::Array(ts)) if ts.iter().any(|t| t == "null"));
+    (object.clone(), nullable)
 }
 
 fn kind_of(object: &Map<String, Value>) -> KeyKind {
@@ -168,21 +168,30 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         let mut by_id = Map::new();
         for factory in registry.factories().filter(|f| f.kind() == kind) {
             let pattern = format!("^{}(/.+)?$", regex::escape(factory.type_name()));
-            by_id.insert(pattern, factory.config_schema().to_value());
+            // `metadata:` with nothing after it takes the defaults.
+            by_id.insert(
+                pattern,
+                serde_json::json!({"anyOf": [factory.config_schema().to_value(), {"type": "null"}]}),
+            );
         }
         sections.insert(
             kind.section().to_owned(),
             serde_json::json!({
-                "type": "object",
+                "type": ["object", "null"],
                 "patternProperties": by_id,
                 "additionalProperties": false,
             }),
         );
     }
-    sections.insert(
-        "service".to_owned(),
-        inline_schema_for::<ServiceConfig>().to_value(),
-    );
+    let mut service = inline_schema_for::<ServiceConfig>().to_value();
+    // Its default is the host name of whoever runs `agent schema`.
+    if let Some(node) = service
+        .pointer_mut("/properties/node")
+        .and_then(Value::as_object_mut)
+    {
+        node.remove("default");
+    }
+    sections.insert("service".to_owned(), service);
     serde_json::json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "agent pipeline config",
@@ -231,23 +240,23 @@ mod tests {
 
     #[test]
     fn keys_are_paths_to_leaves_with_their_kinds() {
-        let keys: Vec<(String, KeyKind)> = keys(inline_schema_for::<Outer>().as_value())
+        let keys: Vec<(String, KeyKind, bool)> = keys(inline_schema_for::<Outer>().as_value())
             .into_iter()
-            .map(|k| (k.path, k.kind))
+            .map(|k| (k.path, k.kind, k.optional))
             .collect();
         let expected = [
-            ("inner::limit", KeyKind::Integer),
-            ("inner::wait", KeyKind::Duration),
-            ("labels", KeyKind::Map),
-            ("list", KeyKind::List),
-            ("maybe::limit", KeyKind::Integer),
-            ("maybe::wait", KeyKind::Duration),
-            ("name", KeyKind::Text),
-            ("on", KeyKind::Bool),
+            ("inner::limit", KeyKind::Integer, true),
+            ("inner::wait", KeyKind::Duration, false),
+            ("labels", KeyKind::Map, false),
+            ("list", KeyKind::List, false),
+            ("maybe::limit", KeyKind::Integer, true),
+            ("maybe::wait", KeyKind::Duration, true),
+            ("name", KeyKind::Text, false),
+            ("on", KeyKind::Bool, false),
         ];
         assert_eq!(
             keys,
-            expected.map(|(p, k)| (p.to_owned(), k)).to_vec(),
+            expected.map(|(p, k, o)| (p.to_owned(), k, o)).to_vec(),
             "{:#}",
             inline_schema_for::<Outer>().to_value()
         );

@@ -70,6 +70,16 @@ pub enum ServiceError {
         /// The factory's error.
         error: ComponentError,
     },
+    /// A component did not start (or not within [`START_TIMEOUT`]).
+    #[error("{section}::{id}: cannot start: {error}")]
+    Start {
+        /// `receivers`, `processors` or `exporters`.
+        section: &'static str,
+        /// The component id.
+        id: String,
+        /// Why.
+        error: ComponentError,
+    },
     /// A receiver stopped with an error.
     #[error("receiver {id} failed: {error}")]
     ReceiverFailed {
@@ -168,6 +178,9 @@ pub struct Service {
     /// Sets off `shutdown`, which components were built with.
     stop: Stop,
     shutdown: Shutdown,
+    /// What instances of one component id share.
+    #[cfg_attr(not(test), allow(dead_code))]
+    shared: SharedStates,
 }
 
 impl Service {
@@ -180,6 +193,7 @@ impl Service {
         agent_revision: &str,
     ) -> Result<Self, ServiceError> {
         let (stop, shutdown) = Shutdown::new();
+        let shared = SharedStates::default();
         let settings = ServiceSettings {
             node: config.service.node.clone(),
             agent_revision: agent_revision.to_owned(),
@@ -203,6 +217,7 @@ impl Service {
                     telemetry: telemetry.scoped(&labels),
                     service: settings.clone(),
                     stopping: shutdown.clone(),
+                    shared: shared.clone(),
                 };
                 factory
                     .build(&c.config, &ctx)
@@ -322,6 +337,7 @@ impl Service {
             latest,
             stop,
             shutdown,
+            shared,
         })
     }
 
@@ -330,12 +346,68 @@ impl Service {
         self.latest.clone()
     }
 
-    /// Runs until `stop` resolves or every receiver has finished, then
-    /// flushes the last window through every pipeline and exporter.
+    /// Starts every component: exporters, then each pipeline's processors
+    /// in order, then receivers, each within [`START_TIMEOUT`]. When one
+    /// fails, those started are shut down again (in reverse order) and the
+    /// error names it.
+    async fn start(&mut self) -> Result<(), ServiceError> {
+        let mut failure = None;
+        let mut exporters_started = 0;
+        for e in &mut self.exporters {
+            if let Err(error) = bounded_start("exporters", &e.id, e.exporter.start()).await {
+                failure = Some(error);
+                break;
+            }
+            exporters_started += 1;
+        }
+        let mut processors_started = Vec::new();
+        'pipelines: for p in &mut self.pipelines {
+            let mut started = 0;
+            if failure.is_none() {
+                for (id, processor) in &mut p.processors {
+                    if let Err(error) = bounded_start("processors", id, processor.start()).await {
+                        failure = Some(error);
+                        processors_started.push(started);
+                        break 'pipelines;
+                    }
+                    started += 1;
+                }
+            }
+            processors_started.push(started);
+        }
+        if failure.is_none() {
+            for (id, receiver, _) in &mut self.receivers {
+                if let Err(error) = bounded_start("receivers", id, receiver.start()).await {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let Some(failure) = failure else {
+            return Ok(());
+        };
+        // Undo what started, newest first. Receivers that started stop
+        // when dropped with the service.
+        for (p, started) in self.pipelines.iter_mut().zip(processors_started).rev() {
+            for (id, processor) in p.processors[..started].iter_mut().rev() {
+                bounded_shutdown("processor", id, processor.shutdown()).await;
+            }
+        }
+        for e in self.exporters[..exporters_started].iter_mut().rev() {
+            bounded_shutdown("exporter", &e.id, e.exporter.shutdown()).await;
+        }
+        Err(failure)
+    }
+
+    /// Starts every component, runs until `stop` resolves or every receiver
+    /// has finished, then flushes the last window through every pipeline and
+    /// exporter and shuts them down: receivers, then processors, then
+    /// exporters.
     pub async fn run(
-        self,
+        mut self,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServiceError> {
+        self.start().await?;
         // Pipelines and exporters end when their inputs close (the
         // receivers feeding them finished); one that panics has failed:
         // shown, remembered, and the exit says so.
@@ -456,6 +528,40 @@ impl Service {
         }
         info!("stopped");
         failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Longest one component may take to start.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs one component's start within [`START_TIMEOUT`].
+async fn bounded_start(
+    section: &'static str,
+    id: &str,
+    start: impl std::future::Future<Output = Result<(), ComponentError>>,
+) -> Result<(), ServiceError> {
+    let error = match tokio::time::timeout(START_TIMEOUT, start).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(error)) => error,
+        Err(_) => format!("not started within {START_TIMEOUT:?}").into(),
+    };
+    error!(%section, %id, %error, "cannot start");
+    Err(ServiceError::Start {
+        section,
+        id: id.to_owned(),
+        error,
+    })
+}
+
+/// Runs one component's shutdown, logging a failure; bounded by the
+/// service's own shutdown timeout around the whole drain.
+async fn bounded_shutdown(
+    kind: &str,
+    id: &str,
+    shutdown: impl std::future::Future<Output = Result<(), ComponentError>>,
+) {
+    if let Err(error) = shutdown.await {
+        warn!(%kind, %id, %error, "failed to shut down cleanly");
     }
 }
 
@@ -605,6 +711,11 @@ async fn run_pipeline(mut p: PipelineRuntime) {
             e.offer(batch.clone(), &trace).await;
         }
     }
+    // The input closed: no batch comes any more. Processors end their work
+    // before the exporters (whose queues close when this task ends).
+    for (id, processor) in p.processors.iter_mut().rev() {
+        bounded_shutdown("processor", id, processor.shutdown()).await;
+    }
 }
 
 /// Tells each processor of a pipeline which labels can be read after it.
@@ -685,9 +796,7 @@ async fn run_exporter(mut e: ExporterRuntime) {
         span.end();
         latency.observe(started.elapsed().as_secs_f64());
     }
-    if let Err(error) = e.exporter.shutdown().await {
-        warn!(exporter = %e.id, %error, "exporter failed to flush at shutdown");
-    }
+    bounded_shutdown("exporter", &e.id, e.exporter.shutdown()).await;
 }
 
 /// How often an exporter's progress is summed up at info level.
@@ -1106,6 +1215,211 @@ service: {pipelines: {profiles: {receivers: [counting], exporters: [sink]}}}
         // No relabel in this pipeline: internal labels are dropped anyway.
         let names: Vec<String> = out.label_names.lock().unwrap().iter().cloned().collect();
         assert_eq!(names, ["n", "thread_id"]);
+    }
+
+    /// Components that write what happens to them in one log.
+    mod lifecycle {
+        use super::*;
+
+        type Log = Arc<Mutex<Vec<String>>>;
+
+        #[derive(Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+        #[serde(deny_unknown_fields, default)]
+        struct LoggedConfig {
+            fail_start: bool,
+        }
+        impl ComponentConfig for LoggedConfig {}
+
+        /// Logs `start <id>`, `shutdown <id>`; fails its start when told.
+        struct Logged {
+            id: String,
+            log: Log,
+            fail_start: bool,
+            /// What every instance of this id shares.
+            shared: Arc<Mutex<usize>>,
+        }
+        impl Logged {
+            fn note(&self, what: &str) {
+                self.log.lock().unwrap().push(format!("{what} {}", self.id));
+            }
+            fn start(&self) -> Result<(), ComponentError> {
+                self.note("start");
+                if self.fail_start {
+                    return Err("no such device".into());
+                }
+                Ok(())
+            }
+        }
+        #[async_trait::async_trait]
+        impl Receiver for Logged {
+            async fn start(&mut self) -> Result<(), ComponentError> {
+                Logged::start(self)
+            }
+            async fn run(
+                self: Box<Self>,
+                sink: BatchSink,
+                mut shutdown: Shutdown,
+            ) -> Result<(), ComponentError> {
+                sink.send(batch(1)).await;
+                shutdown.requested().await;
+                self.note("stopped");
+                Ok(())
+            }
+        }
+        #[async_trait::async_trait]
+        impl Processor for Logged {
+            async fn start(&mut self) -> Result<(), ComponentError> {
+                Logged::start(self)
+            }
+            async fn shutdown(&mut self) -> Result<(), ComponentError> {
+                self.note("shutdown");
+                Ok(())
+            }
+            fn process(&mut self, b: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
+                *self.shared.lock().unwrap() += 1;
+                Ok(b)
+            }
+        }
+        #[async_trait::async_trait]
+        impl Exporter for Logged {
+            async fn start(&mut self) -> Result<(), ComponentError> {
+                Logged::start(self)
+            }
+            async fn export(&mut self, _: Arc<ProfileBatch>) -> Result<(), ComponentError> {
+                Ok(())
+            }
+            async fn shutdown(&mut self) -> Result<(), ComponentError> {
+                self.note("shutdown");
+                Ok(())
+            }
+        }
+
+        struct LoggedFactory<const KIND: u8>(Log);
+        impl<const KIND: u8> LoggedFactory<KIND> {
+            fn logged(&self, c: LoggedConfig, ctx: &BuildContext) -> Box<Logged> {
+                Box::new(Logged {
+                    id: ctx.id.clone(),
+                    log: self.0.clone(),
+                    fail_start: c.fail_start,
+                    shared: ctx.shared(|_| Mutex::new(0)),
+                })
+            }
+        }
+        macro_rules! logged_factory {
+            ($kind:literal, $type:literal, $output:ty) => {
+                impl Factory for LoggedFactory<$kind> {
+                    const TYPE: &'static str = $type;
+                    const STABILITY: Stability = Stability::Development;
+                    const DESCRIPTION: &'static str = "test component";
+                    type Config = LoggedConfig;
+                    type Output = $output;
+                    fn create(
+                        &self,
+                        c: LoggedConfig,
+                        ctx: &BuildContext,
+                    ) -> Result<Self::Output, ComponentError> {
+                        Ok(self.logged(c, ctx))
+                    }
+                }
+            };
+        }
+        logged_factory!(0, "logged_receiver", Box<dyn Receiver>);
+        logged_factory!(1, "logged_processor", Box<dyn Processor>);
+        logged_factory!(2, "logged_exporter", Box<dyn Exporter>);
+
+        fn service(yaml: &str, log: &Log) -> Service {
+            let mut r = Registry::default();
+            r.register(LoggedFactory::<0>(log.clone()));
+            r.register(LoggedFactory::<1>(log.clone()));
+            r.register(LoggedFactory::<2>(log.clone()));
+            let config = load(yaml, &[], &r, &|_| None).unwrap();
+            Service::build(&config, &r, &Telemetry::default(), "test").unwrap()
+        }
+
+        const TWO_PIPELINES: &str = r#"
+receivers: {logged_receiver: {}}
+processors: {logged_processor: {}}
+exporters: {logged_exporter: {}}
+service:
+  pipelines:
+    profiles/a: {receivers: [logged_receiver], processors: [logged_processor], exporters: [logged_exporter]}
+    profiles/b: {receivers: [logged_receiver], processors: [logged_processor], exporters: [logged_exporter]}
+"#;
+
+        #[tokio::test]
+        async fn building_starts_nothing_and_components_start_and_stop_in_order() {
+            let log = Log::default();
+            let service = service(TWO_PIPELINES, &log);
+            assert!(log.lock().unwrap().is_empty(), "create only builds");
+            service
+                .run(tokio::time::sleep(Duration::from_millis(100)))
+                .await
+                .unwrap();
+            let log = log.lock().unwrap().clone();
+            assert_eq!(
+                log,
+                [
+                    "start logged_exporter",
+                    "start logged_processor",
+                    "start logged_processor",
+                    "start logged_receiver",
+                    "stopped logged_receiver",
+                    "shutdown logged_processor",
+                    "shutdown logged_processor",
+                    "shutdown logged_exporter",
+                ]
+            );
+        }
+
+        #[tokio::test]
+        async fn a_processor_in_two_pipelines_is_two_instances_with_one_shared_state() {
+            let log = Log::default();
+            let service = service(TWO_PIPELINES, &log);
+            let instances: Vec<usize> = service
+                .pipelines
+                .iter()
+                .map(|p| p.processors.len())
+                .collect();
+            assert_eq!(instances, [1, 1], "one instance per pipeline");
+            // The state made at build; both instances count into it.
+            let probe = BuildContext {
+                shared: service.shared.clone(),
+                ..BuildContext::for_test("logged_processor")
+            };
+            let state = probe.shared(|_| Mutex::new(usize::MAX));
+            service
+                .run(tokio::time::sleep(Duration::from_millis(100)))
+                .await
+                .unwrap();
+            assert_eq!(*state.lock().unwrap(), 2, "one batch through each pipeline");
+        }
+
+        #[tokio::test]
+        async fn a_component_that_cannot_start_fails_the_start_naming_it_and_what_started_stops() {
+            let log = Log::default();
+            let service = service(
+                &TWO_PIPELINES.replace(
+                    "processors: {logged_processor: {}}",
+                    "processors: {logged_processor: {fail_start: true}}",
+                ),
+                &log,
+            );
+            let error = service.run(std::future::pending()).await.unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "processors::logged_processor: cannot start: no such device"
+            );
+            let log = log.lock().unwrap().clone();
+            assert_eq!(
+                log,
+                [
+                    "start logged_exporter",
+                    "start logged_processor",
+                    "shutdown logged_exporter",
+                ],
+                "the receiver never started; the exporter was shut down"
+            );
+        }
     }
 
     #[test]

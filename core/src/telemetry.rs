@@ -282,6 +282,20 @@ impl ComponentTelemetry {
         self.telemetry.counter(name, help, &self.with(extra))
     }
 
+    /// The same labels without `label` (what a component shares across
+    /// pipelines is not one pipeline's).
+    pub fn without(&self, label: &str) -> ComponentTelemetry {
+        ComponentTelemetry {
+            telemetry: self.telemetry.clone(),
+            labels: self
+                .labels
+                .iter()
+                .filter(|(k, _)| k != label)
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// A gauge with this component's labels plus `extra`.
     pub fn gauge(&self, name: &str, help: &str, extra: &[(&str, &str)]) -> Gauge {
         self.telemetry.gauge(name, help, &self.with(extra))

@@ -71,8 +71,19 @@ pub struct Delivery {
     timeout: Duration,
     flush: FlushBound,
     metrics: DeliveryMetrics,
-    /// The last attempt failed: the next failure is not logged again.
-    failing: bool,
+    /// How the last attempt failed, when it did: a failure of the same kind
+    /// is not logged again (a refusal for good does not count: it is
+    /// logged every time and is no outage).
+    failing: Option<Outage>,
+}
+
+/// What kind of outage the backend is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// It cannot take requests for now.
+    Unavailable,
+    /// It refuses them until something changes (credentials).
+    Refusing,
 }
 
 impl Delivery {
@@ -94,7 +105,7 @@ impl Delivery {
             timeout,
             flush: FlushBound::new(ctx, "shutdown_flush_timeout", shutdown_flush_timeout)?,
             metrics: DeliveryMetrics::new(&ctx.telemetry),
-            failing: false,
+            failing: None,
         })
     }
 
@@ -110,7 +121,10 @@ impl Delivery {
         F: FnMut(Duration) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let give_up_at = Instant::now() + self.retry.max_elapsed_time;
+        // Zero is the Collector's "never give up" (the flush bound still
+        // ends retries once the agent stops).
+        let give_up_at = (!self.retry.max_elapsed_time.is_zero())
+            .then(|| Instant::now() + self.retry.max_elapsed_time);
         let mut backoff = Backoff::new(self.retry.initial_interval, self.retry.max_interval);
         let stopped = Undelivered::Stopped(self.flush.timeout());
         loop {
@@ -126,7 +140,7 @@ impl Delivery {
             let failure = match outcome {
                 Ok(answer) => {
                     self.metrics.attempts_ok.inc();
-                    if std::mem::replace(&mut self.failing, false) {
+                    if self.failing.take().is_some() {
                         info!(exporter = %self.exporter, destination = %self.destination, "delivering again");
                     }
                     return Ok(answer);
@@ -134,7 +148,6 @@ impl Delivery {
                 Err(failure) => failure,
             };
             self.metrics.attempts_failed.inc();
-            let first = !std::mem::replace(&mut self.failing, true);
             let after = match failure.verdict {
                 Verdict::Permanent => {
                     warn!(exporter = %self.exporter, destination = %self.destination, reason = %failure.reason,
@@ -142,7 +155,7 @@ impl Delivery {
                     return Err(Undelivered::Rejected(failure.reason));
                 }
                 Verdict::Later => {
-                    if first {
+                    if self.failing.replace(Outage::Refusing) != Some(Outage::Refusing) {
                         error!(exporter = %self.exporter, destination = %self.destination, reason = %failure.reason,
                             "the backend does not take requests; they are kept until it does");
                     }
@@ -150,7 +163,7 @@ impl Delivery {
                 }
                 Verdict::Retry { after } => after,
             };
-            if first {
+            if self.failing.replace(Outage::Unavailable) != Some(Outage::Unavailable) {
                 warn!(exporter = %self.exporter, destination = %self.destination, reason = %failure.reason,
                     retrying = self.retry.enabled, "the backend did not take a request");
             }
@@ -160,11 +173,14 @@ impl Delivery {
                     failure.reason
                 )));
             }
-            // A backend's hint is capped like any configured wait.
+            // The backend's hint is a floor, as in the Collector (a hint of
+            // zero must not turn retries into a busy loop); capped like any
+            // configured wait.
             let wait = after
-                .unwrap_or_else(|| backoff.next_delay())
+                .unwrap_or_default()
+                .max(backoff.next_delay())
                 .min(MAX_DURATION);
-            if Instant::now() + wait > give_up_at {
+            if give_up_at.is_some_and(|at| Instant::now() + wait > at) {
                 return Err(Undelivered::GaveUp(format!(
                     "not taken within retry_on_failure::max_elapsed_time ({:?}): {}",
                     self.retry.max_elapsed_time, failure.reason
@@ -286,6 +302,63 @@ mod tests {
             .await;
         assert!(matches!(once, Err(Undelivered::GaveUp(_))));
         assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_zero_max_elapsed_time_retries_until_taken_and_a_zero_hint_still_backs_off() {
+        let (mut d, _stop) = delivery(fast_retries(0), Duration::from_secs(1));
+        let calls = AtomicU32::new(0);
+        let started = std::time::Instant::now();
+        let answer = d
+            .send(|_| async {
+                match calls.fetch_add(1, Ordering::Relaxed) {
+                    n @ 0..4 => Err(Failure {
+                        verdict: Verdict::Retry {
+                            after: Some(Duration::ZERO),
+                        },
+                        reason: format!("busy {n}"),
+                    }),
+                    n => Ok(n),
+                }
+            })
+            .await;
+        assert_eq!(answer, Ok(4));
+        // Four waits of at least half of 10, 20, 20, 20 ms.
+        assert!(
+            started.elapsed() >= Duration::from_millis(35),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outage_then_refused_credentials_are_two_things_to_say() {
+        let (mut d, _stop) = delivery(fast_retries(30), Duration::from_secs(1));
+        assert!(d.failing.is_none());
+        let _ = d
+            .send(|_| async { Err::<(), _>(Failure::retryable("down")) })
+            .await;
+        assert_eq!(d.failing, Some(Outage::Unavailable));
+        let _ = d
+            .send(|_| async {
+                Err::<(), _>(Failure {
+                    verdict: Verdict::Later,
+                    reason: "token refused".into(),
+                })
+            })
+            .await;
+        assert_eq!(
+            d.failing,
+            Some(Outage::Refusing),
+            "a new kind of outage is said"
+        );
+        // A refusal for good is no outage: it neither starts nor ends one.
+        let _ = d
+            .send(|_| async { Err::<(), _>(Failure::permanent("bad")) })
+            .await;
+        assert_eq!(d.failing, Some(Outage::Refusing));
+        assert_eq!(d.send(|_| async { Ok(()) }).await, Ok(()));
+        assert!(d.failing.is_none());
     }
 
     #[tokio::test]

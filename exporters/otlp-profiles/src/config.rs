@@ -38,7 +38,7 @@ pub enum Compression {
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpProfilesConfig {
-    /// gRPC: `host:port` (TLS unless `insecure`) or an `http(s)://` URL;
+    /// gRPC: `host:port` (TLS unless `tls::insecure`) or an `http(s)://` URL;
     /// HTTP: an `http(s)://` base URL (`/v1development/profiles` is added
     /// unless the URL already ends with it). A password in it is shown
     /// redacted.

@@ -14,6 +14,7 @@ use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_object_files::{ObjectLocator, ObjectRef};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 use tonic::Code;
 use tracing::{debug, info, warn};
 
@@ -148,13 +149,35 @@ enum Outcome {
     Invalid(String),
 }
 
+/// The running uploader: offered candidates; dropped, it stops.
+pub struct Uploads {
+    candidates: mpsc::Sender<DebuginfoCandidate>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Uploads {
+    /// Offers a file to upload; a full queue drops it (its build id comes
+    /// again with a later window).
+    pub fn offer(&self, candidate: DebuginfoCandidate) {
+        let _ = self.candidates.try_send(candidate);
+    }
+}
+
+impl Drop for Uploads {
+    fn drop(&mut self) {
+        // Aborting the task drops its JoinSet, which aborts the uploads.
+        self.task.abort();
+    }
+}
+
 impl Uploader {
-    /// Starts the upload task; candidates are sent to the returned channel.
+    /// Starts the upload task; candidates are offered to what it returns,
+    /// and dropping that ends the task and every upload in flight.
     pub fn start(
         settings: UploaderSettings,
         clients: ParcaClients,
         telemetry: &ComponentTelemetry,
-    ) -> mpsc::Sender<DebuginfoCandidate> {
+    ) -> Uploads {
         let record = UploadRecord::load(&settings.temp_dir);
         let counter = |result: &str| {
             telemetry.counter(
@@ -183,22 +206,32 @@ impl Uploader {
             },
         });
         let (tx, mut rx) = mpsc::channel::<DebuginfoCandidate>(1024);
-        tokio::spawn(async move {
-            while let Some(candidate) = rx.recv().await {
-                if !uploader.claim(&candidate.build_id) {
-                    continue;
+        let task = tokio::spawn(async move {
+            let mut uploads = JoinSet::new();
+            loop {
+                tokio::select! {
+                    candidate = rx.recv() => {
+                        let Some(candidate) = candidate else { break };
+                        if !uploader.claim(&candidate.build_id) {
+                            continue;
+                        }
+                        let uploader = uploader.clone();
+                        uploads.spawn(async move {
+                            let Ok(_permit) = uploader.parallel.acquire().await else {
+                                return;
+                            };
+                            uploader.run_one(&candidate).await;
+                            uploader.release(&candidate.build_id);
+                        });
+                    }
+                    Some(_) = uploads.join_next(), if !uploads.is_empty() => {}
                 }
-                let uploader = uploader.clone();
-                tokio::spawn(async move {
-                    let Ok(_permit) = uploader.parallel.acquire().await else {
-                        return;
-                    };
-                    uploader.run_one(&candidate).await;
-                    uploader.release(&candidate.build_id);
-                });
             }
         });
-        tx
+        Uploads {
+            candidates: tx,
+            task,
+        }
     }
 
     /// Marks `build_id` as being handled; false when it needs nothing now.

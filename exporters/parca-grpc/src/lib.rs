@@ -17,14 +17,14 @@ use std::sync::{Arc, Mutex};
 use agent_core::{BuildContext, ComponentError, Exporter, Factory, ProfileBatch, Stability};
 use agent_exporter_helper::Delivery;
 use agent_object_files::ObjectLocator;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tracing::debug;
 
 pub use config::{ParcaGrpcConfig, Secret};
 
-use crate::profiles::{encode_batch, DebuginfoCandidate, ExecutableInfos};
+use crate::profiles::{encode_batch, ExecutableInfos};
 use crate::proto::debuginfo::debuginfo_service_client::DebuginfoServiceClient;
 use crate::proto::profilestore::profile_store_service_client::ProfileStoreServiceClient;
 use crate::transport::{BearerToken, TokenSource};
@@ -94,40 +94,42 @@ impl Factory for ParcaGrpcFactory {
             config.rpc_unary_timeout,
             config.shutdown_flush_timeout,
         )?;
-        let writer = tokio::spawn(writer::run(
-            buffer.clone(),
-            clients.clone(),
-            settings,
-            metrics,
-            stopped,
-            delivery,
-        ));
         let locator = ObjectLocator {
             proc_root: config.proc_root.clone(),
             debug_dirs: config.debuginfo_directories.clone(),
         };
-        let uploads = (!config.debuginfo_upload_disable).then(|| {
-            debuginfo::Uploader::start(
-                debuginfo::UploaderSettings {
-                    locator: locator.clone(),
-                    temp_dir: config.debuginfo_temp_dir.clone(),
-                    strip: config.debuginfo_strip,
-                    compress: config.debuginfo_compress,
-                    max_parallel: config.debuginfo_upload_max_parallel,
-                    timeout: config.debuginfo_upload_timeout,
-                    cache_duration: config.debuginfo_upload_cache_duration,
-                    rpc_logging: config.rpc_logging,
-                    insecure_skip_verify: config.tls.insecure_skip_verify,
-                },
-                clients,
-                &ctx.telemetry,
-            )
+        let uploader = (!config.debuginfo_upload_disable).then(|| debuginfo::UploaderSettings {
+            locator: locator.clone(),
+            temp_dir: config.debuginfo_temp_dir.clone(),
+            strip: config.debuginfo_strip,
+            compress: config.debuginfo_compress,
+            max_parallel: config.debuginfo_upload_max_parallel,
+            timeout: config.debuginfo_upload_timeout,
+            cache_duration: config.debuginfo_upload_cache_duration,
+            rpc_logging: config.rpc_logging,
+            insecure_skip_verify: config.tls.insecure_skip_verify,
         });
-        if !config.panic_reporting_disable
-            && !panic_report::register(&config, &ctx.service.agent_revision, &ctx.service.node)
-        {
-            tracing::info!(exporter = %ctx.id, "panics are reported by another parca_grpc exporter");
-        }
+        let startup = Startup {
+            writer: Box::pin(writer::run(
+                buffer.clone(),
+                clients.clone(),
+                settings,
+                metrics,
+                stopped,
+                delivery,
+            )) as WriterFuture,
+            uploader,
+            clients,
+            telemetry: ctx.telemetry.clone(),
+            panic_reports: (!config.panic_reporting_disable).then(|| {
+                (
+                    config.clone(),
+                    ctx.service.agent_revision.clone(),
+                    ctx.service.node.clone(),
+                )
+            }),
+            id: ctx.id.clone(),
+        };
         let unreadable = ctx.telemetry.counter(
             "parca_grpc_executable_info_failures",
             "Object files whose executable info could not be read (process gone, file replaced).",
@@ -137,12 +139,28 @@ impl Factory for ParcaGrpcFactory {
             address: config.address.redacted(),
             buffer,
             infos: ExecutableInfos::new(locator, unreadable),
-            uploads,
+            startup: Some(Box::new(startup)),
+            uploads: None,
             stop,
-            writer: Some(writer),
+            writer: None,
         }))
     }
 }
+
+/// What `start` begins: the writer task, the debuginfo uploader, the
+/// panic reports.
+struct Startup<W> {
+    writer: W,
+    uploader: Option<debuginfo::UploaderSettings>,
+    clients: ParcaClients,
+    telemetry: agent_core::telemetry::ComponentTelemetry,
+    /// The config, revision and node panic reports carry.
+    panic_reports: Option<(ParcaGrpcConfig, String, String)>,
+    id: String,
+}
+
+/// The writer task's future, as built before start.
+type WriterFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The exporter: encodes each window into the buffer; a task writes it.
 pub struct ParcaGrpcExporter {
@@ -150,7 +168,9 @@ pub struct ParcaGrpcExporter {
     address: String,
     buffer: Arc<Mutex<Buffer>>,
     infos: ExecutableInfos,
-    uploads: Option<mpsc::Sender<DebuginfoCandidate>>,
+    /// Until started.
+    startup: Option<Box<Startup<WriterFuture>>>,
+    uploads: Option<debuginfo::Uploads>,
     stop: watch::Sender<bool>,
     writer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -159,6 +179,28 @@ pub struct ParcaGrpcExporter {
 impl Exporter for ParcaGrpcExporter {
     fn destination(&self) -> String {
         self.address.clone()
+    }
+
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        let Some(startup) = self.startup.take() else {
+            return Err("started twice".into());
+        };
+        let Startup {
+            writer,
+            uploader,
+            clients,
+            telemetry,
+            panic_reports,
+            id,
+        } = *startup;
+        self.writer = Some(tokio::spawn(writer));
+        self.uploads = uploader.map(|s| debuginfo::Uploader::start(s, clients, &telemetry));
+        if let Some((config, revision, node)) = panic_reports {
+            if !panic_report::register(&config, &revision, &node) {
+                tracing::info!(exporter = %id, "panics are reported by another parca_grpc exporter");
+            }
+        }
+        Ok(())
     }
 
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
@@ -176,14 +218,16 @@ impl Exporter for ParcaGrpcExporter {
             .push(series);
         if let Some(uploads) = &self.uploads {
             for c in candidates {
-                // A full queue: the build id comes again with a later window.
-                let _ = uploads.try_send(c);
+                uploads.offer(c);
             }
         }
         Ok(())
     }
 
     async fn shutdown(&mut self) -> Result<(), ComponentError> {
+        // Uploads in flight end here: a file not uploaded is offered again
+        // by the next run (only finished ones are recorded).
+        self.uploads.take();
         let _ = self.stop.send(true);
         if let Some(writer) = self.writer.take() {
             panic_as_own(writer.await);

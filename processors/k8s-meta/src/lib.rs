@@ -9,12 +9,12 @@
 pub mod labels;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_core::{
     BuildContext, ComponentConfig, ComponentError, Factory, LabelUse, Processor, ProfileBatch,
-    Stability,
+    Stability, Users,
 };
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -51,13 +51,18 @@ impl Factory for K8sMetaFactory {
         config: Self::Config,
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
-        let runtime = ctx.runtime()?;
-        let stores = Arc::new(OnceLock::new());
-        let node = ctx.service.node.clone();
-        let telemetry = ctx.telemetry.clone();
-        runtime.spawn(connect(config, node, telemetry, stores.clone()));
+        ctx.runtime()?;
+        let watches = ctx.shared(|telemetry| Watches {
+            config,
+            node: ctx.service.node.clone(),
+            telemetry: telemetry.clone(),
+            stores: Arc::new(OnceLock::new()),
+            task: Mutex::new(None),
+            users: Users::default(),
+        });
         Ok(Box::new(K8sMeta {
-            stores,
+            watches,
+            started: false,
             unmatched: ctx.telemetry.counter(
                 "k8s_meta_unmatched_series",
                 "Series with a container id no known pod on this node runs.",
@@ -73,8 +78,42 @@ struct Stores {
     nodes: Store<Node>,
 }
 
-/// Connects to the API server and starts the watches; logs once and leaves
-/// the processor passing batches through when there is no cluster.
+/// The watches of one `k8s_meta` id: one set, however many pipelines name
+/// it; running while at least one of its instances is started.
+struct Watches {
+    config: K8sMetaConfig,
+    node: String,
+    telemetry: ComponentTelemetry,
+    stores: Arc<OnceLock<Stores>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    users: Users,
+}
+
+impl Watches {
+    fn start(&self) {
+        if self.users.first_in() {
+            let task = tokio::spawn(connect(
+                self.config.clone(),
+                self.node.clone(),
+                self.telemetry.clone(),
+                self.stores.clone(),
+            ));
+            *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
+    }
+
+    fn stop(&self) {
+        if self.users.last_out() {
+            if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Connects to the API server and runs the watches until aborted; logs
+/// once and leaves the processor passing batches through when there is no
+/// cluster.
 async fn connect(
     config: K8sMetaConfig,
     node: String,
@@ -88,13 +127,13 @@ async fn connect(
             return;
         }
     };
-    let pods = watch(
+    let (pods, watching_pods) = watch(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         "pods",
         &telemetry,
     );
-    let nodes = watch(
+    let (nodes, watching_nodes) = watch(
         Api::<Node>::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node}")),
         "nodes",
@@ -102,6 +141,7 @@ async fn connect(
     );
     info!(%node, "k8s_meta: watching this node's pods and the node");
     let _ = stores.set(Stores { pods, nodes });
+    tokio::join!(watching_pods, watching_nodes);
 }
 
 async fn client(config: &K8sMetaConfig) -> Result<Client, String> {
@@ -118,14 +158,15 @@ async fn client(config: &K8sMetaConfig) -> Result<Client, String> {
     Client::try_from(kube_config).map_err(|e| e.to_string())
 }
 
-/// A store kept up to date by a watch that relists with backoff after
-/// errors; failures are logged once per outage and counted.
+/// A store and the watch that keeps it up to date (to be run), relisting
+/// with backoff after errors; failures are logged once per outage and
+/// counted.
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     resource: &'static str,
     telemetry: &ComponentTelemetry,
-) -> Store<K>
+) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -142,7 +183,7 @@ where
         &[("resource", resource)],
     );
     let events = reflector::reflector(writer, watcher(api, config).default_backoff());
-    tokio::spawn(async move {
+    let watching = async move {
         let mut events = std::pin::pin!(events);
         let mut failing = false;
         while let Some(event) = events.next().await {
@@ -161,12 +202,13 @@ where
                 }
             }
         }
-    });
-    reader
+    };
+    (reader, watching)
 }
 
 struct K8sMeta {
-    stores: Arc<OnceLock<Stores>>,
+    watches: Arc<Watches>,
+    started: bool,
     unmatched: Counter,
 }
 
@@ -184,7 +226,22 @@ fn container_id(set: &agent_core::LabelSet) -> Option<&str> {
         .find_map(|label| set.get(label))
 }
 
+#[agent_core::async_trait]
 impl Processor for K8sMeta {
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        if !std::mem::replace(&mut self.started, true) {
+            self.watches.start();
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> Result<(), ComponentError> {
+        if std::mem::replace(&mut self.started, false) {
+            self.watches.stop();
+        }
+        Ok(())
+    }
+
     fn label_use(&self, name: &str) -> LabelUse {
         if CONTAINER_ID_LABELS.contains(&name) {
             LabelUse::Reads
@@ -194,7 +251,7 @@ impl Processor for K8sMeta {
     }
 
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {
-        let Some(stores) = self.stores.get() else {
+        let Some(stores) = self.watches.stores.get() else {
             return Ok(batch);
         };
         let in_containers = batch

@@ -201,18 +201,29 @@ fn kubeconfig(dir: &Path, server: &str) -> PathBuf {
     path
 }
 
+/// Built and started, as the service does.
 fn processor(rt: &tokio::runtime::Runtime, kubeconfig: PathBuf) -> Box<dyn Processor> {
-    let _guard = rt.enter();
     let mut ctx = BuildContext::for_test("k8s_meta");
     ctx.service.node = NODE.into();
-    K8sMetaFactory
+    started(rt, kubeconfig, &ctx)
+}
+
+fn started(
+    rt: &tokio::runtime::Runtime,
+    kubeconfig: PathBuf,
+    ctx: &BuildContext,
+) -> Box<dyn Processor> {
+    let _guard = rt.enter();
+    let mut processor = K8sMetaFactory
         .create(
             K8sMetaConfig {
                 kubeconfig: Some(kubeconfig),
             },
-            &ctx,
+            ctx,
         )
-        .unwrap()
+        .unwrap();
+    rt.block_on(processor.start()).unwrap();
+    processor
 }
 
 /// A window with one series per container id (as `metadata` labels them).
@@ -229,9 +240,8 @@ fn labels(batch: &ProfileBatch) -> Vec<LabelSet> {
     batch.sample_series_labels()
 }
 
-#[test]
-fn pods_and_the_node_label_processes_through_watches_and_relists() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+/// The fake API server, serving on a free port.
+fn fake_api(rt: &tokio::runtime::Runtime) -> (SocketAddr, Shared) {
     let seen = Shared::default();
     let app = axum::Router::new()
         .route("/api/v1/pods", axum::routing::get(pods))
@@ -242,6 +252,64 @@ fn pods_and_the_node_label_processes_through_watches_and_relists() {
         .unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
     rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (address, seen)
+}
+
+/// `k8s_meta` named by two pipelines is two processors with one set of
+/// watches: the API server sees one list and one watch per resource (plus
+/// the relist its 410 forces), and both label from the same stores.
+#[test]
+fn two_pipelines_share_one_set_of_watches() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (address, seen) = fake_api(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &format!("http://{address}"));
+    let mut ctx = BuildContext::for_test("k8s_meta");
+    ctx.service.node = NODE.into();
+    let mut first = started(
+        &rt,
+        config.clone(),
+        &BuildContext {
+            pipeline: Some("profiles/a".into()),
+            ..ctx.clone()
+        },
+    );
+    let mut second = started(
+        &rt,
+        config,
+        &BuildContext {
+            pipeline: Some("profiles/b".into()),
+            ..ctx
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let named = |p: &mut Box<dyn Processor>| {
+        labels(&p.process(window(&[RELISTED_ID])).unwrap())[0]
+            .get("__meta_kubernetes_pod_name")
+            .map(str::to_owned)
+    };
+    while named(&mut first).is_none() {
+        assert!(Instant::now() < deadline, "never labelled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(named(&mut second).as_deref(), Some("web-7d4b9c-relisted"));
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            (seen.pod_lists, seen.pod_watches.len()),
+            (2, 2),
+            "one list and watch, one relist after the 410 and its watch: one set"
+        );
+    }
+    rt.block_on(first.shutdown()).unwrap();
+    rt.block_on(second.shutdown()).unwrap();
+}
+
+#[test]
+fn pods_and_the_node_label_processes_through_watches_and_relists() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (address, seen) = fake_api(&rt);
     let dir = tempfile::tempdir().unwrap();
     let mut p = processor(&rt, kubeconfig(dir.path(), &format!("http://{address}")));
 

@@ -14,11 +14,12 @@ pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::{
     BuildContext, ComponentConfig, ComponentError, Factory, FieldError, LabelUse, Processor,
-    ProfileBatch, Stability,
+    ProfileBatch, Stability, Users,
 };
 use serde::{Deserialize, Serialize};
 
@@ -122,16 +123,20 @@ impl Factory for MetadataFactory {
             cache: (!config.disable_caching).then(HashMap::new),
             read_cmdline: true,
             names: config.container_names.then(|| {
-                names::ContainerNames::new(
-                    names::NamesConfig {
-                        socket: config
-                            .container_runtime_socket
-                            .filter(|s| !s.as_os_str().is_empty()),
-                        wait: config.container_name_wait,
-                    },
-                    &ctx.telemetry,
-                )
+                ctx.shared(|telemetry| SharedNames {
+                    names: Mutex::new(names::ContainerNames::new(
+                        names::NamesConfig {
+                            socket: config
+                                .container_runtime_socket
+                                .filter(|s| !s.as_os_str().is_empty()),
+                            wait: config.container_name_wait,
+                        },
+                        telemetry,
+                    )),
+                    users: Users::default(),
+                })
             }),
+            started: false,
         }))
     }
 }
@@ -166,11 +171,20 @@ struct Metadata {
     proc_root: PathBuf,
     /// Process labels by pid; `None` when caching is off.
     cache: Option<HashMap<u32, process::ProcessLabels>>,
-    /// Container names; `None` when runtimes are not asked.
-    names: Option<names::ContainerNames>,
+    /// Container names, shared by this id's instances in every pipeline;
+    /// `None` when runtimes are not asked.
+    names: Option<Arc<SharedNames>>,
+    started: bool,
     /// Whether `__meta_process_cmdline` is read: only when something after
     /// this processor can read it (command lines carry secrets).
     read_cmdline: bool,
+}
+
+/// The container names one `metadata` id asks runtimes for: one cache and
+/// one lookup thread, however many pipelines name it.
+struct SharedNames {
+    names: Mutex<names::ContainerNames>,
+    users: Users,
 }
 
 /// The container-id label of a label set, as `(label, id)`.
@@ -211,7 +225,31 @@ impl Metadata {
     }
 }
 
+#[agent_core::async_trait]
 impl Processor for Metadata {
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        if let Some(shared) = &self.names {
+            if !std::mem::replace(&mut self.started, true) {
+                // The lookup thread itself starts with the first container seen.
+                shared.users.first_in();
+            }
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> Result<(), ComponentError> {
+        if let Some(shared) = &self.names {
+            if std::mem::replace(&mut self.started, false) && shared.users.last_out() {
+                shared
+                    .names
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stop();
+            }
+        }
+        Ok(())
+    }
+
     fn label_use(&self, name: &str) -> LabelUse {
         match name {
             "pid" | "comm" => LabelUse::Reads,
@@ -252,7 +290,7 @@ impl Processor for Metadata {
             let root = &self.proc_root;
             cache.retain(|pid, _| seen.contains(pid) || root.join(pid.to_string()).exists());
         }
-        if let Some(names) = &mut self.names {
+        if let Some(shared) = &self.names {
             // Names are asked for all of the window's containers at once, so
             // the window waits (boundedly) once, not once per container.
             let containers: HashSet<_> = batch
@@ -261,6 +299,7 @@ impl Processor for Metadata {
                 .filter_map(|id| container_of(batch.label_sets.get(id)))
                 .collect();
             if !containers.is_empty() {
+                let mut names = shared.names.lock().unwrap_or_else(|e| e.into_inner());
                 names.resolve(&containers);
                 batch.map_series(|set| {
                     let mut out = set.clone();

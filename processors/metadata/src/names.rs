@@ -149,6 +149,11 @@ impl ContainerNames {
         }
     }
 
+    /// Ends the lookup thread (a later lookup would start it again).
+    pub fn stop(&mut self) {
+        self.worker = None;
+    }
+
     /// The name labels of container `id`, once its runtime has named it.
     pub fn labels(&self, id: &str) -> &[(String, String)] {
         match self.entries.get(id).map(|e| &e.state) {

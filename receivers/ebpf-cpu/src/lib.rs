@@ -221,6 +221,17 @@ impl Factory for EbpfCpuFactory {
         config: Self::Config,
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
+        Ok(Box::new(EbpfCpuReceiver {
+            counters: Some(Counters::new(&ctx.telemetry)),
+            config,
+            attached: None,
+        }))
+    }
+}
+
+impl EbpfCpuReceiver {
+    /// Loads and attaches the BPF program and sets up its unwind tables.
+    fn attach(config: &EbpfCpuConfig, counters: Counters) -> Result<Attached, ComponentError> {
         let mut sampler = Sampler::load(&LoadOptions {
             frequency: config.sampling_frequency,
             include_idle: config.include_idle,
@@ -238,12 +249,12 @@ impl Factory for EbpfCpuFactory {
         )
         .map_err(EbpfCpuError::Thread)?;
         info!(frequency = config.sampling_frequency, window = ?config.profiling_duration, unwind = ?config.unwind_mode(), "BPF sampler attached");
-        Ok(Box::new(EbpfCpuReceiver {
+        Ok(Attached {
             sampler,
             tables,
-            counters: Counters::new(&ctx.telemetry),
-            config,
-        }))
+            counters,
+            config: config.clone(),
+        })
     }
 }
 
@@ -451,7 +462,16 @@ impl Counters {
     }
 }
 
+/// The receiver as built: attached at `start`.
 struct EbpfCpuReceiver {
+    config: EbpfCpuConfig,
+    /// Until attached.
+    counters: Option<Counters>,
+    attached: Option<Attached>,
+}
+
+/// The attached BPF program, its unwind tables, and what sampling counts.
+struct Attached {
     sampler: Sampler,
     tables: UnwindTables,
     counters: Counters,
@@ -731,7 +751,7 @@ fn unix_nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-impl EbpfCpuReceiver {
+impl Attached {
     /// The window loop, on its own thread: a batch every window, a last
     /// batch when `stop` is set. Process events and deferred walks are
     /// handled meanwhile by [`handle_events`] on another thread.
@@ -1006,11 +1026,23 @@ fn wait_readable(fds: &[RawFd], timeout: Duration) {
 
 #[agent_core::async_trait]
 impl Receiver for EbpfCpuReceiver {
+    async fn start(&mut self) -> Result<(), ComponentError> {
+        let counters = self.counters.take().ok_or("started twice")?;
+        // Loading verifies the program (seconds on a large one): off the
+        // runtime's threads.
+        let config = self.config.clone();
+        let attached =
+            tokio::task::spawn_blocking(move || Self::attach(&config, counters)).await??;
+        self.attached = Some(attached);
+        Ok(())
+    }
+
     async fn run(
         self: Box<Self>,
         sink: BatchSink,
         mut shutdown: Shutdown,
     ) -> Result<(), ComponentError> {
+        let attached = self.attached.ok_or("run before start")?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -1018,7 +1050,7 @@ impl Receiver for EbpfCpuReceiver {
         let (mut waker, wake) = UnixStream::pair()?;
         let worker = std::thread::Builder::new()
             .name("ebpf-cpu".into())
-            .spawn(move || self.sample(tx, thread_stop, wake))?;
+            .spawn(move || attached.sample(tx, thread_stop, wake))?;
         loop {
             tokio::select! {
                 batch = rx.recv() => match batch {

@@ -1,8 +1,8 @@
 //! `to_pprof` and `to_otlp` on a batch of 1M samples with 50k distinct stacks.
 
-use agent_core::model::*;
-use agent_core::otlp::{to_otlp, to_otlp_with, AttributeKeys};
-use agent_core::pprof::{to_pprof, PprofGrouping};
+use agent_profile::model::*;
+use agent_profile::otlp::{to_otlp, to_otlp_with, AttributeKeys};
+use agent_profile::pprof::{to_pprof, PprofGrouping};
 use criterion::{criterion_group, criterion_main, Criterion};
 use prost::Message;
 
