@@ -386,15 +386,26 @@ impl Service {
         let Some(failure) = failure else {
             return Ok(());
         };
-        // Undo what started, newest first. Receivers that started stop
-        // when dropped with the service.
-        for (p, started) in self.pipelines.iter_mut().zip(processors_started).rev() {
-            for (id, processor) in p.processors[..started].iter_mut().rev() {
-                bounded_shutdown("processor", id, processor.shutdown()).await;
+        // Undo what started, newest first, within the shutdown bound.
+        // Receivers that started stop when dropped (a BPF program is
+        // detached with its links).
+        self.receivers.clear();
+        self.stop.stop();
+        let undo = async {
+            for (p, started) in self.pipelines.iter_mut().zip(processors_started).rev() {
+                for (id, processor) in p.processors[..started].iter_mut().rev() {
+                    bounded_shutdown("processor", id, processor.shutdown()).await;
+                }
             }
-        }
-        for e in self.exporters[..exporters_started].iter_mut().rev() {
-            bounded_shutdown("exporter", &e.id, e.exporter.shutdown()).await;
+            for e in self.exporters[..exporters_started].iter_mut().rev() {
+                bounded_shutdown("exporter", &e.id, e.exporter.shutdown()).await;
+            }
+        };
+        if tokio::time::timeout(self.shutdown_timeout, undo)
+            .await
+            .is_err()
+        {
+            error!(timeout = ?self.shutdown_timeout, "shutting down after a failed start timed out");
         }
         Err(failure)
     }
@@ -545,7 +556,6 @@ async fn bounded_start(
         Ok(Err(error)) => error,
         Err(_) => format!("not started within {START_TIMEOUT:?}").into(),
     };
-    error!(%section, %id, %error, "cannot start");
     Err(ServiceError::Start {
         section,
         id: id.to_owned(),
@@ -1297,6 +1307,7 @@ service: {pipelines: {profiles: {receivers: [counting], exporters: [sink]}}}
         struct LoggedFactory<const KIND: u8>(Log);
         impl<const KIND: u8> LoggedFactory<KIND> {
             fn logged(&self, c: LoggedConfig, ctx: &BuildContext) -> Box<Logged> {
+                self.0.lock().unwrap().push(format!("build {}", ctx.id));
                 Box::new(Logged {
                     id: ctx.id.clone(),
                     log: self.0.clone(),
@@ -1350,7 +1361,16 @@ service:
         async fn building_starts_nothing_and_components_start_and_stop_in_order() {
             let log = Log::default();
             let service = service(TWO_PIPELINES, &log);
-            assert!(log.lock().unwrap().is_empty(), "create only builds");
+            assert_eq!(
+                std::mem::take(&mut *log.lock().unwrap()),
+                [
+                    "build logged_exporter",
+                    "build logged_processor",
+                    "build logged_processor",
+                    "build logged_receiver",
+                ],
+                "building starts nothing"
+            );
             service
                 .run(tokio::time::sleep(Duration::from_millis(100)))
                 .await
@@ -1394,30 +1414,73 @@ service:
             assert_eq!(*state.lock().unwrap(), 2, "one batch through each pipeline");
         }
 
+        /// Runs `yaml`, which fails to start: the error, and what happened
+        /// after the builds.
+        async fn failed_start(yaml: &str) -> (String, Vec<String>) {
+            let log = Log::default();
+            let service = service(yaml, &log);
+            let error = service.run(std::future::pending()).await.unwrap_err();
+            let log = log.lock().unwrap().clone();
+            let after_build = log
+                .into_iter()
+                .filter(|l| !l.starts_with("build "))
+                .collect();
+            (error.to_string(), after_build)
+        }
+
         #[tokio::test]
         async fn a_component_that_cannot_start_fails_the_start_naming_it_and_what_started_stops() {
-            let log = Log::default();
-            let service = service(
-                &TWO_PIPELINES.replace(
-                    "processors: {logged_processor: {}}",
-                    "processors: {logged_processor: {fail_start: true}}",
-                ),
-                &log,
-            );
-            let error = service.run(std::future::pending()).await.unwrap_err();
+            // A processor partway through the second pipeline.
+            let (error, log) = failed_start(
+                r#"
+receivers: {logged_receiver: {}}
+processors: {logged_processor: {}, logged_processor/b: {fail_start: true}}
+exporters: {logged_exporter: {}}
+service:
+  pipelines:
+    profiles/a: {receivers: [logged_receiver], processors: [logged_processor], exporters: [logged_exporter]}
+    profiles/b: {receivers: [logged_receiver], processors: [logged_processor, logged_processor/b], exporters: [logged_exporter]}
+"#,
+            )
+            .await;
             assert_eq!(
-                error.to_string(),
-                "processors::logged_processor: cannot start: no such device"
+                error,
+                "processors::logged_processor/b: cannot start: no such device"
             );
-            let log = log.lock().unwrap().clone();
             assert_eq!(
                 log,
                 [
                     "start logged_exporter",
                     "start logged_processor",
+                    "start logged_processor",
+                    "start logged_processor/b",
+                    "shutdown logged_processor",
+                    "shutdown logged_processor",
                     "shutdown logged_exporter",
                 ],
-                "the receiver never started; the exporter was shut down"
+                "the receiver never started; what started was stopped, newest first"
+            );
+            // A receiver: everything else had started and stops.
+            let (error, log) = failed_start(&TWO_PIPELINES.replace(
+                "receivers: {logged_receiver: {}}",
+                "receivers: {logged_receiver: {fail_start: true}}",
+            ))
+            .await;
+            assert_eq!(
+                error,
+                "receivers::logged_receiver: cannot start: no such device"
+            );
+            assert_eq!(
+                log,
+                [
+                    "start logged_exporter",
+                    "start logged_processor",
+                    "start logged_processor",
+                    "start logged_receiver",
+                    "shutdown logged_processor",
+                    "shutdown logged_processor",
+                    "shutdown logged_exporter",
+                ]
             );
         }
     }

@@ -149,6 +149,15 @@ enum Outcome {
     Invalid(String),
 }
 
+/// A file removed when dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The running uploader: offered candidates; dropped, it stops.
 pub struct Uploads {
     candidates: mpsc::Sender<DebuginfoCandidate>,
@@ -160,6 +169,16 @@ impl Uploads {
     /// again with a later window).
     pub fn offer(&self, candidate: DebuginfoCandidate) {
         let _ = self.candidates.try_send(candidate);
+    }
+
+    /// Takes no more files and lets the uploads in flight finish, for at
+    /// most `bound`; what is still running then is aborted (a file not
+    /// uploaded is offered again by the next run: only finished ones are
+    /// recorded).
+    pub async fn finish(mut self, bound: Duration) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.candidates, closed));
+        let _ = tokio::time::timeout(bound, &mut self.task).await;
     }
 }
 
@@ -211,7 +230,11 @@ impl Uploader {
             loop {
                 tokio::select! {
                     candidate = rx.recv() => {
-                        let Some(candidate) = candidate else { break };
+                        let Some(candidate) = candidate else {
+                            // No more offers: the uploads in flight finish.
+                            while uploads.join_next().await.is_some() {}
+                            break;
+                        };
                         if !uploader.claim(&candidate.build_id) {
                             continue;
                         }
@@ -346,18 +369,18 @@ impl Uploader {
         };
         // The stripped file is written where --debuginfo-temp-dir says, so
         // the bytes uploaded can be inspected; removed after upload.
-        let temp = self
-            .settings
-            .temp_dir
-            .join(format!("parca-agent-{}.debuginfo", c.build_id));
+        let temp = RemovedOnDrop(
+            self.settings
+                .temp_dir
+                .join(format!("parca-agent-{}.debuginfo", c.build_id)),
+        );
         if self.settings.strip {
-            if let Err(e) = std::fs::write(&temp, &data) {
-                debug!(file = %temp.display(), error = %e, "cannot keep the stripped file");
+            if let Err(e) = std::fs::write(&temp.0, &data) {
+                debug!(file = %temp.0.display(), error = %e, "cannot keep the stripped file");
             }
         }
-        let outcome = self.send(c, &data).await;
-        let _ = std::fs::remove_file(&temp);
-        outcome
+        // Removed however this ends, an upload aborted at shutdown included.
+        self.send(c, &data).await
     }
 
     async fn send(&self, c: &DebuginfoCandidate, data: &[u8]) -> Outcome {

@@ -143,6 +143,7 @@ impl Factory for ParcaGrpcFactory {
             uploads: None,
             stop,
             writer: None,
+            flush_timeout: config.shutdown_flush_timeout,
         }))
     }
 }
@@ -173,6 +174,8 @@ pub struct ParcaGrpcExporter {
     uploads: Option<debuginfo::Uploads>,
     stop: watch::Sender<bool>,
     writer: Option<tokio::task::JoinHandle<()>>,
+    /// How long uploads in flight may finish at shutdown.
+    flush_timeout: std::time::Duration,
 }
 
 #[async_trait::async_trait]
@@ -204,6 +207,9 @@ impl Exporter for ParcaGrpcExporter {
     }
 
     async fn export(&mut self, batch: Arc<ProfileBatch>) -> Result<(), ComponentError> {
+        if self.startup.is_some() {
+            return Err("exported to before it was started".into());
+        }
         if self.writer.as_ref().is_none_or(|w| w.is_finished()) {
             if let Some(writer) = self.writer.take() {
                 panic_as_own(writer.await);
@@ -225,13 +231,20 @@ impl Exporter for ParcaGrpcExporter {
     }
 
     async fn shutdown(&mut self) -> Result<(), ComponentError> {
-        // Uploads in flight end here: a file not uploaded is offered again
-        // by the next run (only finished ones are recorded).
-        self.uploads.take();
+        // The last write and the uploads in flight go on side by side,
+        // both within shutdown_flush_timeout.
         let _ = self.stop.send(true);
-        if let Some(writer) = self.writer.take() {
-            panic_as_own(writer.await);
-        }
+        let uploads = async {
+            if let Some(uploads) = self.uploads.take() {
+                uploads.finish(self.flush_timeout).await;
+            }
+        };
+        let writer = async {
+            if let Some(writer) = self.writer.take() {
+                panic_as_own(writer.await);
+            }
+        };
+        tokio::join!(uploads, writer);
         Ok(())
     }
 }

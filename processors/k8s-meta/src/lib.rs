@@ -104,10 +104,22 @@ impl Watches {
 
     fn stop(&self) {
         if self.users.last_out() {
-            if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                task.abort();
-            }
+            self.abort();
         }
+    }
+
+    fn abort(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Watches {
+    /// Where no shutdown came (a shutdown that timed out, a pipeline that
+    /// panicked), the watches end with the last instance anyway.
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 

@@ -299,6 +299,8 @@ impl Processor for Metadata {
                 .filter_map(|id| container_of(batch.label_sets.get(id)))
                 .collect();
             if !containers.is_empty() {
+                // Held while this window waits (at most container_name_wait):
+                // another pipeline's window waits for the same answers.
                 let mut names = shared.names.lock().unwrap_or_else(|e| e.into_inner());
                 names.resolve(&containers);
                 batch.map_series(|set| {
