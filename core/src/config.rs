@@ -765,7 +765,7 @@ fn move_renamed_keys(
 
 /// Moves the value at `old` (a `::` path) to `new` in a component's config,
 /// for a key that was renamed: true when it moved; both given is an error.
-pub(crate) fn move_renamed_key(config: &mut Value, old: &str, new: &str) -> Result<bool, String> {
+fn move_renamed_key(config: &mut Value, old: &str, new: &str) -> Result<bool, String> {
     let (parent, last) = old.rsplit_once("::").unwrap_or(("", old));
     let mut current = &mut *config;
     for part in parent.split("::").filter(|p| !p.is_empty()) {

@@ -74,7 +74,7 @@ impl<F: Factory> DynFactory for Erased<F> {
     }
 
     fn parse(&self, value: &Value, path: &str) -> Result<ParsedConfig, Vec<ConfigError>> {
-        let mut value = match value {
+        let value = match value {
             Value::Null => Value::Mapping(Default::default()),
             v @ Value::Mapping(_) => v.clone(),
             _ => {
@@ -84,17 +84,6 @@ impl<F: Factory> DynFactory for Erased<F> {
                 )])
             }
         };
-        let renamed: Vec<ConfigError> = F::Config::RENAMED_KEYS
-            .iter()
-            .filter_map(|(old, new)| {
-                crate::config::move_renamed_key(&mut value, old, new)
-                    .err()
-                    .map(|e| ConfigError::new(crate::config::join_path(path, old), e))
-            })
-            .collect();
-        if !renamed.is_empty() {
-            return Err(renamed);
-        }
         let config: F::Config = crate::config::deserialize_at(value, path).map_err(|e| vec![e])?;
         let problems = config.validate();
         if !problems.is_empty() {

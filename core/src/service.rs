@@ -394,11 +394,11 @@ impl Service {
         let undo = async {
             for (p, started) in self.pipelines.iter_mut().zip(processors_started).rev() {
                 for (id, processor) in p.processors[..started].iter_mut().rev() {
-                    bounded_shutdown("processor", id, processor.shutdown()).await;
+                    shut_down_or_log("processor", id, processor.shutdown()).await;
                 }
             }
             for e in self.exporters[..exporters_started].iter_mut().rev() {
-                bounded_shutdown("exporter", &e.id, e.exporter.shutdown()).await;
+                shut_down_or_log("exporter", &e.id, e.exporter.shutdown()).await;
             }
         };
         if tokio::time::timeout(self.shutdown_timeout, undo)
@@ -563,9 +563,9 @@ async fn bounded_start(
     })
 }
 
-/// Runs one component's shutdown, logging a failure; bounded by the
-/// service's own shutdown timeout around the whole drain.
-async fn bounded_shutdown(
+/// Runs one component's shutdown, logging a failure (the service bounds
+/// the whole drain with its shutdown timeout).
+async fn shut_down_or_log(
     kind: &str,
     id: &str,
     shutdown: impl std::future::Future<Output = Result<(), ComponentError>>,
@@ -724,7 +724,7 @@ async fn run_pipeline(mut p: PipelineRuntime) {
     // The input closed: no batch comes any more. Processors end their work
     // before the exporters (whose queues close when this task ends).
     for (id, processor) in p.processors.iter_mut().rev() {
-        bounded_shutdown("processor", id, processor.shutdown()).await;
+        shut_down_or_log("processor", id, processor.shutdown()).await;
     }
 }
 
@@ -806,7 +806,7 @@ async fn run_exporter(mut e: ExporterRuntime) {
         span.end();
         latency.observe(started.elapsed().as_secs_f64());
     }
-    bounded_shutdown("exporter", &e.id, e.exporter.shutdown()).await;
+    shut_down_or_log("exporter", &e.id, e.exporter.shutdown()).await;
 }
 
 /// How often an exporter's progress is summed up at info level.

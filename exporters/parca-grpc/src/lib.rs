@@ -117,7 +117,7 @@ impl Factory for ParcaGrpcFactory {
                 metrics,
                 stopped,
                 delivery,
-            )) as WriterFuture,
+            )),
             uploader,
             clients,
             telemetry: ctx.telemetry.clone(),
@@ -150,8 +150,8 @@ impl Factory for ParcaGrpcFactory {
 
 /// What `start` begins: the writer task, the debuginfo uploader, the
 /// panic reports.
-struct Startup<W> {
-    writer: W,
+struct Startup {
+    writer: WriterFuture,
     uploader: Option<debuginfo::UploaderSettings>,
     clients: ParcaClients,
     telemetry: agent_core::telemetry::ComponentTelemetry,
@@ -170,7 +170,7 @@ pub struct ParcaGrpcExporter {
     buffer: Arc<Mutex<Buffer>>,
     infos: ExecutableInfos,
     /// Until started.
-    startup: Option<Box<Startup<WriterFuture>>>,
+    startup: Option<Box<Startup>>,
     uploads: Option<debuginfo::Uploads>,
     stop: watch::Sender<bool>,
     writer: Option<tokio::task::JoinHandle<()>>,
