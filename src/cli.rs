@@ -31,9 +31,10 @@ pub enum ValueKind {
     Int,
     /// A duration such as `10s`, `250ms`, `5m`.
     Duration,
-    /// Comma-separated list.
+    /// Comma-separated list; a repeated flag adds to it.
     List,
-    /// `KEY=VALUE;KEY=VALUE`.
+    /// `KEY=VALUE;KEY=VALUE`; a repeated flag adds to it (a later value
+    /// for the same key wins).
     Labels,
 }
 
@@ -202,6 +203,20 @@ pub const FLAGS: &[FlagSpec] = &[
         Owner::NoEffect("one thread reads process events; samples are aggregated in BPF maps"),
     ),
     flag(
+        "profiling-probabilistic-threshold",
+        Int,
+        Some("100"),
+        "Chance in percent (1-100) that an interval is profiled; below 100, each interval is drawn and sampling pauses when it loses.",
+        Owner::Sets(&[receiver("ebpf_cpu", "probabilistic_threshold")]),
+    ),
+    flag(
+        "profiling-probabilistic-interval",
+        Duration,
+        Some("1m"),
+        "Length of one probabilistic profiling interval.",
+        Owner::Sets(&[receiver("ebpf_cpu", "probabilistic_interval")]),
+    ),
+    flag(
         "metadata-external-labels",
         Labels,
         None,
@@ -221,6 +236,34 @@ pub const FLAGS: &[FlagSpec] = &[
         None,
         "Re-read process metadata every window.",
         Owner::Sets(&[processor("metadata", "disable_caching")]),
+    ),
+    flag(
+        "include-env-var",
+        List,
+        None,
+        "Environment variables of each process to label its series with, as __meta_env_var_NAME (only these are kept).",
+        Owner::Sets(&[processor("metadata", "include_env_vars")]),
+    ),
+    flag(
+        "metadata-disable-cpu-label",
+        Bool,
+        None,
+        "Leave out the cpu sample label.",
+        Owner::Sets(&[receiver("ebpf_cpu", "disable_cpu_label")]),
+    ),
+    flag(
+        "metadata-disable-thread-id-label",
+        Bool,
+        None,
+        "Leave out the thread_id sample label.",
+        Owner::Sets(&[receiver("ebpf_cpu", "disable_thread_id_label")]),
+    ),
+    flag(
+        "metadata-disable-thread-comm-label",
+        Bool,
+        None,
+        "Leave out the thread_comm sample label.",
+        Owner::Sets(&[receiver("ebpf_cpu", "disable_thread_comm_label")]),
     ),
     flag(
         "local-store-directory",
@@ -263,6 +306,27 @@ pub const FLAGS: &[FlagSpec] = &[
         None,
         "Skip TLS certificate verification.",
         Owner::Sets(&[exporter("parca_grpc", "tls::insecure_skip_verify")]),
+    ),
+    flag(
+        "remote-store-client-cert",
+        Text,
+        None,
+        "Client certificate (PEM) for a Parca server that requires one (mutual TLS).",
+        Owner::Sets(&[exporter("parca_grpc", "tls::cert_file")]),
+    ),
+    flag(
+        "remote-store-client-key",
+        Text,
+        None,
+        "Private key (PEM) of the client certificate.",
+        Owner::Sets(&[exporter("parca_grpc", "tls::key_file")]),
+    ),
+    flag(
+        "remote-store-grpc-headers",
+        Labels,
+        None,
+        "gRPC headers sent with every call to the Parca server, as KEY=VALUE;KEY=VALUE.",
+        Owner::Sets(&[exporter("parca_grpc", "headers")]),
     ),
     flag(
         "remote-store-batch-write-interval",
@@ -520,11 +584,11 @@ fn arg(spec: &FlagSpec) -> Arg {
             .num_args(0..=1)
             .require_equals(true)
             .default_missing_value("true"),
-        Text | Int | Duration | List | Labels => a.action(ArgAction::Set).value_name(match kind {
+        List => a.action(ArgAction::Append).value_name("A,B,..."),
+        Labels => a.action(ArgAction::Append).value_name("KEY=VALUE;..."),
+        Text | Int | Duration => a.action(ArgAction::Set).value_name(match kind {
             Duration => "DURATION",
             Int => "N",
-            List => "A,B,...",
-            Labels => "KEY=VALUE;...",
             _ => "STRING",
         }),
     };
@@ -614,6 +678,22 @@ fn given(m: &ArgMatches, id: &str) -> bool {
     )
 }
 
+/// Two values of a repeated flag as one: lists concatenated, mappings
+/// merged (the later wins a key), else the later.
+fn joined(first: Value, later: Value) -> Value {
+    match (first, later) {
+        (Value::Sequence(mut a), Value::Sequence(b)) => {
+            a.extend(b);
+            Value::Sequence(a)
+        }
+        (Value::Mapping(mut a), Value::Mapping(b)) => {
+            a.extend(b);
+            Value::Mapping(a)
+        }
+        (_, later) => later,
+    }
+}
+
 /// Interprets parsed arguments.
 pub fn from_matches(top: &ArgMatches) -> Cli {
     let (action, m) = match top.subcommand() {
@@ -660,11 +740,13 @@ pub fn from_matches(top: &ArgMatches) -> Cli {
             Owner::Agent | Owner::AliasOf(_) => {}
             Owner::NoEffect(why) => cli.notices.push(format!("{flag} has no effect: {why}")),
             Owner::Sets(targets) => {
-                let value = m
-                    .get_one::<Value>(spec.name)
-                    .or_else(|| m.get_one::<Value>(&flag[2..]))
-                    .cloned()
+                let given = m
+                    .get_many::<Value>(&flag[2..])
                     .expect("a given flag has a parsed value");
+                let value = given
+                    .cloned()
+                    .reduce(joined)
+                    .expect("a given flag has a value");
                 cli.overrides.push(Override {
                     flag,
                     targets: targets.to_vec(),
@@ -733,6 +815,32 @@ mod tests {
             .iter()
             .any(|n| n.contains("--verbose-bpf-logging is deprecated")));
         assert_eq!(get("--otlp-address"), Some(Value::String("x:4317".into())));
+    }
+
+    #[test]
+    fn repeated_list_and_label_flags_add_up() {
+        let cli = parse(&[
+            "print-config",
+            "--include-env-var=APP_VERSION,REGION",
+            "--include-env-var",
+            "TEAM",
+            "--remote-store-grpc-headers=x-tenant=a;x-org=o",
+            "--remote-store-grpc-headers=x-tenant=b",
+        ]);
+        let get = |flag: &str| {
+            let mut found = cli.overrides.iter().filter(|o| o.flag == flag);
+            let value = found.next().map(|o| o.value.clone());
+            assert!(found.next().is_none(), "one override per flag");
+            value
+        };
+        assert_eq!(
+            get("--include-env-var"),
+            Some(serde_yaml::from_str("[APP_VERSION, REGION, TEAM]").unwrap())
+        );
+        assert_eq!(
+            get("--remote-store-grpc-headers"),
+            Some(serde_yaml::from_str("{x-tenant: b, x-org: o}").unwrap())
+        );
     }
 
     #[test]
@@ -832,15 +940,24 @@ mod tests {
         "profiling-perf-event-buffer-poll-interval",
         "profiling-perf-event-buffer-processing-interval",
         "profiling-perf-event-buffer-worker-count",
+        "profiling-probabilistic-threshold",
+        "profiling-probabilistic-interval",
         "metadata-external-labels",
         "metadata-container-runtime-socket-path",
         "metadata-disable-caching",
+        "include-env-var",
+        "metadata-disable-cpu-label",
+        "metadata-disable-thread-id-label",
+        "metadata-disable-thread-comm-label",
         "local-store-directory",
         "remote-store-address",
         "remote-store-bearer-token",
         "remote-store-bearer-token-file",
         "remote-store-insecure",
         "remote-store-insecure-skip-verify",
+        "remote-store-client-cert",
+        "remote-store-client-key",
+        "remote-store-grpc-headers",
         "remote-store-batch-write-interval",
         "remote-store-rpc-logging-enable",
         "remote-store-rpc-unary-timeout",

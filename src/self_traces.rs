@@ -35,7 +35,7 @@ pub fn install(config: &TracesConfig, node: &str) -> anyhow::Result<Option<SelfT
             let target = agent_net::Target::parse(endpoint, true)
                 .map_err(|e| anyhow!(e))
                 .with_context(context)?;
-            let channel = agent_net::grpc_channel(&target, false)
+            let channel = agent_net::grpc_channel(&target, &agent_net::TlsClient::default())
                 .map_err(|e| anyhow!(e))
                 .with_context(context)?;
             SpanExporter::builder()
@@ -106,7 +106,11 @@ struct Http1Client(tokio::runtime::Handle);
 impl HttpClient for Http1Client {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let answer = self.0.spawn(async move {
-            tokio::time::timeout(EXPORT_TIMEOUT, agent_net::http1_request(request, false)).await
+            tokio::time::timeout(
+                EXPORT_TIMEOUT,
+                agent_net::http1_request(request, &agent_net::TlsClient::default()),
+            )
+            .await
         });
         match answer.await? {
             Ok(result) => result.map_err(HttpError::from),

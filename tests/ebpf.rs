@@ -1263,6 +1263,83 @@ fn unwinding_modes_are_honoured() {
     }
 }
 
+#[test]
+fn probabilistic_profiling_samples_only_in_the_intervals_it_draws() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let workload = c_workload(dir.path());
+    let out = dir.path().join("out");
+    // Windows and intervals both last a second, so each window is one draw's.
+    let agent = Agent::start_with(
+        &out,
+        &[
+            "--profiling-probabilistic-threshold=50",
+            "--profiling-probabilistic-interval=1s",
+        ],
+    );
+    let drawn = |profiled: &str| -> u64 {
+        let needle = format!("profiled=\"{profiled}\"");
+        agent
+            .metrics("agent_ebpf_probabilistic_intervals_total")
+            .iter()
+            .find(|l| l.contains(&needle))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = (drawn("true"), drawn("false"));
+    let mut spinner = Command::new(&workload.binary)
+        .arg("120")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = spinner.id();
+    std::thread::sleep(Duration::from_secs(60));
+    let (profiled, paused) = (drawn("true") - before.0, drawn("false") - before.1);
+    let batches = agent.stop();
+    spinner.kill().unwrap();
+    spinner.wait().unwrap();
+
+    // The spinner ran on one CPU throughout: a window has its samples
+    // exactly when its interval was drawn.
+    let windows_sampled = batches
+        .iter()
+        .filter(|b| !samples_of(std::slice::from_ref(b), pid).is_empty())
+        .count() as u64;
+    let samples: i64 = samples_of(&batches, pid).iter().map(|s| s.value).sum();
+    let draws = profiled + paused;
+    eprintln!(
+        "{draws} draws: {profiled} profiled, {paused} paused; {windows_sampled} windows with {samples} samples of the spinner"
+    );
+    assert!(
+        (58..=62).contains(&draws),
+        "a draw a second for 60 s: {draws}"
+    );
+    // Binomial(n, 0.5): within 4 standard deviations of n/2.
+    let sd = (draws as f64 * 0.25).sqrt();
+    assert!(
+        (profiled as f64 - draws as f64 / 2.0).abs() <= 4.0 * sd,
+        "{profiled} of {draws} profiled"
+    );
+    // Draws and windows are a few milliseconds apart: the spinner's first
+    // and last windows may count with the interval before or after.
+    assert!(
+        windows_sampled.abs_diff(profiled) <= 2,
+        "{windows_sampled} windows sampled, {profiled} intervals profiled"
+    );
+    // 19 Hz in the profiled seconds only (sampling all 60 s would be ~1,140).
+    assert!(
+        samples <= 19 * (profiled as i64 + 2) * 11 / 10,
+        "{samples} samples in {profiled} profiled seconds"
+    );
+    assert!(
+        samples >= 19 * (profiled as i64 - 3) * 7 / 10,
+        "{samples} samples in {profiled} profiled seconds"
+    );
+}
+
 /// A CPython interpreter to test against.
 struct Python {
     minor: u8,

@@ -1,5 +1,6 @@
 //! Client connections shared by exporters: TCP, TLS through rustls with
-//! the system's roots (or unverified, when asked), lazy gRPC channels, and
+//! the system's roots or a given CA (or unverified, when asked) and an
+//! optional client certificate, lazy gRPC channels, and
 //! one-shot HTTP/1.1 requests over the same stack. One TLS stack, one async
 //! runtime (tokio), no OpenSSL.
 
@@ -60,40 +61,181 @@ impl Target {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
+/// How a TLS client checks the server and proves itself.
+#[derive(Clone, Debug, Default)]
+pub struct TlsClient {
+    /// Accept any server certificate (the handshake signature is still checked).
+    pub skip_verify: bool,
+    /// CA certificates (PEM) to trust instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its private key (PEM), presented to
+    /// servers that ask for one (mutual TLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What is wrong with a [`TlsClient`]; never shows a key's bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA certificates.
+    #[error("CA file: {0}")]
+    Ca(String),
+    /// The client certificate chain.
+    #[error("client certificate file: {0}")]
+    Certificate(String),
+    /// The client key, or the key does not fit the certificate.
+    #[error("client key file: {0}")]
+    Key(String),
+    /// Anything else (the system's roots, the protocol versions).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TlsClient {
+    /// Checks the certificates and key (what a connection would use).
+    pub fn check(&self) -> Result<(), TlsError> {
+        self.rustls_config(b"h2").map(drop)
+    }
+
+    fn rustls_config(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Other(e.to_string()))?;
+        let builder = if self.skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &self.ca_pem {
+                Some(pem) => {
+                    let certs = CertificateDer::pem_slice_iter(pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| TlsError::Ca(e.to_string()))?;
+                    let (added, _) = roots.add_parsable_certificates(certs);
+                    if added == 0 {
+                        return Err(TlsError::Ca("no usable certificate in it".to_owned()));
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    let (added, _) = roots.add_parsable_certificates(found.certs);
+                    if added == 0 {
+                        return Err(TlsError::Other("no usable CA certificates on this system (install ca-certificates, or give a CA file, or use insecure_skip_verify)".to_owned()));
+                    }
+                }
+            }
+            builder.with_root_certificates(roots)
+        };
+        let mut config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| TlsError::Certificate(e.to_string()))?;
+                if chain.is_empty() {
+                    return Err(TlsError::Certificate("no certificate in it".to_owned()));
+                }
+                let key = PrivateKeyDer::from_pem_slice(key_pem)
+                    .map_err(|e| TlsError::Key(e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| TlsError::Key(format!("does not fit the certificate: {e}")))?
+            }
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(config)
+    }
+}
+
 /// Opens TCP connections, wrapped in TLS when asked.
 #[derive(Clone)]
 pub struct Connector {
     tls: Option<tokio_rustls::TlsConnector>,
+    alerts: Arc<AlertLog>,
+}
+
+/// The TLS alerts servers ended this connector's connections with: a
+/// refused client certificate reaches gRPC callers only as "connection
+/// closed", so the alert is logged here, once until a connection works.
+#[derive(Default)]
+struct AlertLog {
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl AlertLog {
+    fn saw(&self, host: &str, error: &std::io::Error) {
+        let text = error.to_string();
+        if !text.contains("alert") {
+            return;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() != Some(text.as_str()) {
+            tracing::warn!(server = host, error = %text, "the server ended the TLS connection (a client certificate it requires, missing or not trusted, shows as an alert here)");
+            *last = Some(text);
+        }
+    }
+
+    fn worked(&self) {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// A TLS stream that tells its connector's [`AlertLog`] how it ends.
+struct Watched<S> {
+    inner: S,
+    host: String,
+    alerts: Arc<AlertLog>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match &result {
+            Poll::Ready(Err(e)) => this.alerts.saw(&this.host, e),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.alerts.worked(),
+            _ => {}
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 impl Connector {
-    /// A connector speaking TLS with `alpn` when `tls` is set: verified
-    /// against the system's roots, or not verified at all.
-    pub fn new(tls: bool, skip_verify: bool, alpn: &[u8]) -> Result<Self, String> {
-        if !tls {
-            return Ok(Self { tls: None });
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
-        let mut config = if skip_verify {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-                .with_no_client_auth()
-        } else {
-            let mut roots = rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err("no usable CA certificates on this system (install ca-certificates, or use insecure_skip_verify)".to_owned());
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        };
-        config.alpn_protocols = vec![alpn.to_vec()];
+    /// A connector speaking TLS with `alpn` when `tls` is given, plain TCP
+    /// otherwise.
+    pub fn new(tls: Option<&TlsClient>, alpn: &[u8]) -> Result<Self, String> {
+        let tls = tls
+            .map(|t| t.rustls_config(alpn))
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .map(|config| tokio_rustls::TlsConnector::from(Arc::new(config)));
         Ok(Self {
-            tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+            tls,
+            alerts: Arc::default(),
         })
     }
 
@@ -112,8 +254,15 @@ impl Connector {
         match &self.tls {
             None => Ok(Box::new(tcp)),
             Some(tls) => {
-                let name = ServerName::try_from(host).map_err(std::io::Error::other)?;
-                Ok(Box::new(tls.connect(name, tcp).await?))
+                let name = ServerName::try_from(host.clone()).map_err(std::io::Error::other)?;
+                let stream = tls.connect(name, tcp).await.inspect_err(|e| {
+                    self.alerts.saw(&host, e);
+                })?;
+                Ok(Box::new(Watched {
+                    inner: stream,
+                    host,
+                    alerts: self.alerts.clone(),
+                }))
             }
         }
     }
@@ -194,10 +343,11 @@ pub struct SetupError {
     pub reason: String,
 }
 
-/// A gRPC channel to `target`; connects on first use and reconnects after
-/// failures, so a server that is down at start-up is not an error.
-pub fn grpc_channel(target: &Target, skip_verify: bool) -> Result<Channel, String> {
-    let connector = Connector::new(target.tls, skip_verify, b"h2")?;
+/// A gRPC channel to `target` (TLS as `tls` says when the target speaks
+/// it); connects on first use and reconnects after failures, so a server
+/// that is down at start-up is not an error.
+pub fn grpc_channel(target: &Target, tls: &TlsClient) -> Result<Channel, String> {
+    let connector = Connector::new(target.tls.then_some(tls), b"h2")?;
     let endpoint = Endpoint::from(target.uri.clone())
         .connect_timeout(Duration::from_secs(10))
         .tcp_keepalive(Some(Duration::from_secs(60)));
@@ -205,18 +355,19 @@ pub fn grpc_channel(target: &Target, skip_verify: bool) -> Result<Channel, Strin
 }
 
 /// Sends one HTTP/1.1 request to an absolute `http(s)://` URI on a fresh
-/// connection and returns the answer with its whole body.
+/// connection (TLS as `tls` says, for https) and returns the answer with
+/// its whole body.
 pub async fn http1_request(
     request: http::Request<Bytes>,
-    skip_verify: bool,
+    tls: &TlsClient,
 ) -> Result<http::Response<Bytes>, String> {
     let uri = request.uri().clone();
-    let tls = match uri.scheme_str() {
+    let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
         _ => return Err(format!("{uri}: neither http:// nor https://")),
     };
-    let connector = Connector::new(tls, skip_verify, b"http/1.1")?;
+    let connector = Connector::new(https.then_some(tls), b"http/1.1")?;
     let io = connector
         .connect(&uri)
         .await

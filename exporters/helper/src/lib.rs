@@ -1,6 +1,6 @@
 //! What every network exporter shares — the OpenTelemetry Collector's
-//! `exporterhelper`, in our own code: the `tls:` and `retry_on_failure:`
-//! config shapes, what a gRPC status means for a retry, and [`Delivery`]:
+//! `exporterhelper`, in our own code: the `tls:`, `headers:` and
+//! `retry_on_failure:` config shapes, what a gRPC status means for a retry, and [`Delivery`]:
 //! one request tried until it is taken, with a per-attempt timeout, jittered
 //! backoff that honours the backend's hint, `max_elapsed_time`, and the
 //! shutdown's flush bound ending every attempt and wait.
@@ -11,8 +11,10 @@
 
 mod config;
 mod delivery;
+mod headers;
 mod verdict;
 
 pub use config::{RetryOnFailure, TlsSettings};
 pub use delivery::{Delivery, Undelivered};
+pub use headers::{HeaderProtocol, Headers};
 pub use verdict::{grpc_failure, Failure, Verdict};

@@ -72,8 +72,24 @@ pub fn grpc_failure(status: &tonic::Status) -> Failure {
         } else {
             Verdict::Permanent
         },
-        reason: format!("{:?}: {}", status.code(), status.message()),
+        reason: described(status),
     }
+}
+
+/// The status with its causes (a transport error's own message says only
+/// "transport error"; its sources say a TLS alert or a refused connection).
+fn described(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

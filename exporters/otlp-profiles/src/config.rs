@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agent_core::bounds::{Checks, MAX_DURATION};
-use agent_core::{ComponentConfig, Endpoint, FieldError, Secret};
-use agent_exporter_helper::{RetryOnFailure, TlsSettings};
+use agent_core::{ComponentConfig, Endpoint, FieldError};
+use agent_exporter_helper::{HeaderProtocol, Headers, RetryOnFailure, TlsSettings};
 use serde::{Deserialize, Serialize};
 
 /// The OTLP transport.
@@ -49,9 +49,9 @@ pub struct OtlpProfilesConfig {
     pub compression: Compression,
     /// Sent with every request (gRPC metadata or HTTP headers), e.g. an
     /// `authorization` header; values never appear in logs or `print-config`.
-    pub headers: BTreeMap<String, Secret>,
+    pub headers: Headers,
     /// TLS: `insecure` (gRPC to a `host:port` endpoint in plaintext),
-    /// `insecure_skip_verify`.
+    /// `insecure_skip_verify`, a CA and a client certificate.
     pub tls: TlsSettings,
     /// Bound of one attempt.
     #[schemars(with = "agent_core::schema::DurationText")]
@@ -75,7 +75,7 @@ impl Default for OtlpProfilesConfig {
             endpoint: Endpoint::default(),
             protocol: Protocol::Grpc,
             compression: Compression::Gzip,
-            headers: BTreeMap::new(),
+            headers: Headers::default(),
             tls: TlsSettings::default(),
             timeout: Duration::from_secs(10),
             retry_on_failure: RetryOnFailure::default(),
@@ -170,29 +170,13 @@ impl ComponentConfig for OtlpProfilesConfig {
                 errors.push(FieldError::new("endpoint", &e));
             }
         }
-        for (name, value) in &self.headers {
-            let valid_name = match self.protocol {
-                // gRPC metadata keys are lowercase.
-                Protocol::Grpc => {
-                    tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
-                        name.as_bytes(),
-                    )
-                    .is_ok()
-                }
-                Protocol::Http => http::HeaderName::from_bytes(name.as_bytes()).is_ok(),
-            };
-            if !valid_name {
-                errors.push(FieldError::new(
-                    &format!("headers::{name}"),
-                    "not a valid header name (lowercase letters, digits, '-', '_', '.')",
-                ));
-            } else if http::HeaderValue::from_str(&value.0).is_err() {
-                errors.push(FieldError::new(
-                    &format!("headers::{name}"),
-                    "the value is not a valid header value (visible ASCII)",
-                ));
-            }
-        }
+        errors.extend(self.headers.validate(
+            "headers",
+            match self.protocol {
+                Protocol::Grpc => HeaderProtocol::Grpc,
+                Protocol::Http => HeaderProtocol::Http,
+            },
+        ));
         let mut checks = Checks::new(errors);
         let ms = Duration::from_millis;
         checks.duration("timeout", self.timeout, ms(1), MAX_DURATION);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agent_exporter_helper::{grpc_failure, Failure, Verdict};
 use flate2::Compression as Level;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderMap;
 use hyper::body::Bytes;
 use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
 use opentelemetry_proto::tonic::collector::profiles::v1development::{
@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::{
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
 use crate::config::{Compression, OtlpProfilesConfig, Protocol};
@@ -30,7 +30,7 @@ pub enum Sender {
         url: http::Uri,
         headers: HeaderMap,
         gzip: bool,
-        skip_verify: bool,
+        tls: agent_net::TlsClient,
     },
 }
 
@@ -47,35 +47,18 @@ impl Sender {
                 if gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
-                let mut metadata = MetadataMap::new();
-                for (name, value) in &config.headers {
-                    let key =
-                        MetadataKey::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-                    let value: MetadataValue<_> = value.0.parse().map_err(|_| {
-                        format!("header {name}: the value is not a valid header value")
-                    })?;
-                    metadata.insert(key, value);
-                }
+                let metadata = config.headers.grpc_metadata()?;
                 Ok(Sender::Grpc { client, metadata })
             }
-            Protocol::Http => {
-                let mut headers = HeaderMap::new();
-                for (name, value) in &config.headers {
-                    let name =
-                        HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-                    let mut value = HeaderValue::from_str(&value.0).map_err(|_| {
-                        format!("header {name}: the value is not a valid header value")
-                    })?;
-                    value.set_sensitive(true);
-                    headers.insert(name, value);
-                }
-                Ok(Sender::Http {
-                    url: config.http_url()?,
-                    headers,
-                    gzip,
-                    skip_verify: config.tls.insecure_skip_verify,
-                })
-            }
+            Protocol::Http => Ok(Sender::Http {
+                url: config.http_url()?,
+                headers: config.headers.http()?,
+                gzip,
+                tls: config
+                    .tls
+                    .client()
+                    .map_err(|e| format!("tls::{}: {}", e.field, e.message))?,
+            }),
         }
     }
 
@@ -115,7 +98,7 @@ impl Sender {
                     url,
                     headers,
                     gzip,
-                    skip_verify,
+                    tls,
                 },
                 Payload::Body(body),
             ) => {
@@ -128,7 +111,7 @@ impl Sender {
                     .body(body.clone())
                     .map_err(|e| Failure::permanent(e.to_string()))?;
                 post.headers_mut().extend(headers.clone());
-                let answer = agent_net::http1_request(post, *skip_verify)
+                let answer = agent_net::http1_request(post, tls)
                     .await
                     .map_err(Failure::retryable)?;
                 http_outcome(answer)

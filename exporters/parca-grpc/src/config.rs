@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agent_core::bounds::{Checks, MAX_DURATION};
 use agent_core::{ComponentConfig, Endpoint, FieldError};
-use agent_exporter_helper::{RetryOnFailure, TlsSettings};
+use agent_exporter_helper::{HeaderProtocol, Headers, RetryOnFailure, TlsSettings};
 use serde::{Deserialize, Serialize};
 
 pub use agent_core::Secret;
@@ -23,8 +23,15 @@ pub struct ParcaGrpcConfig {
     /// File holding the bearer token, re-read when it changes
     /// (`--remote-store-bearer-token-file`).
     pub bearer_token_file: Option<PathBuf>,
+    /// gRPC metadata sent with every call (`--remote-store-grpc-headers`),
+    /// e.g. a tenant id for a proxy; values never appear in logs or
+    /// `print-config`.
+    pub headers: Headers,
     /// TLS: `insecure` (plaintext; `--remote-store-insecure`),
-    /// `insecure_skip_verify` (`--remote-store-insecure-skip-verify`).
+    /// `insecure_skip_verify` (`--remote-store-insecure-skip-verify`),
+    /// `ca_file`, and a client certificate for servers that require one
+    /// (`cert_file`, `key_file`: `--remote-store-client-cert`,
+    /// `--remote-store-client-key`).
     pub tls: TlsSettings,
     /// How often buffered profiles are written (`--remote-store-batch-write-interval`).
     #[schemars(with = "agent_core::schema::DurationText")]
@@ -85,6 +92,7 @@ impl Default for ParcaGrpcConfig {
             address: Endpoint::default(),
             bearer_token: Secret::default(),
             bearer_token_file: None,
+            headers: Headers::default(),
             tls: TlsSettings::default(),
             batch_write_interval: Duration::from_secs(10),
             rpc_logging: false,
@@ -138,6 +146,15 @@ impl ComponentConfig for ParcaGrpcConfig {
                     format!("cannot read {}: {e}", file.display()),
                 ));
             }
+        }
+        errors.extend(self.headers.validate("headers", HeaderProtocol::Grpc));
+        if self.headers.0.contains_key("authorization")
+            && (!self.bearer_token.is_empty() || self.bearer_token_file.is_some())
+        {
+            errors.push(FieldError::new(
+                "headers::authorization",
+                "set either an authorization header or a bearer token, not both",
+            ));
         }
         errors.extend(self.tls.validate("tls"));
         let mut checks = Checks::new(errors);
@@ -222,6 +239,7 @@ mod tests {
             tls: TlsSettings {
                 insecure: true,
                 insecure_skip_verify: true,
+                ..Default::default()
             },
             batch_write_interval: Duration::ZERO,
             debuginfo_upload_max_parallel: 0,

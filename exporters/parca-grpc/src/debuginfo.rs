@@ -506,12 +506,18 @@ fn status_outcome(status: tonic::Status) -> Outcome {
     }
 }
 
-/// PUTs `body` to a signed URL (HTTP/1.1, TLS for https).
+/// PUTs `body` to a signed URL (HTTP/1.1, TLS for https). The URL is an
+/// object store's, not the Parca server's: the system's roots check it and
+/// no client certificate is shown.
 async fn put_signed_url(url: &str, body: Vec<u8>, skip_verify: bool) -> Result<(), String> {
     let request = http::Request::put(url)
         .body(hyper::body::Bytes::from(body))
         .map_err(|e| format!("bad signed URL: {e}"))?;
-    let response = agent_net::http1_request(request, skip_verify).await?;
+    let tls = agent_net::TlsClient {
+        skip_verify,
+        ..Default::default()
+    };
+    let response = agent_net::http1_request(request, &tls).await?;
     if response.status().is_success() {
         Ok(())
     } else {

@@ -27,11 +27,11 @@ pub use config::{ParcaGrpcConfig, Secret};
 use crate::profiles::{encode_batch, ExecutableInfos};
 use crate::proto::debuginfo::debuginfo_service_client::DebuginfoServiceClient;
 use crate::proto::profilestore::profile_store_service_client::ProfileStoreServiceClient;
-use crate::transport::{BearerToken, TokenSource};
+use crate::transport::CallMetadata;
 use crate::writer::{Buffer, WriterMetrics, WriterSettings};
 
-/// A channel that sends the bearer token with every call.
-pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+/// A channel that sends the headers and the bearer token with every call.
+pub type AuthChannel = InterceptedService<Channel, CallMetadata>;
 
 /// The clients of one server, sharing one connection.
 #[derive(Clone)]
@@ -46,8 +46,7 @@ impl ParcaClients {
     /// Clients of the server `config` names (connects on first use).
     pub fn new(config: &ParcaGrpcConfig) -> Result<Self, String> {
         let channel = transport::channel(config)?;
-        let auth = BearerToken(TokenSource::from_config(config));
-        let intercepted = InterceptedService::new(channel, auth);
+        let intercepted = InterceptedService::new(channel, CallMetadata::from_config(config)?);
         Ok(Self {
             profiles: ProfileStoreServiceClient::new(intercepted.clone()),
             debuginfo: DebuginfoServiceClient::new(intercepted).max_decoding_message_size(64 << 20),

@@ -9,7 +9,7 @@ use tracing::warn;
 use crate::config::ParcaGrpcConfig;
 use crate::proto::telemetry::telemetry_service_client::TelemetryServiceClient;
 use crate::proto::telemetry::ReportPanicRequest;
-use crate::transport::{channel, BearerToken, TokenSource};
+use crate::transport::{channel, CallMetadata};
 
 /// How long a report may take before the panic goes on.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,7 +59,7 @@ pub fn send_report(config: &ParcaGrpcConfig, request: ReportPanicRequest) -> Res
             let channel = channel(&config)?;
             let mut client = TelemetryServiceClient::with_interceptor(
                 channel,
-                BearerToken(TokenSource::from_config(&config)),
+                CallMetadata::from_config(&config)?,
             );
             let mut call = tonic::Request::new(request);
             call.set_timeout(REPORT_TIMEOUT);

@@ -1,11 +1,11 @@
-//! The connection to the Parca server (through `agent-net`) and the bearer
-//! token on every call.
+//! The connection to the Parca server (through `agent-net`), and the
+//! configured headers and the bearer token on every call.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -81,13 +81,31 @@ impl TokenSource {
     }
 }
 
-/// Adds `authorization: Bearer …` to every call.
+/// Adds the configured `headers` and `authorization: Bearer …` to every call.
 #[derive(Clone)]
-pub struct BearerToken(pub TokenSource);
+pub struct CallMetadata {
+    headers: MetadataMap,
+    token: TokenSource,
+}
 
-impl Interceptor for BearerToken {
+impl CallMetadata {
+    /// From the config; an error names the header that cannot be sent.
+    pub fn from_config(config: &ParcaGrpcConfig) -> Result<Self, String> {
+        Ok(Self {
+            headers: config.headers.grpc_metadata()?,
+            token: TokenSource::from_config(config),
+        })
+    }
+}
+
+impl Interceptor for CallMetadata {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        match self.0.current().map_err(Status::unauthenticated)? {
+        for entry in self.headers.iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry {
+                request.metadata_mut().insert(key.clone(), value.clone());
+            }
+        }
+        match self.token.current().map_err(Status::unauthenticated)? {
             None => Ok(request),
             Some(token) => {
                 let value: MetadataValue<_> =

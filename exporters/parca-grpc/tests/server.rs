@@ -36,6 +36,9 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
+mod support;
+use support::{wait_for, LogCapture};
+
 /// What the fake server received.
 #[derive(Default)]
 struct Received {
@@ -323,18 +326,6 @@ async fn exporter(config: ParcaGrpcConfig) -> Box<dyn Exporter> {
         .unwrap();
     exporter.start().await.unwrap();
     exporter
-}
-
-/// Waits up to `limit` for `done`.
-async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    done()
 }
 
 fn gunzip(data: &[u8]) -> Vec<u8> {
@@ -703,44 +694,4 @@ async fn a_panic_report_carries_the_stderr_tail_and_host_facts() {
     assert!(report.metadata["cpu_cores"].parse::<usize>().unwrap() >= 1);
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(report.metadata["kernel_release"], release.trim());
-}
-
-/// Captures this test process's log lines.
-#[derive(Clone)]
-struct LogCapture(Arc<Mutex<Vec<u8>>>);
-
-impl LogCapture {
-    fn install() -> Self {
-        let capture = LogCapture(Arc::default());
-        let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one capture per test binary");
-        capture
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.text().lines().filter(|l| l.contains(needle)).count()
-    }
-
-    fn contains(&self, needle: &str) -> bool {
-        self.text().contains(needle)
-    }
-}
-
-impl std::io::Write for LogCapture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

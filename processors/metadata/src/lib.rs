@@ -45,6 +45,10 @@ pub struct MetadataConfig {
     #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub container_name_wait: Duration,
+    /// Environment variables read from each process (as it started) into
+    /// `__meta_env_var_NAME` labels (`--include-env-var`); no other part of
+    /// the environment is kept.
+    pub include_env_vars: Vec<String>,
 }
 
 impl Default for MetadataConfig {
@@ -56,6 +60,7 @@ impl Default for MetadataConfig {
             container_names: true,
             container_runtime_socket: None,
             container_name_wait: Duration::from_millis(250),
+            include_env_vars: Vec::new(),
         }
     }
 }
@@ -84,6 +89,14 @@ impl ComponentConfig for MetadataConfig {
                 "container_runtime_socket",
                 "must be an absolute path (the runtime's unix socket)",
             ));
+        }
+        for (i, name) in self.include_env_vars.iter().enumerate() {
+            if !is_label_name(name) {
+                errors.push(FieldError::new(
+                    &format!("include_env_vars::{i}"),
+                    format!("`{name}` cannot be part of a label name ([a-zA-Z_][a-zA-Z0-9_]*)"),
+                ));
+            }
         }
         if self.container_name_wait > Duration::from_secs(10) {
             errors.push(FieldError::new(
@@ -121,7 +134,10 @@ impl Factory for MetadataFactory {
             fixed,
             proc_root: config.proc_root,
             cache: (!config.disable_caching).then(HashMap::new),
-            read_cmdline: true,
+            wanted: process::Wanted {
+                cmdline: true,
+                env_vars: config.include_env_vars,
+            },
             names: config.container_names.then(|| {
                 ctx.shared(|telemetry| SharedNames {
                     names: Mutex::new(names::ContainerNames::new(
@@ -175,9 +191,10 @@ struct Metadata {
     /// `None` when runtimes are not asked.
     names: Option<Arc<SharedNames>>,
     started: bool,
-    /// Whether `__meta_process_cmdline` is read: only when something after
-    /// this processor can read it (command lines carry secrets).
-    read_cmdline: bool,
+    /// What is read only when asked: the command line only when something
+    /// after this processor can read it (command lines carry secrets), the
+    /// environment variables named in the config.
+    wanted: process::Wanted,
 }
 
 /// The container names one `metadata` id asks runtimes for: one cache and
@@ -206,13 +223,13 @@ impl Metadata {
     ) -> Option<Vec<(String, String)>> {
         let exe = process::exe_link(&self.proc_root, pid);
         let read = match &mut self.cache {
-            None => process::read(&self.proc_root, pid, exe, self.read_cmdline)?,
+            None => process::read(&self.proc_root, pid, exe, &self.wanted)?,
             Some(cache) => match (cache.get(&pid), exe) {
                 (Some(cached), Some(exe)) if cached.exe == exe => cached.clone(),
                 // Gone: what was read while it ran still describes its samples.
                 (Some(cached), None) => cached.clone(),
                 (_, exe) => {
-                    let read = process::read(&self.proc_root, pid, exe, self.read_cmdline)?;
+                    let read = process::read(&self.proc_root, pid, exe, &self.wanted)?;
                     cache.insert(pid, read.clone());
                     read
                 }
@@ -258,7 +275,7 @@ impl Processor for Metadata {
     }
 
     fn read_later(&mut self, read_later: &dyn Fn(&str) -> bool) {
-        self.read_cmdline = read_later(process::CMDLINE_LABEL);
+        self.wanted.cmdline = read_later(process::CMDLINE_LABEL);
     }
 
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {

@@ -106,13 +106,45 @@ pub fn executable_facts(file: &File) -> Option<ExecutableFacts> {
 /// The label holding a process's command line.
 pub const CMDLINE_LABEL: &str = "__meta_process_cmdline";
 
-/// Every `__meta_process_*` label of `pid`, given its [`exe_link`] (the
-/// command line only if `cmdline`); `None` if the process is gone.
+/// The prefix of a label holding an environment variable.
+pub const ENV_VAR_PREFIX: &str = "__meta_env_var_";
+
+/// What is read only when asked: it may hold secrets.
+#[derive(Clone, Debug, Default)]
+pub struct Wanted {
+    /// The command line ([`CMDLINE_LABEL`]).
+    pub cmdline: bool,
+    /// These environment variables (`__meta_env_var_NAME`).
+    pub env_vars: Vec<String>,
+}
+
+/// `__meta_env_var_NAME` for each of `names` set in `environ` (NUL-separated
+/// `NAME=value`; the first of a repeated name wins, as for `getenv`).
+fn env_labels(environ: &[u8], names: &[String]) -> Vec<(String, String)> {
+    let mut labels: Vec<(String, String)> = Vec::new();
+    for entry in environ.split(|&b| b == 0) {
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let Some(name) = names.iter().find(|n| n.as_bytes() == &entry[..eq]) else {
+            continue;
+        };
+        let label = format!("{ENV_VAR_PREFIX}{name}");
+        if labels.iter().all(|(l, _)| *l != label) {
+            let value = String::from_utf8_lossy(&entry[eq + 1..]).into_owned();
+            labels.push((label, value));
+        }
+    }
+    labels
+}
+
+/// Every `__meta_process_*` label of `pid`, given its [`exe_link`], and
+/// what is [`Wanted`]; `None` if the process is gone.
 pub fn read(
     proc_root: &Path,
     pid: u32,
     exe: Option<String>,
-    cmdline: bool,
+    wanted: &Wanted,
 ) -> Option<ProcessLabels> {
     let dir = proc_root.join(pid.to_string());
     let exe = exe.unwrap_or_default();
@@ -122,7 +154,15 @@ pub fn read(
         .trim_end()
         .to_owned();
     let mut labels = vec![("__meta_process_pid".to_owned(), pid.to_string())];
-    if cmdline {
+    if !wanted.env_vars.is_empty() {
+        // The environment as the process started; what is not named is
+        // wiped at once.
+        if let Ok(mut environ) = std::fs::read(dir.join("environ")) {
+            labels.extend(env_labels(&environ, &wanted.env_vars));
+            environ.fill(0);
+        }
+    }
+    if wanted.cmdline {
         let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
         let cmdline = cmdline
             .split(|&b| b == 0)
@@ -213,11 +253,15 @@ mod tests {
     #[test]
     fn this_process_has_its_labels() {
         let me = std::process::id();
+        let wanted = Wanted {
+            cmdline: true,
+            env_vars: vec!["PATH".to_owned(), "AGENT_TEST_UNSET_VARIABLE".to_owned()],
+        };
         let labels = read(
             Path::new("/proc"),
             me,
             exe_link(Path::new("/proc"), me),
-            true,
+            &wanted,
         )
         .unwrap();
         let get = |k: &str| {
@@ -253,8 +297,35 @@ mod tests {
             get("__meta_process_executable_static").as_deref(),
             Some("false")
         );
-        assert!(read(Path::new("/proc"), u32::MAX - 1, None, true).is_none());
-        let without = read(Path::new("/proc"), me, None, false).unwrap();
-        assert!(without.labels.iter().all(|(n, _)| n != CMDLINE_LABEL));
+        // PATH as this process started (a test may have changed its own).
+        assert!(get("__meta_env_var_PATH").is_some_and(|p| p.contains('/')));
+        let env_labels = labels
+            .labels
+            .iter()
+            .filter(|(n, _)| n.starts_with(ENV_VAR_PREFIX));
+        assert_eq!(env_labels.count(), 1, "only the named, set variables");
+        assert!(read(Path::new("/proc"), u32::MAX - 1, None, &wanted).is_none());
+        let without = read(Path::new("/proc"), me, None, &Wanted::default()).unwrap();
+        assert!(without
+            .labels
+            .iter()
+            .all(|(n, _)| n != CMDLINE_LABEL && !n.starts_with(ENV_VAR_PREFIX)));
+    }
+
+    #[test]
+    fn only_named_variables_become_labels() {
+        let environ = b"HOME=/root\0SECRET=x\0APP_ENV=prod\0APP_ENV=later\0BROKEN\0REGION=eu=1\0";
+        let names = [
+            "APP_ENV".to_owned(),
+            "REGION".to_owned(),
+            "HOME_".to_owned(),
+        ];
+        assert_eq!(
+            env_labels(environ, &names),
+            [
+                ("__meta_env_var_APP_ENV".to_owned(), "prod".to_owned()),
+                ("__meta_env_var_REGION".to_owned(), "eu=1".to_owned()),
+            ]
+        );
     }
 }

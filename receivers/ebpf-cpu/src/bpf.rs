@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
-use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::perf_event::{
+    PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
 use aya::programs::{FExit, PerfEvent, ProgramError, RawTracePoint};
 use aya::util::{online_cpus, KernelVersion};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader, VerifierLogLevel};
@@ -679,6 +681,10 @@ pub struct Sampler {
     unwind_mode: UnwindMode,
     /// Whether `process_mmap_exec` reports new executable mappings.
     mmap_hook: bool,
+    /// Samples per second per CPU.
+    frequency: u64,
+    /// The sampling timer on each online CPU; none while sampling is paused.
+    timers: Vec<PerfEventLinkId>,
 }
 
 /// Kernel 5.8 brought BPF ring buffers, the newest feature used here.
@@ -811,29 +817,15 @@ impl Sampler {
             include_idle: opts.include_idle,
             unwind_mode: opts.unwind_mode,
             mmap_hook: false,
+            frequency: opts.frequency,
+            timers: Vec::new(),
         };
         sampler.write_config()?;
-
-        let program: &mut PerfEvent = sampler
-            .ebpf
-            .program_mut("sample_cpu")
-            .ok_or_else(|| map_error("object", "no program sample_cpu"))?
-            .try_into()
-            .map_err(|e| map_error("sample_cpu", e))?;
-        program
+        sampler
+            .sample_cpu()?
             .load()
             .map_err(|e| program_error("sample_cpu", e, opts.verbose))?;
-        let cpus = online_cpus().map_err(|(what, e)| map_error(what, e))?;
-        for cpu in cpus {
-            program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(opts.frequency),
-                    false,
-                )
-                .map_err(|e| program_error("sample_cpu", e, opts.verbose))?;
-        }
+        sampler.set_sampling(true)?;
         sampler.attach_mmap_exec();
         // Raw tracepoints need no tracefs mount.
         for (name, tracepoint) in [
@@ -854,6 +846,44 @@ impl Sampler {
                 .map_err(|e| program_error(name, e, opts.verbose))?;
         }
         Ok(sampler)
+    }
+
+    fn sample_cpu(&mut self) -> Result<&mut PerfEvent, EbpfCpuError> {
+        self.ebpf
+            .program_mut("sample_cpu")
+            .ok_or_else(|| map_error("object", "no program sample_cpu"))?
+            .try_into()
+            .map_err(|e| map_error("sample_cpu", e))
+    }
+
+    /// Starts or pauses sampling: the timer on each online CPU is opened,
+    /// or closed (paused, no timer fires and the program never runs).
+    pub fn set_sampling(&mut self, on: bool) -> Result<(), EbpfCpuError> {
+        let frequency = self.frequency;
+        let mut timers = std::mem::take(&mut self.timers);
+        let program = self.sample_cpu()?;
+        if !on {
+            for timer in timers.drain(..) {
+                program
+                    .detach(timer)
+                    .map_err(|e| program_error("sample_cpu", e, false))?;
+            }
+        } else if timers.is_empty() {
+            let cpus = online_cpus().map_err(|(what, e)| map_error(what, e))?;
+            for cpu in cpus {
+                let timer = program
+                    .attach(
+                        PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                        PerfEventScope::AllProcessesOneCpu { cpu },
+                        SamplePolicy::Frequency(frequency),
+                        false,
+                    )
+                    .map_err(|e| program_error("sample_cpu", e, false))?;
+                timers.push(timer);
+            }
+        }
+        self.timers = timers;
+        Ok(())
     }
 
     /// Whether new executable mappings are reported as they are made (the

@@ -22,6 +22,7 @@ pub mod process;
 pub mod runtimes;
 pub mod unwind;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -85,6 +86,23 @@ pub struct EbpfCpuConfig {
     /// No Ruby frames: Ruby processes show the VM's native frames only
     /// (`--ruby-unwinding-disable`).
     pub ruby_unwinding_disable: bool,
+    /// Leave out the `cpu` sample label (`--metadata-disable-cpu-label`).
+    pub disable_cpu_label: bool,
+    /// Leave out the `thread_id` sample label
+    /// (`--metadata-disable-thread-id-label`).
+    pub disable_thread_id_label: bool,
+    /// Leave out the `thread_comm` sample label
+    /// (`--metadata-disable-thread-comm-label`).
+    pub disable_thread_comm_label: bool,
+    /// Probabilistic profiling: the chance, in percent, that an interval
+    /// is profiled; 100 profiles always
+    /// (`--profiling-probabilistic-threshold`).
+    pub probabilistic_threshold: u64,
+    /// Probabilistic profiling: how long one draw holds
+    /// (`--profiling-probabilistic-interval`).
+    #[schemars(with = "agent_core::schema::DurationText")]
+    #[serde(with = "humantime_serde")]
+    pub probabilistic_interval: Duration,
 }
 
 impl Default for EbpfCpuConfig {
@@ -105,11 +123,94 @@ impl Default for EbpfCpuConfig {
             python_unwinding_disable: false,
             php_unwinding_disable: false,
             ruby_unwinding_disable: false,
+            disable_cpu_label: false,
+            disable_thread_id_label: false,
+            disable_thread_comm_label: false,
+            probabilistic_threshold: 100,
+            probabilistic_interval: Duration::from_secs(60),
         }
     }
 }
 
+/// Probabilistic profiling: every interval a draw in 0–99 decides whether
+/// the next interval is profiled (draw below the threshold). A paused
+/// interval has no sampling timer at all.
+struct Lottery {
+    threshold: u64,
+    interval: Duration,
+    next_draw: Instant,
+    drawn: [Counter; 2],
+}
+
+impl Lottery {
+    /// `None` when every interval is profiled (threshold 100).
+    fn new(config: &EbpfCpuConfig, telemetry: &ComponentTelemetry) -> Option<Self> {
+        let drawn = |profiled| {
+            telemetry.counter(
+                "ebpf_probabilistic_intervals",
+                "Probabilistic profiling intervals, by whether they were profiled.",
+                &[("profiled", profiled)],
+            )
+        };
+        (config.probabilistic_threshold < 100).then(|| Self {
+            threshold: config.probabilistic_threshold,
+            interval: config.probabilistic_interval,
+            next_draw: Instant::now(),
+            drawn: [drawn("false"), drawn("true")],
+        })
+    }
+
+    /// Whether the interval starting now is profiled, when a draw is due.
+    fn draw_if_due(&mut self, now: Instant) -> Option<bool> {
+        if now < self.next_draw {
+            return None;
+        }
+        while self.next_draw <= now {
+            self.next_draw += self.interval;
+        }
+        let profiled = random_percent() < self.threshold;
+        self.drawn[usize::from(profiled)].inc();
+        Some(profiled)
+    }
+}
+
+/// A uniform draw in 0–99 (std's hasher keys are random per instance).
+fn random_percent() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    // Multiply-shift: no modulo bias worth naming at 64 bits.
+    ((u128::from(bits) * 100) >> 64) as u64
+}
+
+/// Which sample labels of thread and CPU a batch carries. Samples that
+/// differ only in a label left out become one.
+#[derive(Clone, Copy, Debug)]
+struct SampleLabels {
+    cpu: bool,
+    thread_id: bool,
+    thread_comm: bool,
+}
+
+impl SampleLabels {
+    #[cfg(test)]
+    const ALL: Self = Self {
+        cpu: true,
+        thread_id: true,
+        thread_comm: true,
+    };
+}
+
 impl EbpfCpuConfig {
+    fn sample_labels(&self) -> SampleLabels {
+        SampleLabels {
+            cpu: !self.disable_cpu_label,
+            thread_id: !self.disable_thread_id_label,
+            thread_comm: !self.disable_thread_comm_label,
+        }
+    }
+
     fn unwind_mode(&self) -> UnwindMode {
         if self.dwarf_unwinding_disable {
             UnwindMode::FramePointers
@@ -152,6 +253,18 @@ impl ComponentConfig for EbpfCpuConfig {
                 1 << 40,
             );
         }
+        checks.number(
+            "probabilistic_threshold",
+            self.probabilistic_threshold,
+            1,
+            100,
+        );
+        checks.duration(
+            "probabilistic_interval",
+            self.probabilistic_interval,
+            ms(100),
+            ms(86_400_000),
+        );
         let mut errors = checks.finish();
         if self.dwarf_unwinding_disable && self.dwarf_unwinding_mixed {
             errors.push(FieldError::new(
@@ -597,6 +710,7 @@ fn build_batch(
     kernel: &KernelImage,
     profile_type: ProfileType,
     window: (u64, u64),
+    sample_labels: SampleLabels,
 ) -> ProfileBatch {
     let mut batch = ProfileBatch::new(profile_type, window.0, window.1);
     let kernel_name = batch
@@ -618,11 +732,12 @@ fn build_batch(
             BuildIdKind::Gnu
         },
     });
-    // (pid, mapping index) -> batch mapping id, so a process's mappings are interned once.
     // (process image, mapping index) -> batch mapping id, so a process's
     // mappings are interned once (a deferred walk may be of an older image).
     let mut mapping_ids: HashMap<(*const ProcessInfo, usize), u32> = HashMap::new();
     let mut series_ids: HashMap<u32, u32> = HashMap::new();
+    // (stack, series, attributes) -> index in batch.samples.
+    let mut sample_index: HashMap<(u32, u32, u32), usize> = HashMap::new();
     let counted = drained.counts.iter().map(|(key, count)| {
         let kernel = drained
             .kernel_stacks
@@ -702,11 +817,16 @@ fn build_batch(
                 ("comm", comm.to_owned()),
             ]))
         });
-        let mut attributes = vec![
-            ("thread_id".to_owned(), key.tid.to_string()),
-            ("thread_comm".to_owned(), thread_comm),
-            ("cpu".to_owned(), key.cpu.to_string()),
-        ];
+        let mut attributes = Vec::new();
+        if sample_labels.thread_id {
+            attributes.push(("thread_id".to_owned(), key.tid.to_string()));
+        }
+        if sample_labels.thread_comm {
+            attributes.push(("thread_comm".to_owned(), thread_comm));
+        }
+        if sample_labels.cpu {
+            attributes.push(("cpu".to_owned(), key.cpu.to_string()));
+        }
         if let Some(stack) = user_stack {
             attributes.push((
                 "unwind_status".to_owned(),
@@ -717,13 +837,19 @@ fn build_batch(
             attributes.push((go_label_name(name), value.clone()));
         }
         let attributes = batch.label_sets.intern(LabelSet::new(attributes));
-        batch.samples.push(Sample {
-            stack,
-            series,
-            attributes,
-            value: count as i64,
-            timestamp_unix_nanos: None,
-        });
+        match sample_index.entry((stack, series, attributes)) {
+            Entry::Occupied(at) => batch.samples[*at.get()].value += count as i64,
+            Entry::Vacant(at) => {
+                at.insert(batch.samples.len());
+                batch.samples.push(Sample {
+                    stack,
+                    series,
+                    attributes,
+                    value: count as i64,
+                    timestamp_unix_nanos: None,
+                });
+            }
+        }
     }
     batch
 }
@@ -791,12 +917,25 @@ impl Attached {
         let profile_type = ProfileType::cpu_samples(self.config.sampling_frequency);
         let mut window_start = SystemTime::now();
         let mut window_end = Instant::now() + self.config.profiling_duration;
+        let mut lottery = Lottery::new(&self.config, &self.counters.telemetry);
         let result = loop {
             let stopping = stop.load(Ordering::SeqCst);
+            if let Some(profiled) = lottery.as_mut().and_then(|l| l.draw_if_due(Instant::now())) {
+                debug!(
+                    profiled,
+                    "probabilistic profiling: drawn for the next interval"
+                );
+                if let Err(e) = self.sampler.set_sampling(profiled) {
+                    break Err(e);
+                }
+            }
             if !stopping && Instant::now() < window_end {
+                let wake_at = lottery
+                    .as_ref()
+                    .map_or(window_end, |l| window_end.min(l.next_draw));
                 wait_readable(
                     &[wake.as_raw_fd()],
-                    window_end.saturating_duration_since(Instant::now()),
+                    wake_at.saturating_duration_since(Instant::now()),
                 );
                 continue;
             }
@@ -857,6 +996,7 @@ impl Attached {
                 &kernel,
                 profile_type.clone(),
                 window,
+                self.config.sample_labels(),
             );
             debug!(
                 samples = batch.samples.len(),
@@ -1153,6 +1293,7 @@ mod tests {
             &kernel,
             ProfileType::cpu_samples(19),
             (1, 2),
+            SampleLabels::ALL,
         );
         let sample = &b.resolved_samples()[0];
         assert_eq!(sample.value, 3);
@@ -1241,6 +1382,7 @@ mod tests {
             &kernel,
             ProfileType::cpu_samples(19),
             (1, 2),
+            SampleLabels::ALL,
         );
         assert_eq!(b.total_value(), 10);
         let samples = b.resolved_samples();
@@ -1290,5 +1432,50 @@ mod tests {
             before_exec.frames[0].mapping.as_ref().unwrap().filename,
             "/old/image"
         );
+    }
+    #[test]
+    fn samples_differing_only_in_a_label_left_out_become_one() {
+        let me = std::process::id();
+        // One stack on two CPUs from two threads.
+        let other = SampleKey {
+            tid: me + 2,
+            cpu: 3,
+            ..key(me, 7, 2)
+        };
+        let drained = Drained {
+            counts: vec![(key(me, 7, 2), 5), (other, 2)],
+            kernel_stacks: [(2, vec![0xffff_ffff_8100_0000])].into(),
+            user_stacks: [(7, user_stack(&[0x1000], 1))].into(),
+            ..Drained::default()
+        };
+        let build = |labels| {
+            build_batch(
+                &drained,
+                &HashMap::new(),
+                &HashMap::new(),
+                &KernelImage { build_id: None },
+                ProfileType::cpu_samples(19),
+                (1, 2),
+                labels,
+            )
+        };
+        let all = build(SampleLabels::ALL);
+        assert_eq!(all.samples.len(), 2);
+        let no_cpu = build(SampleLabels {
+            cpu: false,
+            ..SampleLabels::ALL
+        });
+        assert_eq!(no_cpu.samples.len(), 2, "the threads still differ");
+        assert!(no_cpu.resolved_samples()[0].attributes.get("cpu").is_none());
+        let comm_only = build(SampleLabels {
+            cpu: false,
+            thread_id: false,
+            thread_comm: true,
+        });
+        let merged = comm_only.resolved_samples();
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].value, 7);
+        assert_eq!(merged[0].attributes.get("thread_comm"), Some("worker"));
+        assert!(merged[0].attributes.get("thread_id").is_none());
     }
 }
