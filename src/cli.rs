@@ -555,9 +555,10 @@ pub fn parse_value(kind: ValueKind, text: &str) -> Result<Value, String> {
         Labels => {
             let mut map = Mapping::new();
             for pair in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                // Not repeated: a value may be a secret (a header's).
                 let (k, v) = pair
                     .split_once('=')
-                    .ok_or_else(|| format!("`{pair}` is not KEY=VALUE"))?;
+                    .ok_or("an entry is not KEY=VALUE (entries are separated by ';')")?;
                 map.insert(
                     Value::String(k.trim().to_owned()),
                     Value::String(v.trim().to_owned()),

@@ -62,7 +62,7 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// How a TLS client checks the server and proves itself.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TlsClient {
     /// Accept any server certificate (the handshake signature is still checked).
     pub skip_verify: bool,
@@ -71,6 +71,17 @@ pub struct TlsClient {
     /// A client certificate chain and its private key (PEM), presented to
     /// servers that ask for one (mutual TLS).
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    /// Never the key's bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("skip_verify", &self.skip_verify)
+            .field("ca", &self.ca_pem.as_ref().map(Vec::len))
+            .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// What is wrong with a [`TlsClient`]; never shows a key's bytes.
@@ -216,6 +227,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
@@ -354,6 +375,48 @@ pub fn grpc_channel(target: &Target, tls: &TlsClient) -> Result<Channel, String>
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
+/// Whether `uri` is https (else http); an error for other schemes.
+fn is_https(uri: &Uri) -> Result<bool, String> {
+    match uri.scheme_str() {
+        Some("https") => Ok(true),
+        Some("http") => Ok(false),
+        _ => Err(format!("{uri}: neither http:// nor https://")),
+    }
+}
+
+/// HTTP/1.1 requests to one scheme, a connection each: TLS is set up once
+/// (files parsed, roots loaded) and a server's TLS alert is logged once
+/// per outage, not per request.
+#[derive(Clone)]
+pub struct Http1Client {
+    https: bool,
+    connector: Connector,
+}
+
+impl Http1Client {
+    /// A client for `uri`'s scheme (TLS as `tls` says, for https).
+    pub fn for_uri(uri: &Uri, tls: &TlsClient) -> Result<Self, String> {
+        let https = is_https(uri)?;
+        Ok(Self {
+            https,
+            connector: Connector::new(https.then_some(tls), b"http/1.1")?,
+        })
+    }
+
+    /// Sends `request` (an absolute URI of this client's scheme) on a fresh
+    /// connection and returns the answer with its whole body.
+    pub async fn request(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, String> {
+        let uri = request.uri().clone();
+        if is_https(&uri)? != self.https {
+            return Err(format!("{uri}: not this client's scheme"));
+        }
+        send_http1(&self.connector, request).await
+    }
+}
+
 /// Sends one HTTP/1.1 request to an absolute `http(s)://` URI on a fresh
 /// connection (TLS as `tls` says, for https) and returns the answer with
 /// its whole body.
@@ -361,13 +424,16 @@ pub async fn http1_request(
     request: http::Request<Bytes>,
     tls: &TlsClient,
 ) -> Result<http::Response<Bytes>, String> {
+    Http1Client::for_uri(request.uri(), tls)?
+        .request(request)
+        .await
+}
+
+async fn send_http1(
+    connector: &Connector,
+    request: http::Request<Bytes>,
+) -> Result<http::Response<Bytes>, String> {
     let uri = request.uri().clone();
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(format!("{uri}: neither http:// nor https://")),
-    };
-    let connector = Connector::new(https.then_some(tls), b"http/1.1")?;
     let io = connector
         .connect(&uri)
         .await

@@ -37,15 +37,18 @@ impl TlsSettings {
 
     /// A lazy gRPC channel to `address` with these settings.
     pub fn grpc_channel(&self, address: &str) -> Result<tonic::transport::Channel, String> {
-        let client = self
-            .client()
-            .map_err(|e| format!("tls::{}: {}", e.field, e.message))?;
-        agent_net::grpc_channel(&self.target(address)?, &client)
+        agent_net::grpc_channel(&self.target(address)?, &self.client()?)
     }
 
     /// The TLS client these settings describe, its files read now; the
-    /// error names the key (under `tls`).
-    pub fn client(&self) -> Result<agent_net::TlsClient, FieldError> {
+    /// error names the key (`tls::ca_file: cannot read …`).
+    pub fn client(&self) -> Result<agent_net::TlsClient, String> {
+        self.read_client()
+            .map_err(|e| format!("tls::{}: {}", e.field, e.message))
+    }
+
+    /// [`Self::client`], the error's key below `tls`.
+    fn read_client(&self) -> Result<agent_net::TlsClient, FieldError> {
         let read = |key: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, FieldError> {
             path.as_deref()
                 .map(|p| std::fs::read(p).map_err(|e| unreadable(key, p, e)))
@@ -116,7 +119,7 @@ impl TlsSettings {
             // Nothing to read; the system's roots are checked on connecting.
             return Vec::new();
         }
-        let problem = match self.client() {
+        let problem = match self.read_client() {
             Err(e) => e,
             Ok(client) => match client.check() {
                 Ok(()) => return Vec::new(),
@@ -125,6 +128,7 @@ impl TlsSettings {
                         agent_net::TlsError::Ca(_) => "ca_file",
                         agent_net::TlsError::Certificate(_) => "cert_file",
                         agent_net::TlsError::Key(_) => "key_file",
+                        // No system roots to check the server with.
                         agent_net::TlsError::Other(_) => "ca_file",
                     };
                     FieldError::new(name, e.to_string())

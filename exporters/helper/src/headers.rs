@@ -34,7 +34,15 @@ impl Headers {
                 HeaderProtocol::Http => HeaderName::from_bytes(name.as_bytes()).is_ok(),
             };
             let key = format!("{prefix}::{name}");
-            if !valid_name {
+            let lowercase = name.to_ascii_lowercase();
+            if protocol == HeaderProtocol::Grpc
+                && (lowercase.starts_with("grpc-") || ["te", "content-type"].contains(&&*lowercase))
+            {
+                errors.push(FieldError::new(
+                    &key,
+                    "reserved by gRPC itself (grpc-*, te, content-type)",
+                ));
+            } else if !valid_name {
                 errors.push(FieldError::new(
                     &key,
                     "not a valid header name (lowercase letters, digits, '-', '_', '.')",
@@ -94,6 +102,18 @@ mod tests {
             assert_eq!(fields, ["headers::Bad Name", "headers::tenant-id"]);
             assert!(errors.iter().all(|e| !e.message.contains("break")));
         }
+        let reserved: Headers =
+            serde_yaml::from_str("{grpc-timeout: 1S, X-Scope-OrgID: t}").unwrap();
+        let errors = reserved.validate("headers", HeaderProtocol::Grpc);
+        assert_eq!(
+            errors.len(),
+            1,
+            "names are case-insensitive; only grpc-* is reserved"
+        );
+        assert_eq!(errors[0].field, "headers::grpc-timeout");
+        assert!(reserved
+            .validate("headers", HeaderProtocol::Http)
+            .is_empty());
         assert!(!format!("{headers:?}").contains("s3cr3t"));
         assert!(!serde_yaml::to_string(&headers).unwrap().contains("s3cr3t"));
 

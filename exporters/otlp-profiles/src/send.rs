@@ -30,7 +30,7 @@ pub enum Sender {
         url: http::Uri,
         headers: HeaderMap,
         gzip: bool,
-        tls: agent_net::TlsClient,
+        client: agent_net::Http1Client,
     },
 }
 
@@ -50,15 +50,15 @@ impl Sender {
                 let metadata = config.headers.grpc_metadata()?;
                 Ok(Sender::Grpc { client, metadata })
             }
-            Protocol::Http => Ok(Sender::Http {
-                url: config.http_url()?,
-                headers: config.headers.http()?,
-                gzip,
-                tls: config
-                    .tls
-                    .client()
-                    .map_err(|e| format!("tls::{}: {}", e.field, e.message))?,
-            }),
+            Protocol::Http => {
+                let url = config.http_url()?;
+                Ok(Sender::Http {
+                    client: agent_net::Http1Client::for_uri(&url, &config.tls.client()?)?,
+                    url,
+                    headers: config.headers.http()?,
+                    gzip,
+                })
+            }
         }
     }
 
@@ -98,7 +98,7 @@ impl Sender {
                     url,
                     headers,
                     gzip,
-                    tls,
+                    client,
                 },
                 Payload::Body(body),
             ) => {
@@ -111,9 +111,7 @@ impl Sender {
                     .body(body.clone())
                     .map_err(|e| Failure::permanent(e.to_string()))?;
                 post.headers_mut().extend(headers.clone());
-                let answer = agent_net::http1_request(post, tls)
-                    .await
-                    .map_err(Failure::retryable)?;
+                let answer = client.request(post).await.map_err(Failure::retryable)?;
                 http_outcome(answer)
             }
             _ => unreachable!("payloads are prepared by the sender that sends them"),

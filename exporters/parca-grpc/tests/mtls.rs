@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 mod support;
 use support::{wait_for, LogCapture};
 
-/// A CA and a certificate it signed (PEM), written to files.
+/// A leaf certificate and its key (PEM files).
 struct Signed {
     cert: PathBuf,
     key: PathBuf,

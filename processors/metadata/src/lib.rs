@@ -136,8 +136,9 @@ impl Factory for MetadataFactory {
             cache: (!config.disable_caching).then(HashMap::new),
             wanted: process::Wanted {
                 cmdline: true,
-                env_vars: config.include_env_vars,
+                env_vars: config.include_env_vars.clone(),
             },
+            env_vars: config.include_env_vars,
             names: config.container_names.then(|| {
                 ctx.shared(|telemetry| SharedNames {
                     names: Mutex::new(names::ContainerNames::new(
@@ -191,10 +192,12 @@ struct Metadata {
     /// `None` when runtimes are not asked.
     names: Option<Arc<SharedNames>>,
     started: bool,
-    /// What is read only when asked: the command line only when something
-    /// after this processor can read it (command lines carry secrets), the
-    /// environment variables named in the config.
+    /// What is read only when asked, and only when something after this
+    /// processor can read it (command lines and environments carry
+    /// secrets): the command line, the named environment variables.
     wanted: process::Wanted,
+    /// The environment variables the config names.
+    env_vars: Vec<String>,
 }
 
 /// The container names one `metadata` id asks runtimes for: one cache and
@@ -276,6 +279,18 @@ impl Processor for Metadata {
 
     fn read_later(&mut self, read_later: &dyn Fn(&str) -> bool) {
         self.wanted.cmdline = read_later(process::CMDLINE_LABEL);
+        let (read, unread): (Vec<String>, Vec<String>) = self
+            .env_vars
+            .iter()
+            .cloned()
+            .partition(|name| read_later(&format!("{}{name}", process::ENV_VAR_PREFIX)));
+        if !unread.is_empty() {
+            tracing::warn!(
+                variables = ?unread,
+                "include_env_vars: not read, no processor after metadata reads their __meta_env_var_* labels (add a relabel rule that does)"
+            );
+        }
+        self.wanted.env_vars = read;
     }
 
     fn process(&mut self, mut batch: ProfileBatch) -> Result<ProfileBatch, ComponentError> {

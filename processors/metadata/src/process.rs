@@ -156,10 +156,9 @@ pub fn read(
     let mut labels = vec![("__meta_process_pid".to_owned(), pid.to_string())];
     if !wanted.env_vars.is_empty() {
         // The environment as the process started; what is not named is
-        // wiped at once.
-        if let Ok(mut environ) = std::fs::read(dir.join("environ")) {
+        // dropped at once.
+        if let Ok(environ) = std::fs::read(dir.join("environ")) {
             labels.extend(env_labels(&environ, &wanted.env_vars));
-            environ.fill(0);
         }
     }
     if wanted.cmdline {

@@ -683,8 +683,8 @@ pub struct Sampler {
     mmap_hook: bool,
     /// Samples per second per CPU.
     frequency: u64,
-    /// The sampling timer on each online CPU; none while sampling is paused.
-    timers: Vec<PerfEventLinkId>,
+    /// The sampling timer of each online CPU; none while sampling is paused.
+    timers: Vec<(u32, PerfEventLinkId)>,
 }
 
 /// Kernel 5.8 brought BPF ring buffers, the newest feature used here.
@@ -857,33 +857,46 @@ impl Sampler {
     }
 
     /// Starts or pauses sampling: the timer on each online CPU is opened,
-    /// or closed (paused, no timer fires and the program never runs).
+    /// or closed (paused, no timer fires and the program never runs). On an
+    /// error the timers that did change stay changed and are remembered, so
+    /// a later call finishes the job without opening a CPU's timer twice.
     pub fn set_sampling(&mut self, on: bool) -> Result<(), EbpfCpuError> {
         let frequency = self.frequency;
         let mut timers = std::mem::take(&mut self.timers);
         let program = self.sample_cpu()?;
-        if !on {
-            for timer in timers.drain(..) {
-                program
-                    .detach(timer)
-                    .map_err(|e| program_error("sample_cpu", e, false))?;
+        let result = if on {
+            online_cpus()
+                .map_err(|(what, e)| map_error(what, e))
+                .and_then(|cpus| {
+                    for cpu in cpus {
+                        if timers.iter().any(|&(on_cpu, _)| on_cpu == cpu) {
+                            continue;
+                        }
+                        let timer = program
+                            .attach(
+                                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                                PerfEventScope::AllProcessesOneCpu { cpu },
+                                SamplePolicy::Frequency(frequency),
+                                false,
+                            )
+                            .map_err(|e| program_error("sample_cpu", e, false))?;
+                        timers.push((cpu, timer));
+                    }
+                    Ok(())
+                })
+        } else {
+            // A failed detach still forgets the link (aya takes it out of
+            // the program first): no timer is left to retry.
+            let mut failed = Ok(());
+            for (_, timer) in timers.drain(..) {
+                if let Err(e) = program.detach(timer) {
+                    failed = Err(program_error("sample_cpu", e, false));
+                }
             }
-        } else if timers.is_empty() {
-            let cpus = online_cpus().map_err(|(what, e)| map_error(what, e))?;
-            for cpu in cpus {
-                let timer = program
-                    .attach(
-                        PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                        PerfEventScope::AllProcessesOneCpu { cpu },
-                        SamplePolicy::Frequency(frequency),
-                        false,
-                    )
-                    .map_err(|e| program_error("sample_cpu", e, false))?;
-                timers.push(timer);
-            }
-        }
+            failed
+        };
         self.timers = timers;
-        Ok(())
+        result
     }
 
     /// Whether new executable mappings are reported as they are made (the

@@ -174,7 +174,8 @@ impl Lottery {
     }
 }
 
-/// A uniform draw in 0–99 (std's hasher keys are random per instance).
+/// A uniform draw in 0–99 (std's hasher keys are seeded randomly per
+/// thread and differ for each instance).
 fn random_percent() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let bits = std::collections::hash_map::RandomState::new()
@@ -920,13 +921,18 @@ impl Attached {
         let mut lottery = Lottery::new(&self.config, &self.counters.telemetry);
         let result = loop {
             let stopping = stop.load(Ordering::SeqCst);
-            if let Some(profiled) = lottery.as_mut().and_then(|l| l.draw_if_due(Instant::now())) {
+            let draw = lottery
+                .as_mut()
+                .filter(|_| !stopping)
+                .and_then(|l| l.draw_if_due(Instant::now()));
+            if let Some(profiled) = draw {
                 debug!(
                     profiled,
-                    "probabilistic profiling: drawn for the next interval"
+                    "probabilistic profiling: drawn for the interval starting now"
                 );
-                if let Err(e) = self.sampler.set_sampling(profiled) {
-                    break Err(e);
+                // A timer that cannot change now is tried again at the next draw.
+                if let Err(error) = self.sampler.set_sampling(profiled) {
+                    warn!(%error, profiled, "probabilistic profiling: cannot switch sampling");
                 }
             }
             if !stopping && Instant::now() < window_end {
