@@ -204,6 +204,31 @@ impl Telemetry {
         self.0.registry.gather()
     }
 
+    /// The sum of the counters or gauges named `name` (as exposed, with
+    /// `_total`) whose labels include every one of `labels`; 0 if none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| {
+                let kind = family.get_field_type();
+                family.get_metric().iter().map(move |m| (kind, m))
+            })
+            .filter(|(_, m)| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|(kind, m)| match kind {
+                MetricType::COUNTER => m.get_counter().get_value(),
+                MetricType::GAUGE => m.get_gauge().get_value(),
+                _ => 0.0,
+            })
+            .sum()
+    }
+
     /// All metrics in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
         let mut out = Vec::new();
@@ -342,8 +367,18 @@ mod tests {
     fn process_cpu_seconds_have_sub_second_precision() {
         let t = Telemetry::default().with_process_metrics();
         // A young test process has used well under a second, often 0.0x s.
-        let busy_until = std::time::Instant::now() + std::time::Duration::from_millis(30);
-        while std::time::Instant::now() < busy_until {}
+        // Busy until it has used 30 ms of CPU (not of wall time: on a loaded
+        // machine 30 ms of wall time may be far less CPU).
+        let cpu_seconds = || {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+            t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+        };
+        while cpu_seconds() < 0.035 {}
         let text = t.encode();
         let line = text
             .lines()

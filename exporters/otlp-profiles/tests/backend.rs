@@ -297,13 +297,8 @@ fn exporter(yaml: &str, telemetry: &Telemetry) -> Box<dyn Exporter> {
     OtlpProfilesFactory.create(config, &ctx).unwrap()
 }
 
-fn metric(telemetry: &Telemetry, name: &str, label: &str) -> u64 {
-    telemetry
-        .encode()
-        .lines()
-        .find(|l| l.starts_with(name) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |v| v.parse().unwrap())
+fn metric(telemetry: &Telemetry, name: &str, labels: &[(&str, &str)]) -> u64 {
+    telemetry.value(name, labels) as u64
 }
 
 #[tokio::test]
@@ -323,7 +318,7 @@ async fn grpc_delivers_resolvable_conventional_profiles() {
     assert_eq!(headers["authorization"], "Bearer t0ken");
     assert_eq!(headers["grpc-encoding"], "gzip");
     assert_eq!(
-        metric(&telemetry, "agent_otlp_profiles_sent_batches_total", ""),
+        metric(&telemetry, "agent_otlp_profiles_sent_batches_total", &[]),
         1
     );
 }
@@ -358,12 +353,12 @@ async fn grpc_retries_what_the_spec_calls_retryable() {
     );
     assert_eq!(backend.requests.lock().unwrap().len(), 1);
     assert_eq!(backend.headers.lock().unwrap().len(), 3);
-    assert_eq!(metric(&telemetry, "agent_exporter_retries_total", ""), 2);
+    assert_eq!(metric(&telemetry, "agent_exporter_retries_total", &[]), 2);
     assert_eq!(
         metric(
             &telemetry,
             "agent_otlp_profiles_partial_success_rejected_profiles_total",
-            ""
+            &[]
         ),
         1
     );
@@ -384,7 +379,7 @@ async fn grpc_retries_what_the_spec_calls_retryable() {
         metric(
             &telemetry,
             "agent_otlp_profiles_dropped_batches_total",
-            "reason=\"rejected\""
+            &[("reason", "rejected")]
         ),
         1
     );
@@ -417,11 +412,11 @@ async fn a_backend_that_stays_down_is_given_up_on_after_max_elapsed_time() {
         metric(
             &telemetry,
             "agent_otlp_profiles_dropped_batches_total",
-            "reason=\"retries_exhausted\""
+            &[("reason", "retries_exhausted")]
         ),
         1
     );
-    assert!(metric(&telemetry, "agent_exporter_retries_total", "") >= 3);
+    assert!(metric(&telemetry, "agent_exporter_retries_total", &[]) >= 3);
 }
 
 #[tokio::test]
@@ -484,7 +479,7 @@ async fn http_posts_gzipped_protobuf_and_honours_retry_after() {
     assert_eq!(headers["content-type"], "application/x-protobuf");
     assert_eq!(headers["content-encoding"], "gzip");
     assert_eq!(headers["x-api-key"], "k3y");
-    assert_eq!(metric(&telemetry, "agent_exporter_retries_total", ""), 1);
+    assert_eq!(metric(&telemetry, "agent_exporter_retries_total", &[]), 1);
 }
 
 #[tokio::test]

@@ -251,13 +251,7 @@ impl Started {
 
 /// The value of `agent_exporter_attempts_total{result}` in `telemetry`.
 fn attempts(telemetry: &Telemetry, result: &str) -> u64 {
-    let needle = format!("result=\"{result}\"");
-    telemetry
-        .encode()
-        .lines()
-        .find(|l| l.starts_with("agent_exporter_attempts_total{") && l.contains(&needle))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    telemetry.value("agent_exporter_attempts_total", &[("result", result)]) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

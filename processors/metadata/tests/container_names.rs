@@ -150,14 +150,12 @@ fn cri_runtime(rt: &tokio::runtime::Runtime, socket: &Path) {
 }
 
 fn lookups(telemetry: &Telemetry, result: &str) -> String {
-    let wanted = format!("result=\"{result}\"");
     telemetry
-        .encode()
-        .lines()
-        .find(|l| l.starts_with("agent_metadata_container_lookups_total") && l.contains(&wanted))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or("0")
-        .to_owned()
+        .value(
+            "agent_metadata_container_lookups_total",
+            &[("result", result)],
+        )
+        .to_string()
 }
 
 #[test]
