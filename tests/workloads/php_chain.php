@@ -1,6 +1,6 @@
 <?php
 // The PHP chain of the end-to-end tests: php_outer -> php_mid -> php_leaf,
-// busy for argv[1] seconds (default 3), with php_mid also reaching
+// busy for argv[1] seconds of CPU (default 3), with php_mid also reaching
 // php_leaf through usort's comparator (an internal function between PHP
 // frames) and calling md5 through array_map (an internal function called
 // from C).
@@ -31,9 +31,17 @@ function php_mid(int $round): int
 
 function php_outer(float $seconds): int
 {
-    $end = microtime(true) + $seconds;
+    // CPU seconds, not wall time: a loaded machine still gets every sample.
+    $end = null;
     $sum = 0;
-    for ($round = 0; microtime(true) < $end; $round++) {
+    for ($round = 0; ; $round++) {
+        $r = getrusage();
+        $cpu = $r['ru_utime.tv_sec'] + $r['ru_stime.tv_sec']
+            + ($r['ru_utime.tv_usec'] + $r['ru_stime.tv_usec']) / 1e6;
+        $end ??= $cpu + $seconds;
+        if ($cpu >= $end) {
+            break;
+        }
         $sum += php_mid($round);
     }
     return $sum;
