@@ -350,6 +350,27 @@ pub const FLAGS: &[FlagSpec] = &[
         Owner::Sets(&[exporter("parca_grpc", "rpc_unary_timeout")]),
     ),
     flag(
+        "offline-mode-storage-path",
+        Text,
+        None,
+        "Offline mode: keep windows in this directory instead of sending them.",
+        Owner::Sets(&[exporter("parca_grpc", "offline_mode::storage_path")]),
+    ),
+    flag(
+        "offline-mode-rotation-interval",
+        Duration,
+        Some("10m"),
+        "Offline mode: how often the file being written is closed for upload.",
+        Owner::Sets(&[exporter("parca_grpc", "offline_mode::rotation_interval")]),
+    ),
+    flag(
+        "offline-mode-upload",
+        Bool,
+        None,
+        "Send what offline mode stored to the remote store, then exit.",
+        Owner::Agent,
+    ),
+    flag(
         "debuginfo-directories",
         List,
         Some("/usr/lib/debug"),
@@ -647,6 +668,8 @@ pub enum Action {
     PrintConfig,
     /// Print the pipeline config's JSON Schema.
     Schema,
+    /// Send what offline mode stored, then exit.
+    OfflineUpload,
 }
 
 /// Logging settings.
@@ -702,6 +725,9 @@ pub fn from_matches(top: &ArgMatches) -> Cli {
         Some(("components", m)) => (Action::Components, m),
         Some(("print-config", m)) => (Action::PrintConfig, m),
         Some(("schema", m)) => (Action::Schema, m),
+        _ if top.get_one::<Value>("offline-mode-upload") == Some(&Value::Bool(true)) => {
+            (Action::OfflineUpload, top)
+        }
         _ => (Action::Run, top),
     };
     let text = |id: &str, default: &str| {
@@ -863,7 +889,8 @@ mod tests {
                 let Some(factory) = registry.get(*kind, type_name) else {
                     continue;
                 };
-                let value = &factory.default_config()[*field];
+                let defaults = factory.default_config();
+                let value = field.split("::").fold(&defaults, |v, key| &v[key]);
                 let text = match value {
                     Value::String(s) => s.clone(),
                     Value::Number(n) => n.to_string(),
@@ -962,6 +989,9 @@ mod tests {
         "remote-store-batch-write-interval",
         "remote-store-rpc-logging-enable",
         "remote-store-rpc-unary-timeout",
+        "offline-mode-storage-path",
+        "offline-mode-rotation-interval",
+        "offline-mode-upload",
         "debuginfo-directories",
         "debuginfo-temp-dir",
         "debuginfo-strip",

@@ -73,11 +73,12 @@ fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<(String, AgentC
 }
 
 /// The embedded pipeline, shipping to a Parca server as Parca Agent does
-/// when `--remote-store-address` is given: then `parca_grpc` replaces the
-/// `file` exporter, unless `--local-store-directory` asks for files too.
+/// when `--remote-store-address` (or `--offline-mode-storage-path`) is
+/// given: then `parca_grpc` replaces the `file` exporter, unless
+/// `--local-store-directory` asks for files too.
 fn embedded_pipeline(cli: &Cli) -> anyhow::Result<String> {
     let given = |flag: &str| cli.overrides.iter().any(|o| o.flag == flag);
-    if !given("--remote-store-address") {
+    if !given("--remote-store-address") && !given("--offline-mode-storage-path") {
         return Ok(EMBEDDED_PIPELINE.to_owned());
     }
     let mut root: serde_yaml::Value = serde_yaml::from_str(EMBEDDED_PIPELINE)?;
@@ -163,6 +164,87 @@ async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--offline-mode-upload`: sends every offline `parca_grpc` store to its
+/// server; exit 0 only when each store was sent whole.
+#[cfg(feature = "exporter-parca-grpc")]
+fn offline_upload(config: &AgentConfig) -> ExitCode {
+    use agent_core::{BuildContext, ServiceSettings, SharedStates, Shutdown};
+    use agent_exporter_parca_grpc::{offline, ParcaGrpcConfig};
+    let stores: Vec<(String, &ParcaGrpcConfig)> = config
+        .components
+        .iter()
+        .filter(|c| c.kind == Kind::Exporter)
+        .filter_map(|c| Some((c.id.to_string(), c.config.typed::<ParcaGrpcConfig>()?)))
+        .filter(|(_, p)| p.offline_mode.storage_path.is_some())
+        .collect();
+    if stores.is_empty() {
+        eprintln!("error: --offline-mode-upload: no parca_grpc exporter has offline_mode::storage_path (--offline-mode-storage-path)");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let telemetry = Telemetry::default();
+    let mut whole = true;
+    runtime.block_on(async {
+        let (stop, stopping) = Shutdown::new();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.stop();
+        });
+        for (id, store) in stores {
+            let ctx = BuildContext {
+                telemetry: telemetry.scoped(&[("component_kind", "exporter"), ("component_id", &id)]),
+                id: id.clone(),
+                pipeline: None,
+                service: ServiceSettings {
+                    node: config.service.node.clone(),
+                    agent_revision: env!("AGENT_GIT_REVISION").to_owned(),
+                    shutdown_timeout: config.service.shutdown_timeout,
+                },
+                stopping: stopping.clone(),
+                shared: SharedStates::default(),
+            };
+            let dir = store.offline_mode.storage_path.as_deref().unwrap_or_else(|| "".as_ref());
+            match offline::upload(store, &ctx).await {
+                Ok(done) => {
+                    info!(exporter = %id, store = %dir.display(), sent = done.sent, refused = done.refused,
+                        unreadable = done.unreadable, segments_sent = done.segments_done,
+                        segments_left = done.segments_left, "offline upload finished");
+                    if done.segments_left > 0 {
+                        error!(exporter = %id, store = %dir.display(), segments_left = done.segments_left,
+                            "offline upload incomplete: run it again once the server takes requests");
+                        whole = false;
+                    }
+                }
+                Err(e) => {
+                    error!(exporter = %id, "offline upload failed: {e}");
+                    eprintln!("error: {id}: {e}");
+                    whole = false;
+                }
+            }
+        }
+    });
+    if whole {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(not(feature = "exporter-parca-grpc"))]
+fn offline_upload(_config: &AgentConfig) -> ExitCode {
+    eprintln!("error: --offline-mode-upload needs the parca_grpc exporter (built without Cargo feature `exporter-parca-grpc`)");
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     agent_heap_meter::return_freed_memory();
     let cli = cli::from_matches(&cli::command().get_matches());
@@ -234,6 +316,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Action::OfflineUpload => offline_upload(&config),
         Action::Components | Action::Schema => unreachable!("handled above"),
     }
 }

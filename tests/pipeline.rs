@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use agent_core::pprof::from_pprof;
 use agent_core::{ProfileBatch, ResolvedSample};
 
+#[allow(dead_code)] // the OTLP sink is for other tests
+#[path = "support/sinks.rs"]
+mod sinks;
+
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cpu.pb.gz");
 
 fn agent() -> Command {
@@ -708,4 +712,132 @@ fn a_flush_bound_past_the_shutdown_timeout_fails_the_start() {
         stderr.contains("exporters::otlp_profiles: shutdown_flush_timeout (40s) must be below service::shutdown_timeout (30s)"),
         "{stderr}"
     );
+}
+
+/// Every series stored in an offline store, decompressed, sorted: what an
+/// upload must deliver, each once.
+fn stored_series(store: &Path) -> (usize, Vec<Vec<u8>>) {
+    use agent_exporter_parca_grpc::offline::parse_records;
+    let mut records = 0;
+    let mut profiles = Vec::new();
+    for entry in std::fs::read_dir(store).unwrap() {
+        let parsed = parse_records(&std::fs::read(entry.unwrap().path()).unwrap());
+        for request in parsed.requests {
+            records += 1;
+            for series in request.unwrap().series {
+                profiles.extend(series.samples.iter().map(|s| sinks::gunzip(&s.raw_profile)));
+            }
+        }
+    }
+    profiles.sort();
+    (records, profiles)
+}
+
+/// Offline mode: windows stored while the Parca server is out of reach
+/// survive a SIGKILL mid-way (its torn last write included) and
+/// `--offline-mode-upload` sends each stored window exactly once to the
+/// server, leaving the store empty.
+#[test]
+fn offline_windows_survive_a_sigkill_and_are_uploaded_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = dir.path().join("incoming");
+    std::fs::create_dir(&watch).unwrap();
+    let store = dir.path().join("store");
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers: {{pprof: {{path: {}, watch: true, poll_interval: 50ms, window: 200ms}}}}\n\
+             exporters:\n\
+             \x20 parca_grpc: {{address: 'http://127.0.0.1:9', debuginfo_upload_disable: true, panic_reporting_disable: true,\n\
+             \x20   retry_on_failure: {{enabled: false}}, offline_mode: {{storage_path: {}, rotation_interval: 1s}}}}\n\
+             service: {{pipelines: {{profiles: {{receivers: [pprof], exporters: [parca_grpc]}}}}}}\n",
+            watch.display(),
+            store.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = agent()
+        .args(["--config", config.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let windows = 8;
+    for i in 0..windows {
+        std::fs::copy(FIXTURE, watch.join(format!("cpu-{i}.pb.gz"))).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !store.is_dir() || stored_series(&store).0 < windows {
+        assert!(Instant::now() < deadline, "windows not stored in 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let segments: Vec<PathBuf> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        segments.iter().any(|p| p.extension().unwrap() == "segment"),
+        "rotated every second: {segments:?}"
+    );
+    // As if killed in the middle of a write: half a record header.
+    if let Some(open) = segments.iter().find(|p| p.extension().unwrap() == "open") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(open).unwrap();
+        f.write_all(&[0x40, 0, 0]).unwrap();
+    }
+    let (records, stored) = stored_series(&store);
+    eprintln!(
+        "stored at the kill: {records} records, {} series, in {segments:?}",
+        stored.len()
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (parca, address) = sinks::ParcaSink::start(&runtime);
+    let upload = agent()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--remote-store-address",
+            &format!("http://{address}"),
+            "--offline-mode-upload",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&upload.stderr);
+    assert_eq!(upload.status.code(), Some(0), "{log}");
+    assert!(log.contains("offline upload finished"), "{log}");
+    let mut received: Vec<Vec<u8>> = parca
+        .series()
+        .into_iter()
+        .flat_map(|s| s.profiles)
+        .collect();
+    received.sort();
+    assert_eq!(
+        received.len(),
+        stored.len(),
+        "each stored window once (stored {}, received {})",
+        stored.len(),
+        received.len()
+    );
+    assert!(received == stored, "the server got what was stored");
+    let left: Vec<_> = std::fs::read_dir(&store).unwrap().collect();
+    assert!(left.is_empty(), "the store ends empty: {left:?}");
+
+    // Nothing left: a second upload sends nothing and succeeds.
+    let before = parca.series().len();
+    let again = agent()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--remote-store-address",
+            &format!("http://{address}"),
+            "--offline-mode-upload",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(parca.series().len(), before);
 }

@@ -14,6 +14,13 @@ pub struct ParsedConfig {
     pub effective: Value,
 }
 
+impl ParsedConfig {
+    /// The typed config, when it is a `T`.
+    pub fn typed<T: Any>(&self) -> Option<&T> {
+        self.typed.downcast_ref()
+    }
+}
+
 /// A factory with its config type erased, so factories of every type and
 /// kind live in one registry.
 pub trait DynFactory: Send + Sync {

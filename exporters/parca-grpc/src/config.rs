@@ -84,6 +84,38 @@ pub struct ParcaGrpcConfig {
     /// Size of the stderr tail sent with a panic report, in KiB
     /// (`--telemetry-stderr-buffer-size-kb`).
     pub stderr_buffer_size_kb: usize,
+    /// Keep windows on disk instead of sending them, for
+    /// `agent --offline-mode-upload` to send later.
+    pub offline_mode: OfflineMode,
+}
+
+/// Offline mode: windows written to a local store, nothing sent.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineMode {
+    /// Directory of the store (`--offline-mode-storage-path`); unset: off.
+    /// While set, the exporter sends nothing: no profiles, no debuginfo,
+    /// no panic reports.
+    pub storage_path: Option<PathBuf>,
+    /// How often the file being written is closed and a new one begun
+    /// (`--offline-mode-rotation-interval`); closed files are what an
+    /// upload beside a running agent sends.
+    #[schemars(with = "agent_core::schema::DurationText")]
+    #[serde(with = "humantime_serde")]
+    pub rotation_interval: Duration,
+    /// Most bytes the store keeps; past it the oldest closed files are
+    /// removed (logged and counted). 0: no limit.
+    pub max_bytes: u64,
+}
+
+impl Default for OfflineMode {
+    fn default() -> Self {
+        Self {
+            storage_path: None,
+            rotation_interval: Duration::from_secs(600),
+            max_bytes: 1 << 30,
+        }
+    }
 }
 
 impl Default for ParcaGrpcConfig {
@@ -112,6 +144,7 @@ impl Default for ParcaGrpcConfig {
             proc_root: PathBuf::from("/proc"),
             panic_reporting_disable: false,
             stderr_buffer_size_kb: 4096,
+            offline_mode: OfflineMode::default(),
         }
     }
 }
@@ -125,10 +158,13 @@ impl ComponentConfig for ParcaGrpcConfig {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if self.address.trim().is_empty() {
-            errors.push(FieldError::new(
-                "address",
-                "is required (the Parca server's host:port; --remote-store-address)",
-            ));
+            // Offline, the address is needed only by the upload (which says so).
+            if self.offline_mode.storage_path.is_none() {
+                errors.push(FieldError::new(
+                    "address",
+                    "is required (the Parca server's host:port; --remote-store-address)",
+                ));
+            }
         } else if let Err(e) = self.tls.target(&self.address) {
             errors.push(FieldError::new("address", format!("{}: {e}", self.address)));
         }
@@ -177,6 +213,20 @@ impl ComponentConfig for ParcaGrpcConfig {
             checks.duration(key, value, min, MAX_DURATION);
         }
         self.retry_on_failure.check("retry_on_failure", &mut checks);
+        checks.duration(
+            "offline_mode::rotation_interval",
+            self.offline_mode.rotation_interval,
+            Duration::from_secs(1),
+            MAX_DURATION,
+        );
+        if let Some(path) = &self.offline_mode.storage_path {
+            if path.as_os_str().is_empty() {
+                checks.push(FieldError::new(
+                    "offline_mode::storage_path",
+                    "must not be empty (leave it out to send to the server)",
+                ));
+            }
+        }
         checks.number(
             "max_request_bytes",
             self.max_request_bytes,

@@ -1,10 +1,12 @@
 //! `parca_grpc` exporter: profiles to a Parca server with
 //! `ProfileStoreService/WriteRaw` (one gzipped pprof per series and window,
 //! batched, buffered and retried), debuginfo upload through
-//! `DebuginfoService`, and panic reports to `TelemetryService`.
+//! `DebuginfoService`, and panic reports to `TelemetryService`; or, in
+//! offline mode, windows kept on disk for a later upload.
 
 pub mod config;
 pub mod debuginfo;
+pub mod offline;
 pub mod panic_report;
 pub mod profiles;
 pub mod proto;
@@ -22,7 +24,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tracing::debug;
 
-pub use config::{ParcaGrpcConfig, Secret};
+pub use config::{OfflineMode, ParcaGrpcConfig, Secret};
 
 use crate::profiles::{encode_batch, ExecutableInfos};
 use crate::proto::debuginfo::debuginfo_service_client::DebuginfoServiceClient;
@@ -71,6 +73,24 @@ impl Factory for ParcaGrpcFactory {
         ctx: &BuildContext,
     ) -> Result<Self::Output, ComponentError> {
         ctx.runtime()?;
+        let locator = ObjectLocator {
+            proc_root: config.proc_root.clone(),
+            debug_dirs: config.debuginfo_directories.clone(),
+        };
+        let unreadable = ctx.telemetry.counter(
+            "parca_grpc_executable_info_failures",
+            "Object files whose executable info could not be read (process gone, file replaced).",
+            &[],
+        );
+        let infos = ExecutableInfos::new(locator.clone(), unreadable);
+        if let Some(dir) = &config.offline_mode.storage_path {
+            return Ok(Box::new(offline::OfflineExporter::new(
+                dir.clone(),
+                &config,
+                infos,
+                ctx,
+            )));
+        }
         let clients = ParcaClients::new(&config).map_err(|reason| agent_net::SetupError {
             target: config.address.redacted(),
             reason,
@@ -93,10 +113,6 @@ impl Factory for ParcaGrpcFactory {
             config.rpc_unary_timeout,
             config.shutdown_flush_timeout,
         )?;
-        let locator = ObjectLocator {
-            proc_root: config.proc_root.clone(),
-            debug_dirs: config.debuginfo_directories.clone(),
-        };
         let uploader = (!config.debuginfo_upload_disable).then(|| debuginfo::UploaderSettings {
             locator: locator.clone(),
             temp_dir: config.debuginfo_temp_dir.clone(),
@@ -129,15 +145,10 @@ impl Factory for ParcaGrpcFactory {
             }),
             id: ctx.id.clone(),
         };
-        let unreadable = ctx.telemetry.counter(
-            "parca_grpc_executable_info_failures",
-            "Object files whose executable info could not be read (process gone, file replaced).",
-            &[],
-        );
         Ok(Box::new(ParcaGrpcExporter {
             address: config.address.redacted(),
             buffer,
-            infos: ExecutableInfos::new(locator, unreadable),
+            infos,
             startup: Some(Box::new(startup)),
             uploads: None,
             stop,

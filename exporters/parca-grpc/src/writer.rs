@@ -158,17 +158,8 @@ impl Buffer {
 
     /// The oldest series that fit in `max_bytes` (at least one).
     fn take_request(&mut self, max_bytes: usize) -> Vec<EncodedSeries> {
-        let mut out = Vec::new();
-        let mut size = 0;
-        while let Some(s) = self.series.front() {
-            if !out.is_empty() && size + s.bytes > max_bytes {
-                break;
-            }
-            size += s.bytes;
-            let s = self.series.pop_front().expect("front exists");
-            self.bytes -= s.bytes;
-            out.push(s);
-        }
+        let out = take_request(&mut self.series, max_bytes);
+        self.bytes -= out.iter().map(|s| s.bytes).sum::<usize>();
         self.metrics.buffered_bytes.set(self.bytes as i64);
         out
     }
@@ -182,6 +173,24 @@ impl Buffer {
     pub fn is_empty(&self) -> bool {
         self.series.is_empty()
     }
+}
+
+/// Takes the oldest series of `queue` that fit in `max_bytes` together
+/// (at least one, however large).
+pub(crate) fn take_request(
+    queue: &mut VecDeque<EncodedSeries>,
+    max_bytes: usize,
+) -> Vec<EncodedSeries> {
+    let mut out = Vec::new();
+    let mut size = 0;
+    while let Some(s) = queue.front() {
+        if !out.is_empty() && size + s.bytes > max_bytes {
+            break;
+        }
+        size += s.bytes;
+        out.extend(queue.pop_front());
+    }
+    out
 }
 
 /// What a failed write means: the OTLP spec's verdicts, and two of
@@ -294,7 +303,7 @@ async fn flush(
 }
 
 /// One WriteRaw call, its timeout told to the server.
-fn write_raw(
+pub(crate) fn write_raw(
     clients: &ParcaClients,
     request: &WriteRawRequest,
     timeout: Duration,
