@@ -216,7 +216,7 @@ fn offline_upload(config: &AgentConfig) -> ExitCode {
             match offline::upload(store, &ctx).await {
                 Ok(done) => {
                     info!(exporter = %id, store = %dir.display(), sent = done.sent, refused = done.refused,
-                        unreadable = done.unreadable, segments_sent = done.segments_done,
+                        unreadable = done.unreadable, torn_bytes = done.torn_bytes, segments_sent = done.segments_done,
                         segments_left = done.segments_left, "offline upload finished");
                     if done.segments_left > 0 {
                         error!(exporter = %id, store = %dir.display(), segments_left = done.segments_left,

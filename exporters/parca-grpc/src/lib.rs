@@ -84,6 +84,13 @@ impl Factory for ParcaGrpcFactory {
         );
         let infos = ExecutableInfos::new(locator.clone(), unreadable);
         if let Some(dir) = &config.offline_mode.storage_path {
+            // What the upload will use is checked now, not days later.
+            if !config.address.trim().is_empty() {
+                ParcaClients::new(&config).map_err(|reason| agent_net::SetupError {
+                    target: config.address.redacted(),
+                    reason,
+                })?;
+            }
             return Ok(Box::new(offline::OfflineExporter::new(
                 dir.clone(),
                 &config,

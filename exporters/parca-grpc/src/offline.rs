@@ -1,34 +1,38 @@
 //! Offline mode (Parca Agent's `--offline-mode-*`): windows are kept on
 //! disk as the WriteRaw requests they would have been, and sent later by
-//! `agent --offline-mode-upload`, each removed only once the server took it.
+//! `agent --offline-mode-upload`, each file removed only once the server
+//! took all of it.
 //!
-//! The store is a directory of segment files, each a run of records
-//! `[length: u32 LE][CRC-32 of the body: u32 LE][body: WriteRawRequest]`,
-//! one `write` per window. The segment being written ends in `.open`; its
-//! writer holds a lock on the directory; every `rotation_interval`
-//! it is synced and renamed to `.segment`. A writer killed mid-write leaves
-//! a torn last record, found by its length or checksum and skipped; its
-//! `.open` file is closed by the next writer or upload.
+//! The store is a directory of segment files, named by a sequence number,
+//! each a run of records `[length: u32 LE][CRC-32 of the body: u32 LE]
+//! [body: WriteRawRequest]`, one `write` per window. The segment being
+//! written ends in `.open`; its writer holds a lock on the directory; at the
+//! first window after `rotation_interval` (or past a size) it is synced and
+//! renamed to `.segment`. A writer killed mid-write leaves a torn last
+//! record, found by its length or checksum and skipped; its `.open` file is
+//! closed by the next writer or upload.
 //!
 //! The upload records how many records of a segment the server took in
-//! `<segment>.sent` (written, synced and renamed after each answer), so an
-//! upload cut off resumes after the last record taken: a window is sent
-//! twice only if the upload dies between the server's answer and that
-//! rename. An upload holds a lock on each segment it sends, so uploads
-//! beside each other never send one twice.
+//! `<segment>.sent`, overwritten in place and synced after each answer
+//! (fixed width: no write needs a new block, so a full disk cannot stop it
+//! between the answer and the record), so an upload cut off resumes after
+//! the last record taken. An upload holds a lock on each segment it sends:
+//! uploads beside each other, or the writer's size limit, never touch a
+//! segment being sent.
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, Write};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use agent_core::telemetry::{ComponentTelemetry, Counter};
 use agent_core::{BuildContext, ComponentError, Exporter, ProfileBatch};
-use agent_exporter_helper::{Delivery, Undelivered};
+use agent_exporter_helper::{grpc_failure, Delivery, Failure, Undelivered, Verdict};
 use prost::Message;
-use tracing::{info, warn};
+use tonic::Code;
+use tracing::{error, info, warn};
 
 use crate::config::{OfflineMode, ParcaGrpcConfig};
 use crate::profiles::{encode_batch, EncodedSeries, ExecutableInfos};
@@ -44,6 +48,9 @@ const CLOSED: &str = "segment";
 const SENT: &str = "sent";
 /// Bytes before each record's body: its length and its checksum.
 const HEADER: usize = 8;
+/// A segment is closed once this large (or at an eighth of `max_bytes`),
+/// so the size limit can act and an upload reads bounded files.
+const MAX_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// An exclusive lock on `path` (a file, or the store directory, which its
 /// one writer locks), or `None` when another process holds it. Locks are
@@ -57,8 +64,12 @@ fn try_lock(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// Files of `dir` ending in `.suffix`, oldest first (names begin with the
-/// time they were opened).
+/// Makes renames and removals in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Files of `dir` ending in `.suffix`, oldest first.
 fn files_ending(dir: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
@@ -69,8 +80,14 @@ fn files_ending(dir: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The sequence number a store file's name begins with.
+fn sequence(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.split(['-', '.']).next()?.parse().ok()
+}
+
 /// Closes the segments a killed writer left open (the caller holds the
-/// writer lock, so no one writes them); empty ones are removed.
+/// directory lock, so no one writes them); empty ones are removed.
 fn close_abandoned(dir: &Path) -> io::Result<()> {
     for open in files_ending(dir, OPEN)? {
         if std::fs::metadata(&open)?.len() == 0 {
@@ -81,7 +98,7 @@ fn close_abandoned(dir: &Path) -> io::Result<()> {
         std::fs::rename(&open, open.with_extension(CLOSED))?;
         info!(file = %open.display(), "offline store: a segment left open by a stopped agent is closed");
     }
-    Ok(())
+    sync_dir(dir)
 }
 
 /// Appends one record to `out`.
@@ -95,33 +112,106 @@ fn put_record(out: &mut Vec<u8>, request: &WriteRawRequest) -> io::Result<()> {
     Ok(())
 }
 
-/// The records of one segment file.
-#[derive(Debug, Default)]
-pub struct Records {
-    /// Each whole record's request, or why it could not be decoded.
-    pub requests: Vec<Result<WriteRawRequest, prost::DecodeError>>,
-    /// Bytes at the end that are no whole record (a writer killed mid-write).
-    pub torn_bytes: usize,
+/// A decoded record: the request, or why its body is no request.
+pub type Record = Result<WriteRawRequest, prost::DecodeError>;
+
+/// The records of a segment, read one at a time. Reading ends at the first
+/// record that is cut short, empty (a writer never writes one; a zeroed
+/// tail after a power loss is) or fails its checksum; the bytes from there
+/// are [`Records::torn_bytes`].
+pub struct Records<R> {
+    input: R,
+    total: u64,
+    consumed: u64,
+    ended: bool,
 }
 
-/// Splits a segment's bytes into records; reading stops at the first
-/// record cut short or failing its checksum.
-pub fn parse_records(mut data: &[u8]) -> Records {
-    let mut records = Records::default();
-    while data.len() >= HEADER {
-        let length = u32::from_le_bytes(data[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(data[4..HEADER].try_into().expect("4 bytes"));
-        let Some(body) = data.get(HEADER..HEADER + length) else {
-            break;
-        };
-        if crc32fast::hash(body) != crc {
-            break;
+impl<R: Read> Records<R> {
+    /// The records of `input`, `total` bytes long.
+    pub fn new(input: R, total: u64) -> Self {
+        Self {
+            input,
+            total,
+            consumed: 0,
+            ended: false,
         }
-        records.requests.push(WriteRawRequest::decode(body));
-        data = &data[HEADER + length..];
     }
-    records.torn_bytes = data.len();
-    records
+
+    /// Bytes after the last whole record, once reading has ended.
+    pub fn torn_bytes(&self) -> u64 {
+        if self.ended {
+            self.total - self.consumed
+        } else {
+            0
+        }
+    }
+
+    fn next_body(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let left = self.total - self.consumed;
+        if left < HEADER as u64 {
+            return Ok(None);
+        }
+        let mut header = [0u8; HEADER];
+        self.input.read_exact(&mut header)?;
+        let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        // Checked against what is left before anything is allocated.
+        if length == 0 || HEADER as u64 + u64::from(length) > left {
+            return Ok(None);
+        }
+        let mut body = vec![0; length as usize];
+        self.input.read_exact(&mut body)?;
+        if crc32fast::hash(&body) != crc {
+            return Ok(None);
+        }
+        self.consumed += HEADER as u64 + u64::from(length);
+        Ok(Some(body))
+    }
+}
+
+impl<R: Read> Iterator for Records<R> {
+    type Item = io::Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ended {
+            return None;
+        }
+        match self.next_body() {
+            Ok(Some(body)) => Some(Ok(WriteRawRequest::decode(body.as_slice()))),
+            Ok(None) => {
+                self.ended = true;
+                None
+            }
+            // Shorter than its size said: it changed while read.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.ended = true;
+                None
+            }
+            Err(e) => {
+                self.ended = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// A segment's records, all read (tests, tools).
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Each whole record.
+    pub requests: Vec<Record>,
+    /// Bytes after the last whole record.
+    pub torn_bytes: u64,
+}
+
+/// Reads every record of a segment's bytes.
+pub fn parse_records(data: &[u8]) -> Parsed {
+    let mut records = Records::new(data, data.len() as u64);
+    let requests = records.by_ref().map_while(Result::ok).collect();
+    Parsed {
+        requests,
+        torn_bytes: records.torn_bytes(),
+    }
 }
 
 /// Counters of the writing side.
@@ -148,6 +238,8 @@ pub struct OfflineStore {
     /// Held while this store is open.
     _lock: File,
     current: Option<OpenSegment>,
+    /// The next segment's sequence number.
+    next: u64,
     metrics: StoreMetrics,
 }
 
@@ -160,21 +252,34 @@ impl OfflineStore {
         max_request_bytes: usize,
         telemetry: &ComponentTelemetry,
     ) -> Result<Self, String> {
-        let failed = |e: io::Error| format!("cannot use offline store {}: {e}", dir.display());
+        let failed = |e: io::Error| {
+            format!(
+                "cannot use offline store {} (offline_mode::storage_path): {e}",
+                dir.display()
+            )
+        };
         std::fs::create_dir_all(dir).map_err(failed)?;
         let lock = try_lock(dir).map_err(failed)?.ok_or_else(|| {
             format!(
-                "offline store {} is in use by another agent or an upload",
+                "offline store {} (offline_mode::storage_path) is in use by another agent, another parca_grpc exporter or an upload",
                 dir.display()
             )
         })?;
         close_abandoned(dir).map_err(failed)?;
+        // After every file there is, progress files of removed segments
+        // included: a new segment never meets an old one's progress.
+        let next = std::fs::read_dir(dir)
+            .map_err(failed)?
+            .filter_map(|e| sequence(&e.ok()?.path()))
+            .max()
+            .map_or(1, |n| n + 1);
         let mut store = Self {
             dir: dir.to_owned(),
             settings: settings.clone(),
             max_request_bytes,
             _lock: lock,
             current: None,
+            next,
             metrics: StoreMetrics {
                 records: telemetry.counter(
                     "parca_grpc_offline_records",
@@ -197,13 +302,22 @@ impl OfflineStore {
         Ok(store)
     }
 
+    /// Most bytes of one segment.
+    fn segment_limit(&self) -> u64 {
+        match self.settings.max_bytes {
+            0 => MAX_SEGMENT_BYTES,
+            limit => (limit / 8).clamp(1, MAX_SEGMENT_BYTES),
+        }
+    }
+
     /// Writes one window's series as requests of at most
-    /// `max_request_bytes`, in one write; rotates the segment when due.
+    /// `max_request_bytes`, in one write; closes the segment when its time
+    /// or size is up.
     pub fn append(&mut self, series: Vec<EncodedSeries>) -> io::Result<()> {
         if series.is_empty() {
             return Ok(());
         }
-        let mut queue: VecDeque<EncodedSeries> = series.into();
+        let mut queue: std::collections::VecDeque<EncodedSeries> = series.into();
         let mut out = Vec::new();
         let mut records = 0;
         while !queue.is_empty() {
@@ -217,9 +331,13 @@ impl OfflineStore {
             put_record(&mut out, &request)?;
             records += 1;
         }
+        let limit = self.segment_limit();
         let segment = match &mut self.current {
             Some(s) => s,
-            None => self.current.insert(self.new_segment()?),
+            None => {
+                let s = self.new_segment()?;
+                self.current.insert(s)
+            }
         };
         if let Err(e) = segment.file.write_all(&out) {
             // A partial record would hide every later one from the reader:
@@ -231,19 +349,15 @@ impl OfflineStore {
         segment.length += out.len() as u64;
         self.metrics.records.inc_by(records);
         self.metrics.bytes.inc_by(out.len() as u64);
-        if segment.opened.elapsed() >= self.settings.rotation_interval {
+        if segment.opened.elapsed() >= self.settings.rotation_interval || segment.length >= limit {
             self.close()?;
         }
         Ok(())
     }
 
-    fn new_segment(&self) -> io::Result<OpenSegment> {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let path = self
-            .dir
-            .join(format!("{ms:013}-{}.{OPEN}", std::process::id()));
+    fn new_segment(&mut self) -> io::Result<OpenSegment> {
+        let path = self.dir.join(format!("{:012}.{OPEN}", self.next));
+        self.next += 1;
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
@@ -262,13 +376,14 @@ impl OfflineStore {
         if let Some(segment) = self.current.take() {
             segment.file.sync_all()?;
             std::fs::rename(&segment.path, segment.path.with_extension(CLOSED))?;
+            sync_dir(&self.dir)?;
         }
         self.keep_within_limit();
         Ok(())
     }
 
     /// Removes the oldest closed segments while the store holds more than
-    /// `max_bytes`.
+    /// `max_bytes`; a segment an upload is sending is left to it.
     fn keep_within_limit(&mut self) {
         let limit = self.settings.max_bytes;
         if limit == 0 {
@@ -285,23 +400,25 @@ impl OfflineStore {
                 break;
             }
             let bytes = size(&oldest);
+            let Ok(Some(_unsent)) = try_lock(&oldest) else {
+                continue;
+            };
             match std::fs::remove_file(&oldest) {
                 Ok(()) => {
                     let _ = std::fs::remove_file(oldest.with_extension(SENT));
                     warn!(file = %oldest.display(), bytes, limit_bytes = limit,
                         "offline store over offline_mode::max_bytes: oldest segment removed before upload");
                     self.metrics.removed_bytes.inc_by(bytes);
+                    total = total.saturating_sub(bytes);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
                     warn!(file = %oldest.display(), error = %e, "cannot remove an old offline segment")
                 }
             }
-            total = total.saturating_sub(bytes);
         }
     }
 }
-
 /// `parca_grpc` in offline mode: windows go to the store, nothing is sent.
 pub struct OfflineExporter {
     dir: PathBuf,
@@ -390,15 +507,69 @@ impl Exporter for OfflineExporter {
 pub struct Uploaded {
     /// Requests the server took.
     pub sent: usize,
-    /// Requests the server refused for good (dropped, logged).
+    /// Requests the server refused as malformed (`INVALID_ARGUMENT`; dropped, logged).
     pub refused: usize,
     /// Records whose body could not be decoded (dropped, logged).
     pub unreadable: usize,
+    /// Bytes after a segment's last whole record (a writer killed
+    /// mid-write; skipped, logged).
+    pub torn_bytes: u64,
     /// Segments sent and removed.
     pub segments_done: usize,
     /// Segments still in the store (the server stopped taking requests,
     /// or the upload was stopped).
     pub segments_left: usize,
+}
+
+/// What a failed upload of a stored request means: only a request the
+/// server finds malformed is dropped; any other refusal (a proxy's
+/// `UNIMPLEMENTED` for a wrong path, `INTERNAL`, refused credentials) ends
+/// the upload with the request kept for the next one.
+fn upload_failure(status: &tonic::Status) -> Failure {
+    let described = grpc_failure(status);
+    let verdict = match status.code() {
+        Code::InvalidArgument => Verdict::Permanent,
+        // How a broken connection can surface.
+        Code::Unknown => Verdict::Retry { after: None },
+        _ if described.verdict == Verdict::Permanent => Verdict::Later,
+        _ => described.verdict,
+    };
+    Failure {
+        verdict,
+        reason: described.reason,
+    }
+}
+
+/// A segment's upload progress: how many of its records the server took,
+/// overwritten in place at a fixed width and synced after each answer.
+struct Progress(File);
+
+impl Progress {
+    const WIDTH: usize = 20;
+
+    /// Opens (or creates) `path`; the records already taken. The current
+    /// count is written back at once, so a store that cannot record
+    /// progress fails before anything is sent.
+    fn open(path: &Path) -> io::Result<(Self, usize)> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let taken = text.trim().parse().unwrap_or(0);
+        let progress = Self(file);
+        progress.record(taken)?;
+        Ok((progress, taken))
+    }
+
+    fn record(&self, taken: usize) -> io::Result<()> {
+        let text = format!("{taken:0width$}", width = Self::WIDTH);
+        self.0.write_all_at(text.as_bytes(), 0)?;
+        self.0.sync_data()
+    }
 }
 
 /// Sends every closed segment of the store (and, when no agent writes it,
@@ -418,7 +589,12 @@ pub async fn upload(config: &ParcaGrpcConfig, ctx: &BuildContext) -> Result<Uplo
                 .into(),
         );
     }
-    let failed = |e: io::Error| format!("cannot read offline store {}: {e}", dir.display());
+    let failed = |e: io::Error| {
+        format!(
+            "cannot read offline store {} (offline_mode::storage_path): {e}",
+            dir.display()
+        )
+    };
     if !dir.is_dir() {
         return Err(format!(
             "offline store {} does not exist (offline_mode::storage_path)",
@@ -426,12 +602,20 @@ pub async fn upload(config: &ParcaGrpcConfig, ctx: &BuildContext) -> Result<Uplo
         ));
     }
     // With no agent writing, segments it left open are ours to close and
-    // send (and no agent starts writing until the upload ends).
-    let writer_gone = try_lock(dir).map_err(failed)?;
-    if writer_gone.is_some() {
-        close_abandoned(dir).map_err(failed)?;
-    } else {
-        info!(store = %dir.display(), "the store is in use (an agent writing it, or another upload): open segments are left to it");
+    // send. The lock is let go at once: an agent may start writing while
+    // the closed segments are sent (each is locked while it is).
+    match try_lock(dir).map_err(failed)? {
+        Some(_no_writer) => close_abandoned(dir).map_err(failed)?,
+        None => {
+            info!(store = %dir.display(), "the store is in use (an agent writing it, or another upload): its open segment is left to it")
+        }
+    }
+    // Progress left by an upload that died between removing a segment and
+    // removing its progress.
+    for progress in files_ending(dir, SENT).map_err(failed)? {
+        if !progress.with_extension(CLOSED).exists() {
+            let _ = std::fs::remove_file(&progress);
+        }
     }
     let clients = ParcaClients::new(config)?;
     let mut delivery = Delivery::new(
@@ -455,72 +639,74 @@ pub async fn upload(config: &ParcaGrpcConfig, ctx: &BuildContext) -> Result<Uplo
             Err(e) if gone(&e) => continue,
             Err(e) => return Err(failed(e)),
         };
-        let data = match std::fs::read(segment) {
-            Ok(d) => d,
-            Err(e) if gone(&e) => continue,
-            Err(e) => return Err(failed(e)),
-        };
-        let records = parse_records(&data);
-        if records.torn_bytes > 0 {
-            warn!(file = %segment.display(), bytes = records.torn_bytes,
-                "offline store: the end of a segment is no whole record (its writer was killed mid-write); skipped");
-        }
-        let progress = segment.with_extension(SENT);
-        let taken = read_progress(&progress);
-        for (i, request) in records.requests.into_iter().enumerate().skip(taken) {
+        let file = File::open(segment).map_err(failed)?;
+        let total = file.metadata().map_err(failed)?.len();
+        let progress_path = segment.with_extension(SENT);
+        let (progress, taken) = Progress::open(&progress_path).map_err(failed)?;
+        let mut records = Records::new(BufReader::new(file), total);
+        let mut index = 0;
+        for record in records.by_ref() {
+            let record = record.map_err(failed)?;
+            index += 1;
+            if index <= taken {
+                continue;
+            }
             if ctx.stopping.is_requested() {
+                info!("upload stopped by the stop signal");
                 done.segments_left = segments.len() - n;
                 return Ok(done);
             }
-            match request {
+            match record {
                 Ok(request) => match delivery
-                    .send(|timeout| write_raw(&clients, &request, timeout, config.rpc_logging))
+                    .send(|timeout| {
+                        write_raw(
+                            &clients,
+                            &request,
+                            timeout,
+                            config.rpc_logging,
+                            upload_failure,
+                        )
+                    })
                     .await
                 {
                     Ok(()) => done.sent += 1,
                     Err(Undelivered::Rejected(reason)) => {
-                        warn!(file = %segment.display(), record = i, %reason, "the Parca server refuses a stored request; dropped");
+                        error!(file = %segment.display(), record = index, %reason, "the Parca server refuses a stored request as malformed; dropped");
                         done.refused += 1;
                     }
                     Err(e) => {
-                        warn!(reason = %e, "upload stopped: the Parca server does not take requests now");
+                        match e {
+                            Undelivered::Stopped(_) => info!("upload stopped by the stop signal"),
+                            e => {
+                                warn!(reason = %e, "upload stopped: the Parca server does not take requests now")
+                            }
+                        }
                         done.segments_left = segments.len() - n;
                         return Ok(done);
                     }
                 },
                 Err(e) => {
-                    warn!(file = %segment.display(), record = i, error = %e, "offline store: a record cannot be decoded; dropped");
+                    error!(file = %segment.display(), record = index, error = %e, "offline store: a record cannot be decoded; dropped");
                     done.unreadable += 1;
                 }
             }
-            write_progress(&progress, i + 1).map_err(failed)?;
+            progress.record(index).map_err(failed)?;
         }
-        for file in [segment, &progress] {
+        if records.torn_bytes() > 0 {
+            warn!(file = %segment.display(), bytes = records.torn_bytes(),
+                "offline store: the end of a segment is no whole record (its writer was killed mid-write, or the file is damaged); skipped");
+            done.torn_bytes += records.torn_bytes();
+        }
+        for file in [segment, &progress_path] {
             match std::fs::remove_file(file) {
                 Err(e) if !gone(&e) => return Err(failed(e)),
                 _ => {}
             }
         }
+        let _ = sync_dir(dir);
         done.segments_done += 1;
     }
     Ok(done)
-}
-
-/// Records of a segment the server took; 0 when none is recorded.
-fn read_progress(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Records `taken` for a segment: written beside it, synced, renamed over.
-fn write_progress(path: &Path, taken: usize) -> io::Result<()> {
-    let tmp = path.with_extension("sent-tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(taken.to_string().as_bytes())?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -549,7 +735,7 @@ mod tests {
         OfflineStore::open(dir, &settings, max_request_bytes, &t).unwrap()
     }
 
-    fn names(records: &Records) -> Vec<Vec<String>> {
+    fn names(records: &Parsed) -> Vec<Vec<String>> {
         records
             .requests
             .iter()
@@ -592,11 +778,35 @@ mod tests {
         let whole = data.len();
         let torn = parse_records(&data[..whole - 3]);
         assert_eq!(names(&torn), [vec!["a"]]);
-        assert_eq!(torn.torn_bytes, whole / 2 - 3);
+        assert_eq!(torn.torn_bytes as usize, whole / 2 - 3);
         data[whole - 1] ^= 0xff;
         let corrupt = parse_records(&data);
         assert_eq!(names(&corrupt), [vec!["a"]]);
-        assert_eq!(corrupt.torn_bytes, whole / 2);
+        assert_eq!(corrupt.torn_bytes as usize, whole / 2);
+        // A zeroed tail (a power loss) is no record, though its checksum fits.
+        let mut zeroed = data[..whole / 2].to_vec();
+        zeroed.extend([0; 16]);
+        let parsed = parse_records(&zeroed);
+        assert_eq!(names(&parsed), [vec!["a"]]);
+        assert_eq!(parsed.torn_bytes, 16);
+    }
+
+    #[test]
+    fn only_a_malformed_request_is_dropped_by_an_upload() {
+        let verdict = |code| upload_failure(&tonic::Status::new(code, "x")).verdict;
+        assert_eq!(verdict(Code::InvalidArgument), Verdict::Permanent);
+        for kept in [
+            Code::Unimplemented,
+            Code::NotFound,
+            Code::Internal,
+            Code::FailedPrecondition,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+        ] {
+            assert_eq!(verdict(kept), Verdict::Later, "{kept:?}");
+        }
+        assert_eq!(verdict(Code::Unknown), Verdict::Retry { after: None });
+        assert_eq!(verdict(Code::Unavailable), Verdict::Retry { after: None });
     }
 
     #[test]
@@ -607,7 +817,7 @@ mod tests {
         let t = agent_core::telemetry::Telemetry::default().scoped(&[]);
         let second = OfflineStore::open(dir.path(), &OfflineMode::default(), 100, &t);
         assert!(
-            second.is_err_and(|e| e.contains("is in use by another agent or an upload")),
+            second.is_err_and(|e| e.contains("is in use by another agent")),
             "two writers on one store"
         );
         // Dropped without close: as if killed.
@@ -634,11 +844,16 @@ mod tests {
             max_bytes: 2 * size + size / 2,
         };
         let mut s = store(dir.path(), settings, 1000);
-        for name in ["a", "b", "c", "d"] {
+        for name in ["a", "b"] {
             s.append(vec![series(name, 1)]).unwrap();
-            // Names are by the millisecond.
-            std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        // An upload sending the oldest keeps it from the size limit.
+        let oldest = files_ending(dir.path(), CLOSED).unwrap().remove(0);
+        let sending = try_lock(&oldest).unwrap().unwrap();
+        s.append(vec![series("c", 1)]).unwrap();
+        assert!(oldest.exists(), "a segment being sent was removed");
+        drop(sending);
+        s.append(vec![series("d", 1)]).unwrap();
         let closed = files_ending(dir.path(), CLOSED).unwrap();
         let kept: Vec<Vec<String>> = closed
             .iter()
@@ -649,5 +864,16 @@ mod tests {
             s.metrics.removed_bytes.get(),
             (4 - kept.len() as u64) * size
         );
+    }
+
+    #[test]
+    fn a_new_segment_never_takes_the_number_of_an_old_progress_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("000000000007.sent"), "3").unwrap();
+        let mut s = store(dir.path(), OfflineMode::default(), 100);
+        s.append(vec![series("a", 1)]).unwrap();
+        s.close().unwrap();
+        let closed = files_ending(dir.path(), CLOSED).unwrap();
+        assert_eq!(sequence(&closed[0]), Some(8));
     }
 }

@@ -278,7 +278,15 @@ async fn flush(
             ..Default::default()
         };
         let written = delivery
-            .send(|timeout| write_raw(clients, &request, timeout, settings.rpc_logging))
+            .send(|timeout| {
+                write_raw(
+                    clients,
+                    &request,
+                    timeout,
+                    settings.rpc_logging,
+                    write_failure,
+                )
+            })
             .await;
         match written {
             Ok(()) => {
@@ -302,12 +310,14 @@ async fn flush(
     }
 }
 
-/// One WriteRaw call, its timeout told to the server.
+/// One WriteRaw call, its timeout told to the server; a failure judged by
+/// `judge`.
 pub(crate) fn write_raw(
     clients: &ParcaClients,
     request: &WriteRawRequest,
     timeout: Duration,
     rpc_logging: bool,
+    judge: fn(&tonic::Status) -> Failure,
 ) -> impl std::future::Future<Output = Result<(), Failure>> + 'static {
     let mut client = clients.profiles.clone();
     let series = request.series.len();
@@ -325,7 +335,7 @@ pub(crate) fn write_raw(
                 "rpc"
             );
         }
-        result.map(drop).map_err(|status| write_failure(&status))
+        result.map(drop).map_err(|status| judge(&status))
     }
 }
 

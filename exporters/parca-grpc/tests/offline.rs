@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use agent_core::BuildContext;
 use agent_exporter_helper::RetryOnFailure;
@@ -19,10 +18,11 @@ use agent_exporter_parca_grpc::proto::profilestore::{
 use agent_exporter_parca_grpc::{OfflineMode, ParcaGrpcConfig};
 use tonic::{Request, Response, Status};
 
-/// Takes `budget` requests, then answers `UNAVAILABLE`; refuses for good
+/// Takes `budget` requests, then answers `refusal`; refuses as malformed
 /// any request holding the series `poison`.
 struct Flaky {
     budget: Mutex<usize>,
+    refusal: tonic::Code,
     taken: Mutex<Vec<String>>,
 }
 
@@ -46,7 +46,7 @@ impl ProfileStoreService for Flaky {
         }
         let mut budget = self.budget.lock().unwrap();
         if *budget == 0 {
-            return Err(Status::unavailable("not now"));
+            return Err(Status::new(self.refusal, "not now"));
         }
         *budget -= 1;
         self.taken.lock().unwrap().extend(names);
@@ -81,28 +81,35 @@ fn series(name: &str) -> EncodedSeries {
     }
 }
 
-#[tokio::test]
-async fn an_upload_cut_off_resumes_and_sends_every_window_once() {
-    let dir = tempfile::tempdir().unwrap();
+/// Settings of a store in `dir` that holds one closed segment of windows
+/// per entry of `segments` (written, then let go as a stopped agent would).
+fn store_with(dir: &std::path::Path, segments: &[&[&str]]) -> OfflineMode {
     let settings = OfflineMode {
-        storage_path: Some(dir.path().to_owned()),
+        storage_path: Some(dir.to_owned()),
         ..Default::default()
     };
     let telemetry = agent_core::Telemetry::default().scoped(&[]);
-    // Three segments of two windows; one window the server refuses for good.
-    {
-        let mut store = OfflineStore::open(dir.path(), &settings, 1 << 20, &telemetry).unwrap();
-        for pair in [["w1", "w2"], ["w3", "poison"], ["w5", "w6"]] {
-            for name in pair {
-                store.append(vec![series(name)]).unwrap();
-            }
-            store.close().unwrap();
-            // Segment names are by the millisecond.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+    let mut store = OfflineStore::open(dir, &settings, 1 << 20, &telemetry).unwrap();
+    for windows in segments {
+        for name in *windows {
+            store.append(vec![series(name)]).unwrap();
         }
+        store.close().unwrap();
     }
+    settings
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_resumes_and_sends_every_window_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three segments of two windows; one window the server refuses for good.
+    let settings = store_with(
+        dir.path(),
+        &[&["w1", "w2"], &["w3", "poison"], &["w5", "w6"]],
+    );
     let server = Arc::new(Flaky {
         budget: Mutex::new(4),
+        refusal: tonic::Code::Unavailable,
         taken: Mutex::new(Vec::new()),
     });
     let address = serve(server.clone()).await;
@@ -147,6 +154,47 @@ async fn an_upload_cut_off_resumes_and_sends_every_window_once() {
     );
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "the store ends empty: {left:?}");
+}
+
+/// A server that answers every write with a code no retry helps (a proxy
+/// routing the path nowhere: `UNIMPLEMENTED`) ends the upload and loses
+/// nothing: only `INVALID_ARGUMENT` drops a stored window.
+#[tokio::test]
+async fn a_server_refusing_every_write_ends_the_upload_and_the_store_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = store_with(dir.path(), &[&["w1"]]);
+    let stored = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".segment"))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = stored(dir.path());
+    let server = Arc::new(Flaky {
+        budget: Mutex::new(0),
+        refusal: tonic::Code::Unimplemented,
+        taken: Mutex::new(Vec::new()),
+    });
+    let address = serve(server.clone()).await;
+    let config = ParcaGrpcConfig {
+        address: format!("http://{address}").as_str().into(),
+        offline_mode: settings,
+        ..Default::default()
+    };
+    let done = upload(&config, &BuildContext::for_test("parca_grpc"))
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Uploaded {
+            segments_left: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(stored(dir.path()), before, "nothing removed");
 }
 
 #[tokio::test]
