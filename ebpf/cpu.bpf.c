@@ -161,6 +161,17 @@ struct {
 	__type(value, __u32);
 } known_processes SEC(".maps");
 
+/* Targeting: while cfg->targeted, only the processes in this map are
+ * sampled. User space adds the ones its targets match, at start and at each
+ * exec; a process a target forks is added here, an exited one removed here
+ * (its pid may come back as another process). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PROCESSES);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets SEC(".maps");
+
 /* Interpreter frame objects announced to user space (struct interp_code_event). */
 struct interp_code_key {
 	__u32 pid;
@@ -872,6 +883,10 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 	key.tid = (__u32)pid_tgid;
 	if (key.pid == 0 && !cfg->include_idle)
 		return 0;
+	if (cfg->targeted && !bpf_map_lookup_elem(&targets, &key.pid)) {
+		count(STAT_UNTARGETED);
+		return 0;
+	}
 	key.cpu = bpf_get_smp_processor_id();
 	bpf_get_current_comm(&key.comm, sizeof(key.comm));
 	count(STAT_SAMPLES);
@@ -914,6 +929,9 @@ int process_exec(void *ctx)
 	bpf_map_update_elem(&known_processes, &pid, &generation, BPF_ANY);
 	/* The old image's mappings must not unwind the new one. */
 	bpf_map_delete_elem(&unwind_processes, &pid);
+	/* A target's new image is judged anew by user space: not sampled
+	 * until then (its forks meanwhile are adopted if it matches). */
+	bpf_map_delete_elem(&targets, &pid);
 	send_event(PROCESS_EXEC, pid);
 	return 0;
 }
@@ -934,6 +952,33 @@ int process_mmap_exec(__u64 *ctx)
 	return 0;
 }
 
+struct task_struct___fork {
+	int pid;
+	int tgid;
+} __attribute__((preserve_access_index));
+
+/* Attached only when targeting: a process a targeted one forks is
+ * targeted too, until its exec is judged by user space (a new thread needs
+ * nothing: samples are keyed by process). Arguments: parent, child; the
+ * parent is the current task. */
+SEC("raw_tracepoint/sched_process_fork")
+int process_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 parent = bpf_get_current_pid_tgid() >> 32;
+	if (!bpf_map_lookup_elem(&targets, &parent))
+		return 0;
+	struct task_struct___fork *child = (void *)ctx->args[1];
+	int pid = 0, tgid = 0;
+	bpf_probe_read_kernel(&pid, sizeof(pid), &child->pid);
+	bpf_probe_read_kernel(&tgid, sizeof(tgid), &child->tgid);
+	if (tgid <= 0 || pid != tgid)
+		return 0;
+	__u32 key = tgid;
+	__u8 targeted = 1;
+	bpf_map_update_elem(&targets, &key, &targeted, BPF_ANY);
+	return 0;
+}
+
 SEC("raw_tracepoint/sched_process_exit")
 int process_exit(void *ctx)
 {
@@ -945,6 +990,7 @@ int process_exit(void *ctx)
 	 * own, and a new process under the same pid is told apart. */
 	if (pid != (__u32)pid_tgid)
 		return 0;
+	bpf_map_delete_elem(&targets, &pid);
 	__u32 *known = bpf_map_lookup_elem(&known_processes, &pid);
 	if (!known || (*known & GENERATION_EXITED))
 		return 0;

@@ -33,6 +33,7 @@ struct sampler_config {
 	__u32 window;          /* the window's sequence number; its parity picks the map set */
 	__u32 include_idle;    /* also sample the idle task (pid 0) */
 	__u32 unwind_mode;     /* enum unwind_mode */
+	__u32 targeted;        /* sample only the processes in the targets map */
 };
 
 /* How a user stack walk ended. */
@@ -311,7 +312,8 @@ enum stat_index {
 	STAT_INTERP_NOT_CODE = 11,    /* a frame's code was not a code object */
 	STAT_GO_LABELS = 12,          /* samples that carry goroutine labels */
 	STAT_GO_LABELS_FAILED = 13,   /* a goroutine's labels were unreadable */
-	STAT_COUNT = 14,
+	STAT_UNTARGETED = 14,         /* samples of processes no target matches (not taken) */
+	STAT_COUNT = 15,
 };
 
 /* Bytes of user stack a deferred walk copies, from the stack pointer up. */

@@ -69,7 +69,23 @@ struct Agent {
     out: PathBuf,
     /// Its HTTP view (`/metrics`).
     http: String,
+    /// The last lines it logged, shown when it exits badly.
+    log_tail: std::sync::Arc<Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// A test that fails with its agent running stops it (its BPF programs
+/// would sample on through the next tests).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Lines of the agent's log kept for a failure's report.
+const LOG_TAIL_LINES: usize = 200;
 
 impl Agent {
     /// Starts the agent on the embedded pipeline; returns once it is warm.
@@ -117,11 +133,22 @@ impl Agent {
             assert!(Instant::now() < deadline, "agent did not start");
         }
         // Keep draining stderr so the agent never blocks on a full pipe.
-        std::thread::spawn(move || for _ in log.lines() {});
+        let log_tail = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let tail = log_tail.clone();
+        std::thread::spawn(move || {
+            for line in log.lines().map_while(Result::ok) {
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == LOG_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
         let agent = Agent {
             child,
             out: out.to_owned(),
             http,
+            log_tail,
         };
         agent.wait_until_warm(deadline);
         agent
@@ -181,8 +208,29 @@ impl Agent {
             .status()
             .unwrap()
             .success());
+        let signalled = Instant::now();
         let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), Some(0));
+        let took = signalled.elapsed();
+        eprintln!("the agent stopped {took:?} after SIGTERM");
+        if took > Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            let tail = self.log_tail.lock().unwrap_or_else(|e| e.into_inner());
+            let last: Vec<&str> = tail.iter().rev().take(20).map(String::as_str).collect();
+            eprintln!(
+                "a slow stop; the agent's last log lines, newest first:\n{}",
+                last.join("\n")
+            );
+        }
+        if status.code() != Some(0) {
+            // The reader thread ends with the pipe; give it a moment.
+            std::thread::sleep(Duration::from_millis(200));
+            let tail = self.log_tail.lock().unwrap_or_else(|e| e.into_inner());
+            let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
+            panic!(
+                "the agent exited with {status} at SIGTERM; its log ended:\n{}",
+                tail.join("\n")
+            );
+        }
         (batches_in(&self.out), measured)
     }
 }
@@ -1099,9 +1147,24 @@ fn short_lived_processes_are_unwound_from_their_first_millisecond() {
         .map(|i| format!("int f{i}(int x) {{ return x * {i} + 1; }}\n"))
         .collect();
     std::fs::write(&source, functions).unwrap();
+    // At 997 Hz the debug build's pipeline lags, and its stop drains for
+    // ~20 s: more time to stop than the default 30 s bound leaves on a
+    // loaded machine.
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        include_str!("../pipeline.yaml")
+            .replace("service:\n", "service:\n  shutdown_timeout: 2m\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
     let agent = Agent::start_with(
-        &dir.path().join("out"),
-        &["--profiling-cpu-sampling-frequency=997"],
+        &out,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--profiling-cpu-sampling-frequency=997",
+        ],
     );
     let mut clang = None;
     let pids: Vec<u32> = (0..50)
@@ -1337,6 +1400,203 @@ fn probabilistic_profiling_samples_only_in_the_intervals_it_draws() {
     assert!(
         samples >= 19 * (profiled as i64 - 3) * 7 / 10,
         "{samples} samples in {profiled} profiled seconds"
+    );
+}
+
+/// BPF run time (ns) and runs of the perf_event programs `pid` holds
+/// (kernel.bpf_stats_enabled must be on).
+fn sampler_runs(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        let field = |name: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        };
+        // 7: BPF_PROG_TYPE_PERF_EVENT.
+        if field("prog_type:") == Some(7) {
+            total.0 += field("run_time_ns:").unwrap_or(0);
+            total.1 += field("run_cnt:").unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Turns kernel.bpf_stats_enabled on while it lives.
+struct BpfStats(String);
+
+impl BpfStats {
+    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Self {
+        let before = std::fs::read_to_string(Self::KNOB).unwrap();
+        std::fs::write(Self::KNOB, "1").unwrap();
+        Self(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::KNOB, self.0.trim());
+    }
+}
+
+/// Targets: with a target on the name `target_*`, only the processes it
+/// matches are sampled — one running before the agent (found at start),
+/// one started later (judged at its exec), and one a target forked
+/// without exec (added by BPF) — while an untargeted spinner beside them
+/// costs the sampler one map lookup per sample: its BPF time per run stays
+/// under a third of a targeted spinner's, measured in the same run.
+#[test]
+fn targets_limit_sampling_to_the_processes_they_match() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let workload = c_workload(dir.path());
+    let copy = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::copy(&workload.binary, &path).unwrap();
+        path
+    };
+    let (early, spin, other) = (
+        copy("target_early"),
+        copy("target_spin"),
+        copy("other_spin"),
+    );
+    let forker = dir.path().join("target_forker");
+    std::fs::write(
+        &forker,
+        // No command but builtins: nothing is exec'd, so every process
+        // it makes is a fork of a target.
+        // It forks once told to (after its own exec was judged), so the
+        // fork is BPF's to follow.
+        "#!/bin/sh\nread go\n( while :; do :; done ) &\necho $!\nwait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&forker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = dir.path().join("out");
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers: {{ebpf_cpu: {{targets: [{{comm: '^target_'}}]}}}}\n\
+             exporters: {{file: {{directory: {}}}}}\n\
+             service: {{pipelines: {{profiles: {{receivers: [ebpf_cpu], exporters: [file]}}}}}}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let spawn = |binary: &Path, seconds: &str| {
+        Command::new(binary)
+            .arg(seconds)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut early_run = spawn(&early, "60");
+    let _stats = BpfStats::enable();
+    let agent = Agent::launch(&out, &["--config", config.to_str().unwrap()]);
+    let agent_pid = agent.child.id();
+    let untargeted = || -> u64 {
+        agent
+            .metrics("agent_ebpf_untargeted_samples_total")
+            .iter()
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+
+    // Three targets and an untargeted spinner, for 6 s.
+    let mut other_run = spawn(&other, "13");
+    let untargeted_before = untargeted();
+    let mut spin_run = spawn(&spin, "6");
+    let mut forker_run = Command::new(&forker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    writeln!(forker_run.stdin.take().unwrap(), "go").unwrap();
+    let mut line = String::new();
+    BufReader::new(forker_run.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let forked: u32 = line.trim().parse().unwrap();
+    spin_run.wait().unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is the forker's child.
+    unsafe { libc::kill(forked as i32, libc::SIGKILL) };
+    forker_run.wait().unwrap();
+    early_run.kill().unwrap();
+    early_run.wait().unwrap();
+
+    // The untargeted spinner alone, then a targeted one alone: BPF time per run.
+    let before = sampler_runs(agent_pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let alone = sampler_runs(agent_pid);
+    other_run.wait().unwrap();
+    let untargeted_samples = untargeted() - untargeted_before;
+    let mut targeted_run = spawn(&spin, "60");
+    let targeted_pid = targeted_run.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let reference = sampler_runs(agent_pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let after = sampler_runs(agent_pid);
+    // Still running: the windows the stop waits for have samples.
+    let batches = agent.stop();
+    targeted_run.kill().unwrap();
+    targeted_run.wait().unwrap();
+
+    let per_run =
+        |(t0, n0): (u64, u64), (t1, n1): (u64, u64)| (t1 - t0) as f64 / (n1 - n0).max(1) as f64;
+    let untargeted_ns = per_run(before, alone);
+    let targeted_ns = per_run(reference, after);
+    let mut by_pid: HashMap<u32, i64> = HashMap::new();
+    for b in &batches {
+        for s in b.resolved_samples() {
+            let pid = s.series.get("pid").and_then(|p| p.parse().ok()).unwrap();
+            *by_pid.entry(pid).or_default() += s.value;
+        }
+    }
+    eprintln!(
+        "samples by pid {by_pid:?} (early {}, spin {}, forked {forked}, other {}, targeted {targeted_pid}); \
+         {untargeted_samples} untargeted; BPF per run: {untargeted_ns:.0} ns untargeted spinner, {targeted_ns:.0} ns targeted",
+        early_run.id(),
+        spin_run.id(),
+        other_run.id()
+    );
+    let targets = [
+        early_run.id(),
+        spin_run.id(),
+        forked,
+        forker_run.id(),
+        targeted_pid,
+    ];
+    for (pid, samples) in &by_pid {
+        assert!(
+            targets.contains(pid),
+            "pid {pid} sampled ({samples} samples): no target matches it"
+        );
+    }
+    for (what, pid) in [
+        ("running before the agent", early_run.id()),
+        ("exec'd", spin_run.id()),
+        ("forked", forked),
+        ("alone", targeted_pid),
+    ] {
+        let samples = by_pid.get(&pid).copied().unwrap_or(0);
+        // 19 Hz for 6 s, sharing 2 CPUs with 3 other spinners (5 s alone).
+        assert!(samples >= 20, "the target {what} has {samples} samples");
+    }
+    assert!(
+        untargeted_samples >= 19 * 5 / 2,
+        "{untargeted_samples} samples of the untargeted spinner counted"
+    );
+    assert!(
+        untargeted_ns * 3.0 < targeted_ns,
+        "BPF per run: {untargeted_ns:.0} ns with an untargeted spinner, {targeted_ns:.0} ns with a targeted one"
     );
 }
 

@@ -46,6 +46,8 @@ pub struct SamplerConfig {
     pub include_idle: u32,
     /// `enum unwind_mode`.
     pub unwind_mode: u32,
+    /// Sample only the processes in the `targets` map.
+    pub targeted: u32,
 }
 
 /// `enum unwind_mode` of ebpf/cpu.h.
@@ -588,7 +590,7 @@ impl DeferredSample {
 }
 
 /// Number of `enum stat_index` counters.
-pub const STAT_COUNT: usize = 14;
+pub const STAT_COUNT: usize = 15;
 
 /// `enum stat_index`, in order.
 pub const STAT_NAMES: [&str; STAT_COUNT] = [
@@ -606,6 +608,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT] = [
     "interp_not_code",
     "go_labels",
     "go_labels_failed",
+    "untargeted_samples",
 ];
 /// Capacity of each counts map (`MAX_SAMPLE_KEYS`).
 pub const MAX_SAMPLE_KEYS: usize = 16384;
@@ -671,6 +674,8 @@ pub struct LoadOptions {
     pub event_pause: Duration,
     /// How long a window is: each window's maps hold its samples.
     pub window: Duration,
+    /// Sample only the processes of the `targets` map ([`Sampler::take_targets`]).
+    pub targeted: bool,
 }
 
 /// The loaded and attached sampler.
@@ -679,6 +684,7 @@ pub struct Sampler {
     window: u32,
     include_idle: bool,
     unwind_mode: UnwindMode,
+    targeted: bool,
     /// Whether `process_mmap_exec` reports new executable mappings.
     mmap_hook: bool,
     /// Samples per second per CPU.
@@ -804,6 +810,8 @@ impl Sampler {
         };
         let ebpf = EbpfLoader::new()
             .verifier_log_level(level)
+            // Without targets the map is never used: one entry, not 32,768.
+            .map_max_entries("targets", if opts.targeted { 32768 } else { 1 })
             .map_max_entries("events", ring_bytes)
             .map_max_entries("counts_0", window_entries)
             .map_max_entries("counts_1", window_entries)
@@ -816,6 +824,7 @@ impl Sampler {
             window: 0,
             include_idle: opts.include_idle,
             unwind_mode: opts.unwind_mode,
+            targeted: opts.targeted,
             mmap_hook: false,
             frequency: opts.frequency,
             timers: Vec::new(),
@@ -828,10 +837,16 @@ impl Sampler {
         sampler.set_sampling(true)?;
         sampler.attach_mmap_exec();
         // Raw tracepoints need no tracefs mount.
+        let forks = opts
+            .targeted
+            .then_some(("process_fork", "sched_process_fork"));
         for (name, tracepoint) in [
             ("process_exec", "sched_process_exec"),
             ("process_exit", "sched_process_exit"),
-        ] {
+        ]
+        .into_iter()
+        .chain(forks)
+        {
             let program: &mut RawTracePoint = sampler
                 .ebpf
                 .program_mut(name)
@@ -941,6 +956,7 @@ impl Sampler {
             window: self.window,
             include_idle: u32::from(self.include_idle),
             unwind_mode: self.unwind_mode as u32,
+            targeted: u32::from(self.targeted),
         };
         config.set(0, value, 0).map_err(|e| map_error("config", e))
     }
@@ -952,6 +968,15 @@ impl Sampler {
             .take_map("events")
             .ok_or_else(|| map_error("object", "no map events"))?;
         RingBuf::try_from(map).map_err(|e| map_error("events", e))
+    }
+
+    /// Takes the map of targeted processes (once).
+    pub fn take_targets(&mut self) -> Result<BpfHashMap<MapData, u32, u8>, EbpfCpuError> {
+        let map = self
+            .ebpf
+            .take_map("targets")
+            .ok_or_else(|| map_error("object", "no map targets"))?;
+        BpfHashMap::try_from(map).map_err(|e| map_error("targets", e))
     }
 
     /// Takes the flag the event reader raises before it sleeps (once).
@@ -1274,6 +1299,7 @@ mod tests {
                 ("window", offset_of!(SamplerConfig, window)),
                 ("include_idle", offset_of!(SamplerConfig, include_idle)),
                 ("unwind_mode", offset_of!(SamplerConfig, unwind_mode)),
+                ("targeted", offset_of!(SamplerConfig, targeted)),
             ],
         );
         check(

@@ -18,6 +18,7 @@ use crate::bpf::{
 use crate::deferred::{FinishedSample, InterpRuns};
 use crate::process::{ProcessInfo, ProcessTracker};
 use crate::runtimes::{CodeKey, CodeNames};
+use crate::targets::TargetFilter;
 use crate::unwind::UnwindTables;
 
 /// What the event thread and the window thread share (behind one lock).
@@ -141,13 +142,16 @@ pub struct EventHandler {
     pub results: DeferredResults,
     /// Interpreter frames' names, found as BPF first reports their objects.
     pub names: CodeNames,
+    /// With targets: which processes are sampled, hence worth reading.
+    targets: Option<TargetFilter>,
 }
 
 impl EventHandler {
     /// A handler finishing walks in `mode`; `mmaps_reported` when BPF
     /// reports new executable mappings (else exec'd processes are read a
-    /// second time, after their loader).
-    pub fn new(mode: UnwindMode, mmaps_reported: bool) -> Self {
+    /// second time, after their loader); `targets` when only some
+    /// processes are sampled.
+    pub fn new(mode: UnwindMode, mmaps_reported: bool, targets: Option<TargetFilter>) -> Self {
         Self {
             mode,
             pending: HashSet::new(),
@@ -158,6 +162,7 @@ impl EventHandler {
             names_kept: HashSet::new(),
             results: DeferredResults::default(),
             names: CodeNames::default(),
+            targets,
         }
     }
 
@@ -225,14 +230,25 @@ impl EventHandler {
             | bpf::PROCESS_EXEC
             | bpf::PROCESS_MAPPINGS_CHANGED
             | bpf::PROCESS_MMAP_EXEC => {
+                let exec = event.kind == bpf::PROCESS_EXEC;
+                if let Some(targets) = &mut self.targets {
+                    // A process never sampled needs no read.
+                    if !targets.admits(event.pid, event.kind) {
+                        self.pending.remove(&event.pid);
+                        return true;
+                    }
+                }
                 // A new process under a pid that exited in this read.
                 self.unread_exits.remove(&event.pid);
                 self.pending.insert(event.pid);
-                if event.kind == bpf::PROCESS_EXEC {
+                if exec {
                     self.reread_after_loader(event.pid);
                 }
             }
             bpf::PROCESS_EXIT => {
+                if let Some(targets) = &mut self.targets {
+                    targets.exited(event.pid);
+                }
                 // Its memory is gone by the time this is read: a pending
                 // read would find nothing.
                 self.pending.remove(&event.pid);

@@ -20,6 +20,7 @@ pub mod events;
 mod go_workload;
 pub mod process;
 pub mod runtimes;
+pub mod targets;
 pub mod unwind;
 
 use std::collections::hash_map::Entry;
@@ -103,6 +104,9 @@ pub struct EbpfCpuConfig {
     #[schemars(with = "agent_core::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub probabilistic_interval: Duration,
+    /// Sample only the processes one of these matches (none: every
+    /// process); enforced in BPF, so the others cost one map lookup.
+    pub targets: Vec<targets::Target>,
 }
 
 impl Default for EbpfCpuConfig {
@@ -128,6 +132,7 @@ impl Default for EbpfCpuConfig {
             disable_thread_comm_label: false,
             probabilistic_threshold: 100,
             probabilistic_interval: Duration::from_secs(60),
+            targets: Vec::new(),
         }
     }
 }
@@ -273,6 +278,15 @@ impl ComponentConfig for EbpfCpuConfig {
                 "cannot be set together with dwarf_unwinding_disable (frame pointers only)",
             ));
         }
+        for (i, target) in self.targets.iter().enumerate() {
+            errors.extend(target.validate(i));
+        }
+        if self.include_idle && !self.targets.is_empty() {
+            errors.push(FieldError::new(
+                "include_idle",
+                "cannot be set together with targets (the idle task is no target)",
+            ));
+        }
         errors
     }
 }
@@ -355,6 +369,7 @@ impl EbpfCpuReceiver {
             unwind_mode: config.unwind_mode(),
             event_pause: config.event_buffer_poll_interval,
             window: config.profiling_duration,
+            targeted: !config.targets.is_empty(),
         })?;
         let tables = UnwindTables::new(
             sampler.take_unwind_maps()?,
@@ -416,6 +431,7 @@ impl Counters {
             "Interpreter walks ended early: a Python frame's code was not a code object.",
             "Samples of Go programs that carry their goroutine's pprof labels.",
             "Samples of Go programs whose goroutine labels were unreadable (taken without).",
+            "Samples of processes no target matches, left at the BPF program's first lookup (targets).",
         ];
         let deferred_counter = |result: &str| {
             t.counter(
@@ -892,9 +908,23 @@ impl Attached {
         let mut asleep = self.sampler.take_reader_asleep()?;
         let events_fd = ring.as_raw_fd();
         let compiled_fd = self.tables.compiled_fd();
+        let filter = if self.config.targets.is_empty() {
+            None
+        } else {
+            let rules = targets::Targets::new(&self.config.targets, std::path::Path::new("/proc"))
+                .map_err(|e| EbpfCpuError::Map(format!("targets: {e}")))?;
+            Some(targets::TargetFilter::new(
+                rules,
+                self.sampler.take_targets()?,
+            ))
+        };
         let shared = Arc::new(Mutex::new(Shared {
             ring,
-            events: EventHandler::new(self.config.unwind_mode(), self.sampler.reports_mmaps()),
+            events: EventHandler::new(
+                self.config.unwind_mode(),
+                self.sampler.reports_mmaps(),
+                filter,
+            ),
             tracker: ProcessTracker::new("/proc")
                 .with_python(!self.config.python_unwinding_disable)
                 .with_php(!self.config.php_unwinding_disable)
