@@ -15,7 +15,11 @@
  * the stack instead of being cut short (struct deferred_sample). Where a
  * frame lies in an interpreter's loop (CPython's _PyEval_EvalFrameDefault,
  * PHP's execute_ex, Ruby's rb_vm_exec), the interpreter's own frames are
- * emitted in its place (runtimes/). */
+ * emitted in its place (runtimes/).
+ *
+ * Off-CPU profiling (off_cpu_switch, attached only when enabled) walks the
+ * same stacks of threads going off CPU and counts nanoseconds instead of
+ * samples. */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
 #include <asm/ptrace.h>
@@ -76,6 +80,10 @@ struct {
 
 COUNTS_MAP(counts_0);
 COUNTS_MAP(counts_1);
+/* Off-CPU samples: nanoseconds off CPU by key (one entry each while
+ * off-CPU profiling is off). */
+COUNTS_MAP(off_cpu_counts_0);
+COUNTS_MAP(off_cpu_counts_1);
 STACKS_MAP(stacks_0);
 STACKS_MAP(stacks_1);
 USER_STACKS_MAP(user_stacks_0);
@@ -132,6 +140,7 @@ struct unwind_state {
 	__u64 interp_end;      /* where the interpreter's frames end (Ruby: its VM stack's end) */
 	__u64 sample_r14;      /* the sampled user registers a VM may keep its state in */
 	__u64 sample_r15;
+	struct pt_regs regs;   /* the user registers at the event (off the BPF stack) */
 	struct user_stack stack;
 	__u8 frame_buf[INTERP_READ_MAX + 8]; /* a frame or code object being read */
 	__u8 code_buf[INTERP_READ_MAX + 8];
@@ -145,9 +154,13 @@ enum interp_walk {
 	INTERP_DONE = 3,       /* no more frames (or a read failed) */
 };
 
+/* One walk per slot and CPU: the sampler's (an NMI) may interrupt the
+ * sched_switch program's walk (SCRATCH_OFF_CPU) on the same CPU. */
+#define SCRATCH_SAMPLE 0
+#define SCRATCH_OFF_CPU 1
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct unwind_state);
 } unwind_scratch SEC(".maps");
@@ -205,6 +218,7 @@ struct unwind_row unwind_row_layout;
 struct unwind_mapping unwind_mapping_layout;
 struct deferred_sample deferred_sample_layout;
 struct interp_code_event interp_code_event_layout;
+struct off_cpu_pending off_cpu_pending_layout;
 
 static __always_inline void count(__u32 index)
 {
@@ -588,11 +602,10 @@ static __always_inline long interpreter_step(struct unwind_state *st, struct int
 }
 
 /* bpf_loop callback: records st->pc (or the interpreter frames run there)
- * and steps to the caller. */
-static long unwind_frame(__u32 index, void *unused)
+ * and steps to the caller; slot: the walk's unwind_scratch key. */
+static long unwind_frame(__u32 index, void *slot)
 {
-	__u32 zero = 0;
-	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, slot);
 	if (!st)
 		return 1;
 	__u32 len = st->stack.len;
@@ -677,10 +690,9 @@ static long unwind_frame(__u32 index, void *unused)
  * frames of the loop frames it has not reached to the stack, run by run,
  * each closed by INTERP_RUN_END (user space places them as it meets the
  * loop frames; the frames are gone by then). */
-static long collect_interp_frame(__u32 index, void *unused)
+static long collect_interp_frame(__u32 index, void *slot)
 {
-	__u32 zero = 0;
-	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, slot);
 	if (!st || st->interp_state == INTERP_DONE || st->stack.len + 3 > MAX_STACK_DEPTH)
 		return 1;
 	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
@@ -691,12 +703,13 @@ static long collect_interp_frame(__u32 index, void *unused)
 	return st->interp_state == INTERP_DONE || !st->interp_frame;
 }
 
-/* The user registers at the sample: the sample's own when it hit user mode,
- * else those saved at the kernel entry. 0 when the task has no user side. */
-static __always_inline int user_registers(struct bpf_perf_event_data *ctx, struct pt_regs *regs)
+/* The user registers at the event: the event's own (at_event, if any) when
+ * it hit user mode, else those saved at the kernel entry. 0 when the task
+ * has no user side. */
+static __always_inline int user_registers(struct pt_regs *at_event, struct pt_regs *regs)
 {
-	if ((ctx->regs.cs & 3) == 3) {
-		*regs = ctx->regs;
+	if (at_event && (at_event->cs & 3) == 3) {
+		*regs = *at_event;
 		return 1;
 	}
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -730,7 +743,7 @@ static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp)
 
 /* Sends the walk st stopped for user space to finish; 0 when the ring
  * buffer is too full (half of it stays free for process events). */
-static __always_inline int send_deferred(struct bpf_perf_event_data *ctx, struct unwind_state *st,
+static __always_inline int send_deferred(void *ctx, struct unwind_state *st,
 					 struct sample_key *key, __u32 window, __u32 generation,
 					 __u32 interp_words)
 {
@@ -769,22 +782,18 @@ static __always_inline int send_deferred(struct bpf_perf_event_data *ctx, struct
  * there is no user stack, or USER_STACK_DEFERRED when the whole sample went
  * to user space as a struct deferred_sample. */
 #define USER_STACK_DEFERRED ((__u64)-1)
-static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *user_stacks,
+static __always_inline __u64 unwind_user(void *ctx, struct pt_regs *at_event, void *user_stacks,
 					 struct sample_key *sample, __u32 window, __u32 mode,
-					 __u32 generation)
+					 __u32 generation, __u32 *slot)
 {
-	struct pt_regs regs;
-	if (!user_registers(ctx, &regs))
+	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, slot);
+	if (!st || !user_registers(at_event, &st->regs))
 		return 0;
-	__u32 zero = 0;
-	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, &zero);
-	if (!st)
-		return 0;
-	st->pc = regs.rip;
-	st->sp = regs.rsp;
-	st->bp = regs.rbp;
-	st->sample_r14 = regs.r14;
-	st->sample_r15 = regs.r15;
+	st->pc = st->regs.rip;
+	st->sp = st->regs.rsp;
+	st->bp = st->regs.rbp;
+	st->sample_r14 = st->regs.r14;
+	st->sample_r15 = st->regs.r15;
 	st->hash = 0xcbf29ce484222325ULL;
 	st->pid = sample->pid;
 	st->tid = sample->tid;
@@ -795,19 +804,20 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	st->run_frames = 0;
 	st->pc_recorded = 0;
 	st->mode = mode;
-	st->can_defer = mode != UNWIND_FRAME_POINTERS;
+	/* An off-CPU walk is finished here: its time is only known later. */
+	st->can_defer = mode != UNWIND_FRAME_POINTERS && *slot == SCRATCH_SAMPLE;
 	st->exact_pc = 1;
 	st->trusted_pc = 1;
 	st->stack.len = 0;
 	st->stack.status = STACK_TRUNCATED;
 	/* Interpreter runs take an extra step each (the loop frame's own). */
-	bpf_loop(2 * MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
+	bpf_loop(2 * MAX_STACK_DEPTH + 1, unwind_frame, slot, 0);
 	if (st->stack.status == STACK_DEFERRED) {
 		/* Past the walked frames, kept only in the sample sent. */
 		__u32 len = st->stack.len;
 		__u64 hash = st->hash, interp_frame = st->interp_frame;
 		__u32 interp_state = st->interp_state, run_frames = st->run_frames;
-		bpf_loop(MAX_STACK_DEPTH, collect_interp_frame, 0, 0);
+		bpf_loop(MAX_STACK_DEPTH, collect_interp_frame, slot, 0);
 		__u32 interp_words = st->stack.len - len;
 		st->stack.len = len;
 		int sent = send_deferred(ctx, st, sample, window, generation, interp_words);
@@ -823,7 +833,7 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 		count(STAT_DEFER_RING_FULL);
 		st->can_defer = 0;
 		st->stack.status = STACK_TRUNCATED;
-		bpf_loop(2 * MAX_STACK_DEPTH + 1, unwind_frame, 0, 0);
+		bpf_loop(2 * MAX_STACK_DEPTH + 1, unwind_frame, slot, 0);
 	}
 	__u64 key = (st->hash ^ st->stack.status) * 0x100000001b3ULL;
 	if (key == 0 || key == USER_STACK_DEFERRED)
@@ -836,38 +846,80 @@ static __always_inline __u64 unwind_user(struct bpf_perf_event_data *ctx, void *
 	return key;
 }
 
-static __always_inline void record(struct bpf_perf_event_data *ctx, void *counts, void *stacks,
-				   void *user_stacks, struct sample_key *key, __u32 window,
-				   __u32 mode, __u32 generation)
+/* Walks the current task's stacks into key (user stack, kernel stack id,
+ * goroutine labels), the stacks into the given maps, the kernel's without
+ * its first skip frames; 0 when the sample went to user space whole (a
+ * deferred walk). */
+static __always_inline int walk_stacks(void *ctx, struct pt_regs *at_event, void *stacks,
+				       void *user_stacks, struct sample_key *key, __u32 window,
+				       __u32 mode, __u32 generation, __u32 slot, __u32 skip)
 {
 	if (key->pid != 0) {
 		struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &key->pid);
 		if (proc && proc->go.labels_kind != GO_LABELS_NONE)
 			key->go_labels = go_current_labels(&proc->go);
-		key->user_stack = unwind_user(ctx, user_stacks, key, window, mode, generation);
+		key->user_stack = unwind_user(ctx, at_event, user_stacks, key, window, mode,
+					      generation, &slot);
 		if (key->user_stack == USER_STACK_DEFERRED)
-			return;
+			return 0;
 		if (key->user_stack == 0)
 			count(STAT_USER_STACK_ERRORS);
 	}
 	/* No BPF_F_REUSE_STACKID: a different stack in a taken bucket is a
 	 * counted collision, never a silently wrong stack. */
-	key->kernel_stack_id = bpf_get_stackid(ctx, stacks, 0);
+	key->kernel_stack_id = bpf_get_stackid(ctx, stacks, skip & BPF_F_SKIP_FIELD_MASK);
 	if (key->kernel_stack_id == -17)
 		count(STAT_KERNEL_STACK_COLLISIONS);
+	return 1;
+}
 
-	__u64 one = 1;
+/* Adds value to the key's count in counts (a sample: 1; off CPU: the
+ * nanoseconds). */
+static __always_inline void add_count(void *counts, struct sample_key *key, __u64 value)
+{
 	__u64 *n = bpf_map_lookup_elem(counts, key);
 	if (n) {
-		__sync_fetch_and_add(n, 1);
-	} else if (bpf_map_update_elem(counts, key, &one, BPF_NOEXIST) != 0) {
+		__sync_fetch_and_add(n, value);
+	} else if (bpf_map_update_elem(counts, key, &value, BPF_NOEXIST) != 0) {
 		/* Lost a race with another CPU for the same key, or the map is full. */
 		n = bpf_map_lookup_elem(counts, key);
 		if (n)
-			__sync_fetch_and_add(n, 1);
+			__sync_fetch_and_add(n, value);
 		else
 			count(STAT_COUNTS_FULL);
 	}
+}
+
+/* The current process's exec generation; announces it to user space when
+ * it is new (or new under an exited one's pid). */
+static __always_inline __u32 process_generation(__u32 pid)
+{
+	if (pid == 0)
+		return 0;
+	__u32 generation = 0;
+	__u32 *known = bpf_map_lookup_elem(&known_processes, &pid);
+	if (known && !(*known & GENERATION_EXITED))
+		return *known;
+	if (current_exiting())
+		/* The exited process itself, not a new one under its pid:
+		 * announced, it would be read in vain and its entry never
+		 * dropped. */
+		return known ? *known & ~GENERATION_EXITED : 0;
+	if (known)
+		generation = (*known & ~GENERATION_EXITED) + 1;
+	bpf_map_update_elem(&known_processes, &pid, &generation, BPF_ANY);
+	send_event(PROCESS_FIRST_SEEN, pid);
+	return generation;
+}
+
+/* The current thread's key, as far as the event knows it. */
+static __always_inline void current_key(struct sample_key *key)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	key->pid = pid_tgid >> 32;
+	key->tid = (__u32)pid_tgid;
+	key->cpu = bpf_get_smp_processor_id();
+	bpf_get_current_comm(&key->comm, sizeof(key->comm));
 }
 
 SEC("perf_event")
@@ -877,46 +929,108 @@ int sample_cpu(struct bpf_perf_event_data *ctx)
 	struct sampler_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return 0;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct sample_key key = {};
-	key.pid = pid_tgid >> 32;
-	key.tid = (__u32)pid_tgid;
-	if (key.pid == 0 && !cfg->include_idle)
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (pid == 0 && !cfg->include_idle)
 		return 0;
-	if (cfg->targeted && !bpf_map_lookup_elem(&targets, &key.pid)) {
+	if (cfg->targeted && !bpf_map_lookup_elem(&targets, &pid)) {
 		count(STAT_UNTARGETED);
 		return 0;
 	}
-	key.cpu = bpf_get_smp_processor_id();
-	bpf_get_current_comm(&key.comm, sizeof(key.comm));
+	struct sample_key key = {};
+	current_key(&key);
 	count(STAT_SAMPLES);
-
-	__u32 generation = 0;
-	if (key.pid != 0) {
-		__u32 *known = bpf_map_lookup_elem(&known_processes, &key.pid);
-		if (known && !(*known & GENERATION_EXITED)) {
-			generation = *known;
-		} else if (current_exiting()) {
-			/* The exited process itself, not a new one under its
-			 * pid: announced, it would be read in vain and its
-			 * entry never dropped. */
-			generation = known ? *known & ~GENERATION_EXITED : 0;
-		} else {
-			/* New, or a new process under an exited one's pid. */
-			if (known)
-				generation = (*known & ~GENERATION_EXITED) + 1;
-			bpf_map_update_elem(&known_processes, &key.pid, &generation, BPF_ANY);
-			send_event(PROCESS_FIRST_SEEN, key.pid);
-		}
-	}
+	__u32 generation = process_generation(key.pid);
 
 	__u32 window = cfg->window;
-	if (window & 1)
-		record(ctx, &counts_1, &stacks_1, &user_stacks_1, &key, window, cfg->unwind_mode,
-		       generation);
-	else
-		record(ctx, &counts_0, &stacks_0, &user_stacks_0, &key, window, cfg->unwind_mode,
-		       generation);
+	struct pt_regs *regs = (struct pt_regs *)&ctx->regs;
+	if (window & 1) {
+		if (walk_stacks(ctx, regs, &stacks_1, &user_stacks_1, &key, window,
+				cfg->unwind_mode, generation, SCRATCH_SAMPLE, 0))
+			add_count(&counts_1, &key, 1);
+	} else {
+		if (walk_stacks(ctx, regs, &stacks_0, &user_stacks_0, &key, window,
+				cfg->unwind_mode, generation, SCRATCH_SAMPLE, 0))
+			add_count(&counts_0, &key, 1);
+	}
+	return 0;
+}
+
+/* Off-CPU profiling, at sched_switch: the one hook that sees both sides of
+ * a switch without a kprobe or a BPF trampoline (kernels may be built
+ * without either; this project's CI machine is). A task going off
+ * CPU (the current one) is timed with probability off_cpu_threshold: its
+ * stacks are walked there, where it blocks, into off_cpu_stacks and
+ * off_cpu_user_stacks, which are not per window, and its key is kept in
+ * off_cpu_pending. When a switch brings it back (`next`), the time it was
+ * away is added to the key in the current window's off_cpu_counts: the
+ * sample lands in the window it ends in, however many windows it slept
+ * through; user space frees a stack once no count or pending key needs
+ * it. The pending map is an LRU: a task that never runs again (or whose
+ * exit was missed) is pushed out, never leaks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_PROCESSES); /* resized by user space */
+	__type(key, __u32);
+	__type(value, struct off_cpu_pending);
+} off_cpu_pending SEC(".maps");
+
+STACKS_MAP(off_cpu_stacks);
+USER_STACKS_MAP(off_cpu_user_stacks);
+
+struct task_struct___switch {
+	int pid;
+} __attribute__((preserve_access_index));
+
+/* The frames of this program and of the tracepoint's BPF glue
+ * (bpf_trace_run4) on top of a kernel stack taken at sched_switch. */
+#define OFF_CPU_SKIP_FRAMES 2
+
+/* Arguments: preempt, prev (the current task), next, prev_state. */
+SEC("raw_tracepoint/sched_switch")
+int off_cpu_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0;
+	struct sampler_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	/* The task switched in: back from off CPU if it was timed. */
+	struct task_struct___switch *next = (void *)ctx->args[2];
+	int next_tid = 0;
+	bpf_probe_read_kernel(&next_tid, sizeof(next_tid), &next->pid);
+	__u32 back = next_tid;
+	struct off_cpu_pending *pending =
+		back ? bpf_map_lookup_elem(&off_cpu_pending, &back) : 0;
+	if (pending) {
+		struct sample_key key = pending->key;
+		__u64 off = now - pending->since;
+		bpf_map_delete_elem(&off_cpu_pending, &back);
+		count(STAT_OFF_CPU);
+		if (cfg->window & 1)
+			add_count(&off_cpu_counts_1, &key, off);
+		else
+			add_count(&off_cpu_counts_0, &key, off);
+	}
+
+	/* The task switched out. */
+	if ((__u64)bpf_get_prandom_u32() >= cfg->off_cpu_threshold)
+		return 0;
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (pid == 0) /* the idle task */
+		return 0;
+	if (cfg->targeted && !bpf_map_lookup_elem(&targets, &pid))
+		return 0;
+	if (current_exiting()) /* its last switch: it never comes back */
+		return 0;
+	struct off_cpu_pending away = {};
+	current_key(&away.key);
+	__u32 generation = process_generation(away.key.pid);
+	walk_stacks(ctx, 0, &off_cpu_stacks, &off_cpu_user_stacks, &away.key, cfg->window,
+		    cfg->unwind_mode, generation, SCRATCH_OFF_CPU, OFF_CPU_SKIP_FRAMES);
+	/* The walk's own time is not time off CPU. */
+	away.since = bpf_ktime_get_ns();
+	bpf_map_update_elem(&off_cpu_pending, &away.key.tid, &away, BPF_ANY);
 	return 0;
 }
 
@@ -983,12 +1097,14 @@ SEC("raw_tracepoint/sched_process_exit")
 int process_exit(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 pid = pid_tgid >> 32;
+	__u32 pid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+	/* A thread timed off CPU whose return was missed. */
+	bpf_map_delete_elem(&off_cpu_pending, &tid);
 	/* Threads exit too; the process is gone when its leader exits. Its
 	 * generation stays, marked, until user space forgets the process after
 	 * the window: walks deferred before the exit are still finished as its
 	 * own, and a new process under the same pid is told apart. */
-	if (pid != (__u32)pid_tgid)
+	if (pid != tid)
 		return 0;
 	bpf_map_delete_elem(&targets, &pid);
 	__u32 *known = bpf_map_lookup_elem(&known_processes, &pid);

@@ -34,6 +34,17 @@ struct sampler_config {
 	__u32 include_idle;    /* also sample the idle task (pid 0) */
 	__u32 unwind_mode;     /* enum unwind_mode */
 	__u32 targeted;        /* sample only the processes in the targets map */
+	__u32 reserved;
+	/* Off-CPU: a task going off CPU is timed when bpf_get_prandom_u32()
+	 * is below this (0: never; 1 << 32: always). */
+	__u64 off_cpu_threshold;
+};
+
+/* A task timed off CPU: its sample key (stack ids in off_cpu_stacks and
+ * off_cpu_user_stacks) until it runs again. */
+struct off_cpu_pending {
+	struct sample_key key;
+	__u64 since;           /* bpf_ktime_get_ns() when it went off CPU */
 };
 
 /* How a user stack walk ended. */
@@ -313,7 +324,8 @@ enum stat_index {
 	STAT_GO_LABELS = 12,          /* samples that carry goroutine labels */
 	STAT_GO_LABELS_FAILED = 13,   /* a goroutine's labels were unreadable */
 	STAT_UNTARGETED = 14,         /* samples of processes no target matches (not taken) */
-	STAT_COUNT = 15,
+	STAT_OFF_CPU = 15,            /* off-CPU samples: timed tasks back on a CPU */
+	STAT_COUNT = 16,
 };
 
 /* Bytes of user stack a deferred walk copies, from the stack pointer up. */

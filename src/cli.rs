@@ -29,6 +29,8 @@ pub enum ValueKind {
     Text,
     /// A non-negative integer.
     Int,
+    /// A probability: a number from 0 to 1.
+    Probability,
     /// A duration such as `10s`, `250ms`, `5m`.
     Duration,
     /// Comma-separated list; a repeated flag adds to it.
@@ -215,6 +217,13 @@ pub const FLAGS: &[FlagSpec] = &[
         Some("1m"),
         "Length of one probabilistic profiling interval.",
         Owner::Sets(&[receiver("ebpf_cpu", "probabilistic_interval")]),
+    ),
+    flag(
+        "off-cpu-threshold",
+        Probability,
+        Some("0"),
+        "Off-CPU profiling: the probability (0-1) that a thread going off CPU is timed and its stacks recorded with the time until it runs again; 0 is off.",
+        Owner::Sets(&[receiver("ebpf_cpu", "off_cpu_threshold")]),
     ),
     flag(
         "metadata-external-labels",
@@ -563,6 +572,10 @@ pub fn parse_value(kind: ValueKind, text: &str) -> Result<Value, String> {
             .parse::<u64>()
             .map(|n| Value::Number(n.into()))
             .map_err(|_| format!("`{text}` is not a non-negative integer")),
+        Probability => match text.parse::<f64>() {
+            Ok(p) if (0.0..=1.0).contains(&p) => Ok(Value::Number(p.into())),
+            _ => Err(format!("`{text}` is not a probability from 0 to 1")),
+        },
         Duration => humantime::parse_duration(text)
             .map(|_| Value::String(text.to_owned()))
             .map_err(|e| format!("`{text}` is not a duration like 10s or 250ms: {e}")),
@@ -608,9 +621,10 @@ fn arg(spec: &FlagSpec) -> Arg {
             .default_missing_value("true"),
         List => a.action(ArgAction::Append).value_name("A,B,..."),
         Labels => a.action(ArgAction::Append).value_name("KEY=VALUE;..."),
-        Text | Int | Duration => a.action(ArgAction::Set).value_name(match kind {
+        Text | Int | Probability | Duration => a.action(ArgAction::Set).value_name(match kind {
             Duration => "DURATION",
             Int => "N",
+            Probability => "P",
             _ => "STRING",
         }),
     };
@@ -907,6 +921,7 @@ mod tests {
                         humantime::parse_duration(&text).ok()
                             == humantime::parse_duration(default).ok()
                     }
+                    Probability => text.parse::<f64>().ok() == default.parse::<f64>().ok(),
                     _ => text == default,
                 };
                 assert!(
@@ -970,6 +985,7 @@ mod tests {
         "profiling-perf-event-buffer-worker-count",
         "profiling-probabilistic-threshold",
         "profiling-probabilistic-interval",
+        "off-cpu-threshold",
         "metadata-external-labels",
         "metadata-container-runtime-socket-path",
         "metadata-disable-caching",

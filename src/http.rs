@@ -600,13 +600,14 @@ async fn status_page(State(view): State<View>) -> Html<String> {
             esc(&capitalized(&view.no_window_yet()))
         );
     }
-    for (pipeline, types) in &latest {
-        let Some((sample_type, batch)) = types
-            .get_key_value("samples/count")
-            .or_else(|| types.iter().next())
-        else {
-            continue;
-        };
+    // Every profile of each pipeline (CPU samples first, off-CPU time...).
+    let profiles = latest.iter().flat_map(|(pipeline, types)| {
+        let cpu_first = |(t, _): &(&String, _)| (t.as_str() != "samples/count", t.to_string());
+        let mut types: Vec<_> = types.iter().collect();
+        types.sort_by_key(cpu_first);
+        types.into_iter().map(move |(t, b)| (pipeline, t, b))
+    });
+    for (pipeline, sample_type, batch) in profiles {
         let mut totals: HashMap<u32, i64> = HashMap::new();
         for s in &batch.samples {
             *totals.entry(s.series).or_default() += s.value;

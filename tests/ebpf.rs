@@ -432,6 +432,10 @@ fn frame_pointer_chain_and_cpu_share() {
     std::thread::sleep(Duration::from_millis(300));
     let (batches, busy_after) = agent.stop_measuring(busy_ticks);
     let busy = busy_after - busy_before;
+    // Off-CPU profiling is off by default: CPU samples only.
+    for b in &batches {
+        assert_eq!(b.profile_type, agent_core::ProfileType::cpu_samples(19));
+    }
 
     let mine = samples_of(&batches, pid);
     let my_count: i64 = mine.iter().map(|s| s.value).sum();
@@ -1422,6 +1426,29 @@ fn sampler_runs(pid: u32) -> (u64, u64) {
         }
     }
     total
+}
+
+/// BPF run time (ns) and runs of the program called `name` that `pid`
+/// holds (kernel.bpf_stats_enabled must be on).
+fn program_runs(pid: u32, name: &str) -> (u64, u64) {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")) else {
+            continue;
+        };
+        let shown = Command::new("bpftool")
+            .args(["prog", "show", "id", id.trim(), "--json"])
+            .output()
+            .unwrap();
+        let program: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        if program["name"] == name {
+            let field = |f: &str| program[f].as_u64().unwrap_or(0);
+            return (field("run_time_ns"), field("run_cnt"));
+        }
+    }
+    panic!("agent {pid} holds no BPF program {name}");
 }
 
 /// Turns kernel.bpf_stats_enabled on while it lives.
@@ -2561,5 +2588,127 @@ fn ruby_unwinding_can_be_disabled() {
         "--ruby-unwinding-disable",
         "rb_vm_exec",
         0.8,
+    );
+}
+
+/// The clock a workload of off_cpu.c kept: (wall ns, ns off CPU).
+fn off_cpu_workload_clock(output: std::process::Output) -> (u64, u64) {
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// Off-CPU profiling with every switch timed (`--off-cpu-threshold=1`): a
+/// workload that spins 2 ms and sleeps 8 ms in nanosleep shows the time
+/// its own clock measured in nanosleep (within 10 points of its wall time)
+/// as off-CPU time under the kernel's nanosleep path and its own `nap`; a
+/// workload reading a pipe written every 50 ms shows its blocked time
+/// under the kernel's pipe read and its own `read_pipe`. Its CPU profile
+/// beside is what it always is (the spinning function), and the BPF cost
+/// per sched_switch is measured.
+#[test]
+fn off_cpu_time_is_profiled_where_threads_block() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile("off_cpu.c", dir.path());
+    let _stats = BpfStats::enable();
+    let agent = Agent::start_with(&dir.path().join("out"), &["--off-cpu-threshold=1"]);
+    let agent_pid = agent.child.id();
+    let before = program_runs(agent_pid, "off_cpu_switch");
+    let run = |mode: &str| {
+        Command::new(&binary)
+            .args([mode, "5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (nap, pipe) = (run("nap"), run("pipe"));
+    let (nap_pid, pipe_pid) = (nap.id(), pipe.id());
+    let (nap_wall, nap_asleep) = off_cpu_workload_clock(nap.wait_with_output().unwrap());
+    let (pipe_wall, pipe_blocked) = off_cpu_workload_clock(pipe.wait_with_output().unwrap());
+    let after = program_runs(agent_pid, "off_cpu_switch");
+    agent.wait_for_window_from(std::time::SystemTime::now());
+    let batches = agent.stop();
+    let of_kind = |kind: &str| -> Vec<ProfileBatch> {
+        batches
+            .iter()
+            .filter(|b| b.profile_type.sample_type.kind == kind)
+            .cloned()
+            .collect()
+    };
+    let (off_cpu, cpu) = (of_kind("off_cpu"), of_kind("samples"));
+    assert!(!off_cpu.is_empty() && !cpu.is_empty());
+    assert!(off_cpu
+        .iter()
+        .all(|b| b.profile_type.sample_type.unit == "nanoseconds"));
+
+    // Off-CPU time under both the kernel function and the workload's own.
+    let time_under = |pid: u32, kernel: &str, user: &str| -> (i64, i64) {
+        let samples = samples_of(&off_cpu, pid);
+        let total = samples.iter().map(|s| s.value).sum();
+        let under = samples
+            .iter()
+            .filter(|s| {
+                let names = agent_names(s);
+                names.iter().any(|n| n.contains(kernel)) && names.contains(&user)
+            })
+            .map(|s| s.value)
+            .sum();
+        (under, total)
+    };
+    let (in_nap, nap_total) = time_under(nap_pid, "nanosleep", "nap");
+    // `pipe_read`, `anon_pipe_read` since Linux 6.15.
+    let (in_read, reader_total) = time_under(pipe_pid, "pipe_read", "read_pipe");
+    let of_wall = |ns: i64, wall: u64| ns as f64 / wall as f64;
+    eprintln!(
+        "nap: {:.3} of its wall time off CPU in nanosleep by the agent, {:.3} by its own clock \
+         ({:.3} off CPU in all); pipe: {:.3} in pipe_read by the agent, {:.3} by its own clock \
+         ({:.3} in all)",
+        of_wall(in_nap, nap_wall),
+        of_wall(nap_asleep as i64, nap_wall),
+        of_wall(nap_total, nap_wall),
+        of_wall(in_read, pipe_wall),
+        of_wall(pipe_blocked as i64, pipe_wall),
+        of_wall(reader_total, pipe_wall),
+    );
+    assert!(
+        (of_wall(in_nap, nap_wall) - of_wall(nap_asleep as i64, nap_wall)).abs() <= 0.10,
+        "nanosleep: the agent's share is off by more than 10 points"
+    );
+    assert!(
+        (of_wall(in_read, pipe_wall) - of_wall(pipe_blocked as i64, pipe_wall)).abs() <= 0.10,
+        "pipe read: the agent's share is off by more than 10 points"
+    );
+    // Beside them only preemption: the workloads block nowhere else.
+    assert!(
+        in_nap as f64 >= 0.8 * nap_total as f64,
+        "{in_nap} of {nap_total} ns"
+    );
+    assert!(
+        in_read as f64 >= 0.8 * reader_total as f64,
+        "{in_read} of {reader_total} ns"
+    );
+
+    // CPU samples as ever: the spinning function.
+    let spinning = samples_of(&cpu, nap_pid);
+    assert!(
+        spinning.iter().map(|s| s.value).sum::<i64>() > 0,
+        "no CPU samples of the nap workload"
+    );
+    let spin_share = share(&spinning, |s| agent_names(s).contains(&"spin_cpu"));
+    assert!(
+        spin_share >= 0.8,
+        "spin_cpu in {spin_share:.3} of its CPU samples"
+    );
+
+    let (ns, runs) = (after.0 - before.0, after.1 - before.1);
+    assert!(runs > 0, "the sched_switch program never ran");
+    eprintln!(
+        "BPF per sched_switch at threshold 1: {} ns over {runs} switches",
+        ns / runs
     );
 }

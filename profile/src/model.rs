@@ -61,6 +61,17 @@ impl ProfileType {
             period: 1_000_000_000 / hz.max(1) as i64,
         }
     }
+
+    /// Time off CPU of threads timed with `probability` at each switch
+    /// out: `off_cpu/nanoseconds`, period `switches/count` (one timed
+    /// switch in every 1/probability).
+    pub fn off_cpu(probability: f64) -> Self {
+        Self {
+            sample_type: ValueType::new("off_cpu", "nanoseconds"),
+            period_type: ValueType::new("switches", "count"),
+            period: (1.0 / probability.clamp(1e-9, 1.0)).round() as i64,
+        }
+    }
 }
 
 /// How a build id was obtained; decides the OTLP attribute it travels as.

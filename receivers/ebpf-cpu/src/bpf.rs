@@ -1,6 +1,6 @@
 //! Loading the sampler (ebpf/cpu.bpf.c), flipping its windows and draining them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
@@ -48,6 +48,21 @@ pub struct SamplerConfig {
     pub unwind_mode: u32,
     /// Sample only the processes in the `targets` map.
     pub targeted: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// A task going off CPU is timed when a random u32 is below this
+    /// (0: never; 2^32: always).
+    pub off_cpu_threshold: u64,
+}
+
+/// `struct off_cpu_pending` of ebpf/cpu.h: a task timed off CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OffCpuPending {
+    /// Its sample key; stack ids in the off-CPU stack maps.
+    pub key: SampleKey,
+    /// `CLOCK_MONOTONIC` nanoseconds when it went off CPU.
+    pub since: u64,
 }
 
 /// `enum unwind_mode` of ebpf/cpu.h.
@@ -478,6 +493,8 @@ unsafe impl aya::Pod for SampleKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SamplerConfig {}
 // SAFETY: as above.
+unsafe impl aya::Pod for OffCpuPending {}
+// SAFETY: as above.
 unsafe impl aya::Pod for UserStack {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ProcessUnwindInfo {}
@@ -590,7 +607,7 @@ impl DeferredSample {
 }
 
 /// Number of `enum stat_index` counters.
-pub const STAT_COUNT: usize = 15;
+pub const STAT_COUNT: usize = 16;
 
 /// `enum stat_index`, in order.
 pub const STAT_NAMES: [&str; STAT_COUNT] = [
@@ -609,16 +626,20 @@ pub const STAT_NAMES: [&str; STAT_COUNT] = [
     "go_labels",
     "go_labels_failed",
     "untargeted_samples",
+    "off_cpu_samples",
 ];
 /// Capacity of each counts map (`MAX_SAMPLE_KEYS`).
 pub const MAX_SAMPLE_KEYS: usize = 16384;
 
 impl Drained {
     /// Every user stack of the window with its process and sample count:
-    /// the counted ones, then each walk finished in user space (one sample).
+    /// the counted ones (an off-CPU key as one sample), then each walk
+    /// finished in user space (one sample).
     pub fn user_stacks_counted(&self) -> impl Iterator<Item = (u32, &UserStack, u64)> {
-        let counted = self.counts.iter().filter_map(|(key, count)| {
-            Some((key.pid, self.user_stacks.get(&key.user_stack)?, *count))
+        let samples = self.counts.iter().map(|(key, count)| (key, *count));
+        let off_cpu = self.off_cpu.iter().map(|(key, _)| (key, 1));
+        let counted = samples.chain(off_cpu).filter_map(|(key, count)| {
+            Some((key.pid, self.user_stacks.get(&key.user_stack)?, count))
         });
         let finished = self.deferred.iter().map(|f| (f.key.pid, &f.user, 1));
         counted.chain(finished)
@@ -632,6 +653,12 @@ pub struct Drained {
     pub window: u32,
     /// Sample counts.
     pub counts: Vec<(SampleKey, u64)>,
+    /// Nanoseconds off CPU (off-CPU profiling); their user stacks are in
+    /// `user_stacks` (keys are content hashes), their kernel stacks in
+    /// `off_cpu_kernel_stacks`.
+    pub off_cpu: Vec<(SampleKey, u64)>,
+    /// Kernel frames of the stack ids the off-CPU keys name.
+    pub off_cpu_kernel_stacks: HashMap<i32, Vec<u64>>,
     /// Kernel frames (addresses, leaf first) of every stack id the counts name.
     pub kernel_stacks: HashMap<i32, Vec<u64>>,
     /// User stacks by key.
@@ -676,6 +703,9 @@ pub struct LoadOptions {
     pub window: Duration,
     /// Sample only the processes of the `targets` map ([`Sampler::take_targets`]).
     pub targeted: bool,
+    /// Probability that a task going off CPU is timed (0: off-CPU
+    /// profiling off, its programs not attached).
+    pub off_cpu_threshold: f64,
 }
 
 /// The loaded and attached sampler.
@@ -691,6 +721,12 @@ pub struct Sampler {
     frequency: u64,
     /// The sampling timer of each online CPU; none while sampling is paused.
     timers: Vec<(u32, PerfEventLinkId)>,
+    /// `sampler_config.off_cpu_threshold` while sampling.
+    off_cpu_threshold: u64,
+    /// Off-CPU stacks kept at the last drain that no key needed then.
+    off_cpu_unneeded: OffCpuStackIds,
+    /// Sampling is on (not paused by probabilistic profiling).
+    sampling: bool,
 }
 
 /// Kernel 5.8 brought BPF ring buffers, the newest feature used here.
@@ -803,6 +839,9 @@ impl Sampler {
         let burst = opts.event_pause + DEFERRED_BURST;
         let ring_bytes = ring_buffer_bytes(opts.events_pages, num_cpus(), opts.frequency, burst);
         let window_entries = window_map_entries(num_cpus(), opts.frequency, opts.window);
+        let off_cpu = opts.off_cpu_threshold > 0.0;
+        // Unused maps of a feature that is off: one entry each.
+        let off_cpu_entries = if off_cpu { OFF_CPU_WINDOW_ENTRIES } else { 1 };
         let level = if opts.verbose {
             VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
         } else {
@@ -817,6 +856,11 @@ impl Sampler {
             .map_max_entries("counts_1", window_entries)
             .map_max_entries("user_stacks_0", window_entries)
             .map_max_entries("user_stacks_1", window_entries)
+            .map_max_entries("off_cpu_counts_0", off_cpu_entries)
+            .map_max_entries("off_cpu_counts_1", off_cpu_entries)
+            .map_max_entries("off_cpu_stacks", off_cpu_entries)
+            .map_max_entries("off_cpu_user_stacks", off_cpu_entries)
+            .map_max_entries("off_cpu_pending", if off_cpu { 32768 } else { 1 })
             .load(OBJECT)
             .map_err(|e| load_error(&e))?;
         let mut sampler = Sampler {
@@ -828,6 +872,9 @@ impl Sampler {
             mmap_hook: false,
             frequency: opts.frequency,
             timers: Vec::new(),
+            off_cpu_threshold: off_cpu_threshold_bits(opts.off_cpu_threshold),
+            off_cpu_unneeded: OffCpuStackIds::default(),
+            sampling: true,
         };
         sampler.write_config()?;
         sampler
@@ -860,7 +907,30 @@ impl Sampler {
                 .attach(tracepoint)
                 .map_err(|e| program_error(name, e, opts.verbose))?;
         }
+        if off_cpu {
+            sampler.attach_off_cpu(opts.verbose)?;
+        }
         Ok(sampler)
+    }
+
+    /// Attaches off-CPU profiling: one raw tracepoint on `sched_switch`
+    /// sees both sides of every switch (no kprobe or BPF trampoline, which
+    /// kernels built without them lack; no kernel BTF).
+    fn attach_off_cpu(&mut self, verbose: bool) -> Result<(), EbpfCpuError> {
+        let name = "off_cpu_switch";
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| map_error("object", format!("no program {name}")))?
+            .try_into()
+            .map_err(|e| map_error(name, e))?;
+        program
+            .load()
+            .map_err(|e| program_error(name, e, verbose))?;
+        program
+            .attach("sched_switch")
+            .map_err(|e| program_error(name, e, verbose))?;
+        Ok(())
     }
 
     fn sample_cpu(&mut self) -> Result<&mut PerfEvent, EbpfCpuError> {
@@ -877,6 +947,10 @@ impl Sampler {
     /// a later call finishes the job without opening a CPU's timer twice.
     pub fn set_sampling(&mut self, on: bool) -> Result<(), EbpfCpuError> {
         let frequency = self.frequency;
+        self.sampling = on;
+        // Off-CPU timing pauses with it (a task already timed is recorded
+        // when it comes back).
+        self.write_config()?;
         let mut timers = std::mem::take(&mut self.timers);
         let program = self.sample_cpu()?;
         let result = if on {
@@ -957,6 +1031,12 @@ impl Sampler {
             include_idle: u32::from(self.include_idle),
             unwind_mode: self.unwind_mode as u32,
             targeted: u32::from(self.targeted),
+            reserved: 0,
+            off_cpu_threshold: if self.sampling {
+                self.off_cpu_threshold
+            } else {
+                0
+            },
         };
         config.set(0, value, 0).map_err(|e| map_error("config", e))
     }
@@ -1022,7 +1102,6 @@ impl Sampler {
         std::thread::sleep(Duration::from_millis(5));
 
         let set = old & 1;
-        let counts_name = if set == 0 { "counts_0" } else { "counts_1" };
         let stacks_name = if set == 0 { "stacks_0" } else { "stacks_1" };
         let user_stacks_name = if set == 0 {
             "user_stacks_0"
@@ -1033,19 +1112,7 @@ impl Sampler {
             window: old,
             ..Drained::default()
         };
-        {
-            let mut counts: BpfHashMap<&mut MapData, SampleKey, u64> = BpfHashMap::try_from(
-                self.ebpf
-                    .map_mut(counts_name)
-                    .ok_or_else(|| map_error("object", counts_name))?,
-            )
-            .map_err(|e| map_error(counts_name, e))?;
-            drained.counts = counts.iter().filter_map(Result::ok).collect();
-            for (key, _) in &drained.counts {
-                // Already gone is fine: nothing writes to this set now.
-                let _ = counts.remove(key);
-            }
-        }
+        drained.counts = self.drain_counts(["counts_0", "counts_1"][set as usize])?;
         {
             let mut user: BpfHashMap<&mut MapData, u64, UserStack> = BpfHashMap::try_from(
                 self.ebpf
@@ -1079,6 +1146,104 @@ impl Sampler {
         for id in ids {
             let _ = stacks.remove(&id);
         }
+        if self.off_cpu_threshold > 0 {
+            drained.off_cpu =
+                self.drain_counts(["off_cpu_counts_0", "off_cpu_counts_1"][set as usize])?;
+            self.read_off_cpu_stacks(&mut drained)?;
+        }
+        Ok(drained)
+    }
+
+    /// Copies the stacks of the window's off-CPU keys out of the off-CPU
+    /// stack maps (not per window: a task may come back windows after it
+    /// went off CPU), then frees the stacks no key needs any more: those
+    /// of this window's keys that no pending key names, and those kept
+    /// unneeded since the last drain (a pending key evicted or whose
+    /// thread exited). A stack a task going off CPU meanwhile takes again
+    /// may be freed under it: that sample then goes without it (rare: the
+    /// drain's few milliseconds).
+    fn read_off_cpu_stacks(&mut self, drained: &mut Drained) -> Result<(), EbpfCpuError> {
+        let pending: Vec<OffCpuPending> = {
+            let map: BpfHashMap<&MapData, u32, OffCpuPending> = BpfHashMap::try_from(
+                self.ebpf
+                    .map("off_cpu_pending")
+                    .ok_or_else(|| map_error("object", "off_cpu_pending"))?,
+            )
+            .map_err(|e| map_error("off_cpu_pending", e))?;
+            map.iter().filter_map(Result::ok).map(|(_, p)| p).collect()
+        };
+        let needed = OffCpuStackIds::of(pending.iter().map(|p| &p.key));
+        let counted = OffCpuStackIds::of(drained.off_cpu.iter().map(|(key, _)| key));
+
+        let mut kernel: StackTraceMap<&mut MapData> = StackTraceMap::try_from(
+            self.ebpf
+                .map_mut("off_cpu_stacks")
+                .ok_or_else(|| map_error("object", "off_cpu_stacks"))?,
+        )
+        .map_err(|e| map_error("off_cpu_stacks", e))?;
+        for &id in &counted.kernel {
+            if let Ok(trace) = kernel.get(&(id as u32), 0) {
+                let frames = trace.frames().iter().map(|f| f.ip).collect();
+                drained.off_cpu_kernel_stacks.insert(id, frames);
+            }
+        }
+        let present: HashSet<i32> = kernel
+            .stack_ids()
+            .filter_map(Result::ok)
+            .map(|id| id as i32)
+            .collect();
+        let mut unneeded = OffCpuStackIds::default();
+        for &id in &present {
+            let free = counted.kernel.contains(&id) || self.off_cpu_unneeded.kernel.contains(&id);
+            if needed.kernel.contains(&id) {
+                continue;
+            }
+            if free {
+                let _ = kernel.remove(&(id as u32));
+            } else {
+                unneeded.kernel.insert(id);
+            }
+        }
+
+        let mut user: BpfHashMap<&mut MapData, u64, UserStack> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("off_cpu_user_stacks")
+                .ok_or_else(|| map_error("object", "off_cpu_user_stacks"))?,
+        )
+        .map_err(|e| map_error("off_cpu_user_stacks", e))?;
+        for &key in &counted.user {
+            if let Ok(stack) = user.get(&key, 0) {
+                drained.user_stacks.entry(key).or_insert(stack);
+            }
+        }
+        let present: Vec<u64> = user.keys().filter_map(Result::ok).collect();
+        for key in present {
+            if needed.user.contains(&key) {
+                continue;
+            }
+            if counted.user.contains(&key) || self.off_cpu_unneeded.user.contains(&key) {
+                let _ = user.remove(&key);
+            } else {
+                unneeded.user.insert(key);
+            }
+        }
+        self.off_cpu_unneeded = unneeded;
+        Ok(())
+    }
+
+    /// Empties a counts map of the idle set and returns what it held.
+    fn drain_counts(&mut self, name: &str) -> Result<Vec<(SampleKey, u64)>, EbpfCpuError> {
+        let mut counts: BpfHashMap<&mut MapData, SampleKey, u64> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or_else(|| map_error("object", name))?,
+        )
+        .map_err(|e| map_error(name, e))?;
+        let drained: Vec<(SampleKey, u64)> = counts.iter().filter_map(Result::ok).collect();
+        for (key, _) in &drained {
+            // Already gone is fine: nothing writes to this set now.
+            let _ = counts.remove(key);
+        }
         Ok(drained)
     }
 
@@ -1095,6 +1260,7 @@ impl Sampler {
         let ids = drained
             .counts
             .iter()
+            .chain(&drained.off_cpu)
             .map(|(key, _)| key.go_labels)
             .chain(drained.deferred.iter().map(|f| f.key.go_labels));
         for id in ids {
@@ -1123,6 +1289,34 @@ impl Sampler {
         }
         Ok(out)
     }
+}
+
+/// Stack ids of the off-CPU stack maps.
+#[derive(Default)]
+struct OffCpuStackIds {
+    kernel: HashSet<i32>,
+    user: HashSet<u64>,
+}
+
+impl OffCpuStackIds {
+    /// The stacks the keys name.
+    fn of<'a>(keys: impl Iterator<Item = &'a SampleKey>) -> Self {
+        let mut ids = Self::default();
+        for key in keys {
+            if key.kernel_stack_id >= 0 {
+                ids.kernel.insert(key.kernel_stack_id);
+            }
+            if key.user_stack != 0 {
+                ids.user.insert(key.user_stack);
+            }
+        }
+        ids
+    }
+}
+
+/// `sampler_config.off_cpu_threshold` for a probability: 2^32 × p.
+fn off_cpu_threshold_bits(probability: f64) -> u64 {
+    (probability.clamp(0.0, 1.0) * 4_294_967_296.0).round() as u64
 }
 
 /// Online CPUs, at least 1.
@@ -1159,6 +1353,12 @@ fn ring_buffer_bytes(events_pages: u32, cpus: u32, frequency: u64, burst: Durati
 /// Fewest and most entries of each window's sample count and user stack maps.
 const MIN_WINDOW_ENTRIES: u64 = 1024;
 const MAX_WINDOW_ENTRIES: u64 = 1 << 16;
+
+/// Distinct off-CPU keys (thread, CPU, stacks) a window holds, and user
+/// stacks added for them: switches are not paced by the sampling frequency,
+/// a busy node's threads repeat their few blocking stacks. More are counted
+/// (`counts_full`, `user_stacks_full`).
+const OFF_CPU_WINDOW_ENTRIES: u32 = 8192;
 
 /// Entries of each window's sample count and user stack maps (both
 /// preallocated, a user stack ~1 KiB): every sample of a window on every CPU
@@ -1293,6 +1493,14 @@ mod tests {
             ],
         );
         check(
+            "off_cpu_pending",
+            size_of::<OffCpuPending>(),
+            &[
+                ("key", offset_of!(OffCpuPending, key)),
+                ("since", offset_of!(OffCpuPending, since)),
+            ],
+        );
+        check(
             "sampler_config",
             size_of::<SamplerConfig>(),
             &[
@@ -1300,6 +1508,11 @@ mod tests {
                 ("include_idle", offset_of!(SamplerConfig, include_idle)),
                 ("unwind_mode", offset_of!(SamplerConfig, unwind_mode)),
                 ("targeted", offset_of!(SamplerConfig, targeted)),
+                ("reserved", offset_of!(SamplerConfig, reserved)),
+                (
+                    "off_cpu_threshold",
+                    offset_of!(SamplerConfig, off_cpu_threshold),
+                ),
             ],
         );
         check(
@@ -1539,6 +1752,16 @@ mod tests {
 #[cfg(test)]
 mod ring_tests {
     use super::*;
+
+    #[test]
+    fn off_cpu_probabilities_become_thresholds_of_a_random_u32() {
+        assert_eq!(off_cpu_threshold_bits(0.0), 0);
+        assert_eq!(off_cpu_threshold_bits(1.0), 1 << 32);
+        assert_eq!(off_cpu_threshold_bits(0.5), 1 << 31);
+        assert_eq!(off_cpu_threshold_bits(0.1), 429_496_730);
+        // Every u32 is below 2^32: 1.0 times every switch.
+        assert!(u64::from(u32::MAX) < off_cpu_threshold_bits(1.0));
+    }
 
     #[test]
     fn window_maps_hold_twice_a_window_of_samples_within_bounds() {

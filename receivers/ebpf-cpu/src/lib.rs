@@ -107,6 +107,10 @@ pub struct EbpfCpuConfig {
     /// Sample only the processes one of these matches (none: every
     /// process); enforced in BPF, so the others cost one map lookup.
     pub targets: Vec<targets::Target>,
+    /// Off-CPU profiling: the probability (0–1) that a thread going off
+    /// CPU is timed and, once back, its stacks recorded with the time it
+    /// was away (`--off-cpu-threshold`); 0 (the default) leaves it off.
+    pub off_cpu_threshold: f64,
 }
 
 impl Default for EbpfCpuConfig {
@@ -133,6 +137,7 @@ impl Default for EbpfCpuConfig {
             probabilistic_threshold: 100,
             probabilistic_interval: Duration::from_secs(60),
             targets: Vec::new(),
+            off_cpu_threshold: 0.0,
         }
     }
 }
@@ -281,6 +286,15 @@ impl ComponentConfig for EbpfCpuConfig {
         for (i, target) in self.targets.iter().enumerate() {
             errors.extend(target.validate(i));
         }
+        if !(0.0..=1.0).contains(&self.off_cpu_threshold) {
+            errors.push(FieldError::new(
+                "off_cpu_threshold",
+                format!(
+                    "must be a probability from 0 (off) to 1 (every switch), not {}",
+                    self.off_cpu_threshold
+                ),
+            ));
+        }
         if self.include_idle && !self.targets.is_empty() {
             errors.push(FieldError::new(
                 "include_idle",
@@ -370,6 +384,7 @@ impl EbpfCpuReceiver {
             event_pause: config.event_buffer_poll_interval,
             window: config.profiling_duration,
             targeted: !config.targets.is_empty(),
+            off_cpu_threshold: config.off_cpu_threshold,
         })?;
         let tables = UnwindTables::new(
             sampler.take_unwind_maps()?,
@@ -416,7 +431,7 @@ struct Counters {
 
 impl Counters {
     fn new(t: &ComponentTelemetry) -> Self {
-        let help = [
+        let help: [&str; bpf::STAT_COUNT] = [
             "Samples taken by the BPF program.",
             "User stacks lost to a stack-map hash collision.",
             "Kernel stacks lost to a stack-map hash collision.",
@@ -432,6 +447,7 @@ impl Counters {
             "Samples of Go programs that carry their goroutine's pprof labels.",
             "Samples of Go programs whose goroutine labels were unreadable (taken without).",
             "Samples of processes no target matches, left at the BPF program's first lookup (targets).",
+            "Off-CPU samples: threads timed going off CPU (off_cpu_threshold) and seen back on one.",
         ];
         let deferred_counter = |result: &str| {
             t.counter(
@@ -719,9 +735,20 @@ fn interp_names(
     (found, unnamed)
 }
 
-/// Turns one drained window into a batch.
+/// The profiles a window holds: what its samples measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Measure {
+    /// CPU samples, counted.
+    Cpu,
+    /// Time off CPU, in nanoseconds.
+    OffCpu,
+}
+
+/// Turns one drained window's samples of one measure into a batch.
+#[allow(clippy::too_many_arguments)]
 fn build_batch(
     drained: &Drained,
+    measure: Measure,
     processes: &HashMap<u32, Arc<ProcessInfo>>,
     names: &HashMap<CodeKey, Arc<CodeInfo>>,
     kernel: &KernelImage,
@@ -755,9 +782,12 @@ fn build_batch(
     let mut series_ids: HashMap<u32, u32> = HashMap::new();
     // (stack, series, attributes) -> index in batch.samples.
     let mut sample_index: HashMap<(u32, u32, u32), usize> = HashMap::new();
-    let counted = drained.counts.iter().map(|(key, count)| {
-        let kernel = drained
-            .kernel_stacks
+    let (counts, kernel_stacks) = match measure {
+        Measure::Cpu => (&drained.counts, &drained.kernel_stacks),
+        Measure::OffCpu => (&drained.off_cpu, &drained.off_cpu_kernel_stacks),
+    };
+    let counted = counts.iter().map(|(key, count)| {
+        let kernel = kernel_stacks
             .get(&key.kernel_stack_id)
             .filter(|_| key.kernel_stack_id >= 0)
             .map_or(&[][..], Vec::as_slice);
@@ -765,7 +795,12 @@ fn build_batch(
         let user = drained.user_stacks.get(&key.user_stack);
         (key, *count, kernel, user, info)
     });
-    let finished = drained.deferred.iter().map(|f| {
+    // Off-CPU walks are never deferred: their time is known only later.
+    let deferred = match measure {
+        Measure::Cpu => &drained.deferred[..],
+        Measure::OffCpu => &[],
+    };
+    let finished = deferred.iter().map(|f| {
         let image = f.process.as_deref();
         let info = image.or_else(|| processes.get(&f.key.pid).map(|p| &**p));
         (&f.key, 1, f.kernel.as_slice(), Some(&f.user), info)
@@ -945,7 +980,16 @@ impl Attached {
                 })?
         };
         let kernel = KernelImage::read();
-        let profile_type = ProfileType::cpu_samples(self.config.sampling_frequency);
+        let mut measures = vec![(
+            Measure::Cpu,
+            ProfileType::cpu_samples(self.config.sampling_frequency),
+        )];
+        if self.config.off_cpu_threshold > 0.0 {
+            measures.push((
+                Measure::OffCpu,
+                ProfileType::off_cpu(self.config.off_cpu_threshold),
+            ));
+        }
         let mut window_start = SystemTime::now();
         let mut window_end = Instant::now() + self.config.profiling_duration;
         let mut lottery = Lottery::new(&self.config, &self.counters.telemetry);
@@ -1025,21 +1069,27 @@ impl Attached {
                 now.duration_since(window_start)
                     .map_or(0, |d| d.as_nanos() as u64),
             );
-            let batch = build_batch(
-                &drained,
-                &processes,
-                &names,
-                &kernel,
-                profile_type.clone(),
-                window,
-                self.config.sample_labels(),
-            );
-            debug!(
-                samples = batch.samples.len(),
-                total = batch.total_value(),
-                "window read"
-            );
-            if out.blocking_send(batch).is_err() {
+            let mut closed = false;
+            for (measure, profile_type) in &measures {
+                let batch = build_batch(
+                    &drained,
+                    *measure,
+                    &processes,
+                    &names,
+                    &kernel,
+                    profile_type.clone(),
+                    window,
+                    self.config.sample_labels(),
+                );
+                debug!(
+                    ?measure,
+                    samples = batch.samples.len(),
+                    total = batch.total_value(),
+                    "window read"
+                );
+                closed |= out.blocking_send(batch).is_err();
+            }
+            if closed {
                 break Ok(());
             }
             window_start = now;
@@ -1072,7 +1122,11 @@ fn sampled_processes(
     tables: &mut UnwindTables,
 ) -> HashMap<u32, Arc<ProcessInfo>> {
     let mut processes = HashMap::new();
-    let sampled = drained.counts.iter().map(|(key, _)| key.pid);
+    let sampled = drained
+        .counts
+        .iter()
+        .chain(&drained.off_cpu)
+        .map(|(key, _)| key.pid);
     // A walk finished with its process carries it: that process may be long
     // forgotten, its pid read now another's.
     let deferred: Vec<u32> = drained
@@ -1324,6 +1378,7 @@ mod tests {
         let kernel = KernelImage { build_id: None };
         let b = build_batch(
             &drained,
+            Measure::Cpu,
             &HashMap::new(),
             &names,
             &kernel,
@@ -1401,6 +1456,7 @@ mod tests {
                 },
             ],
             window: 0,
+            ..Drained::default()
         };
         let mut tracker = ProcessTracker::new("/proc");
         let kernel = KernelImage {
@@ -1413,6 +1469,7 @@ mod tests {
             .collect();
         let b = build_batch(
             &drained,
+            Measure::Cpu,
             &processes,
             &HashMap::new(),
             &kernel,
@@ -1470,6 +1527,63 @@ mod tests {
         );
     }
     #[test]
+    fn off_cpu_time_goes_to_its_own_batch_in_nanoseconds() {
+        let me = std::process::id();
+        let drained = Drained {
+            counts: vec![(key(me, 7, 2), 5)],
+            off_cpu: vec![(key(me, 7, 2), 3_000_000_000), (key(me, 0, 3), 7)],
+            kernel_stacks: [(2, vec![0xffff_ffff_8100_0000])].into(),
+            // Its own stack ids: 2 here is another stack than the samples' 2.
+            off_cpu_kernel_stacks: [
+                (2, vec![0xffff_ffff_8200_0000, 0xffff_ffff_8200_0100]),
+                (3, vec![0xffff_ffff_8300_0000]),
+            ]
+            .into(),
+            user_stacks: [(7, user_stack(&[0x1000], 1))].into(),
+            deferred: vec![FinishedSample {
+                key: key(me, 0, -1),
+                process: None,
+                kernel: vec![0xffff_ffff_8100_0010],
+                user: user_stack(&[0x1000], 0),
+            }],
+            ..Drained::default()
+        };
+        let build = |measure, profile_type| {
+            build_batch(
+                &drained,
+                measure,
+                &HashMap::new(),
+                &HashMap::new(),
+                &KernelImage { build_id: None },
+                profile_type,
+                (1, 2),
+                SampleLabels::ALL,
+            )
+        };
+        let cpu = build(Measure::Cpu, ProfileType::cpu_samples(19));
+        // Its count and the CPU walk finished in user space.
+        assert_eq!(cpu.total_value(), 5 + 1);
+        let off = build(Measure::OffCpu, ProfileType::off_cpu(0.5));
+        assert_eq!(off.profile_type.sample_type.kind, "off_cpu");
+        assert_eq!(off.profile_type.sample_type.unit, "nanoseconds");
+        assert_eq!(off.profile_type.period, 2);
+        assert_eq!(off.total_value(), 3_000_000_000 + 7);
+        let samples = off.resolved_samples();
+        let values: Vec<i64> = samples.iter().map(|s| s.value).collect();
+        assert_eq!(values, [3_000_000_000, 7]);
+        // Kernel frames from the off-CPU stack map, then the user frame.
+        let addresses: Vec<u64> = samples[0].frames.iter().map(|f| f.address).collect();
+        assert_eq!(
+            addresses,
+            [0xffff_ffff_8200_0000, 0xffff_ffff_8200_00ff, 0x1000]
+        );
+        assert_eq!(samples[1].frames[0].address, 0xffff_ffff_8300_0000);
+        // The user stacks of off-CPU keys count for naming like samples':
+        // the sample's, the off-CPU key's (the other has none), the walk's.
+        assert_eq!(drained.user_stacks_counted().count(), 3);
+    }
+
+    #[test]
     fn samples_differing_only_in_a_label_left_out_become_one() {
         let me = std::process::id();
         // One stack on two CPUs from two threads.
@@ -1487,6 +1601,7 @@ mod tests {
         let build = |labels| {
             build_batch(
                 &drained,
+                Measure::Cpu,
                 &HashMap::new(),
                 &HashMap::new(),
                 &KernelImage { build_id: None },
