@@ -154,8 +154,9 @@ enum interp_walk {
 	INTERP_DONE = 3,       /* no more frames (or a read failed) */
 };
 
-/* One walk per slot and CPU: the sampler's (an NMI) may interrupt the
- * sched_switch program's walk (SCRATCH_OFF_CPU) on the same CPU. */
+/* One walk per slot and CPU: the sampler's and the sched_switch
+ * program's. (The sampler's timer interrupt cannot land in the switch,
+ * which runs with interrupts off, but a hardware event's NMI could.) */
 #define SCRATCH_SAMPLE 0
 #define SCRATCH_OFF_CPU 1
 struct {

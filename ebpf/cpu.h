@@ -34,7 +34,6 @@ struct sampler_config {
 	__u32 include_idle;    /* also sample the idle task (pid 0) */
 	__u32 unwind_mode;     /* enum unwind_mode */
 	__u32 targeted;        /* sample only the processes in the targets map */
-	__u32 reserved;
 	/* Off-CPU: a task going off CPU is timed when bpf_get_prandom_u32()
 	 * is below this (0: never; 1 << 32: always). */
 	__u64 off_cpu_threshold;

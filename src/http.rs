@@ -607,7 +607,7 @@ async fn status_page(State(view): State<View>) -> Html<String> {
         types.sort_by_key(cpu_first);
         types.into_iter().map(move |(t, b)| (pipeline, t, b))
     });
-    for (pipeline, sample_type, batch) in profiles {
+    for (i, (pipeline, sample_type, batch)) in profiles.enumerate() {
         let mut totals: HashMap<u32, i64> = HashMap::new();
         for s in &batch.samples {
             *totals.entry(s.series).or_default() += s.value;
@@ -616,11 +616,12 @@ async fn status_page(State(view): State<View>) -> Html<String> {
         series.sort_by_key(|(id, total)| (-total, *id));
         let _ = write!(
             html,
-            "<h3>{} — {} series, {} {}</h3><table id=processes><tr><th class=n>{}</th><th>labels</th><th>profile</th></tr>",
+            "<h3>{} — {} series, {} {}</h3><table{}><tr><th class=n>{}</th><th>labels</th><th>profile</th></tr>",
             esc(pipeline),
             series.len(),
             batch.total_value(),
             esc(sample_type),
+            if i == 0 { " id=processes" } else { "" },
             esc(sample_type)
         );
         for (id, total) in series.iter().take(500) {

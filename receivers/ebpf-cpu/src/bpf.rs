@@ -48,8 +48,6 @@ pub struct SamplerConfig {
     pub unwind_mode: u32,
     /// Sample only the processes in the `targets` map.
     pub targeted: u32,
-    /// Zero.
-    pub reserved: u32,
     /// A task going off CPU is timed when a random u32 is below this
     /// (0: never; 2^32: always).
     pub off_cpu_threshold: u64,
@@ -1031,7 +1029,6 @@ impl Sampler {
             include_idle: u32::from(self.include_idle),
             unwind_mode: self.unwind_mode as u32,
             targeted: u32::from(self.targeted),
-            reserved: 0,
             off_cpu_threshold: if self.sampling {
                 self.off_cpu_threshold
             } else {
@@ -1156,77 +1153,86 @@ impl Sampler {
 
     /// Copies the stacks of the window's off-CPU keys out of the off-CPU
     /// stack maps (not per window: a task may come back windows after it
-    /// went off CPU), then frees the stacks no key needs any more: those
-    /// of this window's keys that no pending key names, and those kept
-    /// unneeded since the last drain (a pending key evicted or whose
-    /// thread exited). A stack a task going off CPU meanwhile takes again
-    /// may be freed under it: that sample then goes without it (rare: the
-    /// drain's few milliseconds).
+    /// went off CPU), then frees the stacks no key has needed at two
+    /// drains in a row: none of the timed tasks still away nor the window
+    /// being written named them, now or at the last drain. (A stack taken
+    /// again between this drain's look at those keys and its removal,
+    /// milliseconds, is freed under its key.)
     fn read_off_cpu_stacks(&mut self, drained: &mut Drained) -> Result<(), EbpfCpuError> {
-        let pending: Vec<OffCpuPending> = {
-            let map: BpfHashMap<&MapData, u32, OffCpuPending> = BpfHashMap::try_from(
-                self.ebpf
-                    .map("off_cpu_pending")
-                    .ok_or_else(|| map_error("object", "off_cpu_pending"))?,
-            )
-            .map_err(|e| map_error("off_cpu_pending", e))?;
-            map.iter().filter_map(Result::ok).map(|(_, p)| p).collect()
-        };
-        let needed = OffCpuStackIds::of(pending.iter().map(|p| &p.key));
         let counted = OffCpuStackIds::of(drained.off_cpu.iter().map(|(key, _)| key));
-
-        let mut kernel: StackTraceMap<&mut MapData> = StackTraceMap::try_from(
-            self.ebpf
-                .map_mut("off_cpu_stacks")
-                .ok_or_else(|| map_error("object", "off_cpu_stacks"))?,
-        )
-        .map_err(|e| map_error("off_cpu_stacks", e))?;
+        let kernel_map = self
+            .ebpf
+            .map_mut("off_cpu_stacks")
+            .ok_or_else(|| map_error("object", "off_cpu_stacks"))?;
+        let kernel: StackTraceMap<&mut MapData> =
+            StackTraceMap::try_from(kernel_map).map_err(|e| map_error("off_cpu_stacks", e))?;
         for &id in &counted.kernel {
             if let Ok(trace) = kernel.get(&(id as u32), 0) {
                 let frames = trace.frames().iter().map(|f| f.ip).collect();
                 drained.off_cpu_kernel_stacks.insert(id, frames);
             }
         }
-        let present: HashSet<i32> = kernel
+        let kernel_present: Vec<i32> = kernel
             .stack_ids()
             .filter_map(Result::ok)
             .map(|id| id as i32)
             .collect();
-        let mut unneeded = OffCpuStackIds::default();
-        for &id in &present {
-            let free = counted.kernel.contains(&id) || self.off_cpu_unneeded.kernel.contains(&id);
-            if needed.kernel.contains(&id) {
-                continue;
-            }
-            if free {
-                let _ = kernel.remove(&(id as u32));
-            } else {
-                unneeded.kernel.insert(id);
+        let user_map = self
+            .ebpf
+            .map("off_cpu_user_stacks")
+            .ok_or_else(|| map_error("object", "off_cpu_user_stacks"))?;
+        let user: BpfHashMap<&MapData, u64, UserStack> =
+            BpfHashMap::try_from(user_map).map_err(|e| map_error("off_cpu_user_stacks", e))?;
+        for &key in &counted.user {
+            if let Ok(stack) = user.get(&key, 0) {
+                drained.user_stacks.entry(key).or_insert(stack);
             }
         }
+        let user_present: Vec<u64> = user.keys().filter_map(Result::ok).collect();
 
+        // Listed before the keys that need them are read: a stack taken
+        // after its listing is not a candidate.
+        let pending: BpfHashMap<&MapData, u32, OffCpuPending> = BpfHashMap::try_from(
+            self.ebpf
+                .map("off_cpu_pending")
+                .ok_or_else(|| map_error("object", "off_cpu_pending"))?,
+        )
+        .map_err(|e| map_error("off_cpu_pending", e))?;
+        let mut needed: Vec<SampleKey> = pending
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, p)| p.key)
+            .collect();
+        let writing = ["off_cpu_counts_0", "off_cpu_counts_1"][(self.window & 1) as usize];
+        let counts: BpfHashMap<&MapData, SampleKey, u64> = BpfHashMap::try_from(
+            self.ebpf
+                .map(writing)
+                .ok_or_else(|| map_error("object", writing))?,
+        )
+        .map_err(|e| map_error(writing, e))?;
+        needed.extend(counts.keys().filter_map(Result::ok));
+        let needed = OffCpuStackIds::of(needed.iter());
+
+        let before = std::mem::take(&mut self.off_cpu_unneeded);
+        let mut unneeded = OffCpuStackIds::default();
+        let mut kernel: StackTraceMap<&mut MapData> = StackTraceMap::try_from(
+            self.ebpf
+                .map_mut("off_cpu_stacks")
+                .ok_or_else(|| map_error("object", "off_cpu_stacks"))?,
+        )
+        .map_err(|e| map_error("off_cpu_stacks", e))?;
+        unneeded.kernel = sweep(kernel_present, &needed.kernel, &before.kernel, |id| {
+            let _ = kernel.remove(&(*id as u32));
+        });
         let mut user: BpfHashMap<&mut MapData, u64, UserStack> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut("off_cpu_user_stacks")
                 .ok_or_else(|| map_error("object", "off_cpu_user_stacks"))?,
         )
         .map_err(|e| map_error("off_cpu_user_stacks", e))?;
-        for &key in &counted.user {
-            if let Ok(stack) = user.get(&key, 0) {
-                drained.user_stacks.entry(key).or_insert(stack);
-            }
-        }
-        let present: Vec<u64> = user.keys().filter_map(Result::ok).collect();
-        for key in present {
-            if needed.user.contains(&key) {
-                continue;
-            }
-            if counted.user.contains(&key) || self.off_cpu_unneeded.user.contains(&key) {
-                let _ = user.remove(&key);
-            } else {
-                unneeded.user.insert(key);
-            }
-        }
+        unneeded.user = sweep(user_present, &needed.user, &before.user, |key| {
+            let _ = user.remove(key);
+        });
         self.off_cpu_unneeded = unneeded;
         Ok(())
     }
@@ -1314,8 +1320,28 @@ impl OffCpuStackIds {
     }
 }
 
+/// Frees (`free`) the present stacks neither needed now nor at the last
+/// drain (`before`: the ones unneeded then); returns the ones unneeded now
+/// and kept for one more drain.
+fn sweep<K: std::hash::Hash + Eq + Copy>(
+    present: Vec<K>,
+    needed: &HashSet<K>,
+    before: &HashSet<K>,
+    mut free: impl FnMut(&K),
+) -> HashSet<K> {
+    let mut unneeded = HashSet::new();
+    for id in present.into_iter().filter(|id| !needed.contains(id)) {
+        if before.contains(&id) {
+            free(&id);
+        } else {
+            unneeded.insert(id);
+        }
+    }
+    unneeded
+}
+
 /// `sampler_config.off_cpu_threshold` for a probability: 2^32 × p.
-fn off_cpu_threshold_bits(probability: f64) -> u64 {
+pub(crate) fn off_cpu_threshold_bits(probability: f64) -> u64 {
     (probability.clamp(0.0, 1.0) * 4_294_967_296.0).round() as u64
 }
 
@@ -1508,7 +1534,6 @@ mod tests {
                 ("include_idle", offset_of!(SamplerConfig, include_idle)),
                 ("unwind_mode", offset_of!(SamplerConfig, unwind_mode)),
                 ("targeted", offset_of!(SamplerConfig, targeted)),
-                ("reserved", offset_of!(SamplerConfig, reserved)),
                 (
                     "off_cpu_threshold",
                     offset_of!(SamplerConfig, off_cpu_threshold),
@@ -1752,6 +1777,22 @@ mod tests {
 #[cfg(test)]
 mod ring_tests {
     use super::*;
+
+    #[test]
+    fn an_off_cpu_stack_is_freed_after_two_drains_unneeded() {
+        let mut freed = Vec::new();
+        let needed = HashSet::from([1]);
+        // 2 and 3 unneeded now; 3 already at the last drain.
+        let kept = sweep(vec![1, 2, 3], &needed, &HashSet::from([1, 3]), |id| {
+            freed.push(*id)
+        });
+        assert_eq!(freed, [3]);
+        assert_eq!(kept, HashSet::from([2]));
+        // Needed again at the next drain: kept, and off the unneeded list.
+        let kept = sweep(vec![1, 2], &HashSet::from([2]), &kept, |id| freed.push(*id));
+        assert_eq!(freed, [3]);
+        assert_eq!(kept, HashSet::from([1]));
+    }
 
     #[test]
     fn off_cpu_probabilities_become_thresholds_of_a_random_u32() {

@@ -286,13 +286,16 @@ impl ComponentConfig for EbpfCpuConfig {
         for (i, target) in self.targets.iter().enumerate() {
             errors.extend(target.validate(i));
         }
-        if !(0.0..=1.0).contains(&self.off_cpu_threshold) {
+        let p = self.off_cpu_threshold;
+        if !(0.0..=1.0).contains(&p) {
             errors.push(FieldError::new(
                 "off_cpu_threshold",
-                format!(
-                    "must be a probability from 0 (off) to 1 (every switch), not {}",
-                    self.off_cpu_threshold
-                ),
+                format!("must be a probability from 0 (off) to 1 (every switch), not {p}"),
+            ));
+        } else if p > 0.0 && bpf::off_cpu_threshold_bits(p) == 0 {
+            errors.push(FieldError::new(
+                "off_cpu_threshold",
+                format!("{p} would time no switch: the smallest above 0 is 2^-32 (2.4e-10)"),
             ));
         }
         if self.include_idle && !self.targets.is_empty() {
