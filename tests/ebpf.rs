@@ -2591,12 +2591,19 @@ fn ruby_unwinding_can_be_disabled() {
     );
 }
 
-/// The clock a workload of off_cpu.c kept: (wall ns, ns off CPU).
-fn off_cpu_workload_clock(output: std::process::Output) -> (u64, u64) {
+/// The clocks a workload of off_cpu.c kept: (wall ns, ns blocked where it
+/// blocks, ns off CPU in all: wall less its CPU time).
+fn off_cpu_workload_clock(output: std::process::Output) -> (u64, u64, u64) {
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
-    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
-    (numbers.next().unwrap(), numbers.next().unwrap())
+    let numbers: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let [wall, blocked, cpu] = numbers[..] else {
+        panic!("off_cpu printed {text:?}");
+    };
+    (wall, blocked, wall.saturating_sub(cpu))
 }
 
 /// Off-CPU profiling with every switch timed (`--off-cpu-threshold=1`): a
@@ -2604,9 +2611,10 @@ fn off_cpu_workload_clock(output: std::process::Output) -> (u64, u64) {
 /// its own clock measured in nanosleep (within 10 points of its wall time)
 /// as off-CPU time under the kernel's nanosleep path and its own `nap`; a
 /// workload reading a pipe written every 50 ms shows its blocked time
-/// under the kernel's pipe read and its own `read_pipe`. Its CPU profile
-/// beside is what it always is (the spinning function), and the BPF cost
-/// per sched_switch is measured.
+/// under the kernel's pipe read and its own `read_pipe`; and each one's
+/// time off CPU in all (preempted too) is its wall time less its CPU time,
+/// within 10 points. Its CPU profile beside is what it always is (the
+/// spinning function), and the BPF cost per sched_switch is measured.
 #[test]
 fn off_cpu_time_is_profiled_where_threads_block() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -2628,8 +2636,9 @@ fn off_cpu_time_is_profiled_where_threads_block() {
     };
     let (nap, pipe) = (run("nap"), run("pipe"));
     let (nap_pid, pipe_pid) = (nap.id(), pipe.id());
-    let (nap_wall, nap_asleep) = off_cpu_workload_clock(nap.wait_with_output().unwrap());
-    let (pipe_wall, pipe_blocked) = off_cpu_workload_clock(pipe.wait_with_output().unwrap());
+    let (nap_wall, nap_asleep, nap_off) = off_cpu_workload_clock(nap.wait_with_output().unwrap());
+    let (pipe_wall, pipe_blocked, pipe_off) =
+        off_cpu_workload_clock(pipe.wait_with_output().unwrap());
     let after = program_runs(agent_pid, "off_cpu_switch");
     agent.wait_for_window_from(std::time::SystemTime::now());
     let batches = agent.stop();
@@ -2665,15 +2674,17 @@ fn off_cpu_time_is_profiled_where_threads_block() {
     let (in_read, reader_total) = time_under(pipe_pid, "pipe_read", "read_pipe");
     let of_wall = |ns: i64, wall: u64| ns as f64 / wall as f64;
     eprintln!(
-        "nap: {:.3} of its wall time off CPU in nanosleep by the agent, {:.3} by its own clock \
-         ({:.3} off CPU in all); pipe: {:.3} in pipe_read by the agent, {:.3} by its own clock \
-         ({:.3} in all)",
+        "nap: {:.3} of its wall time off CPU in nanosleep by the agent, {:.3} by its own clock; \
+         off CPU in all {:.3} by the agent, {:.3} by its clocks; pipe: {:.3} in pipe_read by \
+         the agent, {:.3} by its own clock; in all {:.3} by the agent, {:.3} by its clocks",
         of_wall(in_nap, nap_wall),
         of_wall(nap_asleep as i64, nap_wall),
         of_wall(nap_total, nap_wall),
+        of_wall(nap_off as i64, nap_wall),
         of_wall(in_read, pipe_wall),
         of_wall(pipe_blocked as i64, pipe_wall),
         of_wall(reader_total, pipe_wall),
+        of_wall(pipe_off as i64, pipe_wall),
     );
     assert!(
         (of_wall(in_nap, nap_wall) - of_wall(nap_asleep as i64, nap_wall)).abs() <= 0.10,
@@ -2683,14 +2694,15 @@ fn off_cpu_time_is_profiled_where_threads_block() {
         (of_wall(in_read, pipe_wall) - of_wall(pipe_blocked as i64, pipe_wall)).abs() <= 0.10,
         "pipe read: the agent's share is off by more than 10 points"
     );
-    // Beside them only preemption: the workloads block nowhere else.
+    // And all their time off CPU, preempted included (a loaded machine
+    // preempts the spinner often): wall time less CPU time.
     assert!(
-        in_nap as f64 >= 0.8 * nap_total as f64,
-        "{in_nap} of {nap_total} ns"
+        (of_wall(nap_total, nap_wall) - of_wall(nap_off as i64, nap_wall)).abs() <= 0.10,
+        "nap: the agent's off-CPU share in all is off by more than 10 points"
     );
     assert!(
-        in_read as f64 >= 0.8 * reader_total as f64,
-        "{in_read} of {reader_total} ns"
+        (of_wall(reader_total, pipe_wall) - of_wall(pipe_off as i64, pipe_wall)).abs() <= 0.10,
+        "pipe: the agent's off-CPU share in all is off by more than 10 points"
     );
 
     // CPU samples as ever: the spinning function.

@@ -1,5 +1,7 @@
 /* Off-CPU workloads of the end-to-end tests; each prints what its own
- * clock measured, "wall_ns off_ns", when done.
+ * clocks measured, "wall_ns off_ns cpu_ns", when done (cpu_ns: the
+ * process's CPU time; wall - cpu is its time off CPU in all, preempted
+ * included).
  *   off_cpu nap SECONDS   spins 2 ms of CPU time, then sleeps 8 ms in
  *                         nanosleep, over and over: off_ns is the time
  *                         inside nanosleep.
@@ -78,6 +80,7 @@ int main(int argc, char **argv)
 	} else {
 		return 2;
 	}
-	printf("%llu %llu\n", now_ns(CLOCK_MONOTONIC) - start, off);
+	printf("%llu %llu %llu\n", now_ns(CLOCK_MONOTONIC) - start, off,
+	       now_ns(CLOCK_PROCESS_CPUTIME_ID));
 	return 0;
 }
