@@ -110,6 +110,16 @@ fn list_components(registry: &Registry) {
     }
 }
 
+/// The runtime `builder` makes with every driver on; `None` (said on
+/// stderr) when it cannot be made.
+fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the runtime: {e}"))
+        .ok()
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
@@ -181,15 +191,8 @@ fn offline_upload(config: &AgentConfig) -> ExitCode {
         eprintln!("error: --offline-mode-upload: no parca_grpc exporter has offline_mode::storage_path (--offline-mode-storage-path)");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     let telemetry = Telemetry::default();
     let mut whole = true;
@@ -297,15 +300,8 @@ fn main() -> ExitCode {
             }
         },
         Action::Run => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(run(config, registry)) {
                 Ok(()) => ExitCode::SUCCESS,
