@@ -881,16 +881,20 @@ impl Sampler {
             .map_err(|e| program_error("sample_cpu", e, opts.verbose))?;
         sampler.set_sampling(true)?;
         sampler.attach_mmap_exec();
-        // Raw tracepoints need no tracefs mount.
+        // Raw tracepoints need no tracefs mount (nor kernel BTF). Off-CPU
+        // profiling is one on `sched_switch`, which sees both sides of every
+        // switch without a kprobe or a BPF trampoline (kernels may lack both).
         let forks = opts
             .targeted
             .then_some(("process_fork", "sched_process_fork"));
+        let switches = off_cpu.then_some(("off_cpu_switch", "sched_switch"));
         for (name, tracepoint) in [
             ("process_exec", "sched_process_exec"),
             ("process_exit", "sched_process_exit"),
         ]
         .into_iter()
         .chain(forks)
+        .chain(switches)
         {
             let program: &mut RawTracePoint = sampler
                 .ebpf
@@ -905,30 +909,7 @@ impl Sampler {
                 .attach(tracepoint)
                 .map_err(|e| program_error(name, e, opts.verbose))?;
         }
-        if off_cpu {
-            sampler.attach_off_cpu(opts.verbose)?;
-        }
         Ok(sampler)
-    }
-
-    /// Attaches off-CPU profiling: one raw tracepoint on `sched_switch`
-    /// sees both sides of every switch (no kprobe or BPF trampoline, which
-    /// kernels built without them lack; no kernel BTF).
-    fn attach_off_cpu(&mut self, verbose: bool) -> Result<(), EbpfCpuError> {
-        let name = "off_cpu_switch";
-        let program: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| map_error("object", format!("no program {name}")))?
-            .try_into()
-            .map_err(|e| map_error(name, e))?;
-        program
-            .load()
-            .map_err(|e| program_error(name, e, verbose))?;
-        program
-            .attach("sched_switch")
-            .map_err(|e| program_error(name, e, verbose))?;
-        Ok(())
     }
 
     fn sample_cpu(&mut self) -> Result<&mut PerfEvent, EbpfCpuError> {
