@@ -13,11 +13,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::selector::Selector;
 use agent_core::config::PipelineConfig;
+use agent_core::labels;
 use agent_core::pprof::{to_pprof, PprofGrouping};
-use agent_core::selector::Selector;
 use agent_core::service::LatestWindows;
-use agent_core::telemetry::MetricType;
+use agent_core::stats::{ExporterStats, ProcessorStats, ReceiverStats};
 use agent_core::{ProfileBatch, Telemetry};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -337,7 +338,7 @@ fn text_profile(pipeline: &str, batch: &ProfileBatch) -> String {
 fn folded(batch: &ProfileBatch) -> Vec<String> {
     let mut counts: HashMap<String, i64> = HashMap::new();
     for s in batch.resolved_samples() {
-        let process = match (s.series.get("comm"), s.series.get("pid")) {
+        let process = match (s.series.get(labels::COMM), s.series.get(labels::PID)) {
             (Some(c), Some(p)) => format!("{c} ({p})"),
             (Some(c), None) => c.to_owned(),
             _ => "all".to_owned(),
@@ -459,47 +460,7 @@ fn url_value(s: &str) -> String {
         .collect()
 }
 
-/// The series of one metric: labels and value.
-type MetricSeries = Vec<(HashMap<String, String>, f64)>;
-
-/// `metric name -> series` of every counter and gauge.
-fn metric_values(view: &View) -> HashMap<String, MetricSeries> {
-    let mut out: HashMap<String, MetricSeries> = HashMap::new();
-    for family in view.telemetry.gather() {
-        let kind = family.get_field_type();
-        for m in family.get_metric() {
-            let labels = m
-                .get_label()
-                .iter()
-                .map(|l| (l.name().to_owned(), l.value().to_owned()))
-                .collect();
-            let value = match kind {
-                MetricType::COUNTER => m.get_counter().get_value(),
-                MetricType::GAUGE => m.get_gauge().get_value(),
-                _ => continue,
-            };
-            out.entry(family.name().to_owned())
-                .or_default()
-                .push((labels, value));
-        }
-    }
-    out
-}
-
 async fn status_page(State(view): State<View>) -> Html<String> {
-    let metrics = metric_values(&view);
-    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        metrics
-            .get(name)
-            .and_then(|series| {
-                series.iter().find(|(l, _)| {
-                    labels
-                        .iter()
-                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-                })
-            })
-            .map_or(0.0, |(_, v)| *v)
-    };
     let failures = view.telemetry.failures();
     let state = if !failures.is_empty() {
         "failing"
@@ -542,38 +503,34 @@ async fn status_page(State(view): State<View>) -> Html<String> {
     for (pid, p) in view.pipelines.iter() {
         let mut rows = Vec::new();
         for r in &p.receivers {
-            let l = [("receiver", r.as_str())];
+            let s = ReceiverStats::new(&view.telemetry, r);
             rows.push((
                 format!("receiver {r}"),
-                format!(
-                    "batches {} · samples {}",
-                    value("agent_receiver_batches_total", &l),
-                    value("agent_receiver_samples_total", &l)
-                ),
+                format!("batches {} · samples {}", s.batches.get(), s.samples.get()),
             ));
         }
         for proc_id in &p.processors {
-            let l = [("pipeline", pid.as_str()), ("processor", proc_id.as_str())];
+            let s = ProcessorStats::new(&view.telemetry, pid, proc_id);
             rows.push((
                 format!("processor {proc_id}"),
                 format!(
                     "errors {} · dropped samples {}",
-                    value("agent_processor_errors_total", &l),
-                    value("agent_processor_dropped_samples_total", &l)
+                    s.errors.get(),
+                    s.dropped_samples.get()
                 ),
             ));
         }
         for e in &p.exporters {
-            let l = [("exporter", e.as_str())];
+            let s = ExporterStats::new(&view.telemetry, e);
             rows.push((
                 format!("exporter {e}"),
                 format!(
                     "batches {} · samples {} · errors {} · dropped batches {} · queued {}",
-                    value("agent_exporter_batches_total", &l),
-                    value("agent_exporter_samples_total", &l),
-                    value("agent_exporter_errors_total", &l),
-                    value("agent_exporter_dropped_batches_total", &l),
-                    value("agent_exporter_queue_depth", &l)
+                    s.batches.get(),
+                    s.samples.get(),
+                    s.errors.get(),
+                    s.dropped_batches.get(),
+                    s.queue_depth.get()
                 ),
             ));
         }
@@ -625,12 +582,12 @@ async fn status_page(State(view): State<View>) -> Html<String> {
             esc(sample_type)
         );
         for (id, total) in series.iter().take(500) {
-            let labels = batch.labels(*id);
-            let selector = match labels.get("pid") {
-                Some(pid) => format!("{{pid=\"{pid}\"}}"),
+            let series_labels = batch.labels(*id);
+            let selector = match series_labels.get(labels::PID) {
+                Some(pid) => format!("{{{}=\"{pid}\"}}", labels::PID),
                 None => format!(
                     "{{{}}}",
-                    labels
+                    series_labels
                         .pairs()
                         .iter()
                         .map(|(k, v)| format!("{k}={v:?}"))
@@ -644,7 +601,7 @@ async fn status_page(State(view): State<View>) -> Html<String> {
                 url_value(pipeline),
                 url_value(sample_type)
             );
-            let text = labels
+            let text = series_labels
                 .pairs()
                 .iter()
                 .map(|(k, v)| format!("{k}={v:?}"))

@@ -3,6 +3,7 @@
 mod cli;
 mod components;
 mod http;
+mod selector;
 mod self_profile;
 mod self_traces;
 
@@ -178,7 +179,7 @@ async fn run(config: AgentConfig, registry: Registry) -> anyhow::Result<()> {
 /// server; exit 0 only when each store was sent whole.
 #[cfg(feature = "exporter-parca-grpc")]
 fn offline_upload(config: &AgentConfig) -> ExitCode {
-    use agent_core::{BuildContext, ServiceSettings, SharedStates, Shutdown};
+    use agent_core::{BuildContext, ServiceSettings, Shutdown};
     use agent_exporter_parca_grpc::{offline, ParcaGrpcConfig};
     let stores: Vec<(String, &ParcaGrpcConfig)> = config
         .components
@@ -203,18 +204,8 @@ fn offline_upload(config: &AgentConfig) -> ExitCode {
             stop.stop();
         });
         for (id, store) in stores {
-            let ctx = BuildContext {
-                telemetry: telemetry.scoped(&[("component_kind", "exporter"), ("component_id", &id)]),
-                id: id.clone(),
-                pipeline: None,
-                service: ServiceSettings {
-                    node: config.service.node.clone(),
-                    agent_revision: env!("AGENT_GIT_REVISION").to_owned(),
-                    shutdown_timeout: config.service.shutdown_timeout,
-                },
-                stopping: stopping.clone(),
-                shared: SharedStates::default(),
-            };
+            let settings = ServiceSettings::new(&config.service, env!("AGENT_GIT_REVISION"));
+            let ctx = BuildContext::new(Kind::Exporter, &id, &telemetry, settings, stopping.clone());
             let dir = store.offline_mode.storage_path.as_deref().unwrap_or_else(|| "".as_ref());
             match offline::upload(store, &ctx).await {
                 Ok(done) => {

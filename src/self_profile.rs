@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use agent_core::labels;
 use agent_core::pprof::{to_pprof, PprofGrouping};
 use agent_core::{
     FrameType, Function, LabelSet, Line, Location, ProfileBatch, ProfileType, Sample,
@@ -43,8 +44,8 @@ pub async fn profile(duration: Duration) -> Result<Vec<u8>, SelfProfileError> {
         duration.as_nanos() as u64,
     );
     let series = batch.label_sets.intern(LabelSet::new([
-        ("comm", "agent".to_string()),
-        ("pid", std::process::id().to_string()),
+        (labels::COMM, "agent".to_string()),
+        (labels::PID, std::process::id().to_string()),
     ]));
     let mut attributes: HashMap<String, u32> = HashMap::new();
     for (frames, count) in &report.data {
@@ -82,7 +83,7 @@ pub async fn profile(duration: Duration) -> Result<Vec<u8>, SelfProfileError> {
         let attrs = *attributes.entry(thread.clone()).or_insert_with(|| {
             batch
                 .label_sets
-                .intern(LabelSet::new([("thread_comm", thread)]))
+                .intern(LabelSet::new([(labels::THREAD_COMM, thread)]))
         });
         batch.samples.push(Sample {
             stack,

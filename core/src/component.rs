@@ -8,8 +8,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::ProfileBatch;
+use crate::stats::{component_telemetry, ReceiverStats};
 use crate::telemetry::{ComponentTelemetry, Telemetry};
-use crate::telemetry::{Counter, Gauge};
 
 /// The error a component returns; components use their own typed errors.
 pub type ComponentError = Box<dyn std::error::Error + Send + Sync>;
@@ -86,6 +86,17 @@ pub struct ServiceSettings {
     pub shutdown_timeout: std::time::Duration,
 }
 
+impl ServiceSettings {
+    /// The settings of a service configured by `service`.
+    pub fn new(service: &crate::config::ServiceConfig, agent_revision: &str) -> Self {
+        Self {
+            node: service.node.clone(),
+            agent_revision: agent_revision.to_owned(),
+            shutdown_timeout: service.shutdown_timeout,
+        }
+    }
+}
+
 /// What a factory is given to build one component instance.
 #[derive(Clone)]
 pub struct BuildContext {
@@ -159,6 +170,26 @@ impl BuildContext {
     pub fn runtime(&self) -> Result<tokio::runtime::Handle, ComponentError> {
         tokio::runtime::Handle::try_current()
             .map_err(|_| format!("{} must be built inside the agent's runtime", self.id).into())
+    }
+
+    /// The context of component `id` of kind `kind`, its metrics labelled
+    /// as the service labels them; not in a pipeline, sharing nothing (the
+    /// service adds those).
+    pub fn new(
+        kind: Kind,
+        id: &str,
+        telemetry: &Telemetry,
+        service: ServiceSettings,
+        stopping: Shutdown,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            pipeline: None,
+            telemetry: component_telemetry(telemetry, kind, id, None),
+            service,
+            stopping,
+            shared: SharedStates::default(),
+        }
     }
 
     /// A context with fresh metrics and node `test-node`, for tests of one component.
@@ -291,46 +322,29 @@ impl FlushBound {
 #[derive(Clone)]
 pub struct BatchSink {
     pipelines: Vec<mpsc::Sender<Arc<ProfileBatch>>>,
-    batches: Counter,
-    samples: Counter,
-    sample_rows: Counter,
-    series: Gauge,
+    stats: ReceiverStats,
 }
 
 impl BatchSink {
     pub(crate) fn new(
         pipelines: Vec<mpsc::Sender<Arc<ProfileBatch>>>,
-        telemetry: &ComponentTelemetry,
+        stats: ReceiverStats,
     ) -> Self {
-        Self {
-            pipelines,
-            batches: telemetry.counter("receiver_batches", "Batches emitted by a receiver.", &[]),
-            samples: telemetry.counter(
-                "receiver_samples",
-                "Samples emitted by a receiver (the sum of sample values for count profiles, else sample rows).",
-                &[],
-            ),
-            sample_rows: telemetry.counter(
-                "receiver_sample_rows",
-                "Sample rows emitted by a receiver (distinct stack and label combinations per batch).",
-                &[],
-            ),
-            series: telemetry.gauge("receiver_series", "Series in a receiver's last batch.", &[]),
-        }
+        Self { pipelines, stats }
     }
 
     /// A sink feeding the given channels, for testing receivers alone.
     pub fn for_test(pipelines: Vec<mpsc::Sender<Arc<ProfileBatch>>>) -> Self {
-        Self::new(pipelines, &Telemetry::default().scoped(&[]))
+        Self::new(pipelines, ReceiverStats::new(&Telemetry::default(), "test"))
     }
 
     /// Sends a batch to every pipeline, waiting while a pipeline's input is
     /// full (pipelines only run processors; exporters have their own queues).
     pub async fn send(&self, batch: ProfileBatch) {
-        self.batches.inc();
-        self.samples.inc_by(batch.sample_count());
-        self.sample_rows.inc_by(batch.samples.len() as u64);
-        self.series.set(batch.series_ids().len() as i64);
+        self.stats.batches.inc();
+        self.stats.samples.inc_by(batch.sample_count());
+        self.stats.sample_rows.inc_by(batch.samples.len() as u64);
+        self.stats.series.set(batch.series_ids().len() as i64);
         let batch = Arc::new(batch);
         for p in &self.pipelines {
             // A closed pipeline: shutdown, or its task died (shown as a failure).

@@ -7,17 +7,16 @@
 pub mod bounds;
 pub mod component;
 pub mod config;
-pub mod file_id;
 pub mod panics;
 pub mod registry;
 pub mod schema;
 pub mod secret;
-pub mod selector;
 pub mod service;
+pub mod stats;
 pub mod stderr_tail;
 pub mod telemetry;
 
-pub use agent_profile::{model, otlp, pprof};
+pub use agent_profile::{labels, model, otlp, pprof};
 pub use async_trait::async_trait;
 pub use component::*;
 pub use model::*;

@@ -24,9 +24,8 @@ use crate::component::*;
 use crate::config::AgentConfig;
 use crate::model::{is_internal_label, ProfileBatch};
 use crate::registry::Registry;
-use crate::telemetry::{
-    ComponentFailure, ComponentTelemetry, Counter, Gauge, Histogram, Telemetry,
-};
+use crate::stats::{component_telemetry, ExporterStats, ProcessorStats, ReceiverStats};
+use crate::telemetry::{ComponentFailure, Telemetry};
 
 /// The latest batch each pipeline produced (after its processors) per
 /// sample type (`samples/count`), for the local views.
@@ -109,9 +108,7 @@ struct ExporterQueue {
     id: String,
     sender: mpsc::Sender<Queued>,
     block_on_overflow: bool,
-    depth: Gauge,
-    dropped_batches: Counter,
-    dropped_samples: Counter,
+    stats: ExporterStats,
 }
 
 impl ExporterQueue {
@@ -120,7 +117,7 @@ impl ExporterQueue {
     async fn offer(&self, batch: Arc<ProfileBatch>, trace: &Context) {
         let samples = batch.sample_count();
         // Counted before sending so the exporter's decrement never comes first.
-        self.depth.inc();
+        self.stats.queue_depth.inc();
         let queued = (batch, trace.clone());
         let closed = if self.block_on_overflow {
             self.sender.send(queued).await.err().map(|_| true)
@@ -131,10 +128,10 @@ impl ExporterQueue {
                 .map(|e| matches!(e, mpsc::error::TrySendError::Closed(_)))
         };
         if let Some(closed) = closed {
-            self.depth.dec();
-            self.dropped_batches.inc();
-            let dropped = self.dropped_batches.get();
-            self.dropped_samples.inc_by(samples);
+            self.stats.queue_depth.dec();
+            self.stats.dropped_batches.inc();
+            let dropped = self.stats.dropped_batches.get();
+            self.stats.dropped_samples.inc_by(samples);
             // The first drop and then every 100th, so a dead backend does not flood the log.
             if dropped == 1 || dropped.is_multiple_of(100) {
                 if closed {
@@ -152,7 +149,8 @@ struct PipelineRuntime {
     processors: Vec<(String, Box<dyn Processor>)>,
     exporters: Vec<ExporterQueue>,
     input: mpsc::Receiver<Arc<ProfileBatch>>,
-    telemetry: Telemetry,
+    /// Per processor id.
+    processor_stats: HashMap<String, ProcessorStats>,
     latest: LatestWindows,
 }
 
@@ -163,8 +161,7 @@ struct ExporterRuntime {
     id: String,
     exporter: Box<dyn Exporter>,
     queue: mpsc::Receiver<Queued>,
-    telemetry: ComponentTelemetry,
-    depth: Gauge,
+    stats: ExporterStats,
 }
 
 /// A built pipeline graph, ready to run.
@@ -194,11 +191,7 @@ impl Service {
     ) -> Result<Self, ServiceError> {
         let (stop, shutdown) = Shutdown::new();
         let shared = SharedStates::default();
-        let settings = ServiceSettings {
-            node: config.service.node.clone(),
-            agent_revision: agent_revision.to_owned(),
-            shutdown_timeout: config.service.shutdown_timeout,
-        };
+        let settings = ServiceSettings::new(&config.service, agent_revision);
         let build =
             |kind: Kind, id: &str, pipeline: Option<&str>| -> Result<Component, ServiceError> {
                 let c = config
@@ -207,17 +200,11 @@ impl Service {
                 let factory = registry
                     .get(kind, &c.id.type_name)
                     .expect("validated config names compiled-in types");
-                let mut labels = vec![(kind.name(), id)];
-                if let Some(p) = pipeline {
-                    labels.push(("pipeline", p));
-                }
                 let ctx = BuildContext {
-                    id: id.to_owned(),
                     pipeline: pipeline.map(str::to_owned),
-                    telemetry: telemetry.scoped(&labels),
-                    service: settings.clone(),
-                    stopping: shutdown.clone(),
+                    telemetry: component_telemetry(telemetry, kind, id, pipeline),
                     shared: shared.clone(),
+                    ..BuildContext::new(kind, id, telemetry, settings.clone(), shutdown.clone())
                 };
                 factory
                     .build(&c.config, &ctx)
@@ -244,37 +231,21 @@ impl Service {
                     .and_then(|c| c.queue.clone())
                     .unwrap_or_default();
                 let (sender, queue) = mpsc::channel(settings.queue_size);
-                let scoped = telemetry.scoped(&[("exporter", id)]);
-                let depth = scoped.gauge(
-                    "exporter_queue_depth",
-                    "Batches waiting in an exporter's queue.",
-                    &[],
-                );
+                let stats = ExporterStats::new(telemetry, id);
                 queues.insert(
                     id.clone(),
                     ExporterQueue {
                         id: id.clone(),
                         sender,
                         block_on_overflow: settings.block_on_overflow,
-                        depth: depth.clone(),
-                        dropped_batches: scoped.counter(
-                            "exporter_dropped_batches",
-                            "Batches dropped because an exporter's queue was full.",
-                            &[],
-                        ),
-                        dropped_samples: scoped.counter(
-                            "exporter_dropped_samples",
-                            "Samples in batches dropped because an exporter's queue was full.",
-                            &[],
-                        ),
+                        stats: stats.clone(),
                     },
                 );
                 exporters.push(ExporterRuntime {
                     id: id.clone(),
                     exporter,
                     queue,
-                    telemetry: scoped,
-                    depth,
+                    stats,
                 });
             }
         }
@@ -299,7 +270,11 @@ impl Service {
                 processors,
                 exporters: p.exporters.iter().map(|e| queues[e].clone()).collect(),
                 input: rx,
-                telemetry: telemetry.clone(),
+                processor_stats: p
+                    .processors
+                    .iter()
+                    .map(|id| (id.clone(), ProcessorStats::new(telemetry, pid, id)))
+                    .collect(),
                 latest: latest.clone(),
             });
         }
@@ -325,7 +300,7 @@ impl Service {
                 .filter(|(_, p)| p.receivers.contains(id))
                 .map(|(pid, _)| inputs[pid].clone())
                 .collect();
-            let sink = BatchSink::new(targets, &telemetry.scoped(&[("receiver", id)]));
+            let sink = BatchSink::new(targets, ReceiverStats::new(telemetry, id));
             receivers.push((id.clone(), receiver, sink));
         }
         Ok(Self {
@@ -680,24 +655,9 @@ async fn run_pipeline(mut p: PipelineRuntime) {
             match result {
                 Ok(b) => Arc::new(b),
                 Err((processor, error, samples)) => {
-                    let labels = [
-                        ("pipeline", p.id.as_str()),
-                        ("processor", processor.as_str()),
-                    ];
-                    p.telemetry
-                        .counter(
-                            "processor_errors",
-                            "Batches a processor failed on (they are dropped).",
-                            &labels,
-                        )
-                        .inc();
-                    p.telemetry
-                        .counter(
-                            "processor_dropped_samples",
-                            "Samples in batches dropped by processor errors.",
-                            &labels,
-                        )
-                        .inc_by(samples as u64);
+                    let stats = &p.processor_stats[&processor];
+                    stats.errors.inc();
+                    stats.dropped_samples.inc_by(samples as u64);
                     warn!(pipeline = %p.id, %processor, %error, samples, "processor failed; batch dropped");
                     continue;
                 }
@@ -757,33 +717,11 @@ impl Drop for WindowEnd<'_> {
 }
 
 async fn run_exporter(mut e: ExporterRuntime) {
-    let batches = e
-        .telemetry
-        .counter("exporter_batches", "Batches an exporter sent.", &[]);
-    let samples = e.telemetry.counter(
-        "exporter_samples",
-        "Samples an exporter sent (the sum of sample values for count profiles, else sample rows).",
-        &[],
-    );
-    let errors = e.telemetry.counter(
-        "exporter_errors",
-        "Batches an exporter failed to send.",
-        &[],
-    );
-    let series = e.telemetry.gauge(
-        "exporter_series",
-        "Series in the last batch an exporter sent.",
-        &[],
-    );
-    let latency: Histogram = e.telemetry.histogram(
-        "exporter_export_duration_seconds",
-        "Time an exporter took per batch.",
-        &[],
-    );
+    let stats = e.stats.clone();
     let tracer = tracer();
     let mut progress = Progress::new(&e.id, e.exporter.destination());
     while let Some((batch, trace)) = e.queue.recv().await {
-        e.depth.dec();
+        stats.queue_depth.dec();
         let started = Instant::now();
         let n = batch.sample_count();
         let series_count = batch.series_ids().len() as i64;
@@ -791,20 +729,22 @@ async fn run_exporter(mut e: ExporterRuntime) {
         span.set_attribute(KeyValue::new("samples", n as i64));
         match e.exporter.export(batch).await {
             Ok(()) => {
-                batches.inc();
-                samples.inc_by(n);
-                series.set(series_count);
+                stats.batches.inc();
+                stats.samples.inc_by(n);
+                stats.series.set(series_count);
                 progress.exported(n, series_count);
             }
             Err(error) => {
-                errors.inc();
+                stats.errors.inc();
                 span.set_status(Status::error(error.to_string()));
                 warn!(exporter = %e.id, %error, "export failed");
                 progress.failed();
             }
         }
         span.end();
-        latency.observe(started.elapsed().as_secs_f64());
+        stats
+            .export_duration
+            .observe(started.elapsed().as_secs_f64());
     }
     shut_down_or_log("exporter", &e.id, e.exporter.shutdown()).await;
 }

@@ -9,13 +9,18 @@ use agent_core::config::load;
 use agent_core::model::LabelSet;
 use agent_core::otlp::{from_otlp, to_otlp, ProfilesData};
 use agent_core::pprof::{decode_pprof, to_pprof, PprofGrouping, PprofLimits};
-use agent_core::selector::Selector;
 use agent_core::Registry;
 use agent_gopclntab::GoTable;
 use agent_processor_relabel::{RelabelConfig, Relabeler};
 use agent_processor_symbolize::native::{Locator, OpenSymbolizer};
 use agent_receiver_ebpf_cpu::runtimes::python::{LineFormat, LineTable};
 use prost::Message;
+
+// The HTTP view's selector lives in the binary (its only user); the binary
+// has no library target, so the harness compiles the same file.
+#[path = "../../src/selector.rs"]
+mod selector;
+use selector::Selector;
 
 /// The unwind-table compiler on any bytes (an ELF file of any process on the node).
 pub fn unwind_table(data: &[u8]) {

@@ -3,6 +3,7 @@
 //! debug directories, by `.gnu_debuglink`. Shared by the components that
 //! read object files (symbolization, debuginfo upload).
 
+pub mod file_id;
 mod root;
 
 use std::fs::File;

@@ -4,6 +4,7 @@
 //! wired (that is `agent-core`'s).
 #![warn(missing_docs)]
 
+pub mod labels;
 pub mod model;
 pub mod otlp;
 pub mod pprof;

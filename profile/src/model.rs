@@ -206,10 +206,6 @@ pub fn is_internal_label(name: &str) -> bool {
     name.starts_with("__") && name != "__name__"
 }
 
-/// Sample labels carrying a Go goroutine's pprof labels (`ebpf_cpu`):
-/// this prefix, then the label's name made a valid label name.
-pub const GO_LABEL_PREFIX: &str = "__meta_go_label_";
-
 /// A label set: `(name, value)` pairs sorted by name, names unique.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct LabelSet(Vec<(String, String)>);

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agent_core::bounds::{Checks, MAX_DURATION};
+use agent_core::labels;
 use agent_core::{ComponentConfig, Endpoint, FieldError};
 use agent_exporter_helper::{HeaderProtocol, Headers, RetryOnFailure, TlsSettings};
 use serde::{Deserialize, Serialize};
@@ -88,20 +89,20 @@ impl Default for OtlpProfilesConfig {
 /// Our labels and their OpenTelemetry semantic-convention attribute keys.
 pub fn default_attribute_keys() -> BTreeMap<String, String> {
     [
-        ("pid", "process.pid"),
+        (labels::PID, "process.pid"),
         ("ppid", "process.parent_pid"),
-        ("comm", "process.command"),
+        (labels::COMM, "process.command"),
         ("executable", "process.executable.name"),
         ("executable_path", "process.executable.path"),
         ("container_id", "container.id"),
         ("container", "container.name"),
         ("pod", "k8s.pod.name"),
         ("namespace", "k8s.namespace.name"),
-        ("node", "host.name"),
+        (labels::NODE, "host.name"),
         ("service_name", "service.name"),
-        ("thread_id", "thread.id"),
-        ("thread_comm", "thread.name"),
-        ("cpu", "cpu.logical_number"),
+        (labels::THREAD_ID, "thread.id"),
+        (labels::THREAD_COMM, "thread.name"),
+        (labels::CPU, "cpu.logical_number"),
     ]
     .into_iter()
     .map(|(label, key)| (label.to_owned(), key.to_owned()))

@@ -5,9 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use agent_core::labels;
 use agent_core::pprof::{build_series_profiles, gzip, KERNEL_MAPPING_NAME};
 use agent_core::telemetry::Counter;
-use agent_core::{BuildIdKind, LabelSet, ProfileBatch};
+use agent_core::{BuildIdKind, ProfileBatch};
 use agent_object_files::{ObjectLocator, ObjectRef};
 
 use crate::proto::profilestore::{
@@ -28,14 +29,6 @@ pub struct DebuginfoCandidate {
     pub pid: Option<u32>,
     /// The mapping's address range.
     pub range: (u64, u64),
-}
-
-/// The pid a series' files are read through.
-pub fn series_pid(labels: &LabelSet) -> Option<u32> {
-    labels
-        .get("pid")
-        .or_else(|| labels.get("__meta_process_pid"))
-        .and_then(|p| p.parse().ok())
 }
 
 /// A failed lookup is tried again after this long (the process may have
@@ -156,7 +149,7 @@ pub fn encode_batch(
     let mut out = Vec::new();
     for (series_id, samples, profile) in build_series_profiles(batch, false) {
         let series_labels = batch.labels(series_id);
-        let pid = series_pid(series_labels);
+        let pid = labels::series_pid(series_labels);
         let executable_info = profile
             .mapping
             .iter()

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent_core::labels;
 use agent_core::{
     BuildContext, ComponentConfig, ComponentError, Factory, FieldError, LabelUse, Processor,
     ProfileBatch, Stability, Users,
@@ -272,7 +273,7 @@ impl Processor for Metadata {
 
     fn label_use(&self, name: &str) -> LabelUse {
         match name {
-            "pid" | "comm" => LabelUse::Reads,
+            labels::PID | labels::COMM => LabelUse::Reads,
             _ => LabelUse::Passes,
         }
     }
@@ -297,7 +298,7 @@ impl Processor for Metadata {
         let mut seen = HashSet::new();
         batch.map_series(|set| {
             let mut out = set.clone();
-            out.set("node", self.node.as_str());
+            out.set(labels::NODE, self.node.as_str());
             for (k, v) in &self.external_labels {
                 if set.get(k).is_none() {
                     out.set(k.as_str(), v.as_str());
@@ -306,10 +307,10 @@ impl Processor for Metadata {
             for (k, v) in &self.fixed {
                 out.set(k.as_str(), v.as_str());
             }
-            if let Some(pid) = set.get("pid").and_then(|p| p.parse::<u32>().ok()) {
+            if let Some(pid) = set.get(labels::PID).and_then(|p| p.parse::<u32>().ok()) {
                 seen.insert(pid);
                 for (k, v) in self
-                    .process_labels(pid, set.get("comm"))
+                    .process_labels(pid, set.get(labels::COMM))
                     .unwrap_or_default()
                 {
                     out.set(k, v);

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use agent_core::file_id::{gnu_build_id, head_tail_length_hash};
+use agent_object_files::file_id::{gnu_build_id, head_tail_length_hash};
 use object::read::ReadCache;
 use object::{Object, ObjectSection};
 
@@ -153,7 +153,10 @@ pub fn read(
         .unwrap_or_default()
         .trim_end()
         .to_owned();
-    let mut labels = vec![("__meta_process_pid".to_owned(), pid.to_string())];
+    let mut labels = vec![(
+        agent_core::labels::META_PROCESS_PID.to_owned(),
+        pid.to_string(),
+    )];
     if !wanted.env_vars.is_empty() {
         // The environment as the process started; what is not named is
         // dropped at once.

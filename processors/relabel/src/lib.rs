@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use agent_core::model::GO_LABEL_PREFIX;
+use agent_core::labels::{self, GO_LABEL_PREFIX};
 use agent_core::telemetry::Counter;
 use agent_core::{
     is_internal_label, is_label_name, BuildContext, ComponentConfig, ComponentError, Factory,
@@ -265,9 +265,9 @@ pub enum RelabelError {
 /// Meta labels of a sample rather than of its series, and the sample
 /// attribute each comes from (as the `ebpf_cpu` receiver names them).
 pub const SAMPLE_META_LABELS: [(&str, &str); 3] = [
-    ("__meta_thread_comm", "thread_comm"),
-    ("__meta_thread_id", "thread_id"),
-    ("__meta_cpu", "cpu"),
+    ("__meta_thread_comm", labels::THREAD_COMM),
+    ("__meta_thread_id", labels::THREAD_ID),
+    ("__meta_cpu", labels::CPU),
 ];
 
 /// The hashmod value Prometheus computes: the md5 of `value`, last 8 bytes

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agent_core::bounds::Checks;
+use agent_core::labels;
 use agent_core::telemetry::Counter;
 use agent_core::{
     BuildContext, ComponentConfig, ComponentError, Factory, FieldError, FrameType, Function,
@@ -438,14 +439,6 @@ impl Symbolizer {
     }
 }
 
-/// The pid a series' files are read through.
-fn series_pid(labels: &agent_core::LabelSet) -> Option<u32> {
-    labels
-        .get("pid")
-        .or_else(|| labels.get("__meta_process_pid"))
-        .and_then(|p| p.parse().ok())
-}
-
 /// Most processes remembered per mapping to reach its file through.
 const PIDS_PER_MAPPING: usize = 4;
 
@@ -466,8 +459,12 @@ struct Work {
 
 impl Work {
     fn collect(batch: &ProfileBatch, config: &SymbolizeConfig) -> Self {
-        let series_pids: Vec<Option<u32>> =
-            batch.label_sets.items().iter().map(series_pid).collect();
+        let series_pids: Vec<Option<u32>> = batch
+            .label_sets
+            .items()
+            .iter()
+            .map(labels::series_pid)
+            .collect();
         let mut seen = vec![false; batch.locations.len()];
         let mut jit_seen: std::collections::HashSet<(u32, LocationId)> = Default::default();
         let mut work = Work {
@@ -553,7 +550,7 @@ fn set_lines(batch: &mut ProfileBatch, loc: LocationId, frames: &[Frame], frame_
 impl Processor for Symbolizer {
     fn label_use(&self, name: &str) -> LabelUse {
         match name {
-            "pid" | "__meta_process_pid" => LabelUse::Reads,
+            labels::PID | labels::META_PROCESS_PID => LabelUse::Reads,
             _ => LabelUse::Passes,
         }
     }

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_core::bounds::Checks;
+use agent_core::labels;
 use agent_core::telemetry::{ComponentTelemetry, Counter, Gauge};
 use agent_core::{
     BatchSink, BuildContext, BuildIdKind, ComponentConfig, ComponentError, Factory, FieldError,
@@ -868,19 +869,19 @@ fn build_batch(
                 .filter(|c| !c.is_empty())
                 .unwrap_or(&thread_comm);
             batch.label_sets.intern(LabelSet::new([
-                ("pid", key.pid.to_string()),
-                ("comm", comm.to_owned()),
+                (labels::PID, key.pid.to_string()),
+                (labels::COMM, comm.to_owned()),
             ]))
         });
         let mut attributes = Vec::new();
         if sample_labels.thread_id {
-            attributes.push(("thread_id".to_owned(), key.tid.to_string()));
+            attributes.push((labels::THREAD_ID.to_owned(), key.tid.to_string()));
         }
         if sample_labels.thread_comm {
-            attributes.push(("thread_comm".to_owned(), thread_comm));
+            attributes.push((labels::THREAD_COMM.to_owned(), thread_comm));
         }
         if sample_labels.cpu {
-            attributes.push(("cpu".to_owned(), key.cpu.to_string()));
+            attributes.push((labels::CPU.to_owned(), key.cpu.to_string()));
         }
         if let Some(stack) = user_stack {
             attributes.push((
@@ -924,7 +925,7 @@ pub fn go_label_name(name: &str) -> String {
             }
         })
         .collect();
-    format!("{}{sanitized}", agent_core::model::GO_LABEL_PREFIX)
+    format!("{}{sanitized}", labels::GO_LABEL_PREFIX)
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agent_core::file_id::{build_id_of, BuildId};
+use agent_object_files::file_id::{build_id_of, BuildId};
 use tracing::{debug, info};
 
 use crate::runtimes::go::{GoBinary, GoDetectError};

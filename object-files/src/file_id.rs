@@ -9,7 +9,7 @@ use object::read::ReadCache;
 use object::Object;
 use sha2::{Digest, Sha256};
 
-use crate::model::BuildIdKind;
+use agent_profile::model::BuildIdKind;
 
 /// A build id and how it was obtained.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -25,7 +25,7 @@ pub fn gnu_build_id(file: &File) -> Option<String> {
     let cache = ReadCache::new(file);
     let elf = object::File::parse(&cache).ok()?;
     let id = elf.build_id().ok()??;
-    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+    Some(crate::hex(id))
 }
 
 /// Hash of the first and last 4 KiB and the length (OpenTelemetry's
@@ -41,10 +41,7 @@ pub fn head_tail_length_hash(file: &mut File) -> std::io::Result<String> {
     let n = read_up_to(file, &mut buf)?;
     hasher.update(&buf[..n]);
     hasher.update(len.to_be_bytes());
-    Ok(hasher.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(crate::hex(&hasher.finalize()[..16]))
 }
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -2,7 +2,7 @@
 
 use regex::{Regex, RegexBuilder};
 
-use crate::model::LabelSet;
+use agent_core::model::LabelSet;
 
 /// How a matcher compares.
 #[derive(Clone, Debug)]
