@@ -510,7 +510,7 @@ async fn status_page(State(view): State<View>) -> Html<String> {
             ));
         }
         for proc_id in &p.processors {
-            let s = ProcessorStats::new(&view.telemetry, pid, proc_id);
+            let s = ProcessorStats::new(&view.telemetry, proc_id, pid);
             rows.push((
                 format!("processor {proc_id}"),
                 format!(

@@ -205,7 +205,7 @@ fn offline_upload(config: &AgentConfig) -> ExitCode {
         });
         for (id, store) in stores {
             let settings = ServiceSettings::new(&config.service, env!("AGENT_GIT_REVISION"));
-            let ctx = BuildContext::new(Kind::Exporter, &id, &telemetry, settings, stopping.clone());
+            let ctx = BuildContext::new(Kind::Exporter, &id, None, &telemetry, settings, stopping.clone());
             let dir = store.offline_mode.storage_path.as_deref().unwrap_or_else(|| "".as_ref());
             match offline::upload(store, &ctx).await {
                 Ok(done) => {

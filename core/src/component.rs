@@ -8,8 +8,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::ProfileBatch;
-use crate::stats::{component_telemetry, ReceiverStats};
-use crate::telemetry::{ComponentTelemetry, Telemetry};
+use crate::stats::ReceiverStats;
+use crate::telemetry::{ComponentTelemetry, Telemetry, PIPELINE_LABEL};
 
 /// The error a component returns; components use their own typed errors.
 pub type ComponentError = Box<dyn std::error::Error + Send + Sync>;
@@ -156,7 +156,7 @@ impl BuildContext {
         let key = (self.id.clone(), std::any::TypeId::of::<T>());
         let mut map = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(key).or_insert_with(|| {
-            Arc::new(make(&self.telemetry.without("pipeline")))
+            Arc::new(make(&self.telemetry.without(PIPELINE_LABEL)))
                 as Arc<dyn std::any::Any + Send + Sync>
         });
         entry
@@ -172,20 +172,21 @@ impl BuildContext {
             .map_err(|_| format!("{} must be built inside the agent's runtime", self.id).into())
     }
 
-    /// The context of component `id` of kind `kind`, its metrics labelled
-    /// as the service labels them; not in a pipeline, sharing nothing (the
-    /// service adds those).
+    /// The context of component `id` of kind `kind` (in `pipeline`, for
+    /// a processor), its metrics labelled as [`Telemetry::component`]
+    /// does; sharing nothing (the service shares its state across pipelines).
     pub fn new(
         kind: Kind,
         id: &str,
+        pipeline: Option<&str>,
         telemetry: &Telemetry,
         service: ServiceSettings,
         stopping: Shutdown,
     ) -> Self {
         Self {
             id: id.to_owned(),
-            pipeline: None,
-            telemetry: component_telemetry(telemetry, kind, id, None),
+            pipeline: pipeline.map(str::to_owned),
+            telemetry: telemetry.component(kind, id, pipeline),
             service,
             stopping,
             shared: SharedStates::default(),

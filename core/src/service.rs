@@ -24,7 +24,7 @@ use crate::component::*;
 use crate::config::AgentConfig;
 use crate::model::{is_internal_label, ProfileBatch};
 use crate::registry::Registry;
-use crate::stats::{component_telemetry, ExporterStats, ProcessorStats, ReceiverStats};
+use crate::stats::{ExporterStats, ProcessorStats, ReceiverStats};
 use crate::telemetry::{ComponentFailure, Telemetry};
 
 /// The latest batch each pipeline produced (after its processors) per
@@ -201,10 +201,15 @@ impl Service {
                     .get(kind, &c.id.type_name)
                     .expect("validated config names compiled-in types");
                 let ctx = BuildContext {
-                    pipeline: pipeline.map(str::to_owned),
-                    telemetry: component_telemetry(telemetry, kind, id, pipeline),
                     shared: shared.clone(),
-                    ..BuildContext::new(kind, id, telemetry, settings.clone(), shutdown.clone())
+                    ..BuildContext::new(
+                        kind,
+                        id,
+                        pipeline,
+                        telemetry,
+                        settings.clone(),
+                        shutdown.clone(),
+                    )
                 };
                 factory
                     .build(&c.config, &ctx)
@@ -273,7 +278,7 @@ impl Service {
                 processor_stats: p
                     .processors
                     .iter()
-                    .map(|id| (id.clone(), ProcessorStats::new(telemetry, pid, id)))
+                    .map(|id| (id.clone(), ProcessorStats::new(telemetry, id, pid)))
                     .collect(),
                 latest: latest.clone(),
             });
@@ -717,7 +722,7 @@ impl Drop for WindowEnd<'_> {
 }
 
 async fn run_exporter(mut e: ExporterRuntime) {
-    let stats = e.stats.clone();
+    let stats = &e.stats;
     let tracer = tracer();
     let mut progress = Progress::new(&e.id, e.exporter.destination());
     while let Some((batch, trace)) = e.queue.recv().await {

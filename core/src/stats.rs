@@ -5,22 +5,7 @@
 //! these types, not by metric name.
 
 use crate::component::Kind;
-use crate::telemetry::{ComponentTelemetry, Counter, Gauge, Histogram, Telemetry};
-
-/// The labels naming one component in every metric it has (and in those
-/// it makes itself through its `BuildContext`).
-pub fn component_telemetry(
-    telemetry: &Telemetry,
-    kind: Kind,
-    id: &str,
-    pipeline: Option<&str>,
-) -> ComponentTelemetry {
-    let mut labels = vec![(kind.name(), id)];
-    if let Some(p) = pipeline {
-        labels.push(("pipeline", p));
-    }
-    telemetry.scoped(&labels)
-}
+use crate::telemetry::{Counter, Gauge, Histogram, Telemetry};
 
 /// What a receiver emitted.
 #[derive(Clone)]
@@ -38,7 +23,7 @@ pub struct ReceiverStats {
 impl ReceiverStats {
     /// The metrics of receiver `id`.
     pub fn new(telemetry: &Telemetry, id: &str) -> Self {
-        let t = component_telemetry(telemetry, Kind::Receiver, id, None);
+        let t = telemetry.component(Kind::Receiver, id, None);
         Self {
             batches: t.counter("receiver_batches", "Batches emitted by a receiver.", &[]),
             samples: t.counter(
@@ -67,8 +52,8 @@ pub struct ProcessorStats {
 
 impl ProcessorStats {
     /// The metrics of processor `id` in pipeline `pipeline`.
-    pub fn new(telemetry: &Telemetry, pipeline: &str, id: &str) -> Self {
-        let t = component_telemetry(telemetry, Kind::Processor, id, Some(pipeline));
+    pub fn new(telemetry: &Telemetry, id: &str, pipeline: &str) -> Self {
+        let t = telemetry.component(Kind::Processor, id, Some(pipeline));
         Self {
             errors: t.counter(
                 "processor_errors",
@@ -108,7 +93,7 @@ pub struct ExporterStats {
 impl ExporterStats {
     /// The metrics of exporter `id`.
     pub fn new(telemetry: &Telemetry, id: &str) -> Self {
-        let t = component_telemetry(telemetry, Kind::Exporter, id, None);
+        let t = telemetry.component(Kind::Exporter, id, None);
         Self {
             batches: t.counter("exporter_batches", "Batches an exporter sent.", &[]),
             samples: t.counter(
@@ -156,15 +141,15 @@ mod tests {
         let exporter = ExporterStats::new(&telemetry, "file");
         exporter.batches.inc_by(3);
         exporter.queue_depth.set(2);
-        ProcessorStats::new(&telemetry, "p", "relabel").errors.inc();
+        ProcessorStats::new(&telemetry, "relabel", "p").errors.inc();
         // A second handle is the same series.
         assert_eq!(ExporterStats::new(&telemetry, "file").batches.get(), 3);
         assert_eq!(
-            ProcessorStats::new(&telemetry, "p", "relabel").errors.get(),
+            ProcessorStats::new(&telemetry, "relabel", "p").errors.get(),
             1
         );
         assert_eq!(
-            ProcessorStats::new(&telemetry, "q", "relabel").errors.get(),
+            ProcessorStats::new(&telemetry, "relabel", "q").errors.get(),
             0
         );
         let text = telemetry.encode();

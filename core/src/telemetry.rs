@@ -10,12 +10,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::core::Collector;
+
+use crate::component::Kind;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 pub use prometheus::proto::{MetricFamily, MetricType};
 pub use prometheus::{Histogram, IntCounter as Counter, IntGauge as Gauge};
+
+/// The label naming a processor's pipeline in its metrics.
+pub const PIPELINE_LABEL: &str = "pipeline";
 
 /// Label pairs of one metric series.
 pub type MetricLabels = Vec<(String, String)>;
@@ -272,6 +277,17 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The metrics of one component: labelled with its id under its kind
+    /// (`exporter="otlp"`) and, for a processor, its [`PIPELINE_LABEL`],
+    /// as the Collector labels them.
+    pub fn component(&self, kind: Kind, id: &str, pipeline: Option<&str>) -> ComponentTelemetry {
+        let mut labels = vec![(kind.name(), id)];
+        if let Some(p) = pipeline {
+            labels.push((PIPELINE_LABEL, p));
+        }
+        self.scoped(&labels)
     }
 
     /// A view that adds the labels of one component to every metric.

@@ -1,7 +1,8 @@
 //! Finds the object files processes map, and their separate debug files:
 //! through `/proc/PID/map_files` and the process's root, by build id under
-//! debug directories, by `.gnu_debuglink`. Shared by the components that
-//! read object files (symbolization, debuginfo upload).
+//! debug directories, by `.gnu_debuglink`; and names them ([`file_id`]: GNU
+//! build id or content hash). Shared by the components that read object
+//! files (process tracking, process labels, symbolization, debuginfo upload).
 
 pub mod file_id;
 mod root;

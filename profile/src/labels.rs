@@ -16,6 +16,13 @@ pub const CPU: &str = "cpu";
 pub const NODE: &str = "node";
 /// Process id as `metadata`'s meta label (kept when `pid` is relabeled away).
 pub const META_PROCESS_PID: &str = "__meta_process_pid";
+/// Container id found in a cgroup path (`metadata`), per runtime; `k8s_meta`
+/// matches pods' containers by the Kubernetes runtimes' ones.
+pub const META_DOCKER_CONTAINER_ID: &str = "__meta_docker_container_id";
+/// See [`META_DOCKER_CONTAINER_ID`].
+pub const META_CONTAINERD_CONTAINER_ID: &str = "__meta_containerd_container_id";
+/// See [`META_DOCKER_CONTAINER_ID`].
+pub const META_CRIO_CONTAINER_ID: &str = "__meta_crio_container_id";
 /// Sample labels carrying a Go goroutine's pprof labels (`ebpf_cpu`):
 /// this prefix, then the label's name made a valid label name.
 pub const GO_LABEL_PREFIX: &str = "__meta_go_label_";

@@ -226,9 +226,9 @@ struct K8sMeta {
 
 /// The labels the `metadata` processor puts a cgroup path's container id in.
 const CONTAINER_ID_LABELS: [&str; 3] = [
-    "__meta_containerd_container_id",
-    "__meta_crio_container_id",
-    "__meta_docker_container_id",
+    agent_core::labels::META_CONTAINERD_CONTAINER_ID,
+    agent_core::labels::META_CRIO_CONTAINER_ID,
+    agent_core::labels::META_DOCKER_CONTAINER_ID,
 ];
 
 /// The container id the `metadata` processor found in the cgroup path.

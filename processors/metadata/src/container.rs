@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use agent_core::labels;
 use regex::Regex;
 
 /// A container runtime and the label its container id goes to.
@@ -20,7 +21,7 @@ const RUNTIMES: &[Runtime] = &[
     },
     // systemd driver: docker-<id>.scope; cgroupfs driver: /docker/<id>.
     Runtime {
-        label: "__meta_docker_container_id",
+        label: labels::META_DOCKER_CONTAINER_ID,
         pattern: r"(?:/docker-|/docker/)([0-9a-f]{64})",
     },
     Runtime {
@@ -28,16 +29,16 @@ const RUNTIMES: &[Runtime] = &[
         pattern: r"/libpod-([0-9a-f]{64})",
     },
     Runtime {
-        label: "__meta_containerd_container_id",
+        label: labels::META_CONTAINERD_CONTAINER_ID,
         pattern: r"/cri-containerd-([0-9a-f]{64})",
     },
     Runtime {
-        label: "__meta_crio_container_id",
+        label: labels::META_CRIO_CONTAINER_ID,
         pattern: r"/crio-([0-9a-f]{64})",
     },
     // Kubernetes with the cgroupfs driver: /kubepods/<qos>/pod<uid>/<id>.
     Runtime {
-        label: "__meta_containerd_container_id",
+        label: labels::META_CONTAINERD_CONTAINER_ID,
         pattern: r"/kubepods/(?:[a-z]+/)?pod[0-9a-f_-]+/([0-9a-f]{64})",
     },
     // LXC 4+: /lxc.payload.<name>; older: /lxc/<name>.
