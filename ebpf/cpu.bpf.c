@@ -109,6 +109,29 @@ struct {
 	__array(values, struct unwind_table);
 } unwind_tables SEC(".maps");
 
+/* Rows found lately, per CPU, by table and address: a sampled program
+ * returns to the same addresses sample after sample, and a row found again
+ * costs one cache line instead of the table's fence and row blocks (cold
+ * at every sample: each search misses the cache and the TLB a few times).
+ * Direct-mapped; a table's rows never change under its id (one id per
+ * object, never reused), so an entry is right for as long as it stays.
+ * A walk interrupted by another on its CPU (a sample during an off-CPU
+ * walk) may find an entry half written: an entry is marked empty while it
+ * is written, and a reader checks its key again after copying the row. */
+#define ROW_CACHE_BITS 11
+struct row_cache_entry {
+	__u32 table_id;        /* TABLE_NONE: empty */
+	__u32 lookup;          /* the address searched for */
+	struct unwind_row row;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << ROW_CACHE_BITS);
+	__type(key, __u32);
+	__type(value, struct row_cache_entry);
+} row_cache SEC(".maps");
+
 /* Per process: its executable mappings and their tables. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -671,12 +694,35 @@ static long unwind_frame(__u32 index, void *slot)
 	if (m->table_id == TABLE_NONE || st->mode == UNWIND_FRAME_POINTERS)
 		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);
 	__u32 table_id = m->table_id;
-	void *table = bpf_map_lookup_elem(&unwind_tables, &table_id);
-	if (!table) /* evicted since the entry was written; reloaded at the window's end */
-		return frame_pointer_step(st, STACK_NO_TABLE);
 	/* A return address may be one past a call that ends its function. */
-	__u64 lookup = (st->exact_pc ? pc : pc - 1) - m->bias;
-	struct unwind_row *row = find_row(st, table, m->rows, (__u32)lookup);
+	__u32 lookup = (__u32)((st->exact_pc ? pc : pc - 1) - m->bias);
+	struct unwind_row found = {}, *row = 0;
+	__u32 cache_key = ((lookup * 0x9e3779b1U) ^ (table_id * 0x85ebca77U)) >> (32 - ROW_CACHE_BITS);
+	struct row_cache_entry *cached = bpf_map_lookup_elem(&row_cache, &cache_key);
+	if (cached && LOAD(cached->table_id) == table_id && LOAD(cached->lookup) == lookup) {
+		found = cached->row;
+		barrier();
+		if (LOAD(cached->table_id) == table_id && LOAD(cached->lookup) == lookup)
+			row = &found;
+	}
+	if (!row) {
+		void *table = bpf_map_lookup_elem(&unwind_tables, &table_id);
+		if (!table) /* evicted since the entry was written; reloaded at the window's end */
+			return frame_pointer_step(st, STACK_NO_TABLE);
+		struct unwind_row *in_table = find_row(st, table, m->rows, lookup);
+		if (in_table) {
+			found = *in_table;
+			row = &found;
+			if (cached) {
+				LOAD(cached->table_id) = TABLE_NONE;
+				barrier();
+				cached->lookup = lookup;
+				cached->row = found;
+				barrier();
+				LOAD(cached->table_id) = table_id;
+			}
+		}
+	}
 	if (st->mode == UNWIND_MIXED &&
 	    (!row || row->kind == ROW_NONE || row->kind == ROW_UNSUPPORTED))
 		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);

@@ -33,24 +33,6 @@ impl Image {
         let file = ElfFile64::<object::Endianness>::parse(data).map_err(|_| Error::NotElf)?;
         let endian = file.endian();
         let segments = load_segments(&file);
-        // Only position-independent binaries have relative relocations for
-        // the words we read; a few thousand entries at most in Go binaries.
-        let relative = if file.elf_header().e_type(endian) == elf::ET_DYN {
-            file.dynamic_relocations()
-                .into_iter()
-                .flatten()
-                .filter(|(_, r)| {
-                    r.flags()
-                        == object::RelocationFlags::Elf {
-                            r_type: elf::R_X86_64_RELATIVE,
-                        }
-                })
-                .map(|(address, r)| (address, r.addend() as u64))
-                .collect()
-        } else {
-            HashMap::new()
-        };
-        let buildinfo = file.section_by_name(".go.buildinfo").map(|s| s.address());
         let by_section = ["runtime.pclntab", ".gopclntab", ".data.rel.ro.gopclntab"]
             .iter()
             .find_map(|name| file.section_by_name(name))
@@ -71,6 +53,26 @@ impl Image {
             }
             None => return Err(Error::NoTable),
         };
+        // Only position-independent binaries have relative relocations for
+        // the words we read; a few thousand entries at most in Go binaries
+        // (read once the table is found: a large C++ library has hundreds
+        // of thousands).
+        let relative = if file.elf_header().e_type(endian) == elf::ET_DYN {
+            file.dynamic_relocations()
+                .into_iter()
+                .flatten()
+                .filter(|(_, r)| {
+                    r.flags()
+                        == object::RelocationFlags::Elf {
+                            r_type: elf::R_X86_64_RELATIVE,
+                        }
+                })
+                .map(|(address, r)| (address, r.addend() as u64))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let buildinfo = file.section_by_name(".go.buildinfo").map(|s| s.address());
         Ok(Self {
             segments,
             pclntab,

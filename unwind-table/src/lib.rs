@@ -323,11 +323,12 @@ fn eh_frame_from_header<'d>(
     ))
 }
 
-/// Collects rows from every FDE, then sorts and compacts them.
+/// Collects rows from every FDE, then sorts and compacts them in place (a
+/// large object has millions: one 8-byte row each, no second copy).
 #[derive(Default)]
 struct RowBuilder {
-    /// (row, true for the end marker of a function).
-    rows: Vec<(UnwindRow, bool)>,
+    /// Rows, and each function's end marker (a [`RowKind::None`] row).
+    rows: Vec<UnwindRow>,
     stats: CompileStats,
 }
 
@@ -372,13 +373,12 @@ impl RowBuilder {
     }
 
     fn push(&mut self, pc: u64, rule: UnwindRow) {
-        self.rows.push((rule.at(pc), false));
+        self.rows.push(rule.at(pc));
     }
 
     /// Ends the function whose rows were pushed last at `end`.
     fn end_function(&mut self, end: u64) {
-        self.rows
-            .push((UnwindRow::rule(RowKind::None, 0, 0).at(end), true));
+        self.push(end, UnwindRow::rule(RowKind::None, 0, 0));
     }
 
     fn rule_of<R, S>(&mut self, section: &S, row: &gimli::UnwindTableRow<usize>) -> UnwindRow
@@ -426,24 +426,30 @@ impl RowBuilder {
         })
     }
 
-    fn finish(mut self) -> (Vec<UnwindRow>, CompileStats) {
-        // At one address a function's first row wins over another's end marker.
-        self.rows.sort_unstable_by_key(|(r, end)| (r.pc, !*end));
-        let mut rows: Vec<UnwindRow> = Vec::with_capacity(self.rows.len());
+    fn finish(self) -> (Vec<UnwindRow>, CompileStats) {
+        let mut rows = self.rows;
+        // At one address a function's first row wins over another's end
+        // marker: markers sort first (a Go stack switch's row is a marker's
+        // twin, so either may hold).
+        rows.sort_unstable_by_key(|r| (r.pc, r.kind != RowKind::None as u8));
+        // Compacted in place: `kept` rows are done, `i` is the next address.
+        let mut kept = 0;
         let mut i = 0;
-        while i < self.rows.len() {
-            // The last entry at an address is the one that holds (a real row if any).
-            let pc = self.rows[i].0.pc;
+        while i < rows.len() {
+            // The last entry at an address is the one that holds.
+            let pc = rows[i].pc;
             let mut j = i;
-            while j + 1 < self.rows.len() && self.rows[j + 1].0.pc == pc {
+            while j + 1 < rows.len() && rows[j + 1].pc == pc {
                 j += 1;
             }
-            let row = self.rows[j].0;
-            if rows.last().is_none_or(|last| !last.same_rule(&row)) {
-                rows.push(row);
+            let row = rows[j];
+            if kept == 0 || !rows[kept - 1].same_rule(&row) {
+                rows[kept] = row;
+                kept += 1;
             }
             i = j + 1;
         }
+        rows.truncate(kept);
         // A table starting with a gap marker has nothing to say before it.
         if rows.first().is_some_and(|r| r.kind() == RowKind::None) {
             rows.remove(0);
