@@ -27,8 +27,9 @@
 
 #include "cpu.h"
 
-/* Each window's sample keys and user stacks: resized by user space to a
- * window's samples on this machine (window_map_entries). */
+/* Each window's sample keys, user and kernel stacks: resized by user space
+ * to a window's samples on this machine (window_map_entries,
+ * kernel_stack_entries). */
 #define MAX_SAMPLE_KEYS 16384
 #define MAX_USER_STACKS 8192
 #define MAX_STACKS 8192

@@ -837,6 +837,7 @@ impl Sampler {
         let burst = opts.event_pause + DEFERRED_BURST;
         let ring_bytes = ring_buffer_bytes(opts.events_pages, num_cpus(), opts.frequency, burst);
         let window_entries = window_map_entries(num_cpus(), opts.frequency, opts.window);
+        let kernel_stacks = kernel_stack_entries(num_cpus(), opts.frequency, opts.window);
         let off_cpu = opts.off_cpu_threshold > 0.0;
         // Unused maps of a feature that is off: one entry each.
         let off_cpu_entries = if off_cpu { OFF_CPU_WINDOW_ENTRIES } else { 1 };
@@ -854,6 +855,8 @@ impl Sampler {
             .map_max_entries("counts_1", window_entries)
             .map_max_entries("user_stacks_0", window_entries)
             .map_max_entries("user_stacks_1", window_entries)
+            .map_max_entries("stacks_0", kernel_stacks)
+            .map_max_entries("stacks_1", kernel_stacks)
             .map_max_entries("off_cpu_counts_0", off_cpu_entries)
             .map_max_entries("off_cpu_counts_1", off_cpu_entries)
             .map_max_entries("off_cpu_stacks", off_cpu_entries)
@@ -1373,14 +1376,38 @@ const OFF_CPU_WINDOW_ENTRIES: u32 = 8192;
 /// within [`MIN_WINDOW_ENTRIES`, `MAX_WINDOW_ENTRIES`]. A sample that finds
 /// no room is counted (`counts_full`, `user_stacks_full`).
 fn window_map_entries(cpus: u32, frequency: u64, window: Duration) -> u32 {
-    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    let samples = frequency
-        .saturating_mul(window_ms)
-        .saturating_mul(u64::from(cpus))
-        / 1000;
-    let entries = samples
+    let entries = window_samples(cpus, frequency, window)
         .saturating_mul(2)
         .clamp(MIN_WINDOW_ENTRIES, MAX_WINDOW_ENTRIES);
+    u32::try_from(entries).unwrap_or(u32::MAX)
+}
+
+/// Samples a window takes on every CPU.
+fn window_samples(cpus: u32, frequency: u64, window: Duration) -> u64 {
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    frequency
+        .saturating_mul(window_ms)
+        .saturating_mul(u64::from(cpus))
+        / 1000
+}
+
+/// Fewest and most entries of each window's kernel stack map (~1 KiB each).
+const MIN_KERNEL_STACKS: u64 = 4096;
+const MAX_KERNEL_STACKS: u64 = 1 << 14;
+
+/// Entries of each window's kernel stack map. A stack trace map has as
+/// many hash buckets (a power of two), and a stack whose bucket holds
+/// another is lost (`kernel_stack_collisions`): eight buckets per sample a
+/// window may take keep that under 1 in 16 even if every sample's kernel
+/// stack differed, within [`MIN_KERNEL_STACKS`, `MAX_KERNEL_STACKS`] (the
+/// floor, 4 MiB, is what 2 CPUs at 19 Hz need; it was the size on every
+/// machine, 8192, at 8.5 MiB a window).
+fn kernel_stack_entries(cpus: u32, frequency: u64, window: Duration) -> u32 {
+    let entries = window_samples(cpus, frequency, window)
+        .saturating_mul(8)
+        .checked_next_power_of_two()
+        .unwrap_or(MAX_KERNEL_STACKS)
+        .clamp(MIN_KERNEL_STACKS, MAX_KERNEL_STACKS);
     u32::try_from(entries).unwrap_or(u32::MAX)
 }
 
@@ -1801,6 +1828,25 @@ mod ring_tests {
             assert_eq!(window_map_entries(cpus, frequency, window), 1 << 16);
         }
         assert_eq!(window_map_entries(1, 1, Duration::from_millis(100)), 1024);
+    }
+
+    #[test]
+    fn kernel_stack_maps_have_eight_buckets_a_sample_within_bounds() {
+        let ten_s = Duration::from_secs(10);
+        // 380 samples a window: 3,040 buckets, the floor.
+        assert_eq!(kernel_stack_entries(2, 19, ten_s), 4096);
+        // 760: 6,080, a power of two up.
+        assert_eq!(kernel_stack_entries(4, 19, ten_s), 8192);
+        assert_eq!(kernel_stack_entries(64, 19, ten_s), 1 << 14);
+        assert_eq!(
+            kernel_stack_entries(2, 997, Duration::from_secs(1)),
+            1 << 14
+        );
+        assert_eq!(
+            kernel_stack_entries(u32::MAX, u64::MAX, Duration::MAX),
+            1 << 14
+        );
+        assert_eq!(kernel_stack_entries(1, 1, Duration::from_millis(100)), 4096);
     }
 
     #[test]
