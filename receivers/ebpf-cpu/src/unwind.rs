@@ -683,23 +683,44 @@ impl BlockLayout {
         (self.blocks() * UNWIND_BLOCK_BYTES) as u64
     }
 
-    /// Writes `rows` in this layout into `out` (zeroed, [`Self::bytes`] long).
-    fn write(&self, rows: &[UnwindRow], out: &mut [u8]) {
-        let row_bytes = std::mem::size_of_val(rows);
-        // SAFETY: UnwindRow is plain old data (repr(C), no padding).
-        let raw = unsafe { std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), row_bytes) };
-        out[..row_bytes].copy_from_slice(raw);
-        if self.fence_blocks == 0 {
-            return;
-        }
-        let fences = &mut out[self.row_blocks * UNWIND_BLOCK_BYTES..];
-        for (fence, block) in fences.chunks_exact_mut(4).zip(rows.chunks(ROWS_PER_BLOCK)) {
-            fence.copy_from_slice(&block[0].pc.to_ne_bytes());
+    /// Writes blocks `first..` of `rows` in this layout into `out` (zeroed,
+    /// a whole number of blocks).
+    fn write(&self, rows: &[UnwindRow], first: usize, out: &mut [u8]) {
+        for (i, block) in out.chunks_exact_mut(UNWIND_BLOCK_BYTES).enumerate() {
+            let index = first + i;
+            if index < self.row_blocks {
+                let rows =
+                    &rows[index * ROWS_PER_BLOCK..rows.len().min((index + 1) * ROWS_PER_BLOCK)];
+                // SAFETY: UnwindRow is plain old data (repr(C), no padding).
+                let raw = unsafe {
+                    std::slice::from_raw_parts(
+                        rows.as_ptr().cast::<u8>(),
+                        std::mem::size_of_val(rows),
+                    )
+                };
+                block[..raw.len()].copy_from_slice(raw);
+            } else {
+                // Fence block: the first pc of each of its row blocks.
+                let fenced = (index - self.row_blocks) * FENCES_PER_BLOCK;
+                let starts = rows
+                    .iter()
+                    .step_by(ROWS_PER_BLOCK)
+                    .skip(fenced)
+                    .take(FENCES_PER_BLOCK);
+                for (fence, row) in block.chunks_exact_mut(4).zip(starts) {
+                    fence.copy_from_slice(&row.pc.to_ne_bytes());
+                }
+            }
         }
     }
 }
 
-/// An inner map holding `rows` in `layout`, written through mmap in one pass.
+/// Blocks of a table written through one mmap: the pages written stay in
+/// the agent's resident memory until unmapped, so a large table is written
+/// a window at a time (1 MiB) instead of all at once.
+const BLOCKS_PER_WRITE: usize = 256;
+
+/// An inner map holding `rows` in `layout`, written through mmap.
 fn load_rows(rows: &[UnwindRow], layout: BlockLayout) -> Result<MapData, String> {
     let definition = aya_obj::Map::new_from_params(
         BPF_MAP_TYPE_ARRAY,
@@ -709,28 +730,32 @@ fn load_rows(rows: &[UnwindRow], layout: BlockLayout) -> Result<MapData, String>
         BPF_F_INNER_MAP | BPF_F_MMAPABLE,
     );
     let map = MapData::create(definition, "unwind_table", None).map_err(|e| e.to_string())?;
-    let bytes = layout.bytes() as usize;
     let fd = map.fd().as_fd().as_raw_fd();
-    // SAFETY: mapping a BPF array created MMAPABLE with exactly `bytes` of
-    // values (zeroed by the kernel), shared and writable; unmapped before
-    // returning.
-    unsafe {
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        );
-        if ptr == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    for first in (0..layout.blocks()).step_by(BLOCKS_PER_WRITE) {
+        let blocks = BLOCKS_PER_WRITE.min(layout.blocks() - first);
+        let bytes = blocks * UNWIND_BLOCK_BYTES;
+        // SAFETY: mapping `blocks` blocks (whole pages) of a BPF array
+        // created MMAPABLE with at least `first + blocks` of them (zeroed by
+        // the kernel), shared and writable; unmapped before the next.
+        unsafe {
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                (first * UNWIND_BLOCK_BYTES) as libc::off_t,
+            );
+            if ptr == libc::MAP_FAILED {
+                return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+            }
+            layout.write(
+                rows,
+                first,
+                std::slice::from_raw_parts_mut(ptr.cast::<u8>(), bytes),
+            );
+            libc::munmap(ptr, bytes);
         }
-        layout.write(
-            rows,
-            std::slice::from_raw_parts_mut(ptr.cast::<u8>(), bytes),
-        );
-        libc::munmap(ptr, bytes);
     }
     Ok(map)
 }
@@ -972,7 +997,8 @@ mod tests {
 
     /// The blocked search deferred walks make (the BPF walker's, ebpf/cpu.bpf.c
     /// find_row) finds the rows a plain search finds: one row block, one
-    /// fence block, and two (past 512 x 1024 rows), at every boundary.
+    /// fence block, and two (past 512 x 1024 rows), at every boundary, in
+    /// tables written a few blocks at a time.
     #[test]
     fn blocked_search_finds_the_rows_a_plain_search_finds() {
         for count in [300u32, 512, 513, 1500, 524_288, 524_289, 600_000] {
@@ -986,7 +1012,11 @@ mod tests {
                 .collect();
             let layout = BlockLayout::of(rows.len()).unwrap();
             let mut bytes = vec![0u8; layout.bytes() as usize];
-            layout.write(&rows, &mut bytes);
+            // Written a window of blocks at a time, as into the kernel (7:
+            // windows that split the row and fence blocks anywhere).
+            for (i, window) in bytes.chunks_mut(7 * UNWIND_BLOCK_BYTES).enumerate() {
+                layout.write(&rows, i * 7, window);
+            }
             let word = |block: usize, index: usize| {
                 let at = block * UNWIND_BLOCK_BYTES + 4 * index;
                 Ok(u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap()))
