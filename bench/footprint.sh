@@ -11,14 +11,21 @@
 # maps it holds), CPU ms per second (its own cgroup's user+sys, plus its BPF
 # programs' run time) and BPF µs per sample (run time / runs of its
 # perf-event programs).
-# Usage (root): bench/footprint.sh [AGENT=target/release/agent] [QUIET_SECONDS=120] [BUSY_SECONDS=300]
+# Without AGENT it measures the binary users ship (deploy/build.sh's
+# target/dist/agent), copied alone as it is deployed: its debug file is not
+# beside it, so the agent names its own frames from its symbol table.
+# Usage (root): bench/footprint.sh [AGENT=shipped binary] [QUIET_SECONDS=120] [BUSY_SECONDS=300]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-agent=${1:-./target/release/agent}
+agent=${1:-}
 quiet=${2:-120}
 busy=${3:-300}
-[ -x "$agent" ] || cargo build --release
 . bench/side_by_side.sh
 side_by_side_setup bpftrace clang python3 cargo
+if [ -z "$agent" ]; then
+  deploy/build.sh >/dev/null
+  cp target/dist/agent "$work/agent"
+  agent=$work/agent
+fi
 clang -O2 -g -fno-omit-frame-pointer -fno-optimize-sibling-calls -o "$work/busy" tests/workloads/fp_chain.c
 python3 bench/footprint.py "$agent" "$work/busy" "$work" "$quiet" "$busy"

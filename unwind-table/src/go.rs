@@ -8,7 +8,7 @@ use crate::{RowBuilder, RowKind, UnwindRow};
 
 /// Adds the rows of every Go function of the ELF image `data` to `builder`;
 /// returns how many functions had rows (0: not a Go binary).
-pub(crate) fn rows(data: &[u8], builder: &mut RowBuilder) -> u64 {
+pub(crate) fn rows(data: &[u8], builder: &mut RowBuilder<'_>) -> u64 {
     let Ok(table) = GoTable::new(data) else {
         return 0;
     };

@@ -191,11 +191,24 @@ pub fn compile_opened(file: &std::fs::File, name: &str) -> Result<UnwindTable, U
         path: name.to_owned(),
         source,
     })?;
-    compile(&data)
+    // SAFETY: the mapping is private and never written, so its pages are
+    // the file's: dropping them loses nothing, a later read faults them back.
+    let release = || {
+        let _ = unsafe { data.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    };
+    compile_releasing(&data, &release)
 }
 
 /// Compiles an ELF image held in memory.
 pub fn compile(data: &[u8]) -> Result<UnwindTable, UnwindTableError> {
+    compile_releasing(data, &|| {})
+}
+
+/// [`compile`], calling `release` after each [`RELEASE_EVERY`] bytes of call
+/// frame information read: a mapped file's pages can go then, so a large
+/// library's `.eh_frame` (libLLVM's: 5 MB) is never resident whole beside
+/// its rows.
+fn compile_releasing(data: &[u8], release: &dyn Fn()) -> Result<UnwindTable, UnwindTableError> {
     let file = ElfFile64::<object::Endianness>::parse(data).map_err(UnwindTableError::NotElf)?;
     let endian = file.endian();
     let machine = file.elf_header().e_machine(endian);
@@ -205,7 +218,11 @@ pub fn compile(data: &[u8]) -> Result<UnwindTable, UnwindTableError> {
     let headers = file.elf_program_headers();
     let segments = agent_object_files::load_segments(&file);
 
-    let mut builder = RowBuilder::default();
+    let mut builder = RowBuilder {
+        rows: Vec::new(),
+        stats: CompileStats::default(),
+        release,
+    };
     // Section headers, when present, are the truth; a stale PT_GNU_EH_FRAME
     // may outlive a removed .eh_frame.
     let has_sections = file.sections().next().is_some();
@@ -325,14 +342,19 @@ fn eh_frame_from_header<'d>(
 
 /// Collects rows from every FDE, then sorts and compacts them in place (a
 /// large object has millions: one 8-byte row each, no second copy).
-#[derive(Default)]
-struct RowBuilder {
+struct RowBuilder<'a> {
     /// Rows, and each function's end marker (a [`RowKind::None`] row).
     rows: Vec<UnwindRow>,
     stats: CompileStats,
+    /// Lets the pages of the data read so far go (see [`compile_releasing`]).
+    release: &'a dyn Fn(),
 }
 
-impl RowBuilder {
+/// Call frame information read between two releases of its pages (a page
+/// in tests: their files then release many times).
+const RELEASE_EVERY: usize = if cfg!(test) { 4096 } else { 1 << 20 };
+
+impl RowBuilder<'_> {
     fn read<R, S>(&mut self, section: &S, bases: &BaseAddresses) -> Result<(), UnwindTableError>
     where
         R: gimli::Reader<Offset = usize>,
@@ -340,10 +362,15 @@ impl RowBuilder {
     {
         let mut ctx = UnwindContext::new();
         let mut entries = section.entries(bases);
+        let mut released_at = 0;
         while let Some(entry) = entries.next()? {
             let CieOrFde::Fde(partial) = entry else {
                 continue;
             };
+            if partial.offset() - released_at >= RELEASE_EVERY {
+                (self.release)();
+                released_at = partial.offset();
+            }
             let Ok(fde) = partial.parse(S::cie_from_offset) else {
                 self.stats.skipped_functions += 1;
                 continue;

@@ -157,6 +157,15 @@ fn a_program_without_frame_pointers_matches_readelf() {
 }
 
 #[test]
+fn a_mapped_file_whose_pages_go_while_read_gives_the_rows_of_its_bytes() {
+    let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+    let mapped = compile_file(libc).unwrap();
+    let read = compile(&std::fs::read(libc).unwrap()).unwrap();
+    assert!(mapped.rows.len() > 10_000);
+    assert!(mapped.rows == read.rows, "rows differ");
+}
+
+#[test]
 fn libc_matches_readelf_and_has_its_signal_trampoline() {
     let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
     let table = compile_file(libc).unwrap();

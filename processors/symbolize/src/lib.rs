@@ -14,6 +14,7 @@ mod dwarf;
 pub mod jit;
 pub mod kernel;
 pub mod native;
+mod symbols;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -343,17 +344,17 @@ impl Symbolizer {
         if work.is_empty() {
             return;
         }
+        let addresses: Vec<u64> = work
+            .iter()
+            .map(|&l| batch.locations.get(l).address)
+            .collect();
         self.kernel.ensure_fresh(false);
-        let covered = |table: &kernel::Kallsyms, batch: &ProfileBatch| {
-            work.iter()
-                .all(|&l| table.lookup(batch.locations.get(l).address).is_some())
-        };
-        if !covered(&self.kernel.table, batch) {
+        if !addresses.iter().all(|&a| self.kernel.table.covers(a)) {
             self.kernel.ensure_fresh(true);
         }
-        for &loc in work {
-            let address = batch.locations.get(loc).address;
-            let Some(symbol) = self.kernel.table.lookup(address) else {
+        let symbols = self.kernel.table.lookup_all(&addresses);
+        for (&loc, symbol) in work.iter().zip(symbols) {
+            let Some(symbol) = symbol else {
                 self.kernel_frames.unresolved.inc();
                 continue;
             };

@@ -13,6 +13,7 @@ use agent_gopclntab::GoTable;
 use agent_object_files::{read_elf, ElfInfo, FoundObject};
 
 use crate::dwarf::{DwarfUnits, MappedFile, Sections};
+use crate::symbols::SymbolTable;
 pub use agent_object_files::{DebugSource, ObjectLocator as Locator, ObjectRef};
 
 use crate::demangle::demangle;
@@ -197,76 +198,26 @@ impl Names {
     }
 }
 
-/// A symbol table entry: address, size and where its NUL-terminated name
-/// lies in the file (16 bytes: a large binary has 100,000 symbols).
-#[derive(Clone, Copy)]
-struct Symbol {
-    address: u64,
-    /// Saturated: no function is 4 GiB long.
-    size: u32,
-    /// From the start of the string table ([`Parsed::names_at`]).
-    name_at: u32,
-}
-
 /// What an object keeps parsed between lookups (its DWARF sections
 /// decompressed too), dropped when memory is short and parsed again on the
 /// next address not remembered.
 struct Parsed {
     dwarf: Option<DwarfUnits>,
-    /// By address, as `object`'s symbol map orders them.
-    symbols: Vec<Symbol>,
-    /// Where the symbols' string table starts in the file.
-    names_at: usize,
+    symbols: SymbolTable,
 }
 
 impl Parsed {
     fn new(file: &Arc<MappedFile>) -> Self {
-        let data = file.data();
-        let (mut symbols, names_at): (Vec<Symbol>, usize) = object::File::parse(data)
-            .map(|obj| {
-                use object::Object;
-                let map = obj.symbol_map();
-                let entries = map.symbols();
-                let at = |s: &object::SymbolMapName<'_>| {
-                    s.name().as_ptr() as usize - data.as_ptr() as usize
-                };
-                // Names are offsets into one string table, which may lie
-                // past 4 GiB in a large file but is never that long.
-                let names_at = entries.iter().map(at).min().unwrap_or(0);
-                let symbols = entries
-                    .iter()
-                    .filter_map(|s| {
-                        Some(Symbol {
-                            address: s.address(),
-                            size: u32::try_from(s.size()).unwrap_or(u32::MAX),
-                            name_at: u32::try_from(at(s) - names_at).ok()?,
-                        })
-                    })
-                    .collect();
-                (symbols, names_at)
-            })
-            .unwrap_or_default();
-        symbols.shrink_to_fit();
+        let symbols = SymbolTable::read(file.data());
         let dwarf = Sections::load(file.clone())
             .ok()
             .and_then(|s| DwarfUnits::new(Arc::new(s)));
-        Self {
-            dwarf,
-            symbols,
-            names_at,
-        }
+        Self { dwarf, symbols }
     }
 
     /// The name of the symbol holding `vaddr`.
     fn symbol<'a>(&self, file: &'a MappedFile, vaddr: u64) -> Option<&'a str> {
-        let i = self.symbols.partition_point(|s| s.address <= vaddr);
-        let s = self.symbols.get(i.checked_sub(1)?)?;
-        if s.size != 0 && vaddr.wrapping_sub(s.address) >= u64::from(s.size) {
-            return None;
-        }
-        let name = file.data().get(self.names_at + s.name_at as usize..)?;
-        let len = name.iter().position(|&b| b == 0)?;
-        std::str::from_utf8(&name[..len]).ok()
+        self.symbols.name(file.data(), vaddr)
     }
 }
 
