@@ -157,6 +157,7 @@ struct unwind_state {
 	__u32 lo;              /* binary search bounds */
 	__u32 hi;
 	__u32 tid;
+	__u32 mapping_hint;    /* the mapping the last frame was in */
 	__u32 pc_recorded;     /* pc's frame is in the stack already: only step from it */
 	__u32 interp_state;    /* enum interp_walk */
 	__u32 run_frames;      /* interpreter frames emitted for the loop frame at pc */
@@ -333,11 +334,18 @@ static __always_inline struct unwind_mapping *find_mapping(struct unwind_state *
 	__u32 count = proc->mapping_count;
 	if (count > MAX_UNWIND_MAPPINGS)
 		count = MAX_UNWIND_MAPPINGS;
+	/* Frames in a row are mostly in one object: its mapping is tried
+	 * first (mappings do not overlap, so one holding pc is the one). */
+	__u32 hint = st->mapping_hint;
+	struct unwind_mapping *m = &proc->mappings[hint & (MAX_UNWIND_MAPPINGS - 1)];
+	if (hint < count && m->start <= pc && pc < m->end)
+		return m;
 	__u32 found = BINARY_SEARCH(st, count, MAPPING_SEARCH_STEPS,
 				    proc->mappings[mid & (MAX_UNWIND_MAPPINGS - 1)].start <= pc);
 	if (found == 0)
 		return 0;
-	struct unwind_mapping *m = &proc->mappings[(found - 1) & (MAX_UNWIND_MAPPINGS - 1)];
+	st->mapping_hint = found - 1;
+	m = &proc->mappings[(found - 1) & (MAX_UNWIND_MAPPINGS - 1)];
 	return pc < m->end ? m : 0;
 }
 
@@ -851,6 +859,7 @@ static __always_inline __u64 unwind_user(void *ctx, struct pt_regs *at_event, vo
 	st->interp_end = 0;
 	st->run_frames = 0;
 	st->pc_recorded = 0;
+	st->mapping_hint = 0;
 	st->mode = mode;
 	/* An off-CPU walk is finished here: its time is only known later. */
 	st->can_defer = mode != UNWIND_FRAME_POINTERS && *slot == SCRATCH_SAMPLE;
