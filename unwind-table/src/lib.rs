@@ -191,8 +191,9 @@ pub fn compile_opened(file: &std::fs::File, name: &str) -> Result<UnwindTable, U
         path: name.to_owned(),
         source,
     })?;
-    // SAFETY: the mapping is private and never written, so its pages are
-    // the file's: dropping them loses nothing, a later read faults them back.
+    // SAFETY: the mapping is read-only and never written, so its pages are
+    // the page cache's: dropping them loses nothing, and slices into the map
+    // read the same bytes again when they fault them back.
     let release = || {
         let _ = unsafe { data.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
     };

@@ -18,7 +18,7 @@ struct Symbol {
     address: u64,
     /// Saturated: no function is 4 GiB long.
     size: u32,
-    /// From the start of the string table ([`SymbolTable::names_at`]); while
+    /// From the start of the string table ([`SymbolTable::names`]); while
     /// the table is built, the symbol's index ([`SECTION_END`] for a
     /// section's end).
     name_at: u32,
@@ -28,12 +28,15 @@ struct Symbol {
 /// size is taken to end at the next symbol or section end.
 const SECTION_END: u32 = u32::MAX;
 
+/// The priority of a symbol left out (kept ones rank 0 to 23).
+const NOT_KEPT: u8 = u8::MAX;
+
 /// An object file's symbols by address.
 #[derive(Default)]
 pub(crate) struct SymbolTable {
     symbols: Vec<Symbol>,
-    /// Where the string table starts in the file.
-    names_at: usize,
+    /// Where the string table lies in the file.
+    names: std::ops::Range<usize>,
 }
 
 impl SymbolTable {
@@ -62,7 +65,8 @@ impl SymbolTable {
         if s.size != 0 && vaddr.wrapping_sub(s.address) >= u64::from(s.size) {
             return None;
         }
-        let name = data.get(self.names_at.checked_add(s.name_at as usize)?..)?;
+        let names = data.get(self.names.clone())?;
+        let name = names.get(s.name_at as usize..)?;
         let len = name.iter().position(|&b| b == 0)?;
         // An empty or non-UTF-8 name names nothing (`object` leaves such
         // symbols out; they are not read here to tell).
@@ -80,22 +84,19 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Option<SymbolT
         Ok(table) if !table.is_empty() => table,
         _ => sections.symbols(endian, data, elf::SHT_DYNSYM).ok()?,
     };
-    let names_at = usize::try_from(
-        sections
-            .section(table.string_section())
-            .ok()?
-            .sh_offset(endian)
-            .into(),
-    )
-    .ok()?;
+    let strings_header = sections.section(table.string_section()).ok()?;
+    let names_at = usize::try_from(strings_header.sh_offset(endian).into()).ok()?;
+    let names_len = usize::try_from(strings_header.sh_size(endian).into()).ok()?;
+    let names = names_at..names_at.checked_add(names_len)?;
     let syms = table.symbols();
     if syms.len() >= SECTION_END as usize {
         return None;
     }
     let strings = table.strings();
     // Which symbols `object`'s map takes: definitions of functions, data
-    // or untyped symbols that have a name. Names are not read: a name
-    // offset of 0 is the empty name.
+    // or untyped symbols that have a name. Names are not read (a name
+    // offset of 0 is the empty name), but for local untyped symbols, whose
+    // `$` marks ARM mapping symbols.
     let priority = |sym: &Elf::Sym| -> Option<u32> {
         if sym.st_name(endian) == 0 || !sym.is_definition(endian, strings) {
             return None;
@@ -112,10 +113,15 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Option<SymbolT
         };
         Some(((untyped * 4) + sizeless) * 4 + scope)
     };
-    let kept = syms.iter().filter(|s| priority(s).is_some()).count();
+    // Each symbol's priority, once: sorting asks for it again and again.
+    let priorities: Vec<u8> = syms
+        .iter()
+        .map(|s| priority(s).map_or(NOT_KEPT, |p| p as u8))
+        .collect();
+    let kept = priorities.iter().filter(|&&p| p != NOT_KEPT).count();
     let mut symbols = Vec::with_capacity(kept + sections.len());
     for (index, sym) in syms.iter().enumerate() {
-        if priority(sym).is_some() {
+        if priorities[index] != NOT_KEPT {
             symbols.push(Symbol {
                 address: sym.st_value(endian).into(),
                 size: saturate(sym.st_size(endian).into()),
@@ -136,11 +142,8 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Option<SymbolT
     // At one address the best symbol comes first; the later of equals
     // (an earlier one is likely the less specific).
     let rank = |s: &Symbol| match s.name_at {
-        SECTION_END => (u32::MAX, 0),
-        index => (
-            priority(&syms[index as usize]).unwrap_or(u32::MAX),
-            u32::MAX - index,
-        ),
+        SECTION_END => (u8::MAX, 0),
+        index => (priorities[index as usize], u32::MAX - index),
     };
     symbols.sort_unstable_by_key(|s| (s.address, rank(s)));
     symbols.dedup_by_key(|s| s.address);
@@ -156,7 +159,7 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Option<SymbolT
         s.name_at = syms[s.name_at as usize].st_name(endian);
     }
     symbols.shrink_to_fit();
-    Some(SymbolTable { symbols, names_at })
+    Some(SymbolTable { symbols, names })
 }
 
 fn saturate(size: u64) -> u32 {
