@@ -52,7 +52,7 @@ import sys
 name, at0, ac0, at1, ac1, bt0, bc0, bt1, bc1 = sys.argv[1], *map(int, sys.argv[2:])
 agent = (at1 - at0) / max(ac1 - ac0, 1) / 1000
 bpftrace = (bt1 - bt0) / max(bc1 - bc0, 1) / 1000
-print(f"{name:22} agent {agent:6.1f} us/sample ({ac1 - ac0} samples)   "
-      f"bpftrace {bpftrace:6.1f} us/sample ({bc1 - bc0})   ratio {agent / bpftrace:4.2f}")
+print(f"{name:22} agent {agent:6.2f} us/sample ({ac1 - ac0} samples)   "
+      f"bpftrace {bpftrace:6.2f} us/sample ({bc1 - bc0})   ratio {agent / bpftrace:4.2f}")
 PY
 }

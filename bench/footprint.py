@@ -8,13 +8,14 @@ import sys
 import threading
 import time
 
-from measure import CpuAccount, bpf_ms, owned_map_bytes, sampler_runs, status_kb
+from measure import CpuAccount, bpf_ms, owned_map_bytes, sampler_loaded, sampler_runs, status_kb
 
 agent_bin, busy_bin, work = sys.argv[1], sys.argv[2], sys.argv[3]
 quiet_seconds, busy_seconds = int(sys.argv[4]), int(sys.argv[5])
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BPFTRACE = "profile:hz:19 { @[ustack, kstack, comm] = count(); }"
 SETTLE = 5  # seconds for both tools to load and attach before a scenario starts
+LOAD_TIMEOUT = 120  # seconds bpftrace may take to compile and load its program
 
 
 class Tool:
@@ -52,13 +53,26 @@ def cost(first, last):
                 per_sample=(last["ns"] - first["ns"]) / max(runs, 1) / 1000, samples=runs)
 
 
+def loaded(tool):
+    """Waits until the tool's sampling program is loaded."""
+    end = time.monotonic() + LOAD_TIMEOUT
+    while not sampler_loaded(tool.process.pid):
+        if tool.process.poll() is not None or time.monotonic() > end:
+            sys.exit(f"{tool.name} did not load its program; see {work}")
+        time.sleep(0.2)
+    return tool
+
+
 def scenario(name, seconds, start_load, stop_load):
-    """Both tools side by side during the load; returns their figures."""
-    tools = [
-        Tool("agent", [agent_bin, f"--local-store-directory={work}/{name}-profiles",
-                       "--http-address=127.0.0.1:0", "--log-level=warn"], name),
-        Tool("bpftrace", ["bpftrace", "-e", BPFTRACE], name),
-    ]
+    """Both tools side by side during the load; returns their figures.
+    bpftrace is started first and the agent once bpftrace's program is
+    loaded: the scenario is the load, not bpftrace compiling its program
+    with LLVM, which the agent would sample (and compile unwind tables for
+    LLVM's libraries) in some runs and not in others."""
+    bpftrace = loaded(Tool("bpftrace", ["bpftrace", "-e", BPFTRACE], name))
+    agent = Tool("agent", [agent_bin, f"--local-store-directory={work}/{name}-profiles",
+                           "--http-address=127.0.0.1:0", "--log-level=warn"], name)
+    tools = [agent, bpftrace]
     time.sleep(SETTLE)
     load = start_load()
     first = [t.mark() for t in tools]

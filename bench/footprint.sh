@@ -6,7 +6,9 @@
 #   (b) busy node: `cargo build --release -p agent-core` (a fixed set of
 #       crates from the local registry) from a clean target directory,
 #       BUSY_SECONDS.
-# Each tool is started fresh for each scenario. It prints per tool: peak
+# Each tool is started fresh for each scenario, bpftrace first and the agent
+# once bpftrace's program is loaded (its LLVM compile is not the scenario's
+# load). It prints per tool: peak
 # VmHWM, peak RssAnon and RssFile, peak BPF map memory (locked bytes of the
 # maps it holds), CPU ms per second (its own cgroup's user+sys, plus its BPF
 # programs' run time) and BPF µs per sample (run time / runs of its

@@ -84,3 +84,8 @@ def sampler_runs(pid):
     progs = {i["prog_id"]: (int(i.get("run_time_ns", 0)), int(i.get("run_cnt", 0)))
              for i in fdinfo(pid) if i.get("prog_type") == PERF_EVENT_PROGRAM and "prog_id" in i}
     return tuple(map(sum, zip(*progs.values()))) if progs else (0, 0)
+
+
+def sampler_loaded(pid):
+    """Whether a process holds a perf-event program (its compile is over)."""
+    return any(i.get("prog_type") == PERF_EVENT_PROGRAM for i in fdinfo(pid))

@@ -407,16 +407,18 @@ static __always_inline struct unwind_row *find_row(struct unwind_state *st, void
 /* One frame-pointer step; returns 0 to go on, 1 when the walk ends. */
 static __always_inline long frame_pointer_step(struct unwind_state *st, __u32 failure)
 {
-	__u64 bp = st->bp, ra = 0, next = 0;
+	__u64 bp = st->bp, frame[2]; /* the caller's rbp, then the return address */
 	if (bp == 0) {
 		/* _start and thread entry clear rbp: the chain's end. */
 		st->stack.status = STACK_COMPLETE;
 		return 1;
 	}
-	if (read_user(&ra, bp + 8) || read_user(&next, bp) || (next != 0 && next <= bp)) {
+	if (bpf_probe_read_user(frame, sizeof(frame), (const void *)bp) ||
+	    (frame[0] != 0 && frame[0] <= bp)) {
 		st->stack.status = failure;
 		return 1;
 	}
+	__u64 next = frame[0], ra = frame[1];
 	st->sp = bp + 16;
 	st->bp = next;
 	st->pc = ra;
@@ -461,12 +463,18 @@ static __always_inline long table_step(struct unwind_state *st, struct unwind_ro
 		st->stack.status = row->kind == ROW_NONE ? STACK_NO_ROW : STACK_UNSUPPORTED_RULE;
 		return 1;
 	}
-	if (read_user(&ra, cfa - 8)) {
-		st->stack.status = STACK_READ_FAILED;
-		return 1;
-	}
-	if (row->kind != ROW_CFA_PLT && row->rbp_offset != 0 &&
-	    read_user(&bp, cfa + (__s64)row->rbp_offset * 8)) {
+	if (row->kind != ROW_CFA_PLT && row->rbp_offset == -2) {
+		/* rbp pushed right after the call (most frames): one read. */
+		__u64 frame[2];
+		if (bpf_probe_read_user(frame, sizeof(frame), (const void *)(cfa - 16))) {
+			st->stack.status = STACK_READ_FAILED;
+			return 1;
+		}
+		bp = frame[0];
+		ra = frame[1];
+	} else if (read_user(&ra, cfa - 8) ||
+		   (row->kind != ROW_CFA_PLT && row->rbp_offset != 0 &&
+		    read_user(&bp, cfa + (__s64)row->rbp_offset * 8))) {
 		st->stack.status = STACK_READ_FAILED;
 		return 1;
 	}
@@ -895,8 +903,12 @@ static __always_inline __u64 unwind_user(void *ctx, struct pt_regs *at_event, vo
 	__u64 key = (st->hash ^ st->stack.status) * 0x100000001b3ULL;
 	if (key == 0 || key == USER_STACK_DEFERRED)
 		key = 1;
+	/* Most stacks are stored already: a lookup (lock-free) spares the
+	 * update's bucket lock. */
+	if (bpf_map_lookup_elem(user_stacks, &key))
+		return key;
 	long err = bpf_map_update_elem(user_stacks, &key, &st->stack, BPF_NOEXIST);
-	if (err != 0 && err != -17 /* EEXIST: the same stack, already stored */) {
+	if (err != 0 && err != -17 /* EEXIST: the same stack, stored meanwhile */) {
 		count(STAT_USER_STACKS_FULL);
 		return 0;
 	}
@@ -921,6 +933,12 @@ static __always_inline int walk_stacks(void *ctx, struct pt_regs *at_event, void
 			return 0;
 		if (key->user_stack == 0)
 			count(STAT_USER_STACK_ERRORS);
+	}
+	/* An event in user mode has no kernel stack: what the helper would
+	 * say (EFAULT, no frames), without its call. */
+	if (at_event && (at_event->cs & 3) == 3) {
+		key->kernel_stack_id = -14;
+		return 1;
 	}
 	/* No BPF_F_REUSE_STACKID: a different stack in a taken bucket is a
 	 * counted collision, never a silently wrong stack. */
