@@ -142,6 +142,9 @@ struct {
 	__type(value, struct process_unwind_info);
 } unwind_processes SEC(".maps");
 
+/* Words of the stack window a walk copies at a time (1 KiB). */
+#define STACK_WINDOW_WORDS 128
+
 /* The walk in progress on this CPU (too big for the BPF stack). */
 struct unwind_state {
 	__u64 pc;
@@ -157,7 +160,7 @@ struct unwind_state {
 	__u32 lo;              /* binary search bounds */
 	__u32 hi;
 	__u32 tid;
-	__u32 mapping_hint;    /* the mapping the last frame was in */
+	__u32 plain_process;   /* its entry was read: no interpreter, the right generation */
 	__u32 pc_recorded;     /* pc's frame is in the stack already: only step from it */
 	__u32 interp_state;    /* enum interp_walk */
 	__u32 run_frames;      /* interpreter frames emitted for the loop frame at pc */
@@ -165,11 +168,60 @@ struct unwind_state {
 	__u64 interp_end;      /* where the interpreter's frames end (Ruby: its VM stack's end) */
 	__u64 sample_r14;      /* the sampled user registers a VM may keep its state in */
 	__u64 sample_r15;
+	/* A copy of the mapping the last frame was in: frames in a row are
+	 * mostly in one object, and a plain process's entry is then not
+	 * looked up again. end == 0: none yet. */
+	struct unwind_mapping mapping;
+	__u64 window_start;    /* the user address of window[0] */
+	__u64 window_bytes;    /* bytes of the stack window copied (whole words) */
+	/* A stretch of the walked stack, copied with one read: from the
+	 * sampled sp as the walk starts, again from sp when the walk nears its
+	 * end. Frames' words then mostly need no helper call each. One word
+	 * more for a pair at its end. */
+	__u64 window[STACK_WINDOW_WORDS + 1];
 	struct pt_regs regs;   /* the user registers at the event (off the BPF stack) */
 	struct user_stack stack;
 	__u8 frame_buf[INTERP_READ_MAX + 8]; /* a frame or code object being read */
 	__u8 code_buf[INTERP_READ_MAX + 8];
 };
+
+/* Copies the stack window from `from` up, or what of it is left in that
+ * page when the stack ends sooner. */
+static __always_inline void copy_stack_window(struct unwind_state *st, __u64 from)
+{
+	st->window_start = from;
+	st->window_bytes = 0;
+	if (bpf_probe_read_user(st->window, STACK_WINDOW_WORDS * 8, (const void *)from) == 0) {
+		st->window_bytes = STACK_WINDOW_WORDS * 8;
+		return;
+	}
+	__u32 rest = 4096 - (from & 4095);
+	if (rest < STACK_WINDOW_WORDS * 8 && bpf_probe_read_user(st->window, rest, (const void *)from) == 0)
+		st->window_bytes = rest & ~7;
+}
+
+/* Moves a whole window up to sp once less than a quarter of it is left
+ * above sp: the words a frame reads lie just above its sp. (A window cut
+ * short reaches the stack's end already.) */
+static __always_inline void keep_stack_window_ahead(struct unwind_state *st)
+{
+	__u64 end = st->window_start + st->window_bytes;
+	if (st->window_bytes == STACK_WINDOW_WORDS * 8 && st->sp > st->window_start &&
+	    st->sp + STACK_WINDOW_WORDS * 2 > end)
+		copy_stack_window(st, st->sp);
+}
+
+/* The `words` aligned words at address from the window; 0 when it does not
+ * hold them. */
+static __always_inline __u64 *window_words(struct unwind_state *st, __u64 address, __u32 words)
+{
+	__u64 need = words * 8;
+	if (address < st->window_start || ((address - st->window_start) & 7) ||
+	    st->window_bytes < need ||
+	    address - st->window_start > st->window_bytes - need)
+		return 0;
+	return &st->window[((address - st->window_start) / 8) & (STACK_WINDOW_WORDS - 1)];
+}
 
 /* Where a walk stands with the interpreter's frames. */
 enum interp_walk {
@@ -303,6 +355,27 @@ static __always_inline int read_user(__u64 *value, __u64 address)
 	return bpf_probe_read_user(value, sizeof(*value), (const void *)address);
 }
 
+/* A word of the walked stack, from the window when it holds it; 0 on success. */
+static __always_inline int read_stack(struct unwind_state *st, __u64 *value, __u64 address)
+{
+	__u64 *w = window_words(st, address, 1);
+	if (!w)
+		return read_user(value, address);
+	*value = *w;
+	return 0;
+}
+
+/* Two words of the walked stack (a saved rbp and a return address). */
+static __always_inline int read_stack_pair(struct unwind_state *st, __u64 pair[2], __u64 address)
+{
+	__u64 *w = window_words(st, address, 2);
+	if (!w)
+		return bpf_probe_read_user(pair, 16, (const void *)address);
+	pair[0] = w[0];
+	pair[1] = w[1];
+	return 0;
+}
+
 /* The searches below keep their bounds in the per-CPU state, read through
  * volatile loads: the verifier then sees unknown scalars at every loop head
  * and prunes, instead of following every path of the halvings. */
@@ -327,25 +400,18 @@ static __always_inline int read_user(__u64 *value, __u64 address)
 		LOAD((st)->lo);                                     \
 	})
 
-/* The mapping holding pc. */
+/* The mapping holding pc, by binary search. */
 static __always_inline struct unwind_mapping *find_mapping(struct unwind_state *st,
 							   struct process_unwind_info *proc, __u64 pc)
 {
 	__u32 count = proc->mapping_count;
 	if (count > MAX_UNWIND_MAPPINGS)
 		count = MAX_UNWIND_MAPPINGS;
-	/* Frames in a row are mostly in one object: its mapping is tried
-	 * first (mappings do not overlap, so one holding pc is the one). */
-	__u32 hint = st->mapping_hint;
-	struct unwind_mapping *m = &proc->mappings[hint & (MAX_UNWIND_MAPPINGS - 1)];
-	if (hint < count && m->start <= pc && pc < m->end)
-		return m;
 	__u32 found = BINARY_SEARCH(st, count, MAPPING_SEARCH_STEPS,
 				    proc->mappings[mid & (MAX_UNWIND_MAPPINGS - 1)].start <= pc);
 	if (found == 0)
 		return 0;
-	st->mapping_hint = found - 1;
-	m = &proc->mappings[(found - 1) & (MAX_UNWIND_MAPPINGS - 1)];
+	struct unwind_mapping *m = &proc->mappings[(found - 1) & (MAX_UNWIND_MAPPINGS - 1)];
 	return pc < m->end ? m : 0;
 }
 
@@ -413,8 +479,7 @@ static __always_inline long frame_pointer_step(struct unwind_state *st, __u32 fa
 		st->stack.status = STACK_COMPLETE;
 		return 1;
 	}
-	if (bpf_probe_read_user(frame, sizeof(frame), (const void *)bp) ||
-	    (frame[0] != 0 && frame[0] <= bp)) {
+	if (read_stack_pair(st, frame, bp) || (frame[0] != 0 && frame[0] <= bp)) {
 		st->stack.status = failure;
 		return 1;
 	}
@@ -466,15 +531,15 @@ static __always_inline long table_step(struct unwind_state *st, struct unwind_ro
 	if (row->kind != ROW_CFA_PLT && row->rbp_offset == -2) {
 		/* rbp pushed right after the call (most frames): one read. */
 		__u64 frame[2];
-		if (bpf_probe_read_user(frame, sizeof(frame), (const void *)(cfa - 16))) {
+		if (read_stack_pair(st, frame, cfa - 16)) {
 			st->stack.status = STACK_READ_FAILED;
 			return 1;
 		}
 		bp = frame[0];
 		ra = frame[1];
-	} else if (read_user(&ra, cfa - 8) ||
+	} else if (read_stack(st, &ra, cfa - 8) ||
 		   (row->kind != ROW_CFA_PLT && row->rbp_offset != 0 &&
-		    read_user(&bp, cfa + (__s64)row->rbp_offset * 8))) {
+		    read_stack(st, &bp, cfa + (__s64)row->rbp_offset * 8))) {
 		st->stack.status = STACK_READ_FAILED;
 		return 1;
 	}
@@ -642,64 +707,37 @@ static __always_inline long interpreter_step(struct unwind_state *st, struct int
 	return ended;
 }
 
-/* bpf_loop callback: records st->pc (or the interpreter frames run there)
- * and steps to the caller; slot: the walk's unwind_scratch key. */
-static long unwind_frame(__u32 index, void *slot)
+/* Steps st from the native frame at st->pc to its caller: the mapping,
+ * its table's row and rule, or the frame pointer; 0 to go on, 1 when the
+ * walk ends. proc: the process's entry (0: not read yet, or not needed:
+ * st->mapping holds pc in a process without an interpreter).
+ * Global, so the verifier checks it once on its own rather than once for
+ * every path through the interpreter steps before it; it takes its
+ * pointers as possibly null. */
+__noinline long native_step(struct unwind_state *st, struct process_unwind_info *proc)
 {
-	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, slot);
 	if (!st)
 		return 1;
-	__u32 len = st->stack.len;
-	if (len >= MAX_STACK_DEPTH)
-		return 1; /* status stays STACK_TRUNCATED */
 	__u64 pc = st->pc;
-	if (pc == 0) {
-		st->stack.status = STACK_COMPLETE;
-		return 1;
-	}
-	if (pc > USER_ADDRESS_MAX) {
-		/* Not code: a broken frame chain (a tag word must never be taken for a pc). */
-		st->stack.status = st->trusted_pc ? STACK_READ_FAILED : STACK_FRAME_POINTER_FAILED;
-		return 1;
-	}
-	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
-	if (proc && proc->generation != st->generation)
-		proc = 0; /* another image's mappings (an exec raced with their read) */
-	/* Else the compiler tests the generations again for the null check,
-	 * which the verifier cannot follow. */
-	barrier_var(proc);
-
-	/* A walk going on in BPF after a deferral failed: pc is out already. */
-	int recorded = st->pc_recorded;
-	st->pc_recorded = 0;
-	int loop_frame = !recorded && proc && proc->interp.kind != INTERP_NONE &&
-			 st->interp_state != INTERP_DONE && in_interp_loop(&proc->interp, pc);
-	if (loop_frame) {
-		if (len + 2 > MAX_STACK_DEPTH)
-			return 1; /* status stays STACK_TRUNCATED */
-		if (!interpreter_step(st, &proc->interp))
-			return 0; /* more interpreter frames at this pc */
-		/* The loop frame's own pc stands for nothing its frames do not
-		 * say, unless it ran none. */
-		if (st->run_frames == 0)
-			push_word(st, pc);
-	} else if (!recorded) {
-		push_word(st, pc);
-	}
-
-	if (!proc) {
-		/* User space has not read this process (this image of it) yet. */
-		if (st->can_defer)
-			return defer_walk(st);
-		return frame_pointer_step(st, STACK_NO_TABLE);
-	}
-	struct unwind_mapping *m = find_mapping(st, proc, pc);
-	if (!m) {
-		/* New code since user space read the mappings (dlopen, JIT); an
-		 * address from a broken frame pointer chain proves nothing. */
-		if (st->trusted_pc && request_refresh(proc, st->pid) && st->can_defer)
-			return defer_walk(st);
-		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
+	int in_last_mapping = st->mapping.start <= pc && pc < st->mapping.end;
+	struct unwind_mapping *m = &st->mapping;
+	if (!in_last_mapping) {
+		if (!proc) {
+			/* User space has not read this process (this image of it) yet. */
+			if (st->can_defer)
+				return defer_walk(st);
+			return frame_pointer_step(st, STACK_NO_TABLE);
+		}
+		struct unwind_mapping *found = find_mapping(st, proc, pc);
+		if (!found) {
+			/* New code since user space read the mappings (dlopen, JIT); an
+			 * address from a broken frame pointer chain proves nothing. */
+			if (st->trusted_pc && request_refresh(proc, st->pid) && st->can_defer)
+				return defer_walk(st);
+			return frame_pointer_step(st, STACK_UNKNOWN_CODE);
+		}
+		st->mapping = *found;
+		st->plain_process = proc->interp.kind == INTERP_NONE;
 	}
 	if (m->table_id == TABLE_ANONYMOUS)
 		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
@@ -748,6 +786,59 @@ static long unwind_frame(__u32 index, void *slot)
 		return 1;
 	}
 	return table_step(st, row);
+}
+
+/* bpf_loop callback: records st->pc (or the interpreter frames run there)
+ * and steps to the caller; slot: the walk's unwind_scratch key. */
+static long unwind_frame(__u32 index, void *slot)
+{
+	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, slot);
+	if (!st)
+		return 1;
+	__u32 len = st->stack.len;
+	if (len >= MAX_STACK_DEPTH)
+		return 1; /* status stays STACK_TRUNCATED */
+	__u64 pc = st->pc;
+	if (pc == 0) {
+		st->stack.status = STACK_COMPLETE;
+		return 1;
+	}
+	if (pc > USER_ADDRESS_MAX) {
+		/* Not code: a broken frame chain (a tag word must never be taken for a pc). */
+		st->stack.status = st->trusted_pc ? STACK_READ_FAILED : STACK_FRAME_POINTER_FAILED;
+		return 1;
+	}
+	keep_stack_window_ahead(st);
+	int in_last_mapping = st->mapping.start <= pc && pc < st->mapping.end;
+	struct process_unwind_info *proc = 0;
+	if (!(in_last_mapping && st->plain_process)) {
+		proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
+		if (proc && proc->generation != st->generation)
+			proc = 0; /* another image's mappings (an exec raced with their read) */
+		/* Else the compiler tests the generations again for the null
+		 * check, which the verifier cannot follow. */
+		barrier_var(proc);
+	}
+
+	/* A walk going on in BPF after a deferral failed: pc is out already. */
+	int recorded = st->pc_recorded;
+	st->pc_recorded = 0;
+	int loop_frame = !recorded && proc && proc->interp.kind != INTERP_NONE &&
+			 st->interp_state != INTERP_DONE && in_interp_loop(&proc->interp, pc);
+	if (loop_frame) {
+		if (len + 2 > MAX_STACK_DEPTH)
+			return 1; /* status stays STACK_TRUNCATED */
+		if (!interpreter_step(st, &proc->interp))
+			return 0; /* more interpreter frames at this pc */
+		/* The loop frame's own pc stands for nothing its frames do not
+		 * say, unless it ran none. */
+		if (st->run_frames == 0)
+			push_word(st, pc);
+	} else if (!recorded) {
+		push_word(st, pc);
+	}
+
+	return native_step(st, proc) != 0; /* a callback returns 0 or 1 */
 }
 
 /* bpf_loop callback, for a walk being deferred: appends the interpreter
@@ -848,7 +939,8 @@ static __always_inline int send_deferred(void *ctx, struct unwind_state *st,
 #define USER_STACK_DEFERRED ((__u64)-1)
 static __always_inline __u64 unwind_user(void *ctx, struct pt_regs *at_event, void *user_stacks,
 					 struct sample_key *sample, __u32 window, __u32 mode,
-					 __u32 generation, __u32 *slot)
+					 __u32 generation, __u32 *slot,
+					 struct process_unwind_info *proc)
 {
 	struct unwind_state *st = bpf_map_lookup_elem(&unwind_scratch, slot);
 	if (!st || !user_registers(at_event, &st->regs))
@@ -858,6 +950,7 @@ static __always_inline __u64 unwind_user(void *ctx, struct pt_regs *at_event, vo
 	st->bp = st->regs.rbp;
 	st->sample_r14 = st->regs.r14;
 	st->sample_r15 = st->regs.r15;
+	copy_stack_window(st, st->sp);
 	st->hash = 0xcbf29ce484222325ULL;
 	st->pid = sample->pid;
 	st->tid = sample->tid;
@@ -867,7 +960,18 @@ static __always_inline __u64 unwind_user(void *ctx, struct pt_regs *at_event, vo
 	st->interp_end = 0;
 	st->run_frames = 0;
 	st->pc_recorded = 0;
-	st->mapping_hint = 0;
+	/* The first frame's mapping, from the entry the caller read: a plain
+	 * process's walk then reads it no more. */
+	st->mapping.start = 0;
+	st->mapping.end = 0;
+	st->plain_process = 0;
+	if (proc && proc->generation == generation && proc->interp.kind == INTERP_NONE) {
+		struct unwind_mapping *m = find_mapping(st, proc, st->pc);
+		if (m) {
+			st->mapping = *m;
+			st->plain_process = 1;
+		}
+	}
 	st->mode = mode;
 	/* An off-CPU walk is finished here: its time is only known later. */
 	st->can_defer = mode != UNWIND_FRAME_POINTERS && *slot == SCRATCH_SAMPLE;
@@ -928,7 +1032,7 @@ static __always_inline int walk_stacks(void *ctx, struct pt_regs *at_event, void
 		if (proc && proc->go.labels_kind != GO_LABELS_NONE)
 			key->go_labels = go_current_labels(&proc->go);
 		key->user_stack = unwind_user(ctx, at_event, user_stacks, key, window, mode,
-					      generation, &slot);
+					      generation, &slot, proc);
 		if (key->user_stack == USER_STACK_DEFERRED)
 			return 0;
 		if (key->user_stack == 0)

@@ -1475,7 +1475,10 @@ impl Drop for BpfStats {
 /// one started later (judged at its exec), and one a target forked
 /// without exec (added by BPF) — while an untargeted spinner beside them
 /// costs the sampler one map lookup per sample: its BPF time per run stays
-/// under a third of a targeted spinner's, measured in the same run.
+/// under four fifths of a targeted spinner's, in the same run. (Not a third
+/// any more: since the walk reads the stack 1 KiB at a time, a run's fixed
+/// cost, its cache and TLB misses, is most of a sample on this VM: 1.1 µs
+/// against 1.9 for the targeted spinner's 7 frames.)
 #[test]
 fn targets_limit_sampling_to_the_processes_they_match() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1622,7 +1625,7 @@ fn targets_limit_sampling_to_the_processes_they_match() {
         "{untargeted_samples} samples of the untargeted spinner counted"
     );
     assert!(
-        untargeted_ns * 3.0 < targeted_ns,
+        untargeted_ns * 1.25 < targeted_ns,
         "BPF per run: {untargeted_ns:.0} ns with an untargeted spinner, {targeted_ns:.0} ns with a targeted one"
     );
 }

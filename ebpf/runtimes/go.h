@@ -116,9 +116,12 @@ static __always_inline int go_read_label_map(struct go_labels *out, __u64 labels
 /* The key of the sampled goroutine's labels in `go_labels`; 0 when it has
  * none (or the thread runs no goroutine). Through g.m.curg, so the labels
  * of the goroutine stay on while its thread runs the scheduler's stack
- * (g0) or a cgo call on its behalf. */
-static __always_inline __u64 go_current_labels(struct go_layout *go)
+ * (g0) or a cgo call on its behalf. Global, like native_step: checked
+ * once, and its stack is not the sampling program's. */
+__noinline __u64 go_current_labels(struct go_layout *go)
 {
+	if (!go)
+		return 0;
 	struct task_struct___agent *task = (void *)bpf_get_current_task();
 	__u64 fsbase = 0, g = 0, m = 0, curg = 0, labels = 0;
 	if (bpf_probe_read_kernel(&fsbase, sizeof(fsbase), &task->thread.fsbase) || fsbase == 0 ||

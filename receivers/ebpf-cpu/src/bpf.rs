@@ -727,8 +727,10 @@ pub struct Sampler {
     sampling: bool,
 }
 
-/// Kernel 5.8 brought BPF ring buffers, the newest feature used here.
-const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
+/// Kernel 5.17 brought `bpf_loop`, which walks the user stack: the newest
+/// feature used here (before it the verifier would refuse the program with
+/// a log instead of this plain message).
+const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 17, 0);
 
 fn set_memlock(bytes: u64) -> Result<(), EbpfCpuError> {
     let limit = if bytes == 0 {

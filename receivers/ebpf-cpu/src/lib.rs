@@ -316,7 +316,7 @@ pub enum EbpfCpuError {
     #[error("loading BPF programs is not permitted ({0}): run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE")]
     NotPermitted(String),
     /// Kernel older than what the program needs.
-    #[error("kernel {0} is too old: the ebpf_cpu receiver needs Linux 5.8 or newer")]
+    #[error("kernel {0} is too old: the ebpf_cpu receiver needs Linux 5.17 or newer")]
     KernelTooOld(String),
     /// RLIMIT_MEMLOCK could not be raised on a kernel that needs it.
     #[error("cannot raise RLIMIT_MEMLOCK ({0}): run as root or set --memlock-rlimit within the hard limit")]
