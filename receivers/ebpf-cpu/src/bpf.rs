@@ -727,10 +727,34 @@ pub struct Sampler {
     sampling: bool,
 }
 
-/// Kernel 5.17 brought `bpf_loop`, which walks the user stack: the newest
-/// feature used here (before it the verifier would refuse the program with
-/// a log instead of this plain message).
-const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 17, 0);
+/// Kernel 5.8 brought BPF ring buffers. Newer helpers (see
+/// [`NEWER_HELPERS`]) are left to the verifier, not to the version: distribution
+/// kernels backport them under older version numbers.
+const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 8, 0);
+
+/// Helpers the programs call that came after [`MIN_KERNEL`], by id: a
+/// kernel without one refuses the program with `invalid func unknown#ID`.
+const NEWER_HELPERS: [(u32, &str); 3] = [
+    (158, "bpf_get_current_task_btf (Linux 5.11)"),
+    (175, "bpf_task_pt_regs (Linux 5.15)"),
+    (181, "bpf_loop (Linux 5.17)"),
+];
+
+/// The helper a verifier log says this kernel does not have, if it is one
+/// of [`NEWER_HELPERS`].
+fn missing_helper(verifier_log: &str) -> Option<&'static str> {
+    verifier_log.lines().find_map(|line| {
+        let id: u32 = line
+            .trim()
+            .strip_prefix("invalid func unknown#")?
+            .parse()
+            .ok()?;
+        NEWER_HELPERS
+            .iter()
+            .find(|(known, _)| *known == id)
+            .map(|(_, name)| *name)
+    })
+}
 
 fn set_memlock(bytes: u64) -> Result<(), EbpfCpuError> {
     let limit = if bytes == 0 {
@@ -764,6 +788,22 @@ fn load_not_permitted(e: &std::io::Error, verifier_log: &str) -> bool {
     permission_hint(e) && verifier_log.trim().is_empty()
 }
 
+/// What a verifier rejection's message adds: where the full log is, and
+/// on a kernel older than `bpf_loop` whose verifier stopped before naming
+/// it (5.10 refuses the callback's reference first), that it may be why.
+fn verifier_hint(verbose: bool, kernel: Option<KernelVersion>) -> String {
+    let mut hint = String::new();
+    if !verbose {
+        hint.push_str(" (full log: --bpf-verbose-logging)");
+    }
+    if kernel.is_some_and(|v| v < KernelVersion::new(5, 17, 0)) {
+        hint.push_str(
+            "; this kernel is older than 5.17: unless it backports bpf_loop, the receiver cannot run on it",
+        );
+    }
+    hint
+}
+
 /// Turns a program load error into one line that says what to do.
 fn program_error(program: &str, e: ProgramError, verbose: bool) -> EbpfCpuError {
     match e {
@@ -775,6 +815,9 @@ fn program_error(program: &str, e: ProgramError, verbose: bool) -> EbpfCpuError 
             if load_not_permitted(&io_error, &log) {
                 return EbpfCpuError::NotPermitted(io_error.to_string());
             }
+            if let Some(helper) = missing_helper(&log) {
+                return EbpfCpuError::KernelLacksHelper(helper);
+            }
             let lines: Vec<&str> = log.lines().collect();
             let shown = if verbose {
                 &lines[..]
@@ -785,11 +828,7 @@ fn program_error(program: &str, e: ProgramError, verbose: bool) -> EbpfCpuError 
                 program: program.to_owned(),
                 error: io_error.to_string(),
                 log: shown.join("\n"),
-                hint: if verbose {
-                    ""
-                } else {
-                    " (full log: --bpf-verbose-logging)"
-                },
+                hint: verifier_hint(verbose, KernelVersion::current().ok()),
             }
         }
         ProgramError::SyscallError(e) if permission_hint(&e.io_error) => {
@@ -1447,6 +1486,24 @@ mod tests {
             &std::io::Error::from_raw_os_error(libc::EINVAL),
             ""
         ));
+    }
+
+    #[test]
+    fn a_helper_the_kernel_lacks_is_named() {
+        let log = "180: (85) call unknown#181\ninvalid func unknown#181\nprocessed 2714 insns";
+        assert_eq!(missing_helper(log), Some("bpf_loop (Linux 5.17)"));
+        // Only an id it knows, and the whole id.
+        assert_eq!(missing_helper("invalid func unknown#18\n"), None);
+        assert_eq!(missing_helper("invalid func unknown#1811\n"), None);
+        assert_eq!(
+            missing_helper("R9 invalid mem access 'scalar'\ninvalid func unknown"),
+            None
+        );
+        let error = EbpfCpuError::KernelLacksHelper("bpf_loop (Linux 5.17)").to_string();
+        assert!(error.contains("bpf_loop (Linux 5.17)"), "{error}");
+        assert!(verifier_hint(false, Some(KernelVersion::new(5, 10, 0))).contains("bpf_loop"));
+        assert!(!verifier_hint(false, Some(KernelVersion::new(6, 1, 0))).contains("bpf_loop"));
+        assert_eq!(verifier_hint(true, None), "");
     }
 
     /// The number after `key=` in a line of bpftool's raw BTF dump.

@@ -316,8 +316,11 @@ pub enum EbpfCpuError {
     #[error("loading BPF programs is not permitted ({0}): run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE")]
     NotPermitted(String),
     /// Kernel older than what the program needs.
-    #[error("kernel {0} is too old: the ebpf_cpu receiver needs Linux 5.17 or newer")]
+    #[error("kernel {0} is too old: the ebpf_cpu receiver needs Linux 5.8 or newer")]
     KernelTooOld(String),
+    /// The kernel refused a program for a BPF helper it does not have.
+    #[error("this kernel lacks the BPF helper {0} that the ebpf_cpu receiver needs: run a newer kernel, or a distribution kernel that backports it")]
+    KernelLacksHelper(&'static str),
     /// RLIMIT_MEMLOCK could not be raised on a kernel that needs it.
     #[error("cannot raise RLIMIT_MEMLOCK ({0}): run as root or set --memlock-rlimit within the hard limit")]
     Memlock(std::io::Error),
@@ -330,8 +333,8 @@ pub enum EbpfCpuError {
         error: String,
         /// The verifier log (tail, or all when verbose).
         log: String,
-        /// How to see more.
-        hint: &'static str,
+        /// How to see more, and what an old kernel may lack.
+        hint: String,
     },
     /// Attaching failed.
     #[error("cannot attach BPF program {program}: {error}")]
