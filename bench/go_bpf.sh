@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
 go=${2:-go}
-agent=./target/release/agent
-[ -x "$agent" ] || cargo build --release
+# shellcheck source=bench/release_agent.sh
+source bench/release_agent.sh
 for tool in bpftrace clang "$go"; do
   command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
 done

@@ -16,8 +16,8 @@ case $lang in
   ruby) interpreter=ruby workload=tests/workloads/rb_chain.rb ;;
   *) echo "php or ruby, not $lang"; exit 1 ;;
 esac
-agent=./target/release/agent
-[ -x "$agent" ] || cargo build --release
+# shellcheck source=bench/release_agent.sh
+source bench/release_agent.sh
 for tool in bpftrace clang "$interpreter"; do
   command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
 done

@@ -13,8 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
-agent=./target/release/agent
-[ -x "$agent" ] || cargo build --release
+# shellcheck source=bench/release_agent.sh
+source bench/release_agent.sh
 for tool in bpftrace perf bpftool clang; do
   command -v $tool >/dev/null || { echo "needs $tool (apt-get install bpftrace linux-perf bpftool clang)"; exit 1; }
 done

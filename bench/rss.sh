@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-300}
 processes=${2:-200}
-agent=./target/release/agent
-[ -x "$agent" ] || cargo build --release
+# shellcheck source=bench/release_agent.sh
+source bench/release_agent.sh
 work=$(mktemp -d)
 pids=()
 agent_pid=

@@ -20,8 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
 spawns=${2:-800}
-agent=./target/release/agent
-[ -x "$agent" ] || cargo build --release
+# shellcheck source=bench/release_agent.sh
+source bench/release_agent.sh
 . bench/side_by_side.sh
 # The work directory (agent.log, soak.json with every 10 s row) stays when the run fails.
 side_by_side_setup bpftrace bpftool clang python3
