@@ -415,6 +415,26 @@ static __always_inline struct unwind_mapping *find_mapping(struct unwind_state *
 	return pc < m->end ? m : 0;
 }
 
+/* Whether the walk's copy of a mapping (st->mapping) holds pc. */
+static __always_inline int in_kept_mapping(struct unwind_state *st, __u64 pc)
+{
+	return st->mapping.start <= pc && pc < st->mapping.end;
+}
+
+/* Finds the mapping holding pc and keeps a copy of it in the walk state,
+ * with whether the process runs no interpreter (whose frames then need no
+ * process entry while they stay in it); the copy, or 0. */
+static __always_inline struct unwind_mapping *keep_mapping(struct unwind_state *st,
+							   struct process_unwind_info *proc, __u64 pc)
+{
+	struct unwind_mapping *found = find_mapping(st, proc, pc);
+	if (!found)
+		return 0;
+	st->mapping = *found;
+	st->plain_process = proc->interp.kind == INTERP_NONE;
+	return &st->mapping;
+}
+
 /* The first fence of a table's fence block (an array element always
  * exists below the table's size; the maximum otherwise, so never below pc). */
 static __always_inline __u32 fence_block_start(void *table, __u32 key)
@@ -719,25 +739,21 @@ __noinline long native_step(struct unwind_state *st, struct process_unwind_info 
 	if (!st)
 		return 1;
 	__u64 pc = st->pc;
-	int in_last_mapping = st->mapping.start <= pc && pc < st->mapping.end;
 	struct unwind_mapping *m = &st->mapping;
-	if (!in_last_mapping) {
+	if (!in_kept_mapping(st, pc)) {
 		if (!proc) {
 			/* User space has not read this process (this image of it) yet. */
 			if (st->can_defer)
 				return defer_walk(st);
 			return frame_pointer_step(st, STACK_NO_TABLE);
 		}
-		struct unwind_mapping *found = find_mapping(st, proc, pc);
-		if (!found) {
+		if (!keep_mapping(st, proc, pc)) {
 			/* New code since user space read the mappings (dlopen, JIT); an
 			 * address from a broken frame pointer chain proves nothing. */
 			if (st->trusted_pc && request_refresh(proc, st->pid) && st->can_defer)
 				return defer_walk(st);
 			return frame_pointer_step(st, STACK_UNKNOWN_CODE);
 		}
-		st->mapping = *found;
-		st->plain_process = proc->interp.kind == INTERP_NONE;
 	}
 	if (m->table_id == TABLE_ANONYMOUS)
 		return frame_pointer_step(st, STACK_UNKNOWN_CODE);
@@ -809,9 +825,8 @@ static long unwind_frame(__u32 index, void *slot)
 		return 1;
 	}
 	keep_stack_window_ahead(st);
-	int in_last_mapping = st->mapping.start <= pc && pc < st->mapping.end;
 	struct process_unwind_info *proc = 0;
-	if (!(in_last_mapping && st->plain_process)) {
+	if (!(st->plain_process && in_kept_mapping(st, pc))) {
 		proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
 		if (proc && proc->generation != st->generation)
 			proc = 0; /* another image's mappings (an exec raced with their read) */
@@ -965,13 +980,8 @@ static __always_inline __u64 unwind_user(void *ctx, struct pt_regs *at_event, vo
 	st->mapping.start = 0;
 	st->mapping.end = 0;
 	st->plain_process = 0;
-	if (proc && proc->generation == generation && proc->interp.kind == INTERP_NONE) {
-		struct unwind_mapping *m = find_mapping(st, proc, st->pc);
-		if (m) {
-			st->mapping = *m;
-			st->plain_process = 1;
-		}
-	}
+	if (proc && proc->generation == generation)
+		keep_mapping(st, proc, st->pc);
 	st->mode = mode;
 	/* An off-CPU walk is finished here: its time is only known later. */
 	st->can_defer = mode != UNWIND_FRAME_POINTERS && *slot == SCRATCH_SAMPLE;
