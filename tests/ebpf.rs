@@ -2059,8 +2059,11 @@ service:
     let agent = Agent::launch(&plain, &["--config", config.to_str().unwrap()]);
 
     let secret = format!("s3cret-{}", std::process::id());
+    // 8 s: metadata reads a process's command line when its window is
+    // processed, and beside a release build the pipeline lagged the 4 s the
+    // workload used to live (the copying pipeline never showed it).
     let mut workload = Command::new(&binary)
-        .args(["4", "--bearer-token", &secret])
+        .args(["8", "--bearer-token", &secret])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
