@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# What PHP or Ruby frames cost the sampler: BPF time per sample (run_time_ns
-# / run_cnt of the perf_event programs, kernel.bpf_stats_enabled) of the
-# agent with two busy C workloads (native frames only), with two busy
-# interpreter workloads (tests/workloads/php_chain.php: 4-6 PHP frames a
-# stack; rb_chain.rb: 6-7 Ruby frames), and with the same workloads under
-# --LANG-unwinding-disable (the same native walk, no interpreter frames),
-# beside bpftrace sampling the same CPUs in the same run.
-# Usage (root): bench/interp.sh php|ruby [SECONDS=20]
+# What PHP, Ruby or JavaScript frames cost the sampler: BPF time per
+# sample (run_time_ns / run_cnt of the perf_event programs,
+# kernel.bpf_stats_enabled) of the agent with two busy C workloads (native
+# frames only), with two busy interpreter workloads
+# (tests/workloads/php_chain.php: 4-6 PHP frames a stack; rb_chain.rb: 6-7
+# Ruby frames; js_chain.js: ~10 V8 frames, its 3 own in one location of
+# optimized code), and with the same workloads under --LANG-unwinding-disable
+# (the same native walk, no interpreter frames), beside bpftrace sampling the
+# same CPUs in the same run.
+# Usage (root): bench/interp.sh php|ruby|node [SECONDS=20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-lang=${1:?usage: bench/interp.sh php|ruby [SECONDS]}
+lang=${1:?usage: bench/interp.sh php|ruby|node [SECONDS]}
 seconds=${2:-20}
 case $lang in
-  php) interpreter=php workload=tests/workloads/php_chain.php ;;
-  ruby) interpreter=ruby workload=tests/workloads/rb_chain.rb ;;
+  php) interpreter=php workload=tests/workloads/php_chain.php switch=php ;;
+  ruby) interpreter=ruby workload=tests/workloads/rb_chain.rb switch=ruby ;;
+  node) interpreter=node workload=tests/workloads/js_chain.js switch=v8 ;;
   *) echo "php or ruby, not $lang"; exit 1 ;;
 esac
 # shellcheck source=bench/release_agent.sh
@@ -30,5 +33,5 @@ phase "native frames (C)" "$work/busy" 100000
 # Each mode on an agent of its own, started the same way.
 stop_agent && start_agent
 phase "$lang frames" busy
-stop_agent && start_agent "--$lang-unwinding-disable"
+stop_agent && start_agent "--$switch-unwinding-disable"
 phase "$lang, disabled" busy

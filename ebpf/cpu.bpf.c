@@ -15,7 +15,8 @@
  * the stack instead of being cut short (struct deferred_sample). Where a
  * frame lies in an interpreter's loop (CPython's _PyEval_EvalFrameDefault,
  * PHP's execute_ex, Ruby's rb_vm_exec), the interpreter's own frames are
- * emitted in its place (runtimes/).
+ * emitted in its place; a V8 JavaScript frame (Node.js) is emitted in
+ * place of its native one (runtimes/).
  *
  * Off-CPU profiling (off_cpu_switch, attached only when enabled) walks the
  * same stacks of threads going off CPU and counts nanoseconds instead of
@@ -168,6 +169,12 @@ struct unwind_state {
 	__u64 interp_end;      /* where the interpreter's frames end (Ruby: its VM stack's end) */
 	__u64 sample_r14;      /* the sampled user registers a VM may keep its state in */
 	__u64 sample_r15;
+	/* Maps of V8 objects found to be of a type (enum v8_map_slot), for
+	 * the process image they were found in: its objects of a type share
+	 * one map, whose type then needs no read. Kept across walks. */
+	__u64 v8_maps[4];      /* by slot (the index is masked to 2 bits) */
+	__u32 v8_maps_pid;
+	__u32 v8_maps_generation;
 	/* A copy of the mapping the last frame was in: frames in a row are
 	 * mostly in one object, and a plain process's entry is then not
 	 * looked up again. end == 0: none yet. */
@@ -670,6 +677,13 @@ static __always_inline int current_exiting(void)
 	return flags & PF_EXITING;
 }
 
+/* Whether the process runs an interpreter whose loop frames run its
+ * frames (V8's frames are frames of the native stack instead). */
+static __always_inline int runs_interp_loop(struct interp_info *interp)
+{
+	return interp->kind != INTERP_NONE && interp->kind != INTERP_V8;
+}
+
 /* Whether pc lies in the interpreter's loop (a frame that runs interpreter frames). */
 static __always_inline int in_interp_loop(struct interp_info *interp, __u64 pc)
 {
@@ -681,6 +695,7 @@ static __always_inline int in_interp_loop(struct interp_info *interp, __u64 pc)
 #include "runtimes/php.h"
 #include "runtimes/ruby.h"
 #include "runtimes/go.h"
+#include "runtimes/v8.h"
 
 /* At a frame of the interpreter loop: emits the interpreter frames it runs,
  * one per call; 0 while there are more (pc stays), 1 when the run is over
@@ -794,7 +809,9 @@ __noinline long native_step(struct unwind_state *st, struct process_unwind_info 
 			}
 		}
 	}
-	if (st->mode == UNWIND_MIXED &&
+	/* V8's hand-written code (its stack-scanning trampolines) has no
+	 * unwind table but keeps a frame pointer, as everything V8 runs does. */
+	if ((st->mode == UNWIND_MIXED || (proc && proc->interp.kind == INTERP_V8)) &&
 	    (!row || row->kind == ROW_NONE || row->kind == ROW_UNSUPPORTED))
 		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);
 	if (!row) {
@@ -838,7 +855,12 @@ static long unwind_frame(__u32 index, void *slot)
 	/* A walk going on in BPF after a deferral failed: pc is out already. */
 	int recorded = st->pc_recorded;
 	st->pc_recorded = 0;
-	int loop_frame = !recorded && proc && proc->interp.kind != INTERP_NONE &&
+	if (!recorded && proc && proc->interp.kind == INTERP_V8) {
+		long stepped = v8_step(st, proc);
+		if (stepped >= 0)
+			return stepped != 0;
+	}
+	int loop_frame = !recorded && proc && runs_interp_loop(&proc->interp) &&
 			 st->interp_state != INTERP_DONE && in_interp_loop(&proc->interp, pc);
 	if (loop_frame) {
 		if (len + 2 > MAX_STACK_DEPTH)
@@ -866,7 +888,7 @@ static long collect_interp_frame(__u32 index, void *slot)
 	if (!st || st->interp_state == INTERP_DONE || st->stack.len + 3 > MAX_STACK_DEPTH)
 		return 1;
 	struct process_unwind_info *proc = bpf_map_lookup_elem(&unwind_processes, &st->pid);
-	if (!proc || proc->generation != st->generation || proc->interp.kind == INTERP_NONE)
+	if (!proc || proc->generation != st->generation || !runs_interp_loop(&proc->interp))
 		return 1;
 	if (interpreter_step(st, &proc->interp))
 		push_word(st, INTERP_RUN_END);

@@ -79,6 +79,11 @@ enum interp_kind {
 	INTERP_CPYTHON = 1,
 	INTERP_PHP = 2,
 	INTERP_RUBY = 3,
+	INTERP_V8 = 4,
+	/* A frame kind only (its process runs INTERP_V8): a JavaScript frame
+	 * running code V8 generated that its function does not point to (on-
+	 * stack replacement, deoptimized code), named by the code's address. */
+	INTERP_V8_CODE_ADDRESS = 5,
 };
 
 /* A user stack, leaf first. */
@@ -222,6 +227,34 @@ struct ruby_layout {
 	__u16 reserved[3];
 };
 
+/* Where one V8 build keeps what the walker reads (from the build's own
+ * v8dbg_ symbols; user space fills it). */
+struct v8_layout {
+	__u8 fp_context;          /* a JavaScript frame's slots, in bytes below its frame pointer */
+	__u8 fp_function;
+	__u8 fp_bytecode_array;
+	__u8 fp_bytecode_offset;
+	__u8 code_kind_mask;      /* Code.flags: (flags >> code_kind_shift) & code_kind_mask */
+	__u8 code_kind_shift;
+	__u8 code_kind_baseline;  /* CodeKind::BASELINE: the kinds past it are optimized code */
+	__u8 code_start_is_pointer; /* Code.instruction_start holds the address (else: code + it) */
+	__u16 function_shared;    /* JSFunction.shared */
+	__u16 function_code;      /* JSFunction.code; 0: compiled code is not read */
+	__u16 map_instance_type;  /* Map.instance_type (16 bits) */
+	__u16 sfi_function_data;  /* SharedFunctionInfo.function_data */
+	__u16 sfi_name;           /* SharedFunctionInfo.name_or_scope_info */
+	__u16 sfi_script;         /* SharedFunctionInfo.script_or_debug_info */
+	__u16 sfi_size;           /* bytes read of a SharedFunctionInfo */
+	__u16 code_instruction_start;
+	__u16 code_instruction_size; /* an int */
+	__u16 code_flags;         /* a uint32 */
+	__u16 code_size;          /* bytes read of a Code object */
+	__u16 type_sfi;           /* SHARED_FUNCTION_INFO_TYPE */
+	__u16 type_bytecode_array; /* BYTECODE_ARRAY_TYPE */
+	__u16 type_code;          /* CODE_TYPE */
+	__u16 reserved[2];
+};
+
 /* The interpreter a process runs, found by user space in its mappings. */
 struct interp_info {
 	__u32 kind;             /* enum interp_kind; INTERP_NONE: none */
@@ -233,6 +266,7 @@ struct interp_info {
 	struct python_layout python; /* INTERP_CPYTHON */
 	struct php_layout php;       /* INTERP_PHP */
 	struct ruby_layout ruby;     /* INTERP_RUBY */
+	struct v8_layout v8;         /* INTERP_V8: loop_start/loop_end hold its builtins' code */
 };
 
 /* How a Go program's goroutine labels (runtime/pprof.Do) are kept. */

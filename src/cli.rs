@@ -516,6 +516,13 @@ pub const FLAGS: &[FlagSpec] = &[
         Owner::Sets(&[receiver("ebpf_cpu", "ruby_unwinding_disable")]),
     ),
     flag(
+        "v8-unwinding-disable",
+        Bool,
+        None,
+        "Do not unwind JavaScript frames: Node.js processes show V8's native frames only, named from a perf map where the process writes one (ours: Parca Agent has no V8 switch).",
+        Owner::Sets(&[receiver("ebpf_cpu", "v8_unwinding_disable")]),
+    ),
+    flag(
         "analytics-opt-out",
         Bool,
         None,
@@ -1035,7 +1042,7 @@ mod tests {
     ];
 
     /// Flags of ours, not Parca Agent's (their help says so).
-    const OUR_FLAGS: &[&str] = &["php-unwinding-disable"];
+    const OUR_FLAGS: &[&str] = &["php-unwinding-disable", "v8-unwinding-disable"];
 
     #[test]
     fn every_parca_agent_flag_is_here() {

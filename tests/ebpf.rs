@@ -630,8 +630,9 @@ fn node_available() -> bool {
     ok
 }
 
-/// A Node.js process started with --perf-basic-prof: its JIT-compiled
-/// JavaScript function is named from the perf map V8 writes.
+/// A Node.js process started with --perf-basic-prof, profiled with V8
+/// unwinding off: its JIT-compiled JavaScript function is named from the
+/// perf map V8 writes.
 #[test]
 fn jit_frames_of_node_are_named_from_its_perf_map() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -642,7 +643,10 @@ fn jit_frames_of_node_are_named_from_its_perf_map() {
     // 97 Hz, as above: samples follow CPU time, which a loaded machine shares.
     let agent = Agent::start_with(
         &dir.path().join("out"),
-        &["--profiling-cpu-sampling-frequency=97"],
+        &[
+            "--profiling-cpu-sampling-frequency=97",
+            "--v8-unwinding-disable",
+        ],
     );
     // Hot for 4 s, then idle until stdin closes: its perf map is read
     // through the live process, so it lives until the (possibly lagging)
@@ -2198,20 +2202,26 @@ fn python_unwinding_can_be_disabled() {
     );
 }
 
-/// Runs `interpreter workload seconds` (output discarded) under an agent
-/// sampling at 97 Hz with `flags`: the agent's batches and the workload's pid.
+/// Runs `interpreter WORKLOAD SECONDS` beside the agent (97 Hz, `flags`
+/// added); the batches and the process's pid.
 fn profile_script(
     interpreter: &Path,
     workload: &str,
     seconds: &str,
     flags: &[&str],
 ) -> (Vec<ProfileBatch>, u32) {
+    profile_command(interpreter, &[workload, seconds], flags)
+}
+
+/// Runs `program ARGS` beside the agent (97 Hz, `flags` added); the batches
+/// and the process's pid.
+fn profile_command(program: &Path, args: &[&str], flags: &[&str]) -> (Vec<ProfileBatch>, u32) {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--profiling-cpu-sampling-frequency=97"];
-    args.extend(flags);
-    let agent = Agent::start_with(&dir.path().join("out"), &args);
-    let child = Command::new(interpreter)
-        .args([workload, seconds])
+    let mut agent_args = vec!["--profiling-cpu-sampling-frequency=97"];
+    agent_args.extend(flags);
+    let agent = Agent::start_with(&dir.path().join("out"), &agent_args);
+    let child = Command::new(program)
+        .args(args)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -2730,5 +2740,292 @@ fn off_cpu_time_is_profiled_where_threads_block() {
     eprintln!(
         "BPF per sched_switch at threshold 1: {} ns over {runs} switches",
         ns / runs
+    );
+}
+
+/// The JavaScript chain of tests/workloads/js_chain.js, callee first.
+const JS_CHAIN: [&str; 3] = ["nodeLeaf", "nodeMid", "nodeOuter"];
+
+/// Whether V8 frames (leaf first) hold js_chain.js's chain in order, each
+/// in that file at a line of its function.
+fn carries_js_chain(frames: &[InterpFrameName], source: &str) -> bool {
+    let mut want = JS_CHAIN.iter().peekable();
+    for (function, file, line) in frames {
+        let Some(&&name) = want.peek() else { break };
+        if function == name && file.ends_with("js_chain.js") {
+            if !function_lines(source, name).contains(line) {
+                return false;
+            }
+            want.next();
+        }
+    }
+    want.peek().is_none()
+}
+
+/// The Node.js binaries to test: `node` on the PATH, and those listed in
+/// `AGENT_TEST_NODES` (colon-separated; .ci/run installs a current Node
+/// there, which CI must have).
+fn node_binaries() -> Vec<PathBuf> {
+    let mut nodes = vec![PathBuf::from("node")];
+    let listed = std::env::var("AGENT_TEST_NODES").unwrap_or_default();
+    nodes.extend(
+        listed
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+    );
+    if nodes.len() < 2 && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI must list a current Node in AGENT_TEST_NODES (see .ci/run)");
+    }
+    nodes
+}
+
+/// A Node binary's version and whether the agent reads its optimized
+/// code (V8 before 13: its functions point to their code; 13's leap-tiering
+/// dispatch table is not read yet, so functions inlined there are missed).
+fn node_version(node: &Path) -> (String, bool) {
+    let out = Command::new(node)
+        .args([
+            "-p",
+            "process.version + ' (V8 ' + process.versions.v8 + ')'",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let v8_major: u32 = text
+        .split("(V8 ")
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap();
+    (text, v8_major < 13)
+}
+
+/// The samples of node's main thread that run the script: not its
+/// start-up (loading CA certificates, deserializing the isolate, starting
+/// threads) nor its teardown, which run no JavaScript.
+fn node_script_samples(batches: &[ProfileBatch], pid: u32) -> Vec<ResolvedSample> {
+    let outside = [
+        "do_execveat_common",
+        "_dl_start",
+        "node::InitializeOncePerProcess",
+        "node::NewIsolate",
+        "node::NodeMainInstance::~NodeMainInstance",
+        "node::TearDownOncePerProcess",
+        "exit_mmap",
+        "clone3",
+    ];
+    samples_of(batches, pid)
+        .into_iter()
+        .filter(|s| s.series.get("thread_id") == Some(pid.to_string().as_str()))
+        .filter(|s| {
+            !agent_names(s)
+                .iter()
+                .any(|n| outside.iter().any(|o| n.contains(o)))
+        })
+        .collect()
+}
+
+/// Whether a sample's V8 frames name `function` in js_chain.js at one of
+/// its lines.
+fn names_js_function(s: &ResolvedSample, source: &str, function: &str) -> bool {
+    agent_interp_frames(s).iter().any(|(f, file, line)| {
+        f == function && file.ends_with("js_chain.js") && function_lines(source, f).contains(line)
+    })
+}
+
+/// Functions inlined into optimized code come out as the lines of one
+/// location, innermost first.
+fn has_inlined_js_chain(s: &ResolvedSample) -> bool {
+    s.frames.iter().any(|f| {
+        let names: Vec<&str> = f.lines.iter().map(|l| l.function.as_str()).collect();
+        names.starts_with(&["nodeLeaf", "nodeMid"])
+    })
+}
+
+/// A Node.js workload run without any flag: its main thread's samples
+/// carry nodeOuter → nodeMid → nodeLeaf, named by the agent with file and
+/// line, once V8 has compiled them, inlining nodeLeaf and nodeMid into the
+/// code it compiled on-stack for nodeOuter's loop; and the same when V8 is
+/// kept to its interpreter (the tier before warm-up, which the first run
+/// leaves within milliseconds).
+#[test]
+fn node_stacks_are_whole_and_named() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() || !node_available() {
+        return;
+    }
+    let workload = workload_source("js_chain.js");
+    let source = std::fs::read_to_string(&workload).unwrap();
+    let interpreter_only = ["--no-opt", "--no-sparkplug", "--no-maglev"];
+    for node in node_binaries() {
+        let (version, reads_optimized_code) = node_version(&node);
+        for flags in [&[][..], &interpreter_only[..]] {
+            let tier = if flags.is_empty() {
+                "compiled"
+            } else {
+                "interpreted"
+            };
+            let run = format!("Node {version} {tier}");
+            let mut args = flags.to_vec();
+            args.extend([workload.as_str(), "4"]);
+            let (batches, pid) = profile_command(&node, &args, &[]);
+            let mine = node_script_samples(&batches, pid);
+            let total: i64 = mine.iter().map(|s| s.value).sum();
+            let whole = share(&mine, |s| {
+                carries_js_chain(&agent_interp_frames(s), &source)
+            });
+            let inlined = share(&mine, has_inlined_js_chain);
+            let outer = share(&mine, |s| names_js_function(s, &source, "nodeOuter"));
+            eprintln!(
+                "{run}: whole chain in {:.1}% of {total} main-thread samples, inlined in {:.1}%, nodeOuter in {:.1}%",
+                whole * 100.0,
+                inlined * 100.0,
+                outer * 100.0
+            );
+            for s in mine
+                .iter()
+                .filter(|s| !carries_js_chain(&agent_interp_frames(s), &source))
+                .take(3)
+            {
+                let native = agent_names(s);
+                let n = native.len();
+                eprintln!(
+                    "  without the chain: {:?} in {:?} … {:?}",
+                    agent_interp_frames(s),
+                    &native[..n.min(2)],
+                    &native[n.saturating_sub(3)..]
+                );
+            }
+            assert!(total >= 200, "{run}: only {total} samples");
+            if !flags.is_empty() {
+                assert!(whole >= 0.9, "{run}: whole chain in {:.1}%", whole * 100.0);
+                assert_eq!(
+                    inlined, 0.0,
+                    "{run}: inlining without an optimizing compiler"
+                );
+            } else if reads_optimized_code {
+                assert!(whole >= 0.9, "{run}: whole chain in {:.1}%", whole * 100.0);
+                assert!(
+                    inlined >= 0.5,
+                    "{run}: inlined frames in {:.1}%",
+                    inlined * 100.0
+                );
+            } else {
+                // The functions inlined into optimized code are missed; the
+                // outermost, which runs the loop, stays.
+                assert!(outer >= 0.9, "{run}: nodeOuter in {:.1}%", outer * 100.0);
+            }
+        }
+    }
+}
+
+/// JavaScript frames on both sides of V8's builtins: the comparator that
+/// Array.prototype.sort calls back sits above `sort` and the functions that
+/// called it, down to an async function resumed from the microtask queue.
+#[test]
+fn node_frames_surround_builtins_and_resumed_async_functions() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() || !node_available() {
+        return;
+    }
+    let workload = workload_source("js_builtins.js");
+    for node in node_binaries() {
+        let (version, reads_optimized_code) = node_version(&node);
+        // Where optimized code is not read, nodeSort (inlined into
+        // nodeAsync) is missed.
+        let below_sort: &[&str] = if reads_optimized_code {
+            &["sort", "nodeSort", "nodeAsync"]
+        } else {
+            &["sort", "nodeAsync"]
+        };
+        let (batches, pid) = profile_command(&node, &[workload.as_str(), "4"], &[]);
+        let mine = node_script_samples(&batches, pid);
+        let names = |s: &ResolvedSample| -> Vec<String> {
+            agent_interp_frames(s).into_iter().map(|f| f.0).collect()
+        };
+        // `chain` in order among the sample's V8 frames.
+        let in_order = |s: &ResolvedSample, chain: &[&str]| {
+            let names = names(s);
+            let mut at = 0;
+            chain
+                .iter()
+                .all(|want| match names[at..].iter().position(|n| n == want) {
+                    Some(i) => {
+                        at += i + 1;
+                        true
+                    }
+                    None => false,
+                })
+        };
+        let leaf_is = |s: &ResolvedSample, prefixes: &[&str]| {
+            agent_names(s)
+                .first()
+                .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        };
+        let comparing: Vec<ResolvedSample> = mine
+            .iter()
+            .filter(|s| leaf_is(s, &["nodeCompare"]))
+            .cloned()
+            .collect();
+        let sorting: Vec<ResolvedSample> = mine
+            .iter()
+            .filter(|s| leaf_is(s, &["Builtins_ArrayTimSort", "Builtins_MergeAt"]))
+            .cloned()
+            .collect();
+        let through = share(&comparing, |s| in_order(s, below_sort));
+        let below = share(&sorting, |s| in_order(s, below_sort));
+        let count = |v: &[ResolvedSample]| v.iter().map(|s| s.value).sum::<i64>();
+        eprintln!(
+            "Node {version}: in the comparator {} samples ({:.1}% with {below_sort:?} below), in the sort builtins {} ({:.1}%)",
+            count(&comparing),
+            through * 100.0,
+            count(&sorting),
+            below * 100.0
+        );
+        assert!(
+            count(&comparing) >= 10 && count(&sorting) >= 20,
+            "too few samples"
+        );
+        assert!(
+            through >= 0.9,
+            "{version}: comparator frames through sort in {:.1}%",
+            through * 100.0
+        );
+        assert!(
+            below >= 0.9,
+            "{version}: JavaScript below the sort builtins in {:.1}%",
+            below * 100.0
+        );
+    }
+}
+
+/// `--v8-unwinding-disable`: the same workload shows no JavaScript frames,
+/// only V8's own (its interpreter's builtins) and unnamed generated code.
+#[test]
+fn v8_unwinding_can_be_disabled() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() || !node_available() {
+        return;
+    }
+    let workload = workload_source("js_chain.js");
+    let (batches, pid) = profile_script(
+        Path::new("node"),
+        &workload,
+        "2",
+        &["--v8-unwinding-disable"],
+    );
+    let mine = node_script_samples(&batches, pid);
+    let total: i64 = mine.iter().map(|s| s.value).sum();
+    assert!(total > 50, "only {total} samples");
+    let js = share(&mine, |s| !agent_interp_frames(s).is_empty());
+    assert_eq!(js, 0.0, "JavaScript frames despite --v8-unwinding-disable");
+    let v8_builtins = share(&mine, |s| {
+        agent_names(s).iter().any(|n| n.starts_with("Builtins_"))
+    });
+    assert!(
+        v8_builtins > 0.5,
+        "V8's builtins in {:.1}%",
+        v8_builtins * 100.0
     );
 }

@@ -147,6 +147,8 @@ pub enum FrameType {
     Php,
     /// A Ruby method or block (or a C method called from Ruby).
     Ruby,
+    /// A JavaScript function run by V8 (Node.js), named by its SharedFunctionInfo.
+    V8Js,
 }
 
 impl FrameType {
@@ -160,6 +162,7 @@ impl FrameType {
             FrameType::CPython => Some("cpython"),
             FrameType::Php => Some("php"),
             FrameType::Ruby => Some("ruby"),
+            FrameType::V8Js => Some("v8js"),
         }
     }
 
@@ -172,6 +175,7 @@ impl FrameType {
             "cpython" => FrameType::CPython,
             "php" => FrameType::Php,
             "ruby" => FrameType::Ruby,
+            "v8js" => FrameType::V8Js,
             _ => FrameType::Unknown,
         }
     }

@@ -195,6 +195,11 @@ pub mod interp_kind {
     pub const PHP: u32 = 2;
     /// Ruby (CRuby).
     pub const RUBY: u32 = 3;
+    /// V8 (Node.js): its JavaScript frames are frames of the native stack.
+    pub const V8: u32 = 4;
+    /// A frame kind only (its process runs V8): a JavaScript frame running
+    /// code its function does not point to, named by the code's address.
+    pub const V8_CODE_ADDRESS: u32 = 5;
 }
 
 /// `INTERP_FRAME_TAG` of ebpf/cpu.h: the top byte of an interpreter frame's
@@ -334,6 +339,59 @@ pub struct RubyLayout {
     pub reserved: [u16; 3],
 }
 
+/// `struct v8_layout` of ebpf/cpu.h: where one V8 build keeps what the
+/// walker reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V8Layout {
+    /// A JavaScript frame's context slot, in bytes below its frame pointer.
+    pub fp_context: u8,
+    /// Its JSFunction slot.
+    pub fp_function: u8,
+    /// An interpreted frame's BytecodeArray slot.
+    pub fp_bytecode_array: u8,
+    /// An interpreted frame's bytecode offset slot (a Smi).
+    pub fp_bytecode_offset: u8,
+    /// `Code.flags`: its kind is `(flags >> code_kind_shift) & code_kind_mask`.
+    pub code_kind_mask: u8,
+    /// See `code_kind_mask`.
+    pub code_kind_shift: u8,
+    /// `CodeKind::BASELINE`.
+    pub code_kind_baseline: u8,
+    /// 1: `Code.instruction_start` holds the address; 0: it is an offset in the object.
+    pub code_start_is_pointer: u8,
+    /// `JSFunction.shared`.
+    pub function_shared: u16,
+    /// `JSFunction.code`; 0: compiled code is not read.
+    pub function_code: u16,
+    /// `Map.instance_type`.
+    pub map_instance_type: u16,
+    /// `SharedFunctionInfo.function_data`.
+    pub sfi_function_data: u16,
+    /// `SharedFunctionInfo.name_or_scope_info`.
+    pub sfi_name: u16,
+    /// `SharedFunctionInfo.script_or_debug_info`.
+    pub sfi_script: u16,
+    /// Bytes read of a SharedFunctionInfo.
+    pub sfi_size: u16,
+    /// `Code.instruction_start`.
+    pub code_instruction_start: u16,
+    /// `Code.instruction_size` (an int).
+    pub code_instruction_size: u16,
+    /// `Code.flags` (a uint32).
+    pub code_flags: u16,
+    /// Bytes read of a Code object.
+    pub code_size: u16,
+    /// `SHARED_FUNCTION_INFO_TYPE`.
+    pub type_sfi: u16,
+    /// `BYTECODE_ARRAY_TYPE`.
+    pub type_bytecode_array: u16,
+    /// `CODE_TYPE`.
+    pub type_code: u16,
+    /// Padding.
+    pub reserved: [u16; 2],
+}
+
 /// `struct interp_info` of ebpf/cpu.h: the interpreter a process runs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -356,6 +414,8 @@ pub struct InterpInfo {
     pub php: PhpLayout,
     /// Ruby's layout (`kind` RUBY).
     pub ruby: RubyLayout,
+    /// V8's layout (`kind` V8; `loop_start`/`loop_end` hold its builtins' code).
+    pub v8: V8Layout,
 }
 
 /// `enum go_labels_kind` of ebpf/cpu.h.
@@ -1659,6 +1719,54 @@ mod tests {
                 ("python", offset_of!(InterpInfo, python)),
                 ("php", offset_of!(InterpInfo, php)),
                 ("ruby", offset_of!(InterpInfo, ruby)),
+                ("v8", offset_of!(InterpInfo, v8)),
+            ],
+        );
+        check(
+            "v8_layout",
+            size_of::<V8Layout>(),
+            &[
+                ("fp_context", offset_of!(V8Layout, fp_context)),
+                ("fp_function", offset_of!(V8Layout, fp_function)),
+                ("fp_bytecode_array", offset_of!(V8Layout, fp_bytecode_array)),
+                (
+                    "fp_bytecode_offset",
+                    offset_of!(V8Layout, fp_bytecode_offset),
+                ),
+                ("code_kind_mask", offset_of!(V8Layout, code_kind_mask)),
+                ("code_kind_shift", offset_of!(V8Layout, code_kind_shift)),
+                (
+                    "code_kind_baseline",
+                    offset_of!(V8Layout, code_kind_baseline),
+                ),
+                (
+                    "code_start_is_pointer",
+                    offset_of!(V8Layout, code_start_is_pointer),
+                ),
+                ("function_shared", offset_of!(V8Layout, function_shared)),
+                ("function_code", offset_of!(V8Layout, function_code)),
+                ("map_instance_type", offset_of!(V8Layout, map_instance_type)),
+                ("sfi_function_data", offset_of!(V8Layout, sfi_function_data)),
+                ("sfi_name", offset_of!(V8Layout, sfi_name)),
+                ("sfi_script", offset_of!(V8Layout, sfi_script)),
+                ("sfi_size", offset_of!(V8Layout, sfi_size)),
+                (
+                    "code_instruction_start",
+                    offset_of!(V8Layout, code_instruction_start),
+                ),
+                (
+                    "code_instruction_size",
+                    offset_of!(V8Layout, code_instruction_size),
+                ),
+                ("code_flags", offset_of!(V8Layout, code_flags)),
+                ("code_size", offset_of!(V8Layout, code_size)),
+                ("type_sfi", offset_of!(V8Layout, type_sfi)),
+                (
+                    "type_bytecode_array",
+                    offset_of!(V8Layout, type_bytecode_array),
+                ),
+                ("type_code", offset_of!(V8Layout, type_code)),
+                ("reserved", offset_of!(V8Layout, reserved)),
             ],
         );
         check(

@@ -100,19 +100,48 @@ impl<'a> StackCopy<'a> {
 /// The interpreter frames BPF read at the sample for the loop frames its
 /// walk had not reached, handed out run by run as the walk meets those
 /// frames (each loop frame stands for one run, as in the BPF walker).
-#[derive(Clone, Debug, Default)]
+/// V8's frames, which lie on the native stack itself, are read as the walk
+/// meets them instead ([`V8Frames`]).
+#[derive(Clone, Default)]
 pub struct InterpRuns<'a> {
     /// The interpreter loop's code: `[start, end)` ranges.
     loops: Vec<(u64, u64)>,
     /// The runs left, leaf first, each closed by [`INTERP_RUN_END`].
     words: &'a [u64],
+    /// The V8 a process runs, if it runs one.
+    v8: Option<&'a dyn V8Frames>,
+}
+
+impl std::fmt::Debug for InterpRuns<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InterpRuns")
+            .field("loops", &self.loops)
+            .field("words", &self.words)
+            .field("v8", &self.v8.is_some())
+            .finish()
+    }
+}
+
+/// Reads V8's frames as the BPF walker does (`v8_step` in
+/// ebpf/runtimes/v8.h), from the stack copy and the process's memory.
+pub trait V8Frames {
+    /// Whether `pc` is V8's code: its builtins, or code it generated
+    /// (anonymous memory, or in no mapping).
+    fn is_v8_code(&self, pc: u64, mapping: Option<&UnwindMapping>) -> bool;
+    /// The JavaScript frame at `regs` (its slots read with `slot`, an
+    /// address below the frame pointer): its two words, or `None` when it
+    /// is another of V8's frames.
+    fn frame(&self, regs: &Registers, slot: &dyn Fn(u64) -> Option<u64>) -> Option<[u64; 2]>;
 }
 
 impl<'a> InterpRuns<'a> {
     /// `words` (see [`DeferredSample::interp_runs`]) for a process running
-    /// the interpreter `interp`; none when it runs none.
+    /// the interpreter `interp`; none when it runs none (or V8, whose frames
+    /// are no runs).
     pub fn new(interp: Option<&InterpInfo>, words: &'a [u64]) -> Self {
-        let Some(interp) = interp.filter(|i| i.kind != interp_kind::NONE) else {
+        let Some(interp) =
+            interp.filter(|i| i.kind != interp_kind::NONE && i.kind != interp_kind::V8)
+        else {
             return Self::default();
         };
         Self {
@@ -121,7 +150,14 @@ impl<'a> InterpRuns<'a> {
                 (interp.cold_start, interp.cold_end),
             ],
             words,
+            v8: None,
         }
+    }
+
+    /// Reads V8's frames with `v8` as the walk meets them.
+    pub fn with_v8(mut self, v8: &'a dyn V8Frames) -> Self {
+        self.v8 = Some(v8);
+        self
     }
 
     /// The frames (two words each) to emit in place of the frame at `pc`:
@@ -262,14 +298,25 @@ pub fn finish_walk(
 ) {
     let mut recorded = true;
     loop {
+        let mapping = find_mapping(mappings, regs.pc);
+        let v8 = interp.v8.filter(|v8| v8.is_v8_code(regs.pc, mapping));
         if !recorded {
-            if let Some(status) = record(stack, regs.pc, interp) {
+            let slot = |address: u64| copy.read(address).ok();
+            let status = match v8.and_then(|v8| v8.frame(&regs, &slot)) {
+                Some(words) => push_words(stack, &words),
+                None => record(stack, regs.pc, interp),
+            };
+            if let Some(status) = status {
                 stack.status = status;
                 return;
             }
         }
         recorded = false;
-        let step = match find_mapping(mappings, regs.pc) {
+        let step = match mapping {
+            // V8 keeps a frame pointer in all it runs.
+            _ if v8.is_some() => {
+                frame_pointer_step(&mut regs, copy, stack_status::FRAME_POINTER_FAILED)
+            }
             None => frame_pointer_step(&mut regs, copy, stack_status::UNKNOWN_CODE),
             Some(m) if m.table_id == TABLE_ANONYMOUS => {
                 frame_pointer_step(&mut regs, copy, stack_status::UNKNOWN_CODE)
@@ -290,7 +337,7 @@ pub fn finish_walk(
                 match rows.row(m.table_id, m.rows, at.wrapping_sub(m.bias) as u32) {
                     Err(()) => frame_pointer_step(&mut regs, copy, stack_status::NO_TABLE),
                     Ok(row)
-                        if mode == UnwindMode::Mixed
+                        if (mode == UnwindMode::Mixed || interp.v8.is_some())
                             && row.is_none_or(|r| {
                                 matches!(r.kind(), RowKind::None | RowKind::Unsupported)
                             }) =>
@@ -307,6 +354,18 @@ pub fn finish_walk(
             return;
         }
     }
+}
+
+/// Appends `words` (one interpreter frame) to `stack`, or the status the
+/// walk ends with.
+fn push_words(stack: &mut UserStack, words: &[u64]) -> Option<u32> {
+    let len = stack.len as usize;
+    if len + words.len() > MAX_STACK_DEPTH {
+        return Some(stack_status::TRUNCATED);
+    }
+    stack.frames[len..len + words.len()].copy_from_slice(words);
+    stack.len = (len + words.len()) as u32;
+    None
 }
 
 /// Appends the frame at `pc` to `stack` (the interpreter frames of its run
@@ -330,15 +389,7 @@ fn record(stack: &mut UserStack, pc: u64, interp: &mut InterpRuns) -> Option<u32
         _ => std::slice::from_ref(&pc),
     };
     // Whole interpreter frames only, as the BPF walker emits them.
-    for frame in frames.chunks(2) {
-        let len = stack.len as usize;
-        if len + frame.len() > MAX_STACK_DEPTH {
-            return Some(stack_status::TRUNCATED);
-        }
-        stack.frames[len..len + frame.len()].copy_from_slice(frame);
-        stack.len = (len + frame.len()) as u32;
-    }
-    None
+    frames.chunks(2).find_map(|frame| push_words(stack, frame))
 }
 
 #[cfg(test)]
@@ -478,6 +529,49 @@ mod tests {
             assert_eq!(stack.status, status);
             assert_eq!(stack.frames(), &[0x40_1010]);
         }
+    }
+
+    #[test]
+    fn v8_frames_met_by_the_walk_are_read_and_stepped_over_by_frame_pointer() {
+        /// JavaScript frames: a function and a context (heap objects:
+        /// odd words) below the frame pointer.
+        struct FakeV8;
+        const V8_WORD: u64 = 0xc4ff_ffff_0000_0001;
+        impl V8Frames for FakeV8 {
+            fn is_v8_code(&self, _pc: u64, mapping: Option<&UnwindMapping>) -> bool {
+                mapping.is_some_and(|m| m.table_id == TABLE_ANONYMOUS)
+            }
+            fn frame(
+                &self,
+                regs: &Registers,
+                slot: &dyn Fn(u64) -> Option<u64>,
+            ) -> Option<[u64; 2]> {
+                let function = slot(regs.bp - 16)?;
+                (function & 1 == 1 && slot(regs.bp - 8)? & 1 == 1).then_some([V8_WORD, function])
+            }
+        }
+        // Generated code at bp = SP + 16 (recorded by BPF), called from a
+        // frame at SP + 48 (its slots below: 0xabc1, then `context`),
+        // called from main.
+        let walk_v8 = |context: u64| {
+            let words = [0, 0, SP + 48, 0x9000_0100, 0xabc1, context, 0, 0x40_3020];
+            let mut v8 = InterpRuns::default().with_v8(&FakeV8);
+            walk_interp(
+                &[],
+                at(0x9000_0200, SP + 16),
+                &words,
+                false,
+                &mut rows(),
+                &mut v8,
+            )
+        };
+        let stack = walk_v8(0x2001);
+        assert_eq!(stack.status, stack_status::COMPLETE);
+        assert_eq!(stack.frames(), &[0x9000_0200, V8_WORD, 0xabc1, 0x40_3020]);
+        // A frame of V8's own (a marker, even, where the context would be)
+        // stays a native frame.
+        let stack = walk_v8(0x8);
+        assert_eq!(stack.frames(), &[0x9000_0200, 0x9000_0100, 0x40_3020]);
     }
 
     #[test]

@@ -272,6 +272,7 @@ impl EventHandler {
                 let runtime = tracker.get(code.pid).and_then(|p| p.runtime.as_ref());
                 let key = CodeKey {
                     pid: code.pid,
+                    kind: code.interp,
                     object: code.object,
                     validation: code.validation,
                 };

@@ -88,6 +88,9 @@ pub struct EbpfCpuConfig {
     /// No Ruby frames: Ruby processes show the VM's native frames only
     /// (`--ruby-unwinding-disable`).
     pub ruby_unwinding_disable: bool,
+    /// No JavaScript frames: Node.js processes show V8's native frames
+    /// (and perf-map names where a perf map exists) (`--v8-unwinding-disable`).
+    pub v8_unwinding_disable: bool,
     /// Leave out the `cpu` sample label (`--metadata-disable-cpu-label`).
     pub disable_cpu_label: bool,
     /// Leave out the `thread_id` sample label
@@ -132,6 +135,7 @@ impl Default for EbpfCpuConfig {
             python_unwinding_disable: false,
             php_unwinding_disable: false,
             ruby_unwinding_disable: false,
+            v8_unwinding_disable: false,
             disable_cpu_label: false,
             disable_thread_id_label: false,
             disable_thread_comm_label: false,
@@ -684,6 +688,7 @@ fn interp_location(
     let frame_type = match frame.kind {
         bpf::interp_kind::PHP => FrameType::Php,
         bpf::interp_kind::RUBY => FrameType::Ruby,
+        bpf::interp_kind::V8 | bpf::interp_kind::V8_CODE_ADDRESS => FrameType::V8Js,
         _ => FrameType::CPython,
     };
     let Some(info) = name else {
@@ -694,21 +699,37 @@ fn interp_location(
             frame_type,
         };
     };
-    let name = batch.strings.intern_str(&info.name);
-    let function = batch.functions.intern(Function {
-        name,
-        system_name: name,
-        filename: batch.strings.intern_str(&info.filename),
-        start_line: i64::from(info.first_line),
-    });
+    let mut line = |name: &str, filename: &str, first_line: u32, line: u32| {
+        let name = batch.strings.intern_str(name);
+        let function = batch.functions.intern(Function {
+            name,
+            system_name: name,
+            filename: batch.strings.intern_str(filename),
+            start_line: i64::from(first_line),
+        });
+        Line {
+            function,
+            line: i64::from(line),
+            column: 0,
+        }
+    };
+    // Functions inlined into optimized code: one line each, innermost first.
+    let lines = match info.inlined_at(frame.offset) {
+        Some(frames) => frames
+            .iter()
+            .map(|f| line(&f.name, &f.filename, f.first_line, f.line))
+            .collect(),
+        None => vec![line(
+            &info.name,
+            &info.filename,
+            info.first_line,
+            info.line(frame.offset),
+        )],
+    };
     Location {
         mapping: None,
         address: 0,
-        lines: vec![Line {
-            function,
-            line: i64::from(info.line(frame.offset)),
-            column: 0,
-        }],
+        lines,
         frame_type,
     }
 }
@@ -970,7 +991,8 @@ impl Attached {
             tracker: ProcessTracker::new("/proc")
                 .with_python(!self.config.python_unwinding_disable)
                 .with_php(!self.config.php_unwinding_disable)
-                .with_ruby(!self.config.ruby_unwinding_disable),
+                .with_ruby(!self.config.ruby_unwinding_disable)
+                .with_v8(!self.config.v8_unwinding_disable),
             tables: self.tables,
         }));
         let event_thread = {
@@ -1377,6 +1399,7 @@ mod tests {
         let names = HashMap::from([(
             CodeKey {
                 pid: 42,
+                kind: bpf::interp_kind::CPYTHON,
                 object: 0x7f00_0000_2000,
                 validation: 7,
             },

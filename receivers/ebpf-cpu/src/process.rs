@@ -13,6 +13,7 @@ use crate::runtimes::go::{GoBinary, GoDetectError};
 use crate::runtimes::php::{may_be_php, PhpBinary, PhpProcess};
 use crate::runtimes::python::{version_of_path, PythonBinary, PythonProcess};
 use crate::runtimes::ruby::{may_be_ruby, RubyBinary, RubyProcess};
+use crate::runtimes::v8::{may_be_v8, V8Binary, V8Process};
 use crate::runtimes::DetectError;
 use crate::runtimes::Runtime;
 
@@ -145,6 +146,7 @@ enum InterpreterBinary {
     Python(PythonBinary),
     Php(PhpBinary),
     Ruby(RubyBinary),
+    V8(V8Binary),
 }
 
 impl InterpreterBinary {
@@ -153,6 +155,7 @@ impl InterpreterBinary {
             InterpreterBinary::Python(b) => b.version,
             InterpreterBinary::Php(b) => b.version,
             InterpreterBinary::Ruby(b) => b.version,
+            InterpreterBinary::V8(b) => b.version,
         }
     }
 }
@@ -175,6 +178,8 @@ pub struct ProcessTracker {
     php: bool,
     /// Look for Ruby interpreters.
     ruby: bool,
+    /// Look for V8 (Node.js).
+    v8: bool,
     /// Processes that vanished before they could be read.
     pub vanished: u64,
 }
@@ -191,6 +196,7 @@ impl ProcessTracker {
             python: true,
             php: true,
             ruby: true,
+            v8: true,
             vanished: 0,
         }
     }
@@ -210,6 +216,12 @@ impl ProcessTracker {
     /// Looks for Ruby interpreters (or not).
     pub fn with_ruby(mut self, ruby: bool) -> Self {
         self.ruby = ruby;
+        self
+    }
+
+    /// Looks for V8 (Node.js) (or not).
+    pub fn with_v8(mut self, v8: bool) -> Self {
+        self.v8 = v8;
         self
     }
 
@@ -272,6 +284,7 @@ impl ProcessTracker {
         let mut mappings = Vec::new();
         let mut anonymous = Vec::new();
         let mut runtime = None;
+        let mut runtime_file = None;
         let mut go = None;
         for line in maps.lines() {
             let Some(m) = parse_maps_line(line) else {
@@ -296,6 +309,9 @@ impl ProcessTracker {
             };
             if runtime.is_none() && m.inode != 0 {
                 runtime = self.interpreter(pid, &m);
+                if runtime.is_some() {
+                    runtime_file = Some((m.device.to_owned(), m.inode));
+                }
             }
             // The executable's own code comes first in the maps.
             if go.is_none() && mappings.is_empty() && m.inode != 0 {
@@ -311,6 +327,20 @@ impl ProcessTracker {
             });
         }
         mappings.sort_by_key(|m| m.start);
+        if let (Some(Runtime::V8(v8)), Some(file)) = (&mut runtime, &runtime_file) {
+            // V8 maps its builtins again next to the code it generates
+            // (short builtin calls): that copy runs them.
+            if let Some(Some(InterpreterBinary::V8(binary))) = self.runtimes.get(file) {
+                let copy = mappings
+                    .iter()
+                    .filter(|m| m.inode == file.1)
+                    .filter_map(|m| binary.builtins_in(m.start, m.end, m.offset))
+                    .find(|&range| range != v8.builtins());
+                if let (Some(copy), Some(v8)) = (copy, Arc::get_mut(v8)) {
+                    v8.set_builtins_copy(copy);
+                }
+            }
+        }
         self.processes.insert(
             pid,
             Arc::new(ProcessInfo {
@@ -326,13 +356,14 @@ impl ProcessTracker {
         true
     }
 
-    /// The interpreter (CPython, PHP, Ruby) in mapping `m` of `pid`, if it
+    /// The interpreter (CPython, PHP, Ruby, V8) in mapping `m` of `pid`, if it
     /// holds one (each file read once).
     fn interpreter(&mut self, pid: u32, m: &MapsLine<'_>) -> Option<Runtime> {
         let python = self.python.then(|| version_of_path(m.path)).flatten();
         let php = self.php && may_be_php(m.path);
         let ruby = self.ruby && may_be_ruby(m.path);
-        if python.is_none() && !php && !ruby {
+        let v8 = self.v8 && may_be_v8(m.path);
+        if python.is_none() && !php && !ruby && !v8 {
             return None;
         }
         let key = (m.device.to_owned(), m.inode);
@@ -360,10 +391,15 @@ impl ProcessTracker {
                     data.and_then(|d| PhpBinary::read(&d))
                         .map(InterpreterBinary::Php),
                 ),
-                None => (
+                None if ruby => (
                     "Ruby",
                     data.and_then(|d| RubyBinary::read(&d))
                         .map(InterpreterBinary::Ruby),
+                ),
+                None => (
+                    "V8",
+                    data.and_then(|d| V8Binary::read(&d))
+                        .map(InterpreterBinary::V8),
                 ),
             };
             match &binary {
@@ -391,6 +427,10 @@ impl ProcessTracker {
             InterpreterBinary::Ruby(binary) => {
                 let bias = binary.segments.bias(m.start, m.offset)?;
                 Runtime::Ruby(Arc::new(RubyProcess::new(binary, bias)?))
+            }
+            InterpreterBinary::V8(binary) => {
+                let bias = binary.segments.bias(m.start, m.offset)?;
+                Runtime::V8(Arc::new(V8Process::new(binary, bias)?))
             }
         };
         debug!(pid, runtime = runtime.describe(), "interpreter process");

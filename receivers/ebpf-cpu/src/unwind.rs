@@ -20,6 +20,7 @@ use crate::bpf::{
 use crate::compiler::{Compiled, Compiler, ObjectSource, Outcome};
 use crate::deferred::{self, InterpRuns, Registers, RowSource, StackCopy};
 use crate::process::{ExecutableMapping, ProcessInfo};
+use crate::runtimes::Runtime;
 
 /// Inner maps may differ in size from the template (kernel 5.10+).
 const BPF_F_INNER_MAP: u32 = 1 << 12;
@@ -413,6 +414,13 @@ impl UnwindTables {
         mappings.truncate(MAX_UNWIND_MAPPINGS);
         let interp = info.runtime.as_ref().map(|r| r.interp_info());
         let mut runs = InterpRuns::new(interp.as_ref(), sample.interp_runs());
+        let v8 = match &info.runtime {
+            Some(Runtime::V8(v8)) => Some(v8.frames_of(sample.pid)),
+            _ => None,
+        };
+        if let Some(v8) = &v8 {
+            runs = runs.with_v8(v8);
+        }
         self.walk_deferred(sample, &mappings, mode, &mut runs)
     }
 

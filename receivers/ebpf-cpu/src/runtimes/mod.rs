@@ -10,6 +10,7 @@ pub mod go;
 pub mod php;
 pub mod python;
 pub mod ruby;
+pub mod v8;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,6 +47,7 @@ impl InterpFrame {
     pub fn key(&self, pid: u32) -> CodeKey {
         CodeKey {
             pid,
+            kind: self.kind,
             object: self.object,
             validation: self.validation,
         }
@@ -93,6 +95,8 @@ pub enum Runtime {
     Php(Arc<php::PhpProcess>),
     /// Ruby.
     Ruby(Arc<ruby::RubyProcess>),
+    /// V8 (Node.js).
+    V8(Arc<v8::V8Process>),
 }
 
 impl Runtime {
@@ -102,6 +106,7 @@ impl Runtime {
             Runtime::Python(p) => p.interp_info(),
             Runtime::Php(p) => p.interp_info(),
             Runtime::Ruby(p) => p.interp_info(),
+            Runtime::V8(p) => p.interp_info(),
         }
     }
 
@@ -111,6 +116,7 @@ impl Runtime {
             Runtime::Python(p) => format!("cpython {}.{}", p.version.0, p.version.1),
             Runtime::Php(p) => format!("php {}.{}", p.version.0, p.version.1),
             Runtime::Ruby(p) => format!("ruby {}.{}", p.version.0, p.version.1),
+            Runtime::V8(p) => format!("v8 {}.{}", p.version.0, p.version.1),
         }
     }
 
@@ -121,6 +127,7 @@ impl Runtime {
             Runtime::Python(p) => p.name_code(key.pid, key.object, key.validation),
             Runtime::Php(p) => p.name_function(key.pid, key.object, key.validation),
             Runtime::Ruby(p) => p.name_object(key.pid, key.object, key.validation),
+            Runtime::V8(p) => p.name_frame(key),
         }
     }
 }
@@ -231,6 +238,8 @@ fn read_u64(pid: u32, address: u64) -> std::io::Result<u64> {
 pub struct CodeKey {
     /// Process.
     pub pid: u32,
+    /// The frame's `enum interp_kind`.
+    pub kind: u32,
     /// The object's address.
     pub object: u64,
     /// Its validation value.
@@ -261,6 +270,32 @@ pub enum LineSource {
     /// The line of each instruction position; the frame's offset is one
     /// past its instruction (Ruby: a frame's pc points to the next one).
     ByPosition(Vec<u32>),
+    /// (offset, line) pairs sorted by offset: a frame's line is that of the
+    /// last pair at or below its offset (V8: bytecode offsets).
+    ByOffset(Vec<(u32, u32)>),
+    /// (offset, frames) pairs sorted by offset: a frame stands for the
+    /// frames of the last pair at or below its offset, innermost first
+    /// (V8's optimized code: the functions inlined there, then its own).
+    Inlined(Vec<(u32, Arc<[InlineFrame]>)>),
+}
+
+/// One of the functions a frame of optimized code stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineFrame {
+    /// Function name.
+    pub name: Arc<str>,
+    /// Source file.
+    pub filename: Arc<str>,
+    /// Line where the function starts.
+    pub first_line: u32,
+    /// Line the frame is at.
+    pub line: u32,
+}
+
+/// The value of the last of `pairs` (sorted by offset) at or below `offset`.
+fn at_or_below<T>(pairs: &[(u32, T)], offset: u32) -> Option<&T> {
+    let at = pairs.partition_point(|&(start, _)| start <= offset);
+    at.checked_sub(1).map(|i| &pairs[i].1)
 }
 
 impl LineSource {
@@ -270,6 +305,11 @@ impl LineSource {
             LineSource::Table(t) => t.len(),
             LineSource::InFrame => 0,
             LineSource::ByPosition(lines) => lines.len() * 4,
+            LineSource::ByOffset(pairs) => pairs.len() * 8,
+            LineSource::Inlined(pairs) => pairs
+                .iter()
+                .map(|(_, frames)| 8 + frames.len() * std::mem::size_of::<InlineFrame>())
+                .sum(),
         }
     }
 
@@ -288,8 +328,26 @@ impl CodeInfo {
             LineSource::ByPosition(lines) => offset
                 .and_then(|o| lines.get(o.saturating_sub(1) as usize).copied())
                 .filter(|&l| l != 0),
+            LineSource::ByOffset(pairs) => offset.and_then(|o| at_or_below(pairs, o).copied()),
+            LineSource::Inlined(pairs) => offset
+                .and_then(|o| at_or_below(pairs, o))
+                .and_then(|frames| frames.last())
+                .map(|own| own.line),
         };
         line.unwrap_or(self.first_line)
+    }
+
+    /// The frames a frame at `offset` stands for, innermost first, when
+    /// its code has other functions inlined there (none: the frame is the
+    /// code's own function alone).
+    pub fn inlined_at(&self, offset: Option<u32>) -> Option<&[InlineFrame]> {
+        match &self.lines {
+            LineSource::Inlined(pairs) => offset
+                .and_then(|o| at_or_below(pairs, o))
+                .map(|frames| &frames[..])
+                .filter(|frames| frames.len() > 1),
+            _ => None,
+        }
     }
 }
 
@@ -345,6 +403,7 @@ impl CodeNames {
             }
             Err(e) => {
                 tracing::trace!(pid = key.pid, object = key.object, error = %e, "cannot name an interpreter frame");
+
                 self.failed += 1;
                 None
             }
@@ -471,6 +530,45 @@ mod tests {
         let php = info(LineSource::InFrame);
         assert_eq!(php.line(Some(42)), 42);
         assert_eq!(php.line(None), 7);
+    }
+
+    #[test]
+    fn optimized_code_stands_for_the_functions_inlined_at_each_offset() {
+        let frame = |name: &str, line| InlineFrame {
+            name: Arc::from(name),
+            filename: Arc::from("a.js"),
+            first_line: 1,
+            line,
+        };
+        let info = CodeInfo {
+            name: "outer".into(),
+            filename: "a.js".into(),
+            first_line: 20,
+            lines: LineSource::Inlined(vec![
+                (0, Arc::from(vec![frame("outer", 21)])),
+                (
+                    8,
+                    Arc::from(vec![frame("leaf", 6), frame("mid", 15), frame("outer", 24)]),
+                ),
+            ]),
+        };
+        assert_eq!(
+            info.inlined_at(Some(3)),
+            None,
+            "the code's own function alone"
+        );
+        assert_eq!(info.line(Some(3)), 21);
+        let at = info.inlined_at(Some(40)).unwrap();
+        assert_eq!(
+            at.iter().map(|f| &*f.name).collect::<Vec<_>>(),
+            ["leaf", "mid", "outer"]
+        );
+        assert_eq!(
+            info.line(Some(8)),
+            24,
+            "the code's own line is the outermost's"
+        );
+        assert_eq!(info.line(None), 20);
     }
 
     #[test]
