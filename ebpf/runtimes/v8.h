@@ -80,21 +80,20 @@ enum v8_code_fit {
 	V8_CODE_ELSEWHERE = 2,   /* pc is in no code the function points to */
 };
 
-/* Reads the compiled code of `function` (tagged); for optimized code
- * holding pc (which has source positions and inlining of its own), sets
- * *code, *offset (pc's, or the call's for a return address) and
- * *validation. */
+/* What the compiled code `code` (tagged) of a frame's function is to
+ * st->pc; for optimized code holding pc (which has source positions and
+ * inlining of its own), sets *offset (pc's, or the call's for a return
+ * address) and *validation. `unreadable`: the fit when `code` is no Code. */
 static __always_inline enum v8_code_fit v8_code_at(struct unwind_state *st, struct v8_layout *v8,
-						   __u64 function, __u64 *code, __u32 *offset,
-						   __u32 *validation)
+						   __u64 code, enum v8_code_fit unreadable,
+						   __u32 *offset, __u32 *validation)
 {
-	if (!v8->function_code || read_user(code, function - V8_HEAP_OBJECT_TAG + v8->function_code) ||
-	    !v8_is(st, v8, *code, v8->type_code, V8_MAP_CODE) ||
-	    read_object(st->code_buf, v8->code_size, *code - V8_HEAP_OBJECT_TAG))
-		return V8_CODE_UNOPTIMIZED;
+	if (!v8->code_size || !v8_is(st, v8, code, v8->type_code, V8_MAP_CODE) ||
+	    read_object(st->code_buf, v8->code_size, code - V8_HEAP_OBJECT_TAG))
+		return unreadable;
 	__u64 start = v8->code_start_is_pointer ?
 			      FIELD(st->code_buf, __u64, v8->code_instruction_start) :
-			      *code - V8_HEAP_OBJECT_TAG + v8->code_instruction_start;
+			      code - V8_HEAP_OBJECT_TAG + v8->code_instruction_start;
 	__u32 size = FIELD(st->code_buf, __u32, v8->code_instruction_size);
 	__u32 kind = (FIELD(st->code_buf, __u32, v8->code_flags) >> v8->code_kind_shift) & v8->code_kind_mask;
 	__u64 pc = st->pc;
@@ -169,9 +168,19 @@ static __always_inline long v8_frame(struct unwind_state *st, struct process_unw
 	__u32 validation = v8_validation(FIELD(st->code_buf, __u64, v8->sfi_name),
 					 FIELD(st->code_buf, __u64, v8->sfi_script));
 	if (offset == INTERP_OFFSET_UNKNOWN) {
-		__u64 code = 0;
+		/* The function's current code; since V8 13 only its baseline
+		 * code (the SharedFunctionInfo's data) is in reach, optimized
+		 * code being behind a dispatch table: a pc in none of the two
+		 * is in optimized code. */
+		__u64 code = FIELD(st->code_buf, __u64, v8->sfi_function_data);
+		enum v8_code_fit unreadable = V8_CODE_ELSEWHERE;
+		if (v8->function_code) {
+			unreadable = V8_CODE_UNOPTIMIZED;
+			if (read_user(&code, function - V8_HEAP_OBJECT_TAG + v8->function_code))
+				code = 0;
+		}
 		__u32 code_offset = 0, code_validation = 0;
-		enum v8_code_fit fit = v8_code_at(st, v8, function, &code, &code_offset, &code_validation);
+		enum v8_code_fit fit = v8_code_at(st, v8, code, unreadable, &code_offset, &code_validation);
 		if (fit == V8_CODE_OPTIMIZED) {
 			object = code;
 			offset = code_offset;
@@ -179,9 +188,10 @@ static __always_inline long v8_frame(struct unwind_state *st, struct process_unw
 		} else if (fit == V8_CODE_ELSEWHERE && v8->code_start_is_pointer &&
 			   !in_interp_loop(&proc->interp, st->pc)) {
 			/* Generated code the function no longer points to (on-stack
-			 * replacement, deoptimized code): user space finds it from
-			 * its address (where code has a header of its own, V8 11.1+),
-			 * checked against the function's validation. */
+			 * replacement, deoptimized code, or any optimized code since
+			 * V8 13): user space finds it from its address (where code
+			 * has a header of its own, V8 11.1+), checked against the
+			 * function's validation. */
 			kind = INTERP_V8_CODE_ADDRESS;
 			object = st->pc - (st->exact_pc ? 0 : 1);
 			offset = 0;

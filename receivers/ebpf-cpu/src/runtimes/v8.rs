@@ -184,6 +184,9 @@ struct CodeLayout {
     /// DeoptimizationData (a FixedArray): where its parts are.
     deopt_literals: u16,
     deopt_sfi: u16,
+    /// V8 13+: the element at `deopt_sfi` wraps the SharedFunctionInfo,
+    /// which is at this offset in the wrapper.
+    deopt_sfi_wrapped: Option<u16>,
     deopt_inlining_positions: u16,
 }
 
@@ -211,6 +214,14 @@ impl CodeLayout {
         let kind_mask = meta.get("CodeKindFieldMask").unwrap_or(15);
         let kind_shift = meta.get("CodeKindFieldShift").unwrap_or(0);
         let index = |name: &str, default: i64| meta.get(name).unwrap_or(default) as u16;
+        let (deopt_sfi, deopt_sfi_wrapped) =
+            match meta.get("DeoptimizationDataWrappedSharedFunctionInfoIndex") {
+                Some(i) => (
+                    i as u16,
+                    Some(meta.field("SharedFunctionInfoWrapper", "shared_info")?),
+                ),
+                None => (index("DeoptimizationDataSharedFunctionInfoIndex", 6), None),
+            };
         Some(Self {
             // V8 13 dropped it (functions reach their code through a
             // dispatch table): 0, compiled code is not read.
@@ -231,7 +242,8 @@ impl CodeLayout {
                 .field("Code", "deoptimization_data")
                 .unwrap_or(source_positions - 8),
             deopt_literals: index("DeoptimizationDataLiteralArrayIndex", 2),
-            deopt_sfi: index("DeoptimizationDataSharedFunctionInfoIndex", 6),
+            deopt_sfi,
+            deopt_sfi_wrapped,
             deopt_inlining_positions: index("DeoptimizationDataInliningPositionsIndex", 7),
         })
     }
@@ -649,10 +661,8 @@ impl V8Process {
         validation: u32,
     ) -> Result<CodeInfo, NameError> {
         let l = reader.layout;
-        let c = l.code.as_ref().ok_or(NameError::NotCode)?;
         let (code, start) = reader.code_holding(address, &self.stream_map)?;
-        let deopt = reader.word(code, c.deoptimization_data)?;
-        let own = reader.word(deopt, l.array_data + 8 * c.deopt_sfi)?;
+        let own = reader.own_function(code)?;
         if reader.type_of(own)? != l.types.sfi || reader.sfi_validation(own)? != validation {
             return Err(NameError::Stale);
         }
@@ -707,7 +717,7 @@ impl V8Process {
             functions.insert(sfi, f.clone());
             Ok(f)
         };
-        let own = function(element(c.deopt_sfi)?)?;
+        let own = function(reader.own_function(code)?)?;
         let mut at_offsets = Vec::with_capacity(positions.len());
         for (offset, mut position) in positions {
             let mut frames = Vec::new();
@@ -976,6 +986,18 @@ impl Reader<'_> {
         )
         .map_err(NameError::Read)?;
         Ok(u16::from_le_bytes(b))
+    }
+
+    /// The SharedFunctionInfo optimized code was compiled for.
+    fn own_function(&self, code: u64) -> Result<u64, NameError> {
+        let l = self.layout;
+        let c = l.code.as_ref().ok_or(NameError::NotCode)?;
+        let deopt = self.word(code, c.deoptimization_data)?;
+        let own = self.word(deopt, l.array_data + 8 * c.deopt_sfi)?;
+        match c.deopt_sfi_wrapped {
+            Some(at) => self.word(own, at),
+            None => Ok(own),
+        }
     }
 
     /// Where a Code object's instructions are: (start, size).
