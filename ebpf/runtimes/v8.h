@@ -185,13 +185,13 @@ static __always_inline long v8_frame(struct unwind_state *st, struct process_unw
 			object = code;
 			offset = code_offset;
 			validation = code_validation;
-		} else if (fit == V8_CODE_ELSEWHERE && v8->code_start_is_pointer &&
+		} else if (fit == V8_CODE_ELSEWHERE && v8->code_size &&
 			   !in_interp_loop(&proc->interp, st->pc)) {
 			/* Generated code the function no longer points to (on-stack
 			 * replacement, deoptimized code, or any optimized code since
-			 * V8 13): user space finds it from its address (where code
-			 * has a header of its own, V8 11.1+), checked against the
-			 * function's validation. */
+			 * V8 13): user space finds it from its address (going back
+			 * to the header before its instructions), checked against
+			 * the function's validation. */
 			kind = INTERP_V8_CODE_ADDRESS;
 			object = st->pc - (st->exact_pc ? 0 : 1);
 			offset = 0;

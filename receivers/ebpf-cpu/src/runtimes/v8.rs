@@ -197,10 +197,15 @@ impl CodeLayout {
         // 11.x published the position table's place, 12.x the start's (and
         // has a wrapper pointer between them).
         let published_start = meta.field("Code", "instruction_start");
-        let source_positions = meta.field("Code", "source_position_table").or_else(|| {
-            meta.type_tag("CodeWrapper__CODE_WRAPPER_TYPE")?;
-            published_start?.checked_sub(24)
-        })?;
+        // 10.x published neither: its Code's fourth word (after the map,
+        // relocation info and deoptimization data) holds the table.
+        let source_positions = meta
+            .field("Code", "source_position_table")
+            .or_else(|| {
+                meta.type_tag("CodeWrapper__CODE_WRAPPER_TYPE")?;
+                published_start?.checked_sub(24)
+            })
+            .or((version.0 == 10).then_some(24))?;
         let instruction_start = published_start.unwrap_or(source_positions + 16);
         let flags = meta.field("Code", "flags").unwrap_or(instruction_start + 8);
         // Two int16s (builtin id, kind-specific flags) before the size until 11.4.
@@ -355,9 +360,10 @@ impl Layout {
             array_data: meta.field("FixedArray", "data").unwrap_or(array_length + 8),
             bytecode_positions,
             bytecode_data,
+            // 10.x shares the deoptimization data's word (the third).
             code_bytecode: meta
                 .field("Code", "bytecode_or_interpreter_data")
-                .unwrap_or(0),
+                .unwrap_or(if version.0 == 10 { 16 } else { 0 }),
             code: meta
                 .type_tag("Code__CODE_TYPE")
                 .and_then(|_| CodeLayout::of(meta, version, meta.field("JSFunction", "shared")?)),
@@ -425,7 +431,10 @@ impl V8Binary {
             return Err(DetectError::NoInterpreter);
         }
         let version_part = |name: &str| {
-            let sym = obj.symbols().find(|s| s.name() == Ok(name))?;
+            let sym = obj
+                .symbols()
+                .chain(obj.dynamic_symbols())
+                .find(|s| s.name() == Ok(name))?;
             let value = integer_at(data, file_offset(&segments, sym.address())? as usize, 4)?;
             u8::try_from(value).ok()
         };
@@ -433,9 +442,11 @@ impl V8Binary {
             .zip(version_part("_ZN2v88internal7Version6minor_E"))
             .unwrap_or((0, 0));
         let layout = Layout::of(&meta, version)?;
-        let builtins = builtins_range(&obj).ok_or(DetectError::MissingSymbol(
-            "Builtins_* (the builtins' code; a stripped build)",
-        ))?;
+        let builtins = builtins_range(&obj)
+            .or_else(|| largest_unwind_gap(&obj))
+            .ok_or(DetectError::MissingSymbol(
+                "Builtins_* (the builtins' code), nor a gap in .eh_frame holding it",
+            ))?;
         Ok(Self {
             version,
             layout,
@@ -470,6 +481,46 @@ fn builtins_range(obj: &object::File<'_>) -> Option<(u64, u64)> {
     (start < end).then(|| (start, end - start))
 }
 
+/// The builtins' code in a build without their symbols (Debian's
+/// libnode): V8 embeds it as one blob of hand-generated code, which no
+/// `.eh_frame` entry covers, so it is the one large gap between the
+/// functions that have entries. Taken only when it stands out (the
+/// blob is over a megabyte; other gaps are alignment and a few stubs).
+fn largest_unwind_gap(obj: &object::File<'_>) -> Option<(u64, u64)> {
+    use gimli::UnwindSection;
+    const MIN_GAP: u64 = 512 * 1024;
+    let section = obj.section_by_name(".eh_frame")?;
+    let data = section.data().ok()?;
+    let eh_frame = gimli::EhFrame::new(data, gimli::LittleEndian);
+    let mut bases = gimli::BaseAddresses::default().set_eh_frame(section.address());
+    if let Some(text) = obj.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    let mut functions = Vec::new();
+    let mut entries = eh_frame.entries(&bases);
+    while let Ok(Some(entry)) = entries.next() {
+        if let gimli::CieOrFde::Fde(partial) = entry {
+            if let Ok(fde) = partial.parse(gimli::EhFrame::cie_from_offset) {
+                functions.push((fde.initial_address(), fde.end_address()));
+            }
+        }
+    }
+    functions.sort_unstable();
+    let (mut largest, mut second) = ((0, 0), 0);
+    let mut covered_to = functions.first()?.1;
+    for &(start, end) in &functions[1..] {
+        let gap = start.saturating_sub(covered_to);
+        if gap > largest.1 {
+            second = largest.1;
+            largest = (covered_to, gap);
+        } else {
+            second = second.max(gap);
+        }
+        covered_to = covered_to.max(end);
+    }
+    (largest.1 >= MIN_GAP && largest.1 >= 4 * second).then_some(largest)
+}
+
 /// V8 as one process runs it (process addresses).
 #[derive(Debug)]
 pub struct V8Process {
@@ -481,8 +532,9 @@ pub struct V8Process {
     builtins_copy: (u64, u64),
     /// Line ends of scripts named so far, by (script, source) address.
     line_ends: Mutex<HashMap<(u64, u64), LineEnds>>,
-    /// The map of the objects holding instructions, once one was found.
-    stream_map: AtomicU64,
+    /// The map of the objects whose header precedes instructions (V8 11.1+:
+    /// instruction streams; before: Code), once one was found.
+    header_map: AtomicU64,
 }
 
 impl PartialEq for V8Process {
@@ -522,7 +574,7 @@ impl V8Process {
             builtins: process_range(binary.builtins, bias),
             builtins_copy: (0, 0),
             line_ends: Mutex::default(),
-            stream_map: AtomicU64::new(0),
+            header_map: AtomicU64::new(0),
         })
     }
 
@@ -661,7 +713,7 @@ impl V8Process {
         validation: u32,
     ) -> Result<CodeInfo, NameError> {
         let l = reader.layout;
-        let (code, start) = reader.code_holding(address, &self.stream_map)?;
+        let (code, start) = reader.code_holding(address, &self.header_map)?;
         let own = reader.own_function(code)?;
         if reader.type_of(own)? != l.types.sfi || reader.sfi_validation(own)? != validation {
             return Err(NameError::Stale);
@@ -1019,42 +1071,57 @@ impl Reader<'_> {
     }
 
     /// The Code object whose instructions hold `address`, and their start.
-    /// Since V8 11.1 instructions lie in an object of their own whose
-    /// header starts with its map and a pointer back to the Code, aligned so
-    /// the instructions start at a multiple of 32: candidates are tried going
-    /// back from `address`, page by page while pages are mapped (after the
-    /// first find, only where that map is).
-    fn code_holding(&self, address: u64, stream_map: &AtomicU64) -> Result<(u64, u64), NameError> {
+    /// Instructions start at a multiple of 32 after a header: since V8 11.1
+    /// that of an object of their own, starting with its map and a pointer
+    /// back to the Code; before, the Code's own (its instructions are
+    /// inline). Candidates are tried going back from `address`, page by
+    /// page while pages are mapped (after the first find, only where that
+    /// map is).
+    fn code_holding(&self, address: u64, header_map: &AtomicU64) -> Result<(u64, u64), NameError> {
         const CODE_ALIGNMENT: u64 = 32;
         const PAGE: u64 = 4096;
         let c = self.layout.code.as_ref().ok_or(NameError::NotCode)?;
-        if !c.start_is_pointer {
+        // (bytes from the header to the instructions, whether the header is
+        // the Code's); the instruction stream's header is 16 bytes before V8
+        // 12, 32 since.
+        let inline_header = [(u64::from(c.instruction_start), true)];
+        let headers: &[(u64, bool)] = if c.start_is_pointer {
+            &[(16, false), (32, false)]
+        } else {
+            &inline_header
+        };
+        let reach = headers.iter().map(|h| h.0).max().unwrap_or(0);
+        if !(CODE_ALIGNMENT..PAGE).contains(&reach) {
             return Err(NameError::NotCode);
         }
-        let known_map = stream_map.load(Ordering::Relaxed);
+        let known_map = header_map.load(Ordering::Relaxed);
         let word = |buf: &[u8], at: u64| {
             u64::from_le_bytes(buf[at as usize..at as usize + 8].try_into().unwrap())
         };
         let mut buf = vec![0u8; PAGE as usize];
         let mut base = address & !(PAGE - 1);
         // The page [base, base + PAGE) holds the headers of the candidates
-        // in [base + 32, base + PAGE].
+        // in [base + reach, base + PAGE] (all that is left of the page
+        // above, as candidates are aligned).
         let mut start = address & !(CODE_ALIGNMENT - 1);
         for _ in 0..MAX_CODE_SCAN / PAGE {
             read_memory(self.pid, base, &mut buf).map_err(|_| NameError::NotCode)?;
-            while start >= base + CODE_ALIGNMENT {
-                // The stream's header (its map, then the Code) is 16 bytes
-                // before V8 12, 32 since.
-                for header in [16, 32] {
+            while start >= base + reach {
+                for &(header, is_code) in headers {
                     let at = start - header - base;
-                    let (map, code) = (word(&buf, at), word(&buf, at + 8));
+                    let map = word(&buf, at);
+                    let code = if is_code {
+                        start - header + 1
+                    } else {
+                        word(&buf, at + 8)
+                    };
                     if (known_map == 0 || map == known_map)
                         && is_object(map)
                         && is_object(code)
                         && self.type_of(code).ok() == Some(self.layout.types.code)
                         && matches!(self.instructions(code), Ok((s, size)) if s == start && address - s < u64::from(size))
                     {
-                        stream_map.store(map, Ordering::Relaxed);
+                        header_map.store(map, Ordering::Relaxed);
                         return Ok((code, start));
                     }
                 }
@@ -1392,5 +1459,16 @@ mod tests {
         assert_eq!((l.fp_context, l.fp_function), (8, 16));
         assert!(l.sfi_size() <= 256, "BPF reads at most 256 bytes");
         assert!(binary.builtins.1 > 1 << 20, "{:?}", binary.builtins);
+        // Where the builtins' symbols are stripped, the gap in .eh_frame
+        // stands for them: it holds them, and little else (alignment and
+        // one stub before them).
+        let obj = object::File::parse(&*data).unwrap();
+        let (start, size) = largest_unwind_gap(&obj).expect("a gap");
+        let (b_start, b_size) = binary.builtins;
+        assert!(
+            start <= b_start && b_start + b_size <= start + size,
+            "gap {start:#x}+{size:#x}, builtins {b_start:#x}+{b_size:#x}"
+        );
+        assert!(size - b_size < 64 << 10, "{size:#x} against {b_size:#x}");
     }
 }
