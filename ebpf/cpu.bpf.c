@@ -678,10 +678,10 @@ static __always_inline int current_exiting(void)
 }
 
 /* Whether the process runs an interpreter whose loop frames run its
- * frames (V8's frames are frames of the native stack instead). */
+ * frames (V8's and the JVM's frames are frames of the native stack instead). */
 static __always_inline int runs_interp_loop(struct interp_info *interp)
 {
-	return interp->kind != INTERP_NONE && interp->kind != INTERP_V8;
+	return interp->kind != INTERP_NONE && interp->kind != INTERP_V8 && interp->kind != INTERP_JVM;
 }
 
 /* Whether pc lies in the interpreter's loop (a frame that runs interpreter frames). */
@@ -695,7 +695,22 @@ static __always_inline int in_interp_loop(struct interp_info *interp, __u64 pc)
 #include "runtimes/php.h"
 #include "runtimes/ruby.h"
 #include "runtimes/go.h"
+/* A validation value from two words of an interpreter's object (V8: a
+ * SharedFunctionInfo's name and script, a Code object's instructions'
+ * start and size; the JVM: a Method and its ConstMethod, an nmethod's
+ * Method and compile id). Another object that took a freed one's place
+ * tells itself apart unless both words are the same. User space computes
+ * it the same way (runtimes::pair_validation). */
+static __always_inline __u32 pair_validation(__u64 a, __u64 b)
+{
+	const __u64 k = 0x9e3779b97f4a7c15ULL;
+	__u64 h = (a ^ 0x5638) * k;
+	h = (h ^ b) * k;
+	return (__u32)(h >> 32);
+}
+
 #include "runtimes/v8.h"
+#include "runtimes/jvm.h"
 
 /* At a frame of the interpreter loop: emits the interpreter frames it runs,
  * one per call; 0 while there are more (pc stays), 1 when the run is over
@@ -857,6 +872,11 @@ static long unwind_frame(__u32 index, void *slot)
 	st->pc_recorded = 0;
 	if (!recorded && proc && proc->interp.kind == INTERP_V8) {
 		long stepped = v8_step(st, proc);
+		if (stepped >= 0)
+			return stepped != 0;
+	}
+	if (!recorded && proc && proc->interp.kind == INTERP_JVM) {
+		long stepped = jvm_step(st, proc);
 		if (stepped >= 0)
 			return stepped != 0;
 	}

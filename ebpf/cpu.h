@@ -84,6 +84,10 @@ enum interp_kind {
 	 * running code V8 generated that its function does not point to (on-
 	 * stack replacement, deoptimized code), named by the code's address. */
 	INTERP_V8_CODE_ADDRESS = 5,
+	INTERP_JVM = 6,
+	/* A frame kind only (its process runs INTERP_JVM): a frame of code the
+	 * JIT compiled, named by its nmethod and the pc's offset in its code. */
+	INTERP_JVM_COMPILED = 7,
 };
 
 /* A user stack, leaf first. */
@@ -255,6 +259,35 @@ struct v8_layout {
 	__u16 reserved[2];
 };
 
+/* Where one JVM (HotSpot) keeps what the walker reads, from the tables
+ * it describes itself with (gHotSpotVMStructs; user space fills it). */
+#define JVM_MAX_HEAPS 3
+struct jvm_layout {
+	__u64 code_start;         /* CodeCache's bounds: [code_start, code_end) */
+	__u64 code_end;
+	__u64 heap_low[JVM_MAX_HEAPS];    /* each code heap's memory: [low, high) */
+	__u64 heap_high[JVM_MAX_HEAPS];
+	__u64 heap_segmap[JVM_MAX_HEAPS]; /* its segment map: a byte per segment */
+	__u8 heap_log2_segment[JVM_MAX_HEAPS];
+	__u8 heap_count;
+	__u8 block_header;        /* sizeof(HeapBlock): the blob follows it */
+	__u8 kind_size;           /* 1: CodeBlob._kind, nmethods are kind_nmethod; 4: the compiler type, nonzero for nmethods */
+	__u8 kind_nmethod;
+	__u8 frame_complete_size; /* CodeBlob._frame_complete_offset: an int16 or int */
+	__u8 code_is_offset;      /* CodeBlob code field: an int offset from the blob (else a pointer) */
+	__u8 reserved;
+	__u16 blob_kind;
+	__u16 blob_frame_complete;
+	__u16 blob_frame_size;    /* in words, return address and saved rbp included */
+	__u16 blob_code;
+	__u16 blob_size;          /* bytes read of a blob */
+	__u16 nmethod_method;     /* nmethod._method */
+	__u16 nmethod_compile_id;
+	__u16 method_const;       /* Method._constMethod */
+	__u16 const_method_size;  /* sizeof(ConstMethod): its bytecodes follow */
+	__u16 reserved2[3];
+};
+
 /* The interpreter a process runs, found by user space in its mappings. */
 struct interp_info {
 	__u32 kind;             /* enum interp_kind; INTERP_NONE: none */
@@ -267,6 +300,7 @@ struct interp_info {
 	struct php_layout php;       /* INTERP_PHP */
 	struct ruby_layout ruby;     /* INTERP_RUBY */
 	struct v8_layout v8;         /* INTERP_V8: loop_start/loop_end hold its builtins' code */
+	struct jvm_layout jvm;       /* INTERP_JVM: loop_start/loop_end hold the template interpreter's code */
 };
 
 /* How a Go program's goroutine labels (runtime/pprof.Do) are kept. */

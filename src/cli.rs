@@ -523,6 +523,13 @@ pub const FLAGS: &[FlagSpec] = &[
         Owner::Sets(&[receiver("ebpf_cpu", "v8_unwinding_disable")]),
     ),
     flag(
+        "jvm-unwinding-disable",
+        Bool,
+        None,
+        "Do not unwind Java frames: JVM processes show HotSpot's native frames only (ours: Parca Agent has no JVM switch).",
+        Owner::Sets(&[receiver("ebpf_cpu", "jvm_unwinding_disable")]),
+    ),
+    flag(
         "analytics-opt-out",
         Bool,
         None,
@@ -1042,7 +1049,11 @@ mod tests {
     ];
 
     /// Flags of ours, not Parca Agent's (their help says so).
-    const OUR_FLAGS: &[&str] = &["php-unwinding-disable", "v8-unwinding-disable"];
+    const OUR_FLAGS: &[&str] = &[
+        "php-unwinding-disable",
+        "v8-unwinding-disable",
+        "jvm-unwinding-disable",
+    ];
 
     #[test]
     fn every_parca_agent_flag_is_here() {

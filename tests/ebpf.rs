@@ -3078,3 +3078,222 @@ fn v8_unwinding_can_be_disabled() {
         v8_builtins * 100.0
     );
 }
+
+/// The Java chain of tests/workloads/JChain.java, callee first.
+const JAVA_CHAIN: [&str; 3] = ["JChain.jLeaf", "JChain.jMid", "JChain.jOuter"];
+
+/// The JVMs to test: `java` on the PATH, and those listed in
+/// `AGENT_TEST_JAVAS` (colon-separated; .ci/run installs a current JDK
+/// there, which CI must have).
+fn java_binaries() -> Vec<PathBuf> {
+    let mut javas = vec![PathBuf::from("java")];
+    let listed = std::env::var("AGENT_TEST_JAVAS").unwrap_or_default();
+    javas.extend(
+        listed
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+    );
+    if javas.len() < 2 && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI must list a current JDK in AGENT_TEST_JAVAS (see .ci/run)");
+    }
+    javas
+}
+
+/// JChain.java compiled (for Java 17, so every JVM tested runs it) into a
+/// directory of its own; None (skipped) without javac, outside CI.
+fn compiled_java_chain() -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("javac")
+        .args(["--release", "17", "-g", "-d"])
+        .arg(dir.path())
+        .arg(workload_source("JChain.java"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(dir),
+        Ok(o) => panic!("javac failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "CI must have javac: {e}"
+            );
+            eprintln!("SKIPPED: no javac ({e})");
+            None
+        }
+    }
+}
+
+/// Whether JVM frames (leaf first) hold JChain's chain in order, each in
+/// JChain.java at a line of its method.
+fn carries_java_chain(frames: &[InterpFrameName], source: &str) -> bool {
+    let mut want = JAVA_CHAIN.iter().peekable();
+    for (function, file, line) in frames {
+        let Some(&&name) = want.peek() else { break };
+        if function == name && file == "JChain.java" {
+            let method = name.trim_start_matches("JChain.");
+            if !java_method_lines(source, method).contains(line) {
+                return false;
+            }
+            want.next();
+        }
+    }
+    want.peek().is_none()
+}
+
+/// The lines of a method of JChain.java: from its declaration to the
+/// brace closing it (indented one level).
+fn java_method_lines(source: &str, method: &str) -> std::ops::RangeInclusive<i64> {
+    let lines: Vec<&str> = source.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains(&format!(" {method}(")))
+        .unwrap();
+    let end = start + lines[start..].iter().position(|l| *l == "    }").unwrap();
+    (start as i64 + 1)..=(end as i64 + 1)
+}
+
+/// A Java workload run without any flag on the JVM: the samples of its
+/// main thread carry jOuter → jMid → jLeaf, named by the agent with file
+/// and line, while interpreted and once compiled (C2 inlines jLeaf into
+/// jMid: one location); and the JVM's own threads (GC, JIT compilers) show
+/// their native frames named.
+#[test]
+fn jvm_stacks_are_whole_and_named() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let Some(classes) = compiled_java_chain() else {
+        return;
+    };
+    let source = std::fs::read_to_string(workload_source("JChain.java")).unwrap();
+    for java in java_binaries() {
+        let version = Command::new(&java).arg("-version").output().unwrap();
+        let version = String::from_utf8_lossy(&version.stderr)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        for (tier, flags) in [("mixed", &[][..]), ("interpreted", &["-Xint"][..])] {
+            let run = format!("{version} {tier}");
+            let mut args: Vec<&str> = flags.to_vec();
+            args.extend([
+                "-Xmx64m",
+                "-cp",
+                classes.path().to_str().unwrap(),
+                "JChain",
+                "4",
+            ]);
+            let (batches, pid) = profile_command(&java, &args, &[]);
+            let all = samples_of(&batches, pid);
+            let comm = |s: &ResolvedSample| {
+                s.attributes
+                    .get("thread_comm")
+                    .or(s.series.get("thread_comm"))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let main: Vec<ResolvedSample> =
+                all.iter().filter(|s| comm(s) == "java").cloned().collect();
+            let total: i64 = main.iter().map(|s| s.value).sum();
+            let whole = share(&main, |s| {
+                carries_java_chain(&agent_interp_frames(s), &source)
+            });
+            let inlined = share(&main, |s| {
+                s.frames.iter().any(|f| {
+                    let names: Vec<&str> = f.lines.iter().map(|l| l.function.as_str()).collect();
+                    names.starts_with(&["JChain.jLeaf", "JChain.jMid"])
+                })
+            });
+            eprintln!(
+                "{run}: whole chain in {:.1}% of {total} main-thread samples, inlined in {:.1}%",
+                whole * 100.0,
+                inlined * 100.0
+            );
+            for s in main
+                .iter()
+                .filter(|s| !carries_java_chain(&agent_interp_frames(s), &source))
+                .take(4)
+            {
+                let native = agent_names(s);
+                let n = native.len();
+                eprintln!(
+                    "  without the chain: {:?} in {:?} … {:?}",
+                    agent_interp_frames(s),
+                    &native[..n.min(3)],
+                    &native[n.saturating_sub(3)..]
+                );
+            }
+            // The JVM's own threads: the garbage collector's (G1's) and the
+            // JIT compilers'; their frames in libjvm named.
+            let own: Vec<ResolvedSample> = all
+                .iter()
+                .filter(|s| {
+                    let c = comm(s);
+                    c.starts_with("GC Thread") || c.starts_with("G1 ") || c.contains("CompilerThre")
+                })
+                .cloned()
+                .collect();
+            let own_total: i64 = own.iter().map(|s| s.value).sum();
+            let own_named = share(&own, |s| {
+                let jvm: Vec<&agent_core::ResolvedFrame> = s
+                    .frames
+                    .iter()
+                    .filter(|f| {
+                        f.mapping
+                            .as_ref()
+                            .is_some_and(|m| m.filename.ends_with("/libjvm.so"))
+                    })
+                    .collect();
+                !jvm.is_empty() && jvm.iter().all(|f| !f.lines.is_empty())
+            });
+            eprintln!(
+                "  the JVM's own threads: {own_total} samples, {:.1}% with their libjvm frames named",
+                own_named * 100.0
+            );
+            assert!(total >= 200, "{run}: only {total} samples");
+            assert!(whole >= 0.95, "{run}: whole chain in {:.1}%", whole * 100.0);
+            if tier == "mixed" {
+                assert!(
+                    inlined >= 0.5,
+                    "{run}: jLeaf inlined into jMid in {:.1}%",
+                    inlined * 100.0
+                );
+            } else {
+                assert_eq!(inlined, 0.0, "{run}: inlining in the interpreter");
+            }
+            assert!(
+                own_total >= 10,
+                "{run}: {own_total} samples of the JVM's own threads"
+            );
+            assert!(
+                own_named >= 0.9,
+                "{run}: their frames named in {:.1}%",
+                own_named * 100.0
+            );
+        }
+    }
+}
+
+/// `--jvm-unwinding-disable`: the same workload shows no Java frames.
+#[test]
+fn jvm_unwinding_can_be_disabled() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let Some(classes) = compiled_java_chain() else {
+        return;
+    };
+    let classpath = classes.path().to_str().unwrap();
+    let (batches, pid) = profile_command(
+        Path::new("java"),
+        &["-Xmx64m", "-cp", classpath, "JChain", "2"],
+        &["--jvm-unwinding-disable"],
+    );
+    let mine = samples_of(&batches, pid);
+    let total: i64 = mine.iter().map(|s| s.value).sum();
+    assert!(total > 50, "only {total} samples");
+    let java = share(&mine, |s| !agent_interp_frames(s).is_empty());
+    assert_eq!(java, 0.0, "Java frames despite --jvm-unwinding-disable");
+}

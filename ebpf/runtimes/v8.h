@@ -61,18 +61,6 @@ static __always_inline int v8_is(struct unwind_state *st, struct v8_layout *v8, 
 	return 1;
 }
 
-/* A validation value from two words of an object: a SharedFunctionInfo's
- * name (or scope info) and script; a Code object's instructions' start and
- * size. Another object that the collector moved into a freed one's place
- * tells itself apart unless both are the same. */
-static __always_inline __u32 v8_validation(__u64 a, __u64 b)
-{
-	const __u64 k = 0x9e3779b97f4a7c15ULL;
-	__u64 h = (a ^ 0x5638) * k;
-	h = (h ^ b) * k;
-	return (__u32)(h >> 32);
-}
-
 /* What a JavaScript frame's compiled code is to its pc. */
 enum v8_code_fit {
 	V8_CODE_OPTIMIZED = 0,   /* the function's optimized code holds pc */
@@ -103,7 +91,7 @@ static __always_inline enum v8_code_fit v8_code_at(struct unwind_state *st, stru
 	if (kind <= v8->code_kind_baseline)
 		return V8_CODE_UNOPTIMIZED;
 	*offset = pc - start - (st->exact_pc ? 0 : 1);
-	*validation = v8_validation(start, size);
+	*validation = pair_validation(start, size);
 	return V8_CODE_OPTIMIZED;
 }
 
@@ -165,7 +153,7 @@ static __always_inline long v8_frame(struct unwind_state *st, struct process_unw
 	 * finds the functions inlined there by. */
 	__u64 object = sfi;
 	__u32 kind = INTERP_V8;
-	__u32 validation = v8_validation(FIELD(st->code_buf, __u64, v8->sfi_name),
+	__u32 validation = pair_validation(FIELD(st->code_buf, __u64, v8->sfi_name),
 					 FIELD(st->code_buf, __u64, v8->sfi_script));
 	if (offset == INTERP_OFFSET_UNKNOWN) {
 		/* The function's current code; since V8 13 only its baseline

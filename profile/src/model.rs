@@ -149,6 +149,8 @@ pub enum FrameType {
     Ruby,
     /// A JavaScript function run by V8 (Node.js), named by its SharedFunctionInfo.
     V8Js,
+    /// A Java (or other JVM language) method run by HotSpot, interpreted or compiled.
+    Jvm,
 }
 
 impl FrameType {
@@ -163,6 +165,7 @@ impl FrameType {
             FrameType::Php => Some("php"),
             FrameType::Ruby => Some("ruby"),
             FrameType::V8Js => Some("v8js"),
+            FrameType::Jvm => Some("jvm"),
         }
     }
 
@@ -176,6 +179,7 @@ impl FrameType {
             "php" => FrameType::Php,
             "ruby" => FrameType::Ruby,
             "v8js" => FrameType::V8Js,
+            "jvm" => FrameType::Jvm,
             _ => FrameType::Unknown,
         }
     }

@@ -200,6 +200,12 @@ pub mod interp_kind {
     /// A frame kind only (its process runs V8): a JavaScript frame running
     /// code its function does not point to, named by the code's address.
     pub const V8_CODE_ADDRESS: u32 = 5;
+    /// The JVM (HotSpot): its Java frames are frames of the native stack;
+    /// as a frame kind, an interpreted frame (a Method* and bytecode index).
+    pub const JVM: u32 = 6;
+    /// A frame kind only (its process runs the JVM): a frame of compiled
+    /// code, named by its nmethod and the pc's offset in its code.
+    pub const JVM_COMPILED: u32 = 7;
 }
 
 /// `INTERP_FRAME_TAG` of ebpf/cpu.h: the top byte of an interpreter frame's
@@ -416,6 +422,66 @@ pub struct InterpInfo {
     pub ruby: RubyLayout,
     /// V8's layout (`kind` V8; `loop_start`/`loop_end` hold its builtins' code).
     pub v8: V8Layout,
+    /// The JVM's layout (`kind` JVM; `loop_start`/`loop_end` hold its
+    /// template interpreter's code).
+    pub jvm: JvmLayout,
+}
+
+/// `JVM_MAX_HEAPS` of ebpf/cpu.h.
+pub const JVM_MAX_HEAPS: usize = 3;
+
+/// `struct jvm_layout` of ebpf/cpu.h: where one JVM keeps what the walker
+/// reads (from its gHotSpotVMStructs tables).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JvmLayout {
+    /// The code cache's bounds: `[code_start, code_end)`.
+    pub code_start: u64,
+    /// See `code_start`.
+    pub code_end: u64,
+    /// Each code heap's memory: `[heap_low, heap_high)`.
+    pub heap_low: [u64; JVM_MAX_HEAPS],
+    /// See `heap_low`.
+    pub heap_high: [u64; JVM_MAX_HEAPS],
+    /// Each code heap's segment map (a byte per segment).
+    pub heap_segmap: [u64; JVM_MAX_HEAPS],
+    /// Each code heap's log2 of its segment size.
+    pub heap_log2_segment: [u8; JVM_MAX_HEAPS],
+    /// Code heaps in use.
+    pub heap_count: u8,
+    /// `sizeof(HeapBlock)`: a block's CodeBlob follows it.
+    pub block_header: u8,
+    /// 1: `CodeBlob._kind` (a byte), nmethods are `kind_nmethod`; 4: the
+    /// blob's compiler type (an int), nonzero for nmethods.
+    pub kind_size: u8,
+    /// See `kind_size`.
+    pub kind_nmethod: u8,
+    /// `CodeBlob._frame_complete_offset`'s size: 2 or 4.
+    pub frame_complete_size: u8,
+    /// 1: the blob's code field is an int offset from the blob; 0: a pointer.
+    pub code_is_offset: u8,
+    /// Padding.
+    pub reserved: u8,
+    /// `CodeBlob._kind` (or the compiler type).
+    pub blob_kind: u16,
+    /// `CodeBlob._frame_complete_offset`.
+    pub blob_frame_complete: u16,
+    /// `CodeBlob._frame_size` (words).
+    pub blob_frame_size: u16,
+    /// `CodeBlob._code_begin` or `_code_offset`.
+    pub blob_code: u16,
+    /// Bytes read of a blob.
+    pub blob_size: u16,
+    /// `nmethod._method`.
+    pub nmethod_method: u16,
+    /// `nmethod._compile_id`.
+    pub nmethod_compile_id: u16,
+    /// `Method._constMethod`.
+    pub method_const: u16,
+    /// `sizeof(ConstMethod)`: its bytecodes follow it.
+    pub const_method_size: u16,
+    /// Padding.
+    pub reserved2: [u16; 3],
 }
 
 /// `enum go_labels_kind` of ebpf/cpu.h.
@@ -1720,6 +1786,51 @@ mod tests {
                 ("php", offset_of!(InterpInfo, php)),
                 ("ruby", offset_of!(InterpInfo, ruby)),
                 ("v8", offset_of!(InterpInfo, v8)),
+                ("jvm", offset_of!(InterpInfo, jvm)),
+            ],
+        );
+        check(
+            "jvm_layout",
+            size_of::<JvmLayout>(),
+            &[
+                ("code_start", offset_of!(JvmLayout, code_start)),
+                ("code_end", offset_of!(JvmLayout, code_end)),
+                ("heap_low", offset_of!(JvmLayout, heap_low)),
+                ("heap_high", offset_of!(JvmLayout, heap_high)),
+                ("heap_segmap", offset_of!(JvmLayout, heap_segmap)),
+                (
+                    "heap_log2_segment",
+                    offset_of!(JvmLayout, heap_log2_segment),
+                ),
+                ("heap_count", offset_of!(JvmLayout, heap_count)),
+                ("block_header", offset_of!(JvmLayout, block_header)),
+                ("kind_size", offset_of!(JvmLayout, kind_size)),
+                ("kind_nmethod", offset_of!(JvmLayout, kind_nmethod)),
+                (
+                    "frame_complete_size",
+                    offset_of!(JvmLayout, frame_complete_size),
+                ),
+                ("code_is_offset", offset_of!(JvmLayout, code_is_offset)),
+                ("reserved", offset_of!(JvmLayout, reserved)),
+                ("blob_kind", offset_of!(JvmLayout, blob_kind)),
+                (
+                    "blob_frame_complete",
+                    offset_of!(JvmLayout, blob_frame_complete),
+                ),
+                ("blob_frame_size", offset_of!(JvmLayout, blob_frame_size)),
+                ("blob_code", offset_of!(JvmLayout, blob_code)),
+                ("blob_size", offset_of!(JvmLayout, blob_size)),
+                ("nmethod_method", offset_of!(JvmLayout, nmethod_method)),
+                (
+                    "nmethod_compile_id",
+                    offset_of!(JvmLayout, nmethod_compile_id),
+                ),
+                ("method_const", offset_of!(JvmLayout, method_const)),
+                (
+                    "const_method_size",
+                    offset_of!(JvmLayout, const_method_size),
+                ),
+                ("reserved2", offset_of!(JvmLayout, reserved2)),
             ],
         );
         check(

@@ -91,6 +91,9 @@ pub struct EbpfCpuConfig {
     /// No JavaScript frames: Node.js processes show V8's native frames
     /// (and perf-map names where a perf map exists) (`--v8-unwinding-disable`).
     pub v8_unwinding_disable: bool,
+    /// No Java frames: JVM processes show HotSpot's native frames only
+    /// (`--jvm-unwinding-disable`).
+    pub jvm_unwinding_disable: bool,
     /// Leave out the `cpu` sample label (`--metadata-disable-cpu-label`).
     pub disable_cpu_label: bool,
     /// Leave out the `thread_id` sample label
@@ -136,6 +139,7 @@ impl Default for EbpfCpuConfig {
             php_unwinding_disable: false,
             ruby_unwinding_disable: false,
             v8_unwinding_disable: false,
+            jvm_unwinding_disable: false,
             disable_cpu_label: false,
             disable_thread_id_label: false,
             disable_thread_comm_label: false,
@@ -689,6 +693,7 @@ fn interp_location(
         bpf::interp_kind::PHP => FrameType::Php,
         bpf::interp_kind::RUBY => FrameType::Ruby,
         bpf::interp_kind::V8 | bpf::interp_kind::V8_CODE_ADDRESS => FrameType::V8Js,
+        bpf::interp_kind::JVM | bpf::interp_kind::JVM_COMPILED => FrameType::Jvm,
         _ => FrameType::CPython,
     };
     let Some(info) = name else {
@@ -992,7 +997,8 @@ impl Attached {
                 .with_python(!self.config.python_unwinding_disable)
                 .with_php(!self.config.php_unwinding_disable)
                 .with_ruby(!self.config.ruby_unwinding_disable)
-                .with_v8(!self.config.v8_unwinding_disable),
+                .with_v8(!self.config.v8_unwinding_disable)
+                .with_jvm(!self.config.jvm_unwinding_disable),
             tables: self.tables,
         }));
         let event_thread = {

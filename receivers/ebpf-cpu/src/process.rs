@@ -10,6 +10,7 @@ use agent_object_files::file_id::{build_id_of, BuildId};
 use tracing::{debug, info};
 
 use crate::runtimes::go::{GoBinary, GoDetectError};
+use crate::runtimes::jvm::{may_be_jvm, JvmBinary, JvmProcess};
 use crate::runtimes::php::{may_be_php, PhpBinary, PhpProcess};
 use crate::runtimes::python::{version_of_path, PythonBinary, PythonProcess};
 use crate::runtimes::ruby::{may_be_ruby, RubyBinary, RubyProcess};
@@ -147,6 +148,7 @@ enum InterpreterBinary {
     Php(PhpBinary),
     Ruby(RubyBinary),
     V8(V8Binary),
+    Jvm(JvmBinary),
 }
 
 impl InterpreterBinary {
@@ -156,6 +158,7 @@ impl InterpreterBinary {
             InterpreterBinary::Php(b) => b.version,
             InterpreterBinary::Ruby(b) => b.version,
             InterpreterBinary::V8(b) => b.version,
+            InterpreterBinary::Jvm(b) => b.version,
         }
     }
 }
@@ -180,6 +183,8 @@ pub struct ProcessTracker {
     ruby: bool,
     /// Look for V8 (Node.js).
     v8: bool,
+    /// Look for the JVM (HotSpot).
+    jvm: bool,
     /// Processes that vanished before they could be read.
     pub vanished: u64,
 }
@@ -197,6 +202,7 @@ impl ProcessTracker {
             php: true,
             ruby: true,
             v8: true,
+            jvm: true,
             vanished: 0,
         }
     }
@@ -222,6 +228,12 @@ impl ProcessTracker {
     /// Looks for V8 (Node.js) (or not).
     pub fn with_v8(mut self, v8: bool) -> Self {
         self.v8 = v8;
+        self
+    }
+
+    /// Looks for the JVM (or not).
+    pub fn with_jvm(mut self, jvm: bool) -> Self {
+        self.jvm = jvm;
         self
     }
 
@@ -363,7 +375,8 @@ impl ProcessTracker {
         let php = self.php && may_be_php(m.path);
         let ruby = self.ruby && may_be_ruby(m.path);
         let v8 = self.v8 && may_be_v8(m.path);
-        if python.is_none() && !php && !ruby && !v8 {
+        let jvm = self.jvm && may_be_jvm(m.path);
+        if python.is_none() && !php && !ruby && !v8 && !jvm {
             return None;
         }
         let key = (m.device.to_owned(), m.inode);
@@ -396,10 +409,15 @@ impl ProcessTracker {
                     data.and_then(|d| RubyBinary::read(&d))
                         .map(InterpreterBinary::Ruby),
                 ),
-                None => (
+                None if v8 => (
                     "V8",
                     data.and_then(|d| V8Binary::read(&d))
                         .map(InterpreterBinary::V8),
+                ),
+                None => (
+                    "JVM",
+                    data.and_then(|d| JvmBinary::read(&d))
+                        .map(InterpreterBinary::Jvm),
                 ),
             };
             match &binary {
@@ -431,6 +449,12 @@ impl ProcessTracker {
             InterpreterBinary::V8(binary) => {
                 let bias = binary.segments.bias(m.start, m.offset)?;
                 Runtime::V8(Arc::new(V8Process::new(binary, bias)?))
+            }
+            InterpreterBinary::Jvm(binary) => {
+                // Its layout is read from the process (None until the code
+                // cache is set up: read again when code appears there).
+                let bias = binary.segments.bias(m.start, m.offset)?;
+                Runtime::Jvm(Arc::new(JvmProcess::new(binary, bias, pid)?))
             }
         };
         debug!(pid, runtime = runtime.describe(), "interpreter process");

@@ -7,6 +7,7 @@
 //! `INTERP_FRAME_TAG` in ebpf/cpu.h): what user space needs to name it.
 
 pub mod go;
+pub mod jvm;
 pub mod php;
 pub mod python;
 pub mod ruby;
@@ -97,6 +98,8 @@ pub enum Runtime {
     Ruby(Arc<ruby::RubyProcess>),
     /// V8 (Node.js).
     V8(Arc<v8::V8Process>),
+    /// The JVM (HotSpot).
+    Jvm(Arc<jvm::JvmProcess>),
 }
 
 impl Runtime {
@@ -107,6 +110,7 @@ impl Runtime {
             Runtime::Php(p) => p.interp_info(),
             Runtime::Ruby(p) => p.interp_info(),
             Runtime::V8(p) => p.interp_info(),
+            Runtime::Jvm(p) => p.interp_info(),
         }
     }
 
@@ -117,6 +121,7 @@ impl Runtime {
             Runtime::Php(p) => format!("php {}.{}", p.version.0, p.version.1),
             Runtime::Ruby(p) => format!("ruby {}.{}", p.version.0, p.version.1),
             Runtime::V8(p) => format!("v8 {}.{}", p.version.0, p.version.1),
+            Runtime::Jvm(p) => format!("jvm {}.{}", p.version.0, p.version.1),
         }
     }
 
@@ -128,8 +133,17 @@ impl Runtime {
             Runtime::Php(p) => p.name_function(key.pid, key.object, key.validation),
             Runtime::Ruby(p) => p.name_object(key.pid, key.object, key.validation),
             Runtime::V8(p) => p.name_frame(key),
+            Runtime::Jvm(p) => p.name_frame(key),
         }
     }
+}
+
+/// A validation value from two words of an interpreter's object, as BPF
+/// computes it (`pair_validation` in ebpf/cpu.bpf.c).
+pub fn pair_validation(a: u64, b: u64) -> u32 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let h = (a ^ 0x5638).wrapping_mul(K);
+    ((h ^ b).wrapping_mul(K) >> 32) as u32
 }
 
 /// A file's PT_LOAD segments: (file offset, file size, virtual address).

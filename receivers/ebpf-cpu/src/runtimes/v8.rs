@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 
 use super::{
-    process_range, read_memory, read_u64, CodeInfo, CodeKey, DetectError, InlineFrame, LineSource,
-    NameError, Segments,
+    pair_validation, process_range, read_memory, read_u64, CodeInfo, CodeKey, DetectError,
+    InlineFrame, LineSource, NameError, Segments,
 };
 use crate::bpf::{self, InterpInfo, UnwindMapping, V8Layout, TABLE_ANONYMOUS};
 use crate::deferred::{Registers, V8Frames};
@@ -689,7 +689,7 @@ impl V8Process {
         validation: u32,
     ) -> Result<CodeInfo, NameError> {
         let (start, size) = reader.instructions(code)?;
-        if sfi_validation(start, u64::from(size)) != validation {
+        if pair_validation(start, u64::from(size)) != validation {
             return Err(NameError::Stale);
         }
         let (own, frames) = self.inlined(reader, code, None)?;
@@ -945,14 +945,6 @@ fn untag(object: u64) -> u64 {
     object.wrapping_sub(HEAP_OBJECT_TAG)
 }
 
-/// What `v8_validation` in ebpf/runtimes/v8.h computes from a
-/// SharedFunctionInfo's name (or scope info) and script words.
-pub fn sfi_validation(name: u64, script: u64) -> u32 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let h = (name ^ 0x5638).wrapping_mul(K);
-    ((h ^ script).wrapping_mul(K) >> 32) as u32
-}
-
 /// The 1-based line holding character `position`, given where lines end.
 fn line_of_position(ends: &[u32], position: u32) -> u32 {
     ends.partition_point(|&end| end < position) as u32 + 1
@@ -1015,7 +1007,7 @@ impl Reader<'_> {
     /// The validation value of a SharedFunctionInfo, from its words now.
     fn sfi_validation(&self, sfi: u64) -> Result<u32, NameError> {
         let l = self.layout;
-        Ok(sfi_validation(
+        Ok(pair_validation(
             self.word(sfi, l.sfi_name)?,
             self.word(sfi, l.sfi_script)?,
         ))
@@ -1431,9 +1423,9 @@ mod tests {
 
     #[test]
     fn validation_tells_functions_apart() {
-        let a = sfi_validation(0x1000_0001, 0x2000_0001);
-        assert_ne!(a, sfi_validation(0x1000_0041, 0x2000_0001));
-        assert_ne!(a, sfi_validation(0x1000_0001, 0x2000_0041));
+        let a = pair_validation(0x1000_0001, 0x2000_0001);
+        assert_ne!(a, pair_validation(0x1000_0041, 0x2000_0001));
+        assert_ne!(a, pair_validation(0x1000_0001, 0x2000_0041));
     }
 
     #[test]
