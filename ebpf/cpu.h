@@ -271,12 +271,12 @@ struct jvm_layout {
 	__u8 heap_log2_segment[JVM_MAX_HEAPS];
 	__u8 heap_count;
 	__u8 block_header;        /* sizeof(HeapBlock): the blob follows it */
-	__u8 kind_size;           /* 1: CodeBlob._kind, nmethods are kind_nmethod; 4: the compiler type, nonzero for nmethods */
-	__u8 kind_nmethod;
+	__u8 kind_size;           /* the bytes of blob_kind: 1 (CodeBlob._kind) or 4 (CodeBlob._header_size) */
 	__u8 frame_complete_size; /* CodeBlob._frame_complete_offset: an int16 or int */
 	__u8 code_is_offset;      /* CodeBlob code field: an int offset from the blob (else a pointer) */
-	__u8 reserved;
-	__u16 blob_kind;
+	__u8 reserved[2];
+	__u16 blob_kind;          /* what tells an nmethod: it holds kind_nmethod */
+	__u16 kind_nmethod;
 	__u16 blob_frame_complete;
 	__u16 blob_frame_size;    /* in words, return address and saved rbp included */
 	__u16 blob_code;
@@ -285,7 +285,7 @@ struct jvm_layout {
 	__u16 nmethod_compile_id;
 	__u16 method_const;       /* Method._constMethod */
 	__u16 const_method_size;  /* sizeof(ConstMethod): its bytecodes follow */
-	__u16 reserved2[3];
+	__u16 reserved2[2];
 };
 
 /* The interpreter a process runs, found by user space in its mappings. */

@@ -56,8 +56,11 @@ static __always_inline __u64 jvm_blob(struct jvm_layout *j, __u64 pc)
 static __always_inline long jvm_interpreted(struct unwind_state *st, struct jvm_layout *j)
 {
 	__u64 fp = st->bp;
+	/* The caller's frame and the sender's sp lie above this frame (at a
+	 * codelet's entry or exit, rbp may still be the caller's own). */
 	if (fp < 8 * JVM_SLOT_BELOW ||
-	    read_object(st->frame_buf, 8 * (JVM_SLOT_BELOW + 2), fp - 8 * JVM_SLOT_BELOW)) {
+	    read_object(st->frame_buf, 8 * (JVM_SLOT_BELOW + 2), fp - 8 * JVM_SLOT_BELOW) ||
+	    JVM_SLOT(st->frame_buf, 0) <= fp || JVM_SLOT(st->frame_buf, JVM_SENDER_SP) <= fp) {
 		push_word(st, st->pc);
 		st->stack.status = STACK_FRAME_POINTER_FAILED;
 		return 1;
@@ -115,8 +118,9 @@ __noinline long jvm_step(struct unwind_state *st, struct process_unwind_info *pr
 						       FIELD(st->code_buf, __s32, j->blob_frame_complete);
 	__u32 kind = j->kind_size == 1 ? FIELD(st->code_buf, __u8, j->blob_kind) :
 					 FIELD(st->code_buf, __u32, j->blob_kind);
-	int nmethod = j->kind_size == 1 ? kind == j->kind_nmethod : kind != 0;
-	if (nmethod && pc >= code && pc - code < INTERP_OFFSET_UNKNOWN) {
+	/* A return address is past its call: never at the code's start. */
+	if (kind == j->kind_nmethod && pc - code < INTERP_OFFSET_UNKNOWN &&
+	    (st->exact_pc ? pc >= code : pc > code)) {
 		__u64 method = FIELD(st->code_buf, __u64, j->nmethod_method);
 		__u64 compile_id = 0; /* past the bytes read of the blob on JDK 17 */
 		read_user(&compile_id, blob + j->nmethod_compile_id);
@@ -135,25 +139,30 @@ __noinline long jvm_step(struct unwind_state *st, struct process_unwind_info *pr
 	 * keep rbp as a frame pointer, or leave it alone. */
 	if (frame_size <= 0)
 		return frame_pointer_step(st, STACK_FRAME_POINTER_FAILED);
+	/* Code of this size is called from code of the code cache only (Java
+	 * code, the interpreter, the call stub): a return address elsewhere
+	 * says the frame is not (or no longer) as its size says. */
 	__u64 sp = st->sp, frame[2]; /* the saved rbp, then the return address */
-	if (st->exact_pc && complete > 0 && pc < code + complete) {
-		/* Sampled before the frame is built: the return address is on top. */
-		if (read_stack_pair(st, frame, sp - 8)) {
-			st->stack.status = STACK_READ_FAILED;
-			return 1;
-		}
-		st->sp = sp + 8;
-		st->pc = frame[1];
-	} else {
-		__u64 sender_sp = sp + 8 * (__u64)frame_size;
-		if (read_stack_pair(st, frame, sender_sp - 16)) {
-			st->stack.status = STACK_READ_FAILED;
-			return 1;
-		}
-		st->sp = sender_sp;
+	int built = !st->exact_pc || complete <= 0 || pc >= code + complete;
+	if (built && !read_stack_pair(st, frame, sp + 8 * (__u64)frame_size - 16) &&
+	    frame[1] >= j->code_start && frame[1] < j->code_end) {
+		st->sp = sp + 8 * (__u64)frame_size;
 		st->bp = frame[0];
-		st->pc = frame[1];
+	} else if (st->exact_pc && !read_stack_pair(st, frame, sp - 8) && frame[1] >= j->code_start &&
+		   frame[1] < j->code_end) {
+		/* In the prologue before anything is pushed, or at the return:
+		 * the return address is on top. */
+		st->sp = sp + 8;
+	} else if (st->exact_pc && !read_stack_pair(st, frame, sp) && frame[1] >= j->code_start &&
+		   frame[1] < j->code_end) {
+		/* rbp pushed (or not popped yet) above the return address. */
+		st->sp = sp + 16;
+		st->bp = frame[0];
+	} else {
+		st->stack.status = STACK_FRAME_POINTER_FAILED;
+		return 1;
 	}
+	st->pc = frame[1];
 	st->exact_pc = 0;
 	st->trusted_pc = 0;
 	return 0;

@@ -451,19 +451,19 @@ pub struct JvmLayout {
     pub heap_count: u8,
     /// `sizeof(HeapBlock)`: a block's CodeBlob follows it.
     pub block_header: u8,
-    /// 1: `CodeBlob._kind` (a byte), nmethods are `kind_nmethod`; 4: the
-    /// blob's compiler type (an int), nonzero for nmethods.
+    /// The bytes of `blob_kind`: 1 (`CodeBlob._kind`) or 4 (`CodeBlob._header_size`).
     pub kind_size: u8,
-    /// See `kind_size`.
-    pub kind_nmethod: u8,
     /// `CodeBlob._frame_complete_offset`'s size: 2 or 4.
     pub frame_complete_size: u8,
     /// 1: the blob's code field is an int offset from the blob; 0: a pointer.
     pub code_is_offset: u8,
     /// Padding.
-    pub reserved: u8,
-    /// `CodeBlob._kind` (or the compiler type).
+    pub reserved: [u8; 2],
+    /// What tells an nmethod: `CodeBlob._kind` (JDK 23+) or, before,
+    /// `CodeBlob._header_size` (an nmethod's is `sizeof(nmethod)`).
     pub blob_kind: u16,
+    /// The value `blob_kind` holds in an nmethod.
+    pub kind_nmethod: u16,
     /// `CodeBlob._frame_complete_offset`.
     pub blob_frame_complete: u16,
     /// `CodeBlob._frame_size` (words).
@@ -481,7 +481,7 @@ pub struct JvmLayout {
     /// `sizeof(ConstMethod)`: its bytecodes follow it.
     pub const_method_size: u16,
     /// Padding.
-    pub reserved2: [u16; 3],
+    pub reserved2: [u16; 2],
 }
 
 /// `enum go_labels_kind` of ebpf/cpu.h.
@@ -1805,7 +1805,6 @@ mod tests {
                 ("heap_count", offset_of!(JvmLayout, heap_count)),
                 ("block_header", offset_of!(JvmLayout, block_header)),
                 ("kind_size", offset_of!(JvmLayout, kind_size)),
-                ("kind_nmethod", offset_of!(JvmLayout, kind_nmethod)),
                 (
                     "frame_complete_size",
                     offset_of!(JvmLayout, frame_complete_size),
@@ -1813,6 +1812,7 @@ mod tests {
                 ("code_is_offset", offset_of!(JvmLayout, code_is_offset)),
                 ("reserved", offset_of!(JvmLayout, reserved)),
                 ("blob_kind", offset_of!(JvmLayout, blob_kind)),
+                ("kind_nmethod", offset_of!(JvmLayout, kind_nmethod)),
                 (
                     "blob_frame_complete",
                     offset_of!(JvmLayout, blob_frame_complete),

@@ -121,18 +121,18 @@ impl Tables {
             word(7)?,
         );
         for entry in entries(pid, table, stride, type_name)? {
-            let text = |at: u64| c_string(pid, read_u64(pid, entry + at).unwrap_or(0));
+            let text = |at: u64| c_string(pid, read_u64(pid, entry.wrapping_add(at)).unwrap_or(0));
             let (Some(t), Some(f)) = (text(type_name), text(field_name)) else {
                 continue;
             };
             let mut flag = [0u8; 4];
-            read_memory(pid, entry + is_static, &mut flag)?;
+            read_memory(pid, entry.wrapping_add(is_static), &mut flag)?;
             fields.insert(
                 (t, f),
                 Field {
-                    offset: read_u64(pid, entry + offset)?,
+                    offset: read_u64(pid, entry.wrapping_add(offset))?,
                     address: if u32::from_le_bytes(flag) != 0 {
-                        read_u64(pid, entry + address)?
+                        read_u64(pid, entry.wrapping_add(address))?
                     } else {
                         0
                     },
@@ -143,16 +143,16 @@ impl Tables {
         let mut sizes = HashMap::new();
         let (table, type_name, size, stride) = (word(8)?, word(9)?, word(10)?, word(11)?);
         for entry in entries(pid, table, stride, type_name)? {
-            if let Some(t) = c_string(pid, read_u64(pid, entry + type_name)?) {
-                sizes.insert(t, read_u64(pid, entry + size)?);
+            if let Some(t) = c_string(pid, read_u64(pid, entry.wrapping_add(type_name))?) {
+                sizes.insert(t, read_u64(pid, entry.wrapping_add(size))?);
             }
         }
         let mut ints = HashMap::new();
         let (table, name, value, stride) = (word(12)?, word(13)?, word(14)?, word(15)?);
         for entry in entries(pid, table, stride, name)? {
-            if let Some(n) = c_string(pid, read_u64(pid, entry + name)?) {
+            if let Some(n) = c_string(pid, read_u64(pid, entry.wrapping_add(name))?) {
                 let mut v = [0u8; 4];
-                read_memory(pid, entry + value, &mut v)?;
+                read_memory(pid, entry.wrapping_add(value), &mut v)?;
                 ints.insert(n, i64::from(i32::from_le_bytes(v)));
             }
         }
@@ -204,8 +204,8 @@ fn entries(pid: u32, table: u64, stride: u64, name: u64) -> std::io::Result<Vec<
     }
     let mut all = Vec::new();
     for i in 0..MAX_ENTRIES {
-        let entry = table + i * stride;
-        if read_u64(pid, entry + name)? == 0 {
+        let entry = table.wrapping_add(i.wrapping_mul(stride));
+        if read_u64(pid, entry.wrapping_add(name))? == 0 {
             return Ok(all);
         }
         all.push(entry);
@@ -222,7 +222,7 @@ fn c_string(pid: u32, address: u64) -> Option<String> {
     let mut chunk = [0u8; 64];
     while text.len() < MAX_NAME {
         // Stop at a page's end: the string may be the last thing mapped.
-        let at = address + text.len() as u64;
+        let at = address.wrapping_add(text.len() as u64);
         let len = chunk.len().min((4096 - (at & 4095)) as usize);
         read_memory(pid, at, &mut chunk[..len]).ok()?;
         if let Some(end) = chunk[..len].iter().position(|&b| b == 0) {
@@ -338,8 +338,8 @@ impl JvmProcess {
         if heaps == 0 || layout.code_start == 0 {
             return Err("the code cache is not set up yet".into());
         }
-        let count = int(heaps + u64::from(t.offset("GrowableArrayBase", "_len")?))?;
-        let data = word(heaps + u64::from(t.offset("GrowableArray<int>", "_data")?))?;
+        let count = int(heaps.wrapping_add(u64::from(t.offset("GrowableArrayBase", "_len")?)))?;
+        let data = word(heaps.wrapping_add(u64::from(t.offset("GrowableArray<int>", "_data")?)))?;
         let (memory, segmap) = (
             u64::from(t.offset("CodeHeap", "_memory")?),
             u64::from(t.offset("CodeHeap", "_segmap")?),
@@ -350,11 +350,12 @@ impl JvmProcess {
         );
         let log2 = u64::from(t.offset("CodeHeap", "_log2_segment_size")?);
         for i in 0..usize::try_from(count).unwrap_or(0).min(JVM_MAX_HEAPS) {
-            let heap = word(data + 8 * i as u64)?;
-            layout.heap_low[i] = word(heap + memory + low)?;
-            layout.heap_high[i] = word(heap + memory + high)?;
-            layout.heap_segmap[i] = word(heap + segmap + low)?;
-            layout.heap_log2_segment[i] = narrow("segment size", int(heap + log2)? as u64)?;
+            let heap = word(data.wrapping_add(8 * i as u64))?;
+            layout.heap_low[i] = word(heap.wrapping_add(memory.wrapping_add(low)))?;
+            layout.heap_high[i] = word(heap.wrapping_add(memory.wrapping_add(high)))?;
+            layout.heap_segmap[i] = word(heap.wrapping_add(segmap.wrapping_add(low)))?;
+            layout.heap_log2_segment[i] =
+                narrow("segment size", int(heap.wrapping_add(log2))? as u64)?;
             layout.heap_count += 1;
         }
         if layout.heap_count == 0 {
@@ -363,23 +364,28 @@ impl JvmProcess {
 
         // The template interpreter's code: its stub queue's buffer.
         let queue = word(t.address("AbstractInterpreter", "_code")?)?;
-        let buffer = word(queue + u64::from(t.offset("StubQueue", "_stub_buffer")?))?;
-        let limit = int(queue + u64::from(t.offset("StubQueue", "_buffer_limit")?))?;
-        let interpreter = (buffer, buffer + u64::try_from(limit).unwrap_or(0));
+        let buffer = word(queue.wrapping_add(u64::from(t.offset("StubQueue", "_stub_buffer")?)))?;
+        let limit = int(queue.wrapping_add(u64::from(t.offset("StubQueue", "_buffer_limit")?)))?;
+        let interpreter = (
+            buffer,
+            buffer.wrapping_add(u64::try_from(limit).unwrap_or(0)),
+        );
 
-        // A blob's kind: JDK 23+ keeps one; before, an nmethod is the blob
-        // whose compiler type (the int before its size, after the vtable)
-        // is not "none".
+        // What tells an nmethod: JDK 23+ keeps a blob's kind; before, an
+        // nmethod's header is the size of an nmethod (stubs' are their own
+        // classes' sizes).
         match t.offset("CodeBlob", "_kind") {
             Ok(kind) => {
                 layout.blob_kind = kind;
                 layout.kind_size = 1;
-                layout.kind_nmethod =
-                    narrow("nmethod kind", t.int("CodeBlobKind::Nmethod")? as u64)?;
+                layout.kind_nmethod = u16::try_from(t.int("CodeBlobKind::Nmethod")?)
+                    .map_err(|_| "CodeBlobKind::Nmethod".to_owned())?;
             }
             Err(_) => {
-                layout.blob_kind = t.offset("CodeBlob", "_size")? - 4;
+                layout.blob_kind = t.offset("CodeBlob", "_header_size")?;
                 layout.kind_size = 4;
+                layout.kind_nmethod =
+                    u16::try_from(t.size("nmethod")?).map_err(|_| "sizeof(nmethod)".to_owned())?;
             }
         }
         let complete = t.field("CodeBlob", "_frame_complete_offset")?;
@@ -578,46 +584,55 @@ impl Reader<'_> {
         if symbol == 0 {
             return Err(NameError::NotCode);
         }
-        let len = usize::from(self.u16(symbol + u64::from(self.n.symbol_length))?);
+        let len = usize::from(self.u16(symbol.wrapping_add(u64::from(self.n.symbol_length)))?);
         if len > MAX_NAME {
             return Err(NameError::TooLong);
         }
         let mut text = vec![0u8; len];
-        read_memory(self.pid, symbol + u64::from(self.n.symbol_body), &mut text)
-            .map_err(NameError::Read)?;
+        read_memory(
+            self.pid,
+            symbol.wrapping_add(u64::from(self.n.symbol_body)),
+            &mut text,
+        )
+        .map_err(NameError::Read)?;
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
     /// The Symbol at constant pool index `index`.
     fn pool_symbol(&self, pool: u64, index: u16) -> Result<String, NameError> {
-        self.symbol(self.word(pool + self.n.pool_size + 8 * u64::from(index))?)
+        self.symbol(
+            self.word(pool.wrapping_add(self.n.pool_size.wrapping_add(8 * u64::from(index))))?,
+        )
     }
 
     /// A Method's names and line table.
     fn method(&self, method: u64) -> Result<Method, NameError> {
         let n = self.n;
-        let cm = self.word(method + u64::from(n.method_const))?;
-        let pool = self.word(cm + u64::from(n.const_method_constants))?;
+        let cm = self.word(method.wrapping_add(u64::from(n.method_const)))?;
+        let pool = self.word(cm.wrapping_add(u64::from(n.const_method_constants)))?;
         if cm == 0 || pool == 0 {
             return Err(NameError::NotCode);
         }
-        let holder = self.word(pool + u64::from(n.pool_holder))?;
-        let class = self.symbol(self.word(holder + u64::from(n.klass_name))?)?;
-        let name = self.pool_symbol(pool, self.u16(cm + u64::from(n.const_method_name))?)?;
-        let source = self.u16(pool + u64::from(n.pool_source_file))?;
+        let holder = self.word(pool.wrapping_add(u64::from(n.pool_holder)))?;
+        let class = self.symbol(self.word(holder.wrapping_add(u64::from(n.klass_name)))?)?;
+        let name = self.pool_symbol(
+            pool,
+            self.u16(cm.wrapping_add(u64::from(n.const_method_name)))?,
+        )?;
+        let source = self.u16(pool.wrapping_add(u64::from(n.pool_source_file)))?;
         let filename = if source == 0 {
             String::new()
         } else {
             self.pool_symbol(pool, source).unwrap_or_default()
         };
         let flags = if n.const_method_flags_wide {
-            u32::from_le_bytes(self.bytes(cm + u64::from(n.const_method_flags))?)
+            u32::from_le_bytes(self.bytes(cm.wrapping_add(u64::from(n.const_method_flags)))?)
         } else {
-            u32::from(self.u16(cm + u64::from(n.const_method_flags))?)
+            u32::from(self.u16(cm.wrapping_add(u64::from(n.const_method_flags)))?)
         };
         let lines = if flags & n.has_line_table != 0 {
-            let code_size = self.u16(cm + u64::from(n.const_method_code_size))?;
-            self.line_table(cm + n.const_method_size + u64::from(code_size))
+            let code_size = self.u16(cm.wrapping_add(u64::from(n.const_method_code_size)))?;
+            self.line_table(cm.wrapping_add(n.const_method_size.wrapping_add(u64::from(code_size))))
                 .unwrap_or_default()
         } else {
             Vec::new()
@@ -647,9 +662,12 @@ impl Reader<'_> {
                 if read >= MAX_TABLE {
                     return Err(NameError::TooLong);
                 }
-                let len = buf.len().min(4096 - ((at + read as u64) & 4095) as usize);
+                let len = buf
+                    .len()
+                    .min(4096 - ((at.wrapping_add(read as u64)) & 4095) as usize);
                 let mut chunk = vec![0u8; len];
-                read_memory(self.pid, at + read as u64, &mut chunk).map_err(NameError::Read)?;
+                read_memory(self.pid, at.wrapping_add(read as u64), &mut chunk)
+                    .map_err(NameError::Read)?;
                 buf.truncate(read);
                 buf.extend_from_slice(&chunk);
                 read += len;
@@ -680,8 +698,8 @@ impl Reader<'_> {
     /// methods inlined there, innermost first.
     fn name_nmethod(&self, nmethod: u64, validation: u32) -> Result<CodeInfo, NameError> {
         let n = self.n;
-        let own = self.word(nmethod + u64::from(n.nmethod_method))?;
-        let compile_id = self.i32(nmethod + u64::from(n.nmethod_compile_id))? as u32;
+        let own = self.word(nmethod.wrapping_add(u64::from(n.nmethod_method)))?;
+        let compile_id = self.i32(nmethod.wrapping_add(u64::from(n.nmethod_compile_id)))? as u32;
         if own == 0 || pair_validation(own, u64::from(compile_id)) != validation {
             return Err(NameError::Stale);
         }
@@ -695,9 +713,10 @@ impl Reader<'_> {
         methods.insert(own, Arc::new(own_method.clone()));
         let mut by_offset = Vec::new();
         // A PcDesc names the pc after a call (a return address) or a
-        // safepoint; a frame's offset is one before a return address: each
-        // PcDesc stands for the offsets from the previous one's up to it.
-        let mut previous = 0u32;
+        // safepoint poll; a frame's offset is one before a return address:
+        // each PcDesc stands for the offsets past the previous one's up to
+        // its own.
+        let mut previous = -1i64;
         for (pc_offset, decode) in pcs {
             let mut frames = Vec::new();
             let mut at = decode;
@@ -711,7 +730,7 @@ impl Reader<'_> {
                 let Some(index) = method_index.checked_sub(1) else {
                     break;
                 };
-                let method = self.word(metadata + 8 * u64::from(index))?;
+                let method = self.word(metadata.wrapping_add(8 * u64::from(index)))?;
                 let m = match methods.get(&method) {
                     Some(m) => m.clone(),
                     None => {
@@ -729,10 +748,11 @@ impl Reader<'_> {
                 });
                 at = sender as i64;
             }
+            // HotSpot's PcDesc for a pc is the first at or after it.
             if !frames.is_empty() && pc_offset > 0 {
-                by_offset.push((previous, Arc::from(frames)));
+                by_offset.push(((previous + 1) as u32, Arc::from(frames)));
             }
-            previous = pc_offset.max(0) as u32;
+            previous = i64::from(pc_offset).max(previous);
         }
         Ok(CodeInfo {
             name: own_method.name.clone(),
@@ -752,10 +772,16 @@ impl Reader<'_> {
                 scopes,
                 metadata,
             } => (
-                nmethod.wrapping_add_signed(i64::from(self.i32(nmethod + u64::from(pcs_start))?)),
-                nmethod.wrapping_add_signed(i64::from(self.i32(nmethod + u64::from(pcs_end))?)),
-                self.word(nmethod + u64::from(scopes))?,
-                nmethod.wrapping_add_signed(i64::from(self.i32(nmethod + u64::from(metadata))?)),
+                nmethod.wrapping_add_signed(i64::from(
+                    self.i32(nmethod.wrapping_add(u64::from(pcs_start)))?,
+                )),
+                nmethod.wrapping_add_signed(i64::from(
+                    self.i32(nmethod.wrapping_add(u64::from(pcs_end)))?,
+                )),
+                self.word(nmethod.wrapping_add(u64::from(scopes)))?,
+                nmethod.wrapping_add_signed(i64::from(
+                    self.i32(nmethod.wrapping_add(u64::from(metadata)))?,
+                )),
             ),
             PcLayout::Immutable {
                 immutable,
@@ -764,14 +790,16 @@ impl Reader<'_> {
                 mutable,
                 relocation_size,
             } => {
-                let data = self.word(nmethod + u64::from(immutable))?;
-                let scopes_at = self.i32(nmethod + u64::from(scopes_start))?;
-                let relocations = self.i32(nmethod + u64::from(relocation_size))?;
+                let data = self.word(nmethod.wrapping_add(u64::from(immutable)))?;
+                let scopes_at = self.i32(nmethod.wrapping_add(u64::from(scopes_start)))?;
+                let relocations = self.i32(nmethod.wrapping_add(u64::from(relocation_size)))?;
                 (
-                    data.wrapping_add_signed(i64::from(self.i32(nmethod + u64::from(pcs_start))?)),
+                    data.wrapping_add_signed(i64::from(
+                        self.i32(nmethod.wrapping_add(u64::from(pcs_start)))?,
+                    )),
                     data.wrapping_add_signed(i64::from(scopes_at)),
                     data.wrapping_add_signed(i64::from(scopes_at)),
-                    self.word(nmethod + u64::from(mutable))?
+                    self.word(nmethod.wrapping_add(u64::from(mutable)))?
                         .wrapping_add_signed(i64::from(relocations)),
                 )
             }
@@ -801,7 +829,7 @@ impl Reader<'_> {
     /// The scope record at `offset` of the scopes data: (sender's decode
     /// offset, method index + 1, bytecode index).
     fn scope(&self, scopes: u64, offset: u64) -> Result<(u32, u32, i64), NameError> {
-        let buf: [u8; 16] = self.bytes(scopes + offset)?;
+        let buf: [u8; 16] = self.bytes(scopes.wrapping_add(offset))?;
         let mut stream = Unsigned5 {
             at: 0,
             excluded: self.n.unsigned5_excluded,
@@ -877,8 +905,7 @@ mod tests {
 mod live_tests {
     use super::*;
 
-    /// A JVM of this machine (CI's has Debian's OpenJDK 17) gives a layout
-    /// and names one of its own methods.
+    /// A JVM of this machine (CI's has Debian's OpenJDK 17) gives a layout.
     #[test]
     fn the_tables_of_this_machines_jvm_give_a_layout() {
         let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
