@@ -9,7 +9,7 @@
 //! hand-kept table.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use object::{Object, ObjectSymbol};
 
@@ -280,15 +280,32 @@ enum PcLayout {
     },
 }
 
+/// Methods named at most are kept per process (then all are dropped).
+const MAX_METHODS: usize = 32 << 10;
+
 /// A JVM as one process runs it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct JvmProcess {
     /// The JDK's feature release and update (`17.0.15`: (17, 0)).
     pub version: (u8, u8),
     layout: JvmLayout,
     interpreter: (u64, u64),
     naming: Naming,
+    /// Methods named so far (the same ones are inlined into many nmethods),
+    /// by address; used while the Method still has its ConstMethod.
+    methods: Mutex<HashMap<u64, Arc<Method>>>,
 }
+
+impl PartialEq for JvmProcess {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.layout == other.layout
+            && self.interpreter == other.interpreter
+            && self.naming == other.naming
+    }
+}
+
+impl Eq for JvmProcess {}
 
 impl JvmProcess {
     /// Reads the JVM's tables and code cache from process `pid` (libjvm at
@@ -483,6 +500,7 @@ impl JvmProcess {
             layout,
             interpreter,
             naming,
+            methods: Mutex::default(),
         })
     }
 
@@ -505,6 +523,7 @@ impl JvmProcess {
         let reader = Reader {
             pid: key.pid,
             n: &self.naming,
+            methods: &self.methods,
         };
         if key.kind == bpf::interp_kind::JVM_COMPILED {
             return reader.name_nmethod(key.object, key.validation);
@@ -514,8 +533,8 @@ impl JvmProcess {
             return Err(NameError::Stale);
         }
         Ok(CodeInfo {
-            name: method.name.clone(),
-            filename: method.filename.clone(),
+            name: method.name.to_string(),
+            filename: method.filename.to_string(),
             first_line: method.first_line(),
             lines: LineSource::ByOffset(method.lines.clone()),
         })
@@ -527,8 +546,8 @@ impl JvmProcess {
 struct Method {
     const_method: u64,
     /// `package.Class.method`.
-    name: String,
-    filename: String,
+    name: Arc<str>,
+    filename: Arc<str>,
     /// (bytecode index, line), by bytecode index.
     lines: Vec<(u32, u32)>,
 }
@@ -558,6 +577,7 @@ struct PcTables {
 struct Reader<'a> {
     pid: u32,
     n: &'a Naming,
+    methods: &'a Mutex<HashMap<u64, Arc<Method>>>,
 }
 
 impl Reader<'_> {
@@ -605,10 +625,30 @@ impl Reader<'_> {
         )
     }
 
-    /// A Method's names and line table.
-    fn method(&self, method: u64) -> Result<Method, NameError> {
+    /// A Method's names and line table (kept while the Method keeps its
+    /// ConstMethod).
+    fn method(&self, method: u64) -> Result<Arc<Method>, NameError> {
+        let cm = self.word(method.wrapping_add(u64::from(self.n.method_const)))?;
+        let cached = self
+            .methods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&method)
+            .cloned();
+        if let Some(m) = cached.filter(|m| m.const_method == cm) {
+            return Ok(m);
+        }
+        let m = Arc::new(self.read_method(cm)?);
+        let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
+        if methods.len() >= MAX_METHODS {
+            methods.clear();
+        }
+        methods.insert(method, m.clone());
+        Ok(m)
+    }
+
+    fn read_method(&self, cm: u64) -> Result<Method, NameError> {
         let n = self.n;
-        let cm = self.word(method.wrapping_add(u64::from(n.method_const)))?;
         let pool = self.word(cm.wrapping_add(u64::from(n.const_method_constants)))?;
         if cm == 0 || pool == 0 {
             return Err(NameError::NotCode);
@@ -639,8 +679,8 @@ impl Reader<'_> {
         };
         Ok(Method {
             const_method: cm,
-            name: format!("{}.{name}", class.replace('/', ".")),
-            filename,
+            name: Arc::from(format!("{}.{name}", class.replace('/', "."))),
+            filename: Arc::from(filename),
             lines,
         })
     }
@@ -709,8 +749,20 @@ impl Reader<'_> {
             scopes,
             metadata,
         } = self.pc_tables(nmethod)?;
-        let mut methods: HashMap<u64, Arc<Method>> = HashMap::new();
-        methods.insert(own, Arc::new(own_method.clone()));
+        // The scope records the PcDescs point to, read in one go: they lie
+        // within the furthest one (and its 15 bytes at most) from the start.
+        const MAX_SCOPES: u64 = 1 << 20;
+        let furthest = pcs.iter().map(|&(_, d)| d.max(0) as u64).max().unwrap_or(0);
+        if furthest >= MAX_SCOPES {
+            return Err(NameError::TooLong);
+        }
+        let mut scope_bytes = vec![0u8; furthest as usize + 16];
+        if read_memory(self.pid, scopes, &mut scope_bytes).is_err() {
+            // The last record may end before the 16 bytes do, at a page's end.
+            scope_bytes.truncate(furthest as usize + 1);
+            read_memory(self.pid, scopes, &mut scope_bytes).map_err(NameError::Read)?;
+        }
+
         let mut by_offset = Vec::new();
         // A PcDesc names the pc after a call (a return address) or a
         // safepoint poll; a frame's offset is one before a return address:
@@ -724,25 +776,18 @@ impl Reader<'_> {
                 if at <= 0 {
                     break;
                 }
-                let Ok((sender, method_index, bci)) = self.scope(scopes, at as u64) else {
+                let Ok((sender, method_index, bci)) = self.scope(&scope_bytes, at as usize) else {
                     break;
                 };
                 let Some(index) = method_index.checked_sub(1) else {
                     break;
                 };
                 let method = self.word(metadata.wrapping_add(8 * u64::from(index)))?;
-                let m = match methods.get(&method) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let m = Arc::new(self.method(method)?);
-                        methods.insert(method, m.clone());
-                        m
-                    }
-                };
+                let m = self.method(method)?;
                 let bci = bci.max(0) as u32;
                 frames.push(InlineFrame {
-                    name: Arc::from(m.name.as_str()),
-                    filename: Arc::from(m.filename.as_str()),
+                    name: m.name.clone(),
+                    filename: m.filename.clone(),
                     first_line: m.first_line(),
                     line: m.line(bci),
                 });
@@ -755,8 +800,8 @@ impl Reader<'_> {
             previous = i64::from(pc_offset).max(previous);
         }
         Ok(CodeInfo {
-            name: own_method.name.clone(),
-            filename: own_method.filename.clone(),
+            name: own_method.name.to_string(),
+            filename: own_method.filename.to_string(),
             first_line: own_method.first_line(),
             lines: LineSource::Inlined(by_offset),
         })
@@ -826,17 +871,16 @@ impl Reader<'_> {
         })
     }
 
-    /// The scope record at `offset` of the scopes data: (sender's decode
-    /// offset, method index + 1, bytecode index).
-    fn scope(&self, scopes: u64, offset: u64) -> Result<(u32, u32, i64), NameError> {
-        let buf: [u8; 16] = self.bytes(scopes.wrapping_add(offset))?;
+    /// The scope record at `offset` of the scopes data `scopes`: (sender's
+    /// decode offset, method index + 1, bytecode index).
+    fn scope(&self, scopes: &[u8], offset: usize) -> Result<(u32, u32, i64), NameError> {
         let mut stream = Unsigned5 {
-            at: 0,
+            at: offset,
             excluded: self.n.unsigned5_excluded,
         };
-        let sender = stream.next(&buf)?;
-        let method = stream.next(&buf)?;
-        let bci = i64::from(stream.next(&buf)?) - 1;
+        let sender = stream.next(scopes)?;
+        let method = stream.next(scopes)?;
+        let bci = i64::from(stream.next(scopes)?) - 1;
         Ok((sender, method, bci))
     }
 }
