@@ -3100,12 +3100,12 @@ fn java_binaries() -> Vec<PathBuf> {
     javas
 }
 
-/// JChain.java compiled (for Java 17, so every JVM tested runs it) into a
+/// JChain.java compiled (for Java 11, so every JVM tested runs it) into a
 /// directory of its own; None (skipped) without javac, outside CI.
 fn compiled_java_chain() -> Option<tempfile::TempDir> {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("javac")
-        .args(["--release", "17", "-g", "-d"])
+        .args(["--release", "11", "-g", "-d"])
         .arg(dir.path())
         .arg(workload_source("JChain.java"))
         .output();

@@ -248,7 +248,7 @@ struct Naming {
     has_line_table: u32,
     pool_size: u64,
     pool_holder: u16,
-    pool_source_file: u16,
+    source_file: SourceFileIndex,
     klass_name: u16,
     symbol_length: u16,
     symbol_body: u16,
@@ -257,6 +257,15 @@ struct Naming {
     /// The byte UNSIGNED5 streams exclude: 0 before JDK 20, 1 since.
     unsigned5_excluded: u8,
     pcs: PcLayout,
+}
+
+/// Where the constant pool index of a class's source file name is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceFileIndex {
+    /// `ConstantPool._source_file_name_index`.
+    InPool(u16),
+    /// `InstanceKlass._source_file_name_index`.
+    InClass(u16),
 }
 
 /// Where an nmethod's PcDescs, scopes and metadata are.
@@ -355,7 +364,11 @@ impl JvmProcess {
         if heaps == 0 || layout.code_start == 0 {
             return Err("the code cache is not set up yet".into());
         }
-        let count = int(heaps.wrapping_add(u64::from(t.offset("GrowableArrayBase", "_len")?)))?;
+        // GrowableArrayBase since JDK 16, GenericGrowableArray before.
+        let length = t
+            .offset("GrowableArrayBase", "_len")
+            .or_else(|_| t.offset("GenericGrowableArray", "_len"))?;
+        let count = int(heaps.wrapping_add(u64::from(length)))?;
         let data = word(heaps.wrapping_add(u64::from(t.offset("GrowableArray<int>", "_data")?)))?;
         let (memory, segmap) = (
             u64::from(t.offset("CodeHeap", "_memory")?),
@@ -470,9 +483,11 @@ impl JvmProcess {
                 metadata: t.offset("nmethod", "_metadata_offset")?,
             },
         };
+        // Not published before JDK 17: bit 0 of the flags then.
         let has_line_table = t
             .int("ConstMethodFlags::_misc_has_linenumber_table")
-            .or_else(|_| t.int("ConstMethod::_has_linenumber_table"))?;
+            .or_else(|_| t.int("ConstMethod::_has_linenumber_table"))
+            .unwrap_or(1);
         let naming = Naming {
             method_const: layout.method_const,
             const_method_size,
@@ -486,7 +501,13 @@ impl JvmProcess {
             has_line_table: u32::try_from(has_line_table).map_err(|_| "the line table flag")?,
             pool_size: t.size("ConstantPool")?,
             pool_holder: t.offset("ConstantPool", "_pool_holder")?,
-            pool_source_file: t.offset("ConstantPool", "_source_file_name_index")?,
+            // In the constant pool since JDK 12, in the class before.
+            source_file: match t.offset("ConstantPool", "_source_file_name_index") {
+                Ok(at) => SourceFileIndex::InPool(at),
+                Err(_) => {
+                    SourceFileIndex::InClass(t.offset("InstanceKlass", "_source_file_name_index")?)
+                }
+            },
             klass_name: t.offset("Klass", "_name")?,
             symbol_length: t.offset("Symbol", "_length")?,
             symbol_body: t.offset("Symbol", "_body")?,
@@ -659,7 +680,10 @@ impl Reader<'_> {
             pool,
             self.u16(cm.wrapping_add(u64::from(n.const_method_name)))?,
         )?;
-        let source = self.u16(pool.wrapping_add(u64::from(n.pool_source_file)))?;
+        let source = match n.source_file {
+            SourceFileIndex::InPool(at) => self.u16(pool.wrapping_add(u64::from(at)))?,
+            SourceFileIndex::InClass(at) => self.u16(holder.wrapping_add(u64::from(at)))?,
+        };
         let filename = if source == 0 {
             String::new()
         } else {
