@@ -1,8 +1,9 @@
 # Sourced by the bench scripts that measure BPF time per sample: a work
 # directory, the busy C workload ($work/busy), BPF statistics on, bpftrace
-# sampling beside the agent ($agent, started by start_agent), and phase,
-# which runs a workload twice and prints both programs' time per sample
-# over $seconds seconds. Everything started is stopped on exit.
+# sampling beside the agent ($agent, started by start_agent); phase, which
+# runs a workload twice and prints both programs' time per sample over
+# $seconds seconds; and busy_report, for workloads already running. Everything
+# started is stopped on exit.
 work=$(mktemp -d)
 pids=()
 stop_all() { [ ${#pids[@]} -gt 0 ] || return 0; kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
@@ -55,4 +56,36 @@ bpftrace = (bt1 - bt0) / max(bc1 - bc0, 1) / 1000
 print(f"{name:22} agent {agent:6.2f} us/sample ({ac1 - ac0} samples)   "
       f"bpftrace {bpftrace:6.2f} us/sample ({bc1 - bc0})   ratio {agent / bpftrace:4.2f}")
 PY
+}
+
+# For workloads started already (their first 3 s left out): over the next
+# $1 seconds, per tool, CPU ms per second (user and system) and BPF µs per
+# sample; the agent's peak VmHWM, its RssAnon/RssFile at the end and the
+# interpreter frames it named.
+busy_report() {
+  local span=$1 hwm=0 h
+  ticks() { awk '{print $14, $15}' /proc/"$1"/stat; }
+  sleep 3
+  read -r au0 as0 < <(ticks $agent_pid); read -r bu0 bs0 < <(ticks $bpftrace_pid)
+  read -r at0 ac0 < <(perf_prog_stats $agent_pid); read -r bt0 bc0 < <(perf_prog_stats $bpftrace_pid)
+  for _ in $(seq "$span"); do
+    sleep 1
+    h=$(awk '/VmHWM/ {print $2}' /proc/$agent_pid/status); [ "$h" -gt "$hwm" ] && hwm=$h
+  done
+  read -r au1 as1 < <(ticks $agent_pid); read -r bu1 bs1 < <(ticks $bpftrace_pid)
+  read -r at1 ac1 < <(perf_prog_stats $agent_pid); read -r bt1 bc1 < <(perf_prog_stats $bpftrace_pid)
+  python3 - "$span" "$(getconf CLK_TCK)" "$au0" "$as0" "$au1" "$as1" "$bu0" "$bs0" "$bu1" "$bs1" \
+    "$at0" "$ac0" "$at1" "$ac1" "$bt0" "$bc0" "$bt1" "$bc1" <<'PY'
+import sys
+s, tck, au0, as0, au1, as1, bu0, bs0, bu1, bs1, at0, ac0, at1, ac1, bt0, bc0, bt1, bc1 = map(int, sys.argv[1:])
+ms = lambda a, b: (b - a) * 1000 / tck / s
+for name, u, sy, t, c in [("agent", ms(au0, au1), ms(as0, as1), at1 - at0, ac1 - ac0),
+                          ("bpftrace", ms(bu0, bu1), ms(bs0, bs1), bt1 - bt0, bc1 - bc0)]:
+    print(f"{name:9} user {u:5.2f} ms/s  sys {sy:5.2f} ms/s  BPF {t / max(c, 1) / 1000:5.2f} us/sample ({c} samples)")
+PY
+  echo "agent VmHWM $((hwm / 1024)) MiB  $(awk '/RssAnon|RssFile/ {printf "%s %.1f MiB  ", $1, $2 / 1024}' /proc/$agent_pid/status)"
+  local http
+  http=$(ss -ltnpH | awk -v p="pid=$agent_pid," '$0 ~ p {print $4; exit}')
+  curl -s "$http/metrics" | grep -E '^agent_ebpf_(interpreter_names_total|interpreter_frames_unnamed_total|interp_frames_total)' | tr '\n' ' '
+  echo
 }

@@ -452,9 +452,17 @@ impl ProcessTracker {
             }
             InterpreterBinary::Jvm(binary) => {
                 // Its layout is read from the process (None until the code
-                // cache is set up: read again when code appears there).
+                // cache is set up: read again when code appears there), once:
+                // a re-read of the same JVM keeps it, and the methods named.
                 let bias = binary.segments.bias(m.start, m.offset)?;
-                Runtime::Jvm(Arc::new(JvmProcess::new(binary, bias, pid)?))
+                let known = self.processes.get(&pid).and_then(|p| match &p.runtime {
+                    Some(Runtime::Jvm(jvm)) if jvm.is_running(pid, bias) => Some(jvm.clone()),
+                    _ => None,
+                });
+                match known {
+                    Some(jvm) => Runtime::Jvm(jvm),
+                    None => Runtime::Jvm(Arc::new(JvmProcess::new(binary, bias, pid)?)),
+                }
             }
         };
         debug!(pid, runtime = runtime.describe(), "interpreter process");

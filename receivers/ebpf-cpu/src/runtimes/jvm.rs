@@ -300,6 +300,10 @@ pub struct JvmProcess {
     layout: JvmLayout,
     interpreter: (u64, u64),
     naming: Naming,
+    /// Where libjvm is (its bias) and where it keeps the code cache's
+    /// start: what tells this JVM from another image of the process.
+    bias: u64,
+    code_start_at: u64,
     /// Methods named so far (the same ones are inlined into many nmethods),
     /// by address; used while the Method still has its ConstMethod.
     methods: Mutex<HashMap<u64, Arc<Method>>>,
@@ -354,8 +358,9 @@ impl JvmProcess {
             numbers.next().flatten().unwrap_or(0),
         );
 
+        let code_start_at = t.address("CodeCache", "_low_bound")?;
         let mut layout = JvmLayout {
-            code_start: word(t.address("CodeCache", "_low_bound")?)?,
+            code_start: word(code_start_at)?,
             code_end: word(t.address("CodeCache", "_high_bound")?)?,
             block_header: narrow("HeapBlock", t.size("HeapBlock")?)?,
             ..JvmLayout::default()
@@ -521,8 +526,16 @@ impl JvmProcess {
             layout,
             interpreter,
             naming,
+            bias,
+            code_start_at,
             methods: Mutex::default(),
         })
+    }
+
+    /// Whether process `pid`, with libjvm at `bias`, still runs this JVM
+    /// (its code cache where it was).
+    pub fn is_running(&self, pid: u32, bias: u64) -> bool {
+        self.bias == bias && read_u64(pid, self.code_start_at).ok() == Some(self.layout.code_start)
     }
 
     /// The record the BPF walker reads (the template interpreter as the
