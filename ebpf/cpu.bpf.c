@@ -143,6 +143,14 @@ struct {
 	__type(value, struct process_unwind_info);
 } unwind_processes SEC(".maps");
 
+/* A row the walk used, for the frame at the same depth of the next walk on
+ * the same state (see unwind_state.recent_rows). */
+struct recent_row {
+	__u32 table_id;        /* TABLE_NONE: empty */
+	__u32 lookup;          /* the address searched for */
+	struct unwind_row row;
+};
+
 /* Words of the stack window a walk copies at a time (1 KiB). */
 #define STACK_WINDOW_WORDS 128
 
@@ -187,6 +195,12 @@ struct unwind_state {
 	 * more for a pair at its end. */
 	__u64 window[STACK_WINDOW_WORDS + 1];
 	struct pt_regs regs;   /* the user registers at the event (off the BPF stack) */
+	/* The rows of the last walk here, by frame depth: a sampled program
+	 * returns to the same callers sample after sample, and their rows are
+	 * then found in the few lines of this state the walk runs through, not
+	 * in a line (and a page) of the row cache each, all cold at a sample.
+	 * Only the walks on this state write it: no torn entries. */
+	struct recent_row recent_rows[MAX_STACK_DEPTH + 1];
 	struct user_stack stack;
 	__u8 frame_buf[INTERP_READ_MAX + 8]; /* a frame or code object being read */
 	__u8 code_buf[INTERP_READ_MAX + 8];
@@ -798,8 +812,13 @@ __noinline long native_step(struct unwind_state *st, struct process_unwind_info 
 	/* A return address may be one past a call that ends its function. */
 	__u32 lookup = (__u32)((st->exact_pc ? pc : pc - 1) - m->bias);
 	struct unwind_row found = {}, *row = 0;
+	struct recent_row *recent = &st->recent_rows[st->stack.len & MAX_STACK_DEPTH];
+	if (recent->table_id == table_id && recent->lookup == lookup) {
+		found = recent->row;
+		row = &found;
+	}
 	__u32 cache_key = ((lookup * 0x9e3779b1U) ^ (table_id * 0x85ebca77U)) >> (32 - ROW_CACHE_BITS);
-	struct row_cache_entry *cached = bpf_map_lookup_elem(&row_cache, &cache_key);
+	struct row_cache_entry *cached = row ? 0 : bpf_map_lookup_elem(&row_cache, &cache_key);
 	if (cached && LOAD(cached->table_id) == table_id && LOAD(cached->lookup) == lookup) {
 		found = cached->row;
 		barrier();
@@ -823,6 +842,11 @@ __noinline long native_step(struct unwind_state *st, struct process_unwind_info 
 				LOAD(cached->table_id) = table_id;
 			}
 		}
+	}
+	if (row && (recent->table_id != table_id || recent->lookup != lookup)) {
+		recent->table_id = table_id;
+		recent->lookup = lookup;
+		recent->row = found;
 	}
 	/* V8's hand-written code (its stack-scanning trampolines) has no
 	 * unwind table but keeps a frame pointer, as everything V8 runs does. */
