@@ -1,9 +1,9 @@
 # Sourced by the bench scripts that measure BPF time per sample: a work
 # directory, the busy C workload ($work/busy), BPF statistics on, bpftrace
-# sampling beside the agent ($agent, started by start_agent); phase, which
-# runs a workload twice and prints both programs' time per sample over
-# $seconds seconds; and busy_report, for workloads already running. Everything
-# started is stopped on exit.
+# sampling beside the agent ($agent, started by start_agent, stopped by
+# stop_agent); phase, which runs a workload twice and prints both programs'
+# time per sample over $seconds seconds; and busy_report, for workloads
+# already running. Everything started is stopped on exit.
 work=$(mktemp -d)
 pids=()
 stop_all() { [ ${#pids[@]} -gt 0 ] || return 0; kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
@@ -34,6 +34,7 @@ start_agent() { # extra agent flags
   agent_pid=$!
   sleep 5 # loaded and attached
 }
+stop_agent() { kill -INT $agent_pid; wait $agent_pid 2>/dev/null || true; }
 bpftrace -e 'profile:hz:19 { @[ustack, kstack, comm] = count(); }' >/dev/null 2>&1 &
 bpftrace_pid=$!
 start_agent

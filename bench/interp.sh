@@ -37,7 +37,6 @@ if [ "$lang" = java ]; then
 else
   busy() { exec "$interpreter" "$workload" 100000; }
 fi
-stop_agent() { kill -INT $agent_pid; wait $agent_pid 2>/dev/null || true; }
 phase "native frames (C)" "$work/busy" 100000
 # Each mode on an agent of its own, started the same way.
 stop_agent && start_agent

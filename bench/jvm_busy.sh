@@ -21,7 +21,7 @@ javac -d "$classes" tests/workloads/JChain.java bench/JCompileLoop.java
 source bench/release_agent.sh
 # shellcheck source=bench/bpf_cost.sh
 source bench/bpf_cost.sh
-kill -INT $agent_pid && wait $agent_pid 2>/dev/null || true
+stop_agent
 start_agent "$@"
 java -Xmx256m -cp "$classes" JCompileLoop tests/workloads/JChain.java "$seconds" >/dev/null & javac_jvm=$!; pids+=($javac_jvm)
 java -Xmx64m -cp "$classes" JChain "$seconds" >/dev/null & pids+=($!)

@@ -15,7 +15,7 @@ shift || true
 source bench/release_agent.sh
 # shellcheck source=bench/bpf_cost.sh
 source bench/bpf_cost.sh
-kill -INT $agent_pid && wait $agent_pid 2>/dev/null || true
+stop_agent
 start_agent "$@"
 node tests/workloads/js_builtins.js "$seconds" >/dev/null & pids+=($!)
 node tests/workloads/js_chain.js "$seconds" >/dev/null & pids+=($!)

@@ -42,7 +42,6 @@ while True:
     "peak $(awk '/VmHWM/ {print int($2 / 1024)}' /proc/$agent_pid/status) MiB"
   stop_all
 }
-stop_agent() { kill -INT $agent_pid; wait $agent_pid 2>/dev/null || true; }
 phase "native frames (C)" "$work/busy" 100000
 # Each mode on an agent of its own, started the same way.
 stop_agent && start_agent
